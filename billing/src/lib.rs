@@ -1,0 +1,1 @@
+//! Billing ledger (issue #5): nothing here yet.

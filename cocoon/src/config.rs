@@ -1,0 +1,308 @@
+//! cocoon.toml: one file for every role, each section owned by its crate; then environment
+//! overrides `COCOON__SECTION__KEY=value` (e.g. `COCOON__GATEWAY__LISTEN=0.0.0.0:8080`); then
+//! validation that reports every mistake at once, one line each, naming the key.
+
+use std::path::{Path, PathBuf};
+
+use gateway::GatewayConfig;
+use router::RouterConfig;
+use serde::{Deserialize, Serialize};
+use worker_agent::WorkerConfig;
+
+pub const ENV_PREFIX: &str = "COCOON__";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    #[default]
+    Development,
+    Production,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub environment: Environment,
+    /// Keys, dev state and (later) the embedded ledger live here.
+    pub data_dir: PathBuf,
+    /// tracing filter, e.g. "info" or "gateway=debug,info".
+    pub log: String,
+    pub gateway: GatewayConfig,
+    pub router: RouterConfig,
+    pub worker: WorkerConfig,
+    pub engine: EngineSection,
+}
+
+/// Which engine `cocoon dev` runs next to its worker.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    /// `builtin` (the deterministic test engine, in-process) or `external` (`worker.engine_url`).
+    pub kind: EngineKind,
+    pub listen: String,
+    pub models: Vec<String>,
+    pub ttft_ms: u64,
+    /// 0 = as fast as possible.
+    pub tokens_per_second: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    Builtin,
+    External,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        Self {
+            kind: EngineKind::Builtin,
+            listen: "127.0.0.1:0".into(),
+            models: vec!["cocoon-test".into()],
+            ttft_ms: 0,
+            tokens_per_second: 0.0,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            environment: Environment::Development,
+            data_dir: PathBuf::from(".cocoon"),
+            log: "info".into(),
+            gateway: GatewayConfig::default(),
+            router: RouterConfig::default(),
+            worker: WorkerConfig::default(),
+            engine: EngineSection::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Toml { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Field { key: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// Env values are read as TOML scalars/arrays when they parse as such, else as strings.
+fn env_value(raw: &str) -> toml::Value {
+    let parsed: Result<toml::Table, _> = format!("v = {raw}").parse();
+    match parsed.ok().and_then(|mut t| t.remove("v")) {
+        Some(v) => v,
+        None => toml::Value::String(raw.to_string()),
+    }
+}
+
+fn apply_env(table: &mut toml::Table, vars: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
+    let mut vars: Vec<(String, String)> = vars
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    vars.sort();
+    for (var, raw) in vars {
+        let path: Vec<String> = var[ENV_PREFIX.len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError::Env {
+                var,
+                message: "empty path segment (use COCOON__SECTION__KEY)".into(),
+            });
+        }
+        let mut cur = &mut *table;
+        for seg in &path[..path.len() - 1] {
+            let entry = cur
+                .entry(seg.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            cur = match entry {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var,
+                        message: format!("`{seg}` is not a section"),
+                    })
+                }
+            };
+        }
+        if let Some(last) = path.last() {
+            cur.insert(last.clone(), env_value(&raw));
+        }
+    }
+    Ok(())
+}
+
+impl Config {
+    /// File (optional) + environment overrides + validation.
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                text.parse::<toml::Table>().map_err(|e| ConfigError::Toml {
+                    path: p.to_path_buf(),
+                    message: e.to_string(),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            ConfigError::Field {
+                key: e.path().to_string(),
+                message: e.inner().to_string(),
+            }
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn from_env_and_file(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load(path, std::env::vars())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errs = Vec::new();
+        errs.extend(self.gateway.validate());
+        errs.extend(self.router.validate());
+        errs.extend(self.worker.validate());
+        if self.engine.kind == EngineKind::Builtin {
+            if self.engine.models.is_empty() {
+                errs.push("engine.models must list at least one model".into());
+            }
+            if !(self.engine.tokens_per_second >= 0.0 && self.engine.tokens_per_second.is_finite()) {
+                errs.push(format!(
+                    "engine.tokens_per_second must be >= 0, got {}",
+                    self.engine.tokens_per_second
+                ));
+            }
+            if self.engine.listen.parse::<std::net::SocketAddr>().is_err() {
+                errs.push(format!("engine.listen {:?} is not an address like 127.0.0.1:0", self.engine.listen));
+            }
+        }
+        if self.environment == Environment::Production && self.engine.kind == EngineKind::Builtin {
+            errs.push("engine.kind = \"builtin\" is the test engine and is refused when environment = \"production\"".into());
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errs))
+        }
+    }
+
+    pub fn keys_file(&self) -> PathBuf {
+        self.gateway
+            .keys_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("keys.json"))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::load(None, no_env()).unwrap();
+    }
+
+    #[test]
+    fn file_then_env_overrides() {
+        let f = file("[gateway]\nlisten = \"127.0.0.1:9000\"\nmax_in_flight = 10\n");
+        let cfg = Config::load(
+            Some(f.path()),
+            vec![
+                ("COCOON__GATEWAY__MAX_IN_FLIGHT".into(), "77".into()),
+                ("COCOON__GATEWAY__REDIS_URL".into(), "redis://127.0.0.1:6379".into()),
+                ("COCOON__ENGINE__MODELS".into(), "[\"a\", \"b\"]".into()),
+                ("UNRELATED".into(), "x".into()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.gateway.listen, "127.0.0.1:9000");
+        assert_eq!(cfg.gateway.max_in_flight, 77);
+        assert_eq!(cfg.gateway.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
+        assert_eq!(cfg.engine.models, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let f = file("[gateway]\nlisen = \"x\"\n");
+        let e = Config::load(Some(f.path()), no_env()).unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_path() {
+        let f = file("[router]\nmax_attempts = \"three\"\n");
+        let e = Config::load(Some(f.path()), no_env()).unwrap_err().to_string();
+        assert!(e.contains("router.max_attempts"), "{e}");
+    }
+
+    #[test]
+    fn broken_toml_names_the_file_and_line() {
+        let f = file("[gateway\n");
+        let e = Config::load(Some(f.path()), no_env()).unwrap_err().to_string();
+        assert!(e.contains("not valid TOML") && e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn every_mistake_is_reported_once() {
+        let f = file(
+            "environment = \"production\"\n[gateway]\nlisten = \"nope\"\nmax_in_flight = 0\nredis_url = \"http://x\"\n[worker]\nslots = 0\nprice_coefficient = 9000\n[router]\nmax_attempts = 0\n",
+        );
+        let e = Config::load(Some(f.path()), no_env()).unwrap_err();
+        let ConfigError::Invalid(list) = e else { panic!("{e}") };
+        let joined = list.join("\n");
+        for needle in [
+            "gateway.listen",
+            "gateway.max_in_flight",
+            "gateway.redis_url",
+            "worker.slots",
+            "worker.price_coefficient",
+            "router.max_attempts",
+            "production",
+        ] {
+            assert_eq!(list.iter().filter(|l| l.contains(needle)).count(), 1, "{needle} in:\n{joined}");
+        }
+    }
+
+    #[test]
+    fn env_with_a_bad_path_is_refused() {
+        let e = Config::load(None, vec![("COCOON__GATEWAY____X".into(), "1".into())]).unwrap_err();
+        assert!(e.to_string().contains("COCOON__GATEWAY____X"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let e = Config::load(Some(Path::new("/nonexistent/cocoon.toml")), no_env()).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/cocoon.toml"), "{e}");
+    }
+}

@@ -1,0 +1,8 @@
+//! Wiring of the Cocoon-rs crates into runnable roles. The binary in `main.rs` is a thin CLI
+//! over this; end-to-end tests start the same [`dev::DevNetwork`] in-process.
+
+pub mod config;
+pub mod dev;
+pub mod link;
+
+pub use config::Config;

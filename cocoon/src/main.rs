@@ -1,0 +1,238 @@
+//! `cocoon`: one binary, one subcommand per role or chore. Each is a few lines over the crates.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use cocoon::config::Config;
+use gateway::keys::KeyStore;
+use gateway::ratelimit::Limits;
+
+#[derive(Parser)]
+#[command(name = "cocoon", version, about = "Cocoon-rs: confidential OpenAI-compatible inference")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct ConfigArg {
+    /// cocoon.toml; every key can also be set as COCOON__SECTION__KEY.
+    #[arg(long, short, env = "COCOON_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    fn load(&self) -> anyhow::Result<Config> {
+        Ok(Config::from_env_and_file(self.config.as_deref())?)
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the whole network on this machine: gateway + router + worker + engine.
+    Dev {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Gateway address (overrides gateway.listen).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Manage API keys (stored as SHA-256 hashes in the keys file).
+    Keys {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        cmd: KeysCmd,
+    },
+    /// Print the OpenAPI document generated from the gateway's handlers.
+    Openapi,
+    /// Validate the configuration and exit (non-zero with one line per mistake).
+    ConfigCheck {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Create a key and print it once.
+    Create {
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// Account billed for the key's requests.
+        #[arg(long, default_value = "default")]
+        account: String,
+        /// Requests per minute (0 = unlimited); with --tpm overrides gateway.default_limits.
+        #[arg(long)]
+        rpm: Option<u64>,
+        /// Tokens per minute (0 = unlimited).
+        #[arg(long)]
+        tpm: Option<u64>,
+    },
+    List,
+    Revoke { id: String },
+    /// Issue a JWT for an account (needs [gateway.jwt]).
+    Jwt {
+        #[arg(long)]
+        sub: String,
+    },
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn banner(net: &cocoon::dev::DevNetwork, engine_desc: &str) {
+    let model = net.router.models().first().map(|m| m.id.clone()).unwrap_or_default();
+    println!(
+        r#"
+Cocoon-rs dev network is up.
+  engine:   {engine_desc}
+  base URL: {base}
+  API key:  {key}
+  model:    {model}
+
+Try it (pip install openai):
+
+python3 - <<'PY'
+from openai import OpenAI
+client = OpenAI(base_url="{base}", api_key="{key}")
+stream = client.chat.completions.create(
+    model="{model}",
+    messages=[{{"role": "user", "content": "Say hello"}}],
+    stream=True,
+    stream_options={{"include_usage": True}},
+)
+for chunk in stream:
+    if chunk.choices and chunk.choices[0].delta.content:
+        print(chunk.choices[0].delta.content, end="", flush=True)
+    if chunk.usage:
+        print("\nusage:", chunk.usage)
+PY
+
+or: curl {base}/chat/completions -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \
+      -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "hi"}}]}}'
+
+Ctrl-C stops it (in-flight streams finish first)."#,
+        base = net.base_url,
+        key = net.api_key,
+    );
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Dev { config, listen } => {
+            let mut cfg = config.load()?;
+            if let Some(l) = listen {
+                cfg.gateway.listen = l;
+                cfg.validate()?;
+            }
+            init_tracing(&cfg.log);
+            let engine_desc = match cfg.engine.kind {
+                cocoon::config::EngineKind::Builtin => {
+                    "built-in TEST engine (deterministic word generator, not a model)".to_string()
+                }
+                cocoon::config::EngineKind::External => format!("external engine at {}", cfg.worker.engine_url),
+            };
+            let net = cocoon::dev::DevNetwork::start(cfg).await?;
+            banner(&net, &engine_desc);
+            wait_for_signal().await;
+            eprintln!("stopping: draining in-flight requests");
+            net.shutdown().await;
+            Ok(())
+        }
+        Cmd::Keys { config, cmd } => {
+            let cfg = config.load()?;
+            let store = KeyStore::open(cfg.keys_file())?;
+            match cmd {
+                KeysCmd::Create { name, account, rpm, tpm } => {
+                    let limits = match (rpm, tpm) {
+                        (None, None) => None,
+                        (r, t) => Some(Limits {
+                            requests_per_minute: r.unwrap_or(cfg.gateway.default_limits.requests_per_minute),
+                            tokens_per_minute: t.unwrap_or(cfg.gateway.default_limits.tokens_per_minute),
+                        }),
+                    };
+                    let new = store.create(&name, &account, limits)?;
+                    eprintln!(
+                        "created key {} ({name}, account {account}); it is shown once:",
+                        new.record.id
+                    );
+                    println!("{}", new.key);
+                }
+                KeysCmd::List => {
+                    for k in store.list() {
+                        println!(
+                            "{}\t{}\t{}\t{}\t{}",
+                            k.id,
+                            k.name,
+                            k.account,
+                            k.limits.map_or("default limits".to_string(), |l| format!(
+                                "rpm={} tpm={}",
+                                l.requests_per_minute, l.tokens_per_minute
+                            )),
+                            if k.revoked { "revoked" } else { "active" }
+                        );
+                    }
+                }
+                KeysCmd::Revoke { id } => {
+                    store.revoke(&id)?;
+                    eprintln!("revoked {id}");
+                }
+                KeysCmd::Jwt { sub } => {
+                    let jwt = cfg
+                        .gateway
+                        .jwt
+                        .as_ref()
+                        .context("no [gateway.jwt] section: set gateway.jwt.secret, issuer and audience")?;
+                    println!("{}", gateway::jwt::JwtAuth::new(jwt)?.issue(&sub, None)?);
+                }
+            }
+            Ok(())
+        }
+        Cmd::Openapi => {
+            print!("{}", gateway::openapi::spec_json());
+            Ok(())
+        }
+        Cmd::ConfigCheck { config } => {
+            config.load()?;
+            println!("configuration is valid");
+            Ok(())
+        }
+    }
+}

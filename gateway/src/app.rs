@@ -1,0 +1,77 @@
+//! The axum application.
+//!
+//! Layers, outermost first:
+//! 1. `CatchPanic`: a panic in any handler becomes an OpenAI-shaped 500 (none should be reachable).
+//! 2. `SetSensitiveRequestHeaders(Authorization)`: keys never reach logs.
+//! 3. `request_id`: every response carries `x-request-id` (inference sets it to the job id).
+//! 4. `metrics::track`: counts by matched route, model (from the `ModelLabel` extension) and status.
+//!
+//! Unknown routes and wrong methods answer in the OpenAI error shape too.
+
+use std::any::Any;
+
+use axum::extract::Request;
+use axum::http::{HeaderValue, Method, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::handlers;
+use crate::state::AppState;
+
+pub fn build(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/chat/completions", post(handlers::chat_completions))
+        .route("/v1/completions", post(handlers::completions))
+        .route("/v1/embeddings", post(handlers::embeddings))
+        .route("/v1/models", get(handlers::list_models))
+        .route("/v1/models/{id}", get(handlers::get_model))
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(handlers::metrics))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(middleware::from_fn(crate::metrics::track))
+        .layer(middleware::from_fn(request_id))
+        .layer(SetSensitiveRequestHeadersLayer::new([axum::http::header::AUTHORIZATION]))
+        .layer(CatchPanicLayer::custom(panic_response))
+}
+
+async fn unknown_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::UnknownUrl {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
+}
+
+async fn request_id(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    if !resp.headers().contains_key("x-request-id") {
+        if let Ok(v) = HeaderValue::from_str(&Uuid::now_v7().to_string()) {
+            resp.headers_mut().insert("x-request-id", v);
+        }
+    }
+    resp
+}
+
+fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response {
+    let detail = err
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| err.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    tracing::error!(panic = detail, "handler panicked");
+    ApiError::Internal(detail.to_string()).into_response()
+}

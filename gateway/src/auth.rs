@@ -1,0 +1,89 @@
+//! Who is calling: an API key (`sk-cocoon-…`, checked against stored SHA-256 hashes) or a JWT
+//! issued by this network (HS256 pinned; issuer, audience and expiry checked).
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+
+use crate::error::ApiError;
+use crate::jwt::JwtAuth;
+use crate::keys::KEY_PREFIX;
+use crate::ratelimit::Limits;
+use crate::state::AppState;
+
+#[derive(Clone, Debug)]
+pub struct Principal {
+    /// The account billed for the request.
+    pub account: String,
+    /// The rate-limit bucket: one per API key, one per JWT subject.
+    pub rate_key: String,
+    pub limits: Limits,
+}
+
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let Some(h) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+        return Err(ApiError::InvalidApiKey(
+            "You didn't provide an API key. Provide it in the Authorization header as `Bearer sk-cocoon-…`.".into(),
+        ));
+    };
+    let h = h
+        .to_str()
+        .map_err(|_| ApiError::InvalidApiKey("The Authorization header is not valid text.".into()))?;
+    let token = h
+        .strip_prefix("Bearer ")
+        .or_else(|| h.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            ApiError::InvalidApiKey("The Authorization header must be `Bearer <API key or JWT>`.".into())
+        })?;
+    Ok(token)
+}
+
+/// Shows enough of a presented key to recognise it, never enough to use it.
+fn redact(token: &str) -> String {
+    let head: String = token.chars().take(14).collect();
+    format!("{head}…")
+}
+
+impl Principal {
+    pub fn authenticate(state: &AppState, parts: &Parts) -> Result<Self, ApiError> {
+        let token = bearer(parts)?;
+        if token.starts_with(KEY_PREFIX) {
+            return match state.keys.verify(token) {
+                Some(rec) => Ok(Principal {
+                    account: rec.account.clone(),
+                    rate_key: format!("key:{}", rec.id),
+                    limits: rec.limits.unwrap_or(state.cfg.default_limits),
+                }),
+                None => Err(ApiError::InvalidApiKey(format!(
+                    "Incorrect API key provided: {}. You can create one with `cocoon keys create`.",
+                    redact(token)
+                ))),
+            };
+        }
+        if let Some(jwt) = &state.jwt {
+            if JwtAuth::looks_like_jwt(token) {
+                return match jwt.verify(token) {
+                    Ok(claims) => Ok(Principal {
+                        rate_key: format!("jwt:{}", claims.sub),
+                        account: claims.sub,
+                        limits: claims.limits.unwrap_or(state.cfg.default_limits),
+                    }),
+                    Err(e) => Err(ApiError::InvalidApiKey(format!("Invalid token: {e}."))),
+                };
+            }
+        }
+        Err(ApiError::InvalidApiKey(format!(
+            "Incorrect API key provided: {}. Keys look like `sk-cocoon-…`.",
+            redact(token)
+        )))
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        Principal::authenticate(state, parts)
+    }
+}

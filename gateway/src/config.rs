@@ -1,0 +1,100 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::jwt::JwtConfig;
+use crate::ratelimit::Limits;
+
+/// `[gateway]` in cocoon.toml.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    pub listen: String,
+    /// Request bodies above this many bytes get 413.
+    pub max_body_bytes: usize,
+    /// Concurrent inference requests (streams included) before new ones get an immediate 503.
+    pub max_in_flight: usize,
+    /// Shared rate-limit state for several gateway replicas; in-memory when unset.
+    pub redis_url: Option<String>,
+    /// Where API key hashes live. Defaults to `<data_dir>/keys.json`.
+    pub keys_file: Option<PathBuf>,
+    /// Limits for keys and tokens that carry none of their own.
+    pub default_limits: Limits,
+    /// Completion tokens assumed for the per-minute token budget when a request sets no max.
+    pub default_max_tokens_estimate: u64,
+    /// On SIGTERM, how long in-flight streams may run before the process exits anyway.
+    pub drain_timeout_ms: u64,
+    /// Serve requests when the rate-limit store (Redis) is down, rather than refusing them.
+    pub rate_limit_fail_open: bool,
+    pub jwt: Option<JwtConfig>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 4 * 1024 * 1024,
+            max_in_flight: 4096,
+            redis_url: None,
+            keys_file: None,
+            default_limits: Limits {
+                requests_per_minute: 600,
+                tokens_per_minute: 2_000_000,
+            },
+            default_max_tokens_estimate: 256,
+            drain_timeout_ms: 30_000,
+            rate_limit_fail_open: true,
+            jwt: None,
+        }
+    }
+}
+
+impl GatewayConfig {
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        self.listen
+            .parse()
+            .map_err(|e| format!("gateway.listen {:?} is not an address like 127.0.0.1:8080 ({e})", self.listen))
+    }
+
+    /// One message per mistake, naming the key.
+    pub fn validate(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        if let Err(e) = self.listen_addr() {
+            errs.push(e);
+        }
+        if self.max_body_bytes < 1024 {
+            errs.push(format!(
+                "gateway.max_body_bytes must be at least 1024, got {}",
+                self.max_body_bytes
+            ));
+        }
+        if self.max_in_flight == 0 {
+            errs.push("gateway.max_in_flight must be > 0".into());
+        }
+        if let Some(url) = &self.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+                errs.push(format!(
+                    "gateway.redis_url must start with redis://, rediss:// or unix://, got {url:?}"
+                ));
+            }
+        }
+        if let Some(jwt) = &self.jwt {
+            if jwt.secret.len() < 32 {
+                errs.push("gateway.jwt.secret must be at least 32 bytes".into());
+            }
+            if jwt.issuer.is_empty() {
+                errs.push("gateway.jwt.issuer must not be empty".into());
+            }
+            if jwt.audience.is_empty() {
+                errs.push("gateway.jwt.audience must not be empty".into());
+            }
+        }
+        errs
+    }
+}

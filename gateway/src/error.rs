@@ -1,0 +1,265 @@
+//! The one error type of the HTTP edge and its mapping to OpenAI-shaped responses.
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use protocol::{ErrorBody, ErrorObject};
+
+use crate::ratelimit::Decision;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+        code: Option<&'static str>,
+    },
+    #[error("{0}")]
+    InvalidApiKey(String),
+    #[error("The model `{0}` does not exist or you do not have access to it.")]
+    ModelNotFound(String),
+    #[error("Invalid URL ({method} {path})")]
+    UnknownUrl { method: String, path: String },
+    #[error("Method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("Request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        decision: Box<Decision>,
+    },
+    #[error("The gateway is at its in-flight request limit; retry shortly")]
+    Overloaded,
+    #[error("No worker can serve model `{0}` right now; retry shortly")]
+    NoCapacity(String),
+    /// An engine or worker error, relayed with its status (and the engine's body when it had one).
+    #[error("{message}")]
+    Upstream {
+        status: u16,
+        message: String,
+        body: Option<Bytes>,
+    },
+    #[error("The server is not ready: {0}")]
+    NotReady(String),
+    #[error("Internal server error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::InvalidRequest {
+            message: message.into(),
+            param: Some(param.into()),
+            code: None,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::InvalidApiKey(_) => StatusCode::UNAUTHORIZED,
+            ApiError::ModelNotFound(_) | ApiError::UnknownUrl { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded | ApiError::NoCapacity(_) | ApiError::NotReady(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Upstream { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
+            }
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// OpenAI's `type` field.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest { .. }
+            | ApiError::InvalidApiKey(_)
+            | ApiError::ModelNotFound(_)
+            | ApiError::UnknownUrl { .. }
+            | ApiError::MethodNotAllowed { .. }
+            | ApiError::PayloadTooLarge { .. } => "invalid_request_error",
+            ApiError::RateLimited { .. } => "requests",
+            ApiError::Overloaded | ApiError::NoCapacity(_) | ApiError::NotReady(_) => {
+                "service_unavailable_error"
+            }
+            ApiError::Upstream { status, .. } if *status < 500 => "invalid_request_error",
+            ApiError::Upstream { .. } | ApiError::Internal(_) => "server_error",
+        }
+    }
+
+    pub fn code(&self) -> Option<&'static str> {
+        match self {
+            ApiError::InvalidRequest { code, .. } => *code,
+            ApiError::InvalidApiKey(_) => Some("invalid_api_key"),
+            ApiError::ModelNotFound(_) => Some("model_not_found"),
+            ApiError::UnknownUrl { .. } => Some("unknown_url"),
+            ApiError::MethodNotAllowed { .. } => Some("method_not_allowed"),
+            ApiError::PayloadTooLarge { .. } => Some("request_too_large"),
+            ApiError::RateLimited { .. } => Some("rate_limit_exceeded"),
+            ApiError::Overloaded => Some("server_overloaded"),
+            ApiError::NoCapacity(_) => Some("no_capacity"),
+            ApiError::NotReady(_) => Some("not_ready"),
+            ApiError::Upstream { .. } => Some("upstream_error"),
+            ApiError::Internal(_) => None,
+        }
+    }
+
+    fn param(&self) -> Option<String> {
+        match self {
+            ApiError::InvalidRequest { param, .. } => param.clone(),
+            ApiError::ModelNotFound(_) => Some("model".into()),
+            _ => None,
+        }
+    }
+
+    /// Whether the same request may succeed if sent again later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ApiError::RateLimited { .. }
+            | ApiError::Overloaded
+            | ApiError::NoCapacity(_)
+            | ApiError::NotReady(_) => true,
+            ApiError::Upstream { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+
+    /// Low-cardinality label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        self.code().unwrap_or("internal")
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        let message = match self {
+            // Never leak internals to clients; they are logged where the error is made.
+            ApiError::Internal(_) => "Internal server error".to_string(),
+            other => other.to_string(),
+        };
+        ErrorBody {
+            error: ErrorObject {
+                message,
+                kind: self.kind().to_string(),
+                param: self.param(),
+                code: self.code().map(str::to_string),
+            },
+        }
+    }
+
+    /// The engine's own OpenAI-shaped error, if it sent one, normalised to carry all four keys.
+    fn upstream_body(body: &Bytes) -> Option<ErrorBody> {
+        #[derive(serde::Deserialize)]
+        struct Loose {
+            error: LooseObj,
+        }
+        #[derive(serde::Deserialize)]
+        struct LooseObj {
+            message: Option<String>,
+            #[serde(rename = "type")]
+            kind: Option<String>,
+            param: Option<serde_json::Value>,
+            code: Option<serde_json::Value>,
+        }
+        let l: Loose = serde_json::from_slice(body).ok()?;
+        let as_string = |v: Option<serde_json::Value>| match v {
+            Some(serde_json::Value::String(s)) => Some(s),
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        Some(ErrorBody {
+            error: ErrorObject {
+                message: l.error.message.unwrap_or_else(|| "engine error".into()),
+                kind: l.error.kind.unwrap_or_else(|| "invalid_request_error".into()),
+                param: as_string(l.error.param),
+                code: as_string(l.error.code),
+            },
+        })
+    }
+
+    pub fn into_body_json(&self) -> Bytes {
+        let body = match self {
+            ApiError::Upstream { body: Some(b), .. } => {
+                Self::upstream_body(b).unwrap_or_else(|| self.body())
+            }
+            _ => self.body(),
+        };
+        Bytes::from(serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec()))
+    }
+
+    fn headers(&self, headers: &mut HeaderMap) {
+        match self {
+            ApiError::RateLimited { decision, .. } => decision.apply_headers(headers),
+            ApiError::Overloaded | ApiError::NoCapacity(_) | ApiError::NotReady(_) => {
+                headers.insert("retry-after", HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(error = ?self, "request failed");
+        } else {
+            tracing::debug!(error = %self, "request rejected");
+        }
+        let mut resp = (
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            self.into_body_json(),
+        )
+            .into_response();
+        self.headers(resp.headers_mut());
+        resp.extensions_mut().insert(ErrorLabel(self.metric_label()));
+        resp
+    }
+}
+
+/// Response extension read by the metrics layer.
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorLabel(pub &'static str);
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_all_four_keys() {
+        for e in [
+            ApiError::invalid("temperature", "too hot"),
+            ApiError::InvalidApiKey("bad".into()),
+            ApiError::ModelNotFound("m".into()),
+            ApiError::Internal("secret detail".into()),
+        ] {
+            let v: serde_json::Value = serde_json::from_slice(&e.into_body_json()).unwrap();
+            let obj = v["error"].as_object().unwrap();
+            for k in ["message", "type", "param", "code"] {
+                assert!(obj.contains_key(k), "{k} missing in {v}");
+            }
+            assert!(!v.to_string().contains("secret detail"));
+        }
+    }
+
+    #[test]
+    fn upstream_error_body_is_relayed_and_normalised() {
+        let e = ApiError::Upstream {
+            status: 400,
+            message: "x".into(),
+            body: Some(Bytes::from_static(
+                br#"{"error":{"message":"bad stop","type":"invalid_request_error","param":"stop"}}"#,
+            )),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&e.into_body_json()).unwrap();
+        assert_eq!(v["error"]["message"], "bad stop");
+        assert_eq!(v["error"]["param"], "stop");
+        assert!(v["error"].as_object().unwrap().contains_key("code"));
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+    }
+}

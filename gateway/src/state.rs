@@ -1,0 +1,43 @@
+use std::sync::Arc;
+
+use router::Router;
+use tokio::sync::Semaphore;
+
+use crate::config::GatewayConfig;
+use crate::jwt::JwtAuth;
+use crate::keys::KeyStore;
+use crate::ratelimit::RateLimiter;
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub cfg: Arc<GatewayConfig>,
+    pub router: Router,
+    pub keys: Arc<KeyStore>,
+    pub jwt: Option<Arc<JwtAuth>>,
+    pub limiter: Arc<RateLimiter>,
+    /// Load shedding: one permit per in-flight inference request, held until its last byte.
+    pub inflight: Arc<Semaphore>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+impl AppState {
+    pub fn new(
+        cfg: GatewayConfig,
+        router: Router,
+        keys: Arc<KeyStore>,
+        jwt: Option<Arc<JwtAuth>>,
+        limiter: Arc<RateLimiter>,
+    ) -> Self {
+        let inflight = Arc::new(Semaphore::new(cfg.max_in_flight));
+        Self {
+            cfg: Arc::new(cfg),
+            router,
+            keys,
+            jwt,
+            limiter,
+            inflight,
+            metrics: crate::metrics::handle(),
+        }
+    }
+}

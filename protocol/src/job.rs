@@ -1,0 +1,181 @@
+//! Router <-> worker-agent messages. Transport-agnostic: carried over an in-process channel in
+//! the embedded network, and over the worker's outbound connection when it runs elsewhere.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::openai::Usage;
+
+/// Which OpenAI endpoint a job targets on the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    /// Path on an OpenAI-compatible engine, relative to its base URL.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+            Endpoint::Embeddings => "/v1/embeddings",
+        }
+    }
+
+    /// Low-cardinality label for metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat_completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// One inference request, as the worker must run it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Job {
+    pub id: Uuid,
+    pub endpoint: Endpoint,
+    pub model: String,
+    pub stream: bool,
+    /// The request body exactly as the engine must receive it (JSON).
+    pub body: Bytes,
+}
+
+/// What a worker reports back for a job, in order. A job ends with exactly one of
+/// `Response`, `Done` or `Failed`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JobEvent {
+    /// Non-streaming: the engine's whole answer.
+    Response {
+        body: Bytes,
+        usage: Option<Usage>,
+    },
+    /// Streaming: one SSE `data:` payload (a JSON chunk, without the `data: ` framing).
+    Chunk { data: Bytes },
+    /// Streaming finished normally (the engine sent `[DONE]`).
+    Done { usage: Option<Usage> },
+    /// The job failed. `usage` holds what was produced before the failure, for billing.
+    Failed {
+        error: JobError,
+        usage: Option<Usage>,
+    },
+}
+
+impl JobEvent {
+    pub fn is_terminal(&self) -> bool {
+        !matches!(self, JobEvent::Chunk { .. })
+    }
+}
+
+/// Why a job failed, with enough to answer the client and decide on a retry.
+#[derive(Clone, Debug, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct JobError {
+    /// HTTP status to show the client.
+    pub status: u16,
+    pub message: String,
+    /// Whether another worker may succeed where this one failed (never used after the first token).
+    pub retryable: bool,
+    /// The engine's own error body (OpenAI-shaped JSON), relayed as-is when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Bytes>,
+}
+
+impl JobError {
+    pub fn new(status: u16, message: impl Into<String>, retryable: bool) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            retryable,
+            body: None,
+        }
+    }
+}
+
+/// A model a worker serves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub id: String,
+    /// Unix seconds the engine reports for it (0 if unknown).
+    #[serde(default)]
+    pub created: u64,
+    #[serde(default)]
+    pub owned_by: String,
+}
+
+/// A worker's self-description at registration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub worker_id: String,
+    pub models: Vec<ModelInfo>,
+    /// e.g. "H100-80GB", "cpu".
+    pub gpu: String,
+    /// Concurrent jobs the worker accepts.
+    pub slots: u32,
+    /// Worker's price multiplier in thousandths (1000 = 1.0x).
+    pub price_coefficient: u32,
+}
+
+/// Load report sent with heartbeats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Load {
+    pub running: u32,
+    pub queued: u32,
+    /// Whether the engine is healthy and the worker takes new jobs.
+    pub available: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RouterToWorker {
+    Job(Job),
+    /// Stop generating: the client went away or the job was given up.
+    Cancel { job_id: Uuid },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WorkerToRouter {
+    Hello(WorkerInfo),
+    Load(Load),
+    Event { job_id: Uuid, event: JobEvent },
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_as_tagged_json() {
+        let ev = WorkerToRouter::Event {
+            job_id: Uuid::nil(),
+            event: JobEvent::Chunk {
+                data: Bytes::from_static(b"{\"a\":1}"),
+            },
+        };
+        let s = serde_json::to_string(&ev).unwrap();
+        assert!(s.contains("\"type\":\"event\""), "{s}");
+        let back: WorkerToRouter = serde_json::from_str(&s).unwrap();
+        match back {
+            WorkerToRouter::Event {
+                event: JobEvent::Chunk { data },
+                ..
+            } => assert_eq!(&data[..], b"{\"a\":1}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_chunks_are_not_terminal() {
+        assert!(!JobEvent::Chunk { data: Bytes::new() }.is_terminal());
+        assert!(JobEvent::Done { usage: None }.is_terminal());
+    }
+}

@@ -1,0 +1,61 @@
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Router tuning. All durations in milliseconds in config files.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    /// Give up on a worker that has sent nothing for this long and retry elsewhere.
+    pub first_token_timeout_ms: u64,
+    /// Workers tried per job, the first included.
+    pub max_attempts: u32,
+    /// Consecutive failures that open a worker's circuit.
+    pub circuit_failure_threshold: u32,
+    /// How long an open circuit stays open before one probe job is let through.
+    pub circuit_open_ms: u64,
+    /// Messages buffered towards one worker before it counts as unable to take jobs.
+    pub worker_queue: usize,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            first_token_timeout_ms: 30_000,
+            max_attempts: 3,
+            circuit_failure_threshold: 3,
+            circuit_open_ms: 10_000,
+            worker_queue: 1024,
+        }
+    }
+}
+
+impl RouterConfig {
+    pub fn first_token_timeout(&self) -> Duration {
+        Duration::from_millis(self.first_token_timeout_ms)
+    }
+    pub fn circuit_open(&self) -> Duration {
+        Duration::from_millis(self.circuit_open_ms)
+    }
+
+    /// One message per mistake, naming the key.
+    pub fn validate(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        if self.first_token_timeout_ms == 0 {
+            errs.push("router.first_token_timeout_ms must be > 0".to_string());
+        }
+        if self.max_attempts == 0 || self.max_attempts > 10 {
+            errs.push(format!(
+                "router.max_attempts must be in 1..=10, got {}",
+                self.max_attempts
+            ));
+        }
+        if self.circuit_failure_threshold == 0 {
+            errs.push("router.circuit_failure_threshold must be > 0".to_string());
+        }
+        if self.worker_queue == 0 {
+            errs.push("router.worker_queue must be > 0".to_string());
+        }
+        errs
+    }
+}

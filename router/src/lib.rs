@@ -1,0 +1,19 @@
+//! The router: a registry of connected workers and the dispatch of one job to one of them.
+//!
+//! Selection (see [`registry`]): workers serving the model that are connected, available,
+//! under their slot count, within the client's price cap and not circuit-broken; then
+//! power-of-two-choices on (running jobs + 1) x time-to-first-token EWMA, price breaking ties.
+//!
+//! Dispatch (see [`dispatch`]): a job goes to the chosen worker; until its first event arrives
+//! nothing has reached the client, so a failure, refusal or timeout there is retried on another
+//! worker. After the first event the job is pinned: a later failure ends the stream with an error.
+//! Dropping the [`JobStream`] before its end cancels the job at the worker.
+
+mod circuit;
+pub mod config;
+mod dispatch;
+mod registry;
+
+pub use config::RouterConfig;
+pub use dispatch::{DispatchOptions, JobStream, RouteError};
+pub use registry::{Router, WorkerSession, WorkerSnapshot};

@@ -1,0 +1,53 @@
+//! Starts the real dev network in-process on loopback ports for one test.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use cocoon::config::Config;
+use cocoon::dev::DevNetwork;
+
+pub struct Net {
+    pub net: DevNetwork,
+    pub _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Net {
+    type Target = DevNetwork;
+    fn deref(&self) -> &DevNetwork {
+        &self.net
+    }
+}
+
+/// `tweak` adjusts the config (limits, engine timing) before start.
+pub async fn start(tweak: impl FnOnce(&mut Config)) -> Net {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::default();
+    cfg.data_dir = dir.path().to_path_buf();
+    cfg.gateway.listen = "127.0.0.1:0".into();
+    cfg.gateway.drain_timeout_ms = 10_000;
+    cfg.log = "warn".into();
+    tweak(&mut cfg);
+    cfg.validate().unwrap();
+    let net = DevNetwork::start(cfg).await.unwrap();
+    Net { net, _dir: dir }
+}
+
+pub fn openai(net: &DevNetwork, key: &str) -> async_openai::Client<async_openai::config::OpenAIConfig> {
+    let cfg = async_openai::config::OpenAIConfig::new()
+        .with_api_base(net.base_url.clone())
+        .with_api_key(key);
+    async_openai::Client::with_config(cfg)
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+pub async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,195 @@
+//! Behaviour at the edge that a client cannot see through an SDK alone: cancellation reaching
+//! the engine, drain on shutdown, load shedding, rate limits shared through Redis, metrics.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::StreamExt;
+use gateway::keys::KeyStore;
+use gateway::ratelimit::Limits;
+use serde_json::{json, Value};
+
+fn slow_stream_body(tokens: u32, tps: f64) -> Value {
+    json!({
+        "model": "cocoon-test",
+        "messages": [{"role": "user", "content": "count slowly"}],
+        "stream": true,
+        "test_engine": {"tokens_per_second": tps, "completion_tokens": tokens},
+        "max_tokens": tokens
+    })
+}
+
+async fn post(net: &common::Net, key: &str, body: &Value) -> reqwest::Response {
+    common::http()
+        .post(format!("{}/chat/completions", net.base_url))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn client_disconnect_cancels_generation_at_the_engine() {
+    let net = common::start(|_| {}).await;
+    let engine = net.engine.clone().unwrap();
+    let resp = post(&net, &net.api_key, &slow_stream_body(1000, 50.0)).await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.push(body.next().await.unwrap().unwrap());
+    }
+    assert_eq!(engine.stats().requests_cancelled.load(Ordering::Relaxed), 0);
+    drop(body);
+    common::wait_until("engine saw the cancel", Duration::from_secs(3), || {
+        engine.stats().requests_cancelled.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    let generated = engine.stats().tokens_generated.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        engine.stats().tokens_generated.load(Ordering::Relaxed),
+        generated,
+        "the engine kept generating after the cancel"
+    );
+    assert_eq!(engine.stats().active.load(Ordering::Relaxed), 0);
+    common::wait_until("router released the slot", Duration::from_secs(2), || {
+        net.router.snapshot().iter().all(|w| w.running == 0)
+    })
+    .await;
+    net.net.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_streams() {
+    let net = common::start(|_| {}).await;
+    let resp = post(&net, &net.api_key, &slow_stream_body(20, 40.0)).await;
+    assert_eq!(resp.status(), 200);
+    let addr = net.gateway_addr;
+    let base = net.base_url.clone();
+    let key = net.api_key.clone();
+    let reader = tokio::spawn(async move { resp.text().await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopping = tokio::spawn(async move { net.net.shutdown().await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // New requests are not served once draining started.
+    let late = common::http()
+        .post(format!("{base}/chat/completions"))
+        .bearer_auth(&key)
+        .json(&json!({"model": "cocoon-test", "messages": [{"role": "user", "content": "x"}]}))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await;
+    assert!(late.is_err(), "gateway at {addr} still accepted a request while draining");
+    let text = reader.await.unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "stream was not drained to its end: {text}");
+    assert_eq!(text.matches("\"content\":\"").count(), 21, "role chunk + 20 tokens");
+    stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn in_flight_limit_sheds_load_at_once() {
+    let net = common::start(|c| c.gateway.max_in_flight = 1).await;
+    let first = post(&net, &net.api_key, &slow_stream_body(50, 20.0)).await;
+    assert_eq!(first.status(), 200);
+    let started = std::time::Instant::now();
+    let second = post(&net, &net.api_key, &slow_stream_body(1, 0.0)).await;
+    assert_eq!(second.status(), 503);
+    assert!(started.elapsed() < Duration::from_millis(500), "shedding must not queue");
+    assert_eq!(second.headers()["retry-after"], "1");
+    let v: Value = second.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "server_overloaded");
+    drop(first);
+    net.net.shutdown().await;
+}
+
+#[tokio::test]
+async fn body_limit_and_malformed_json_get_openai_errors() {
+    let net = common::start(|c| c.gateway.max_body_bytes = 2048).await;
+    let big = json!({"model": "cocoon-test", "messages": [{"role": "user", "content": "x".repeat(4096)}]});
+    let r = post(&net, &net.api_key, &big).await;
+    assert_eq!(r.status(), 413);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "request_too_large");
+
+    let r = common::http()
+        .post(format!("{}/chat/completions", net.base_url))
+        .bearer_auth(&net.api_key)
+        .header("content-type", "application/json")
+        .body("{\"model\": \"cocoon-test\", ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "invalid_json");
+    assert!(v["error"].as_object().unwrap().contains_key("param"));
+    net.net.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_count_requests_tokens_and_ttft() {
+    let net = common::start(|_| {}).await;
+    let r = post(&net, &net.api_key, &slow_stream_body(5, 0.0)).await;
+    let _ = r.text().await.unwrap();
+    let text = common::http()
+        .get(format!("http://{}/metrics", net.gateway_addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "cocoon_http_requests_total{route=\"/v1/chat/completions\",model=\"cocoon-test\",status=\"200\"}",
+        "cocoon_time_to_first_token_seconds_bucket",
+        "cocoon_tokens_total{model=\"cocoon-test\",kind=\"completion\"}",
+        "cocoon_inflight_streams",
+        "cocoon_http_request_duration_seconds_bucket",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from /metrics:\n{text}");
+    }
+    let ready = common::http().get(format!("http://{}/readyz", net.gateway_addr)).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    net.net.shutdown().await;
+}
+
+/// Two gateway replicas share one Redis: a key limited to 3 requests/min gets 3 in total.
+#[tokio::test]
+async fn rate_limits_are_shared_between_replicas_through_redis() {
+    let keys_dir = tempfile::tempdir().unwrap();
+    let keys_file = keys_dir.path().join("keys.json");
+    let limited = KeyStore::open(&keys_file)
+        .unwrap()
+        .create("limited", "acct", Some(Limits { requests_per_minute: 3, tokens_per_minute: 0 }))
+        .unwrap()
+        .key;
+    let setup = |c: &mut cocoon::Config| {
+        c.gateway.redis_url = Some("redis://127.0.0.1:6379".into());
+        c.gateway.keys_file = Some(keys_file.clone());
+    };
+    let a = common::start(setup).await;
+    let b = common::start(setup).await;
+    let body = json!({"model": "cocoon-test", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+    let mut statuses = Vec::new();
+    for net in [&a, &b, &a, &b] {
+        let r = post(net, &limited, &body).await;
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!(retry >= 1);
+            assert_eq!(r.headers()["x-ratelimit-limit-requests"], "3");
+            assert_eq!(r.headers()["x-ratelimit-remaining-requests"], "0");
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+        }
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 429]);
+    a.net.shutdown().await;
+    b.net.shutdown().await;
+}
