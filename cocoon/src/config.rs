@@ -229,6 +229,12 @@ mod tests {
     }
 
     #[test]
+    fn example_config_is_valid() {
+        let p = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../cocoon.example.toml"));
+        Config::load(Some(p), no_env()).unwrap();
+    }
+
+    #[test]
     fn defaults_are_valid() {
         Config::load(None, no_env()).unwrap();
     }

@@ -39,6 +39,8 @@ pub(crate) struct WorkerEntry {
     pub(crate) circuit: Circuit,
 }
 
+const TTFT_FLOOR_US: u64 = 1_000;
+
 /// What the registry knows about one worker (for `/readyz`, logs and tests).
 #[derive(Clone, Debug)]
 pub struct WorkerSnapshot {
@@ -77,8 +79,9 @@ impl WorkerEntry {
 
     fn score(&self) -> u128 {
         let running = u128::from(self.running.load(Ordering::Relaxed)) + 1;
-        // Unsampled workers look fast so that new workers get traffic and a sample.
-        let ttft = u128::from(self.ewma_ttft_us.load(Ordering::Relaxed).max(1));
+        // TTFT differences under a millisecond are jitter, not a slower worker: flooring keeps
+        // them from outweighing load. Unsampled workers sit at the floor, so they get traffic.
+        let ttft = u128::from(self.ewma_ttft_us.load(Ordering::Relaxed).max(TTFT_FLOOR_US));
         running * ttft
     }
 

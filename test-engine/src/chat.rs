@@ -30,25 +30,46 @@ fn prompt(body: &Map<String, Value>) -> Result<Prompt, ApiError> {
     let msgs = match body.get("messages") {
         None | Some(Value::Null) => return Err(ApiError::missing("messages")),
         Some(Value::Array(a)) if a.is_empty() => {
-            return Err(ApiError::invalid("messages", "'messages' must contain at least one message."))
+            return Err(ApiError::invalid(
+                "messages",
+                "'messages' must contain at least one message.",
+            ))
         }
         Some(Value::Array(a)) if a.len() > MAX_MESSAGES => {
-            return Err(ApiError::invalid("messages", format!("'messages' allows at most {MAX_MESSAGES} messages.")))
+            return Err(ApiError::invalid(
+                "messages",
+                format!("'messages' allows at most {MAX_MESSAGES} messages."),
+            ))
         }
         Some(Value::Array(a)) => a,
-        Some(_) => return Err(ApiError::invalid("messages", "'messages' must be an array.")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "messages",
+                "'messages' must be an array.",
+            ))
+        }
     };
-    let mut p = Prompt { tokens: 0, hash: 0, last_user: String::new() };
+    let mut p = Prompt {
+        tokens: 0,
+        hash: 0,
+        last_user: String::new(),
+    };
     let mut h = Fnv::default();
     for (i, m) in msgs.iter().enumerate() {
-        let m = m.as_object().ok_or_else(|| ApiError::invalid(format!("messages[{i}]"), "Each message must be an object."))?;
+        let m = m.as_object().ok_or_else(|| {
+            ApiError::invalid(format!("messages[{i}]"), "Each message must be an object.")
+        })?;
         let role = m.get("role").and_then(Value::as_str).unwrap_or("");
         let mut texts: Vec<&str> = Vec::new();
         match m.get("content") {
             None | Some(Value::Null) => {}
             Some(Value::String(s)) => texts.push(s),
             Some(Value::Array(parts)) => {
-                texts.extend(parts.iter().filter_map(|part| part.get("text").and_then(Value::as_str)));
+                texts.extend(
+                    parts
+                        .iter()
+                        .filter_map(|part| part.get("text").and_then(Value::as_str)),
+                );
             }
             Some(_) => {
                 return Err(ApiError::invalid(
@@ -91,41 +112,73 @@ fn tools(body: &Map<String, Value>) -> Result<Vec<Tool<'_>>, ApiError> {
             continue;
         }
         let f = t.get("function");
-        let name = f.and_then(|f| f.get("name")).and_then(Value::as_str).ok_or_else(|| {
-            ApiError::invalid(format!("tools[{i}].function.name"), "Each function tool needs a 'function.name'.")
-        })?;
-        out.push(Tool { name, parameters: f.and_then(|f| f.get("parameters")).filter(|p| !p.is_null()) });
+        let name = f
+            .and_then(|f| f.get("name"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    format!("tools[{i}].function.name"),
+                    "Each function tool needs a 'function.name'.",
+                )
+            })?;
+        out.push(Tool {
+            name,
+            parameters: f.and_then(|f| f.get("parameters")).filter(|p| !p.is_null()),
+        });
     }
     Ok(out)
 }
 
 /// Which tool (index into `tools`) the answer calls, if any.
-fn chosen_tool(body: &Map<String, Value>, tools: &[Tool<'_>], last_user: &str) -> Result<Option<usize>, ApiError> {
+fn chosen_tool(
+    body: &Map<String, Value>,
+    tools: &[Tool<'_>],
+    last_user: &str,
+) -> Result<Option<usize>, ApiError> {
     if tools.is_empty() {
         return Ok(None);
     }
-    let auto = || Ok(tools.iter().position(|t| !t.name.is_empty() && last_user.contains(t.name)));
+    let auto = || {
+        Ok(tools
+            .iter()
+            .position(|t| !t.name.is_empty() && last_user.contains(t.name)))
+    };
     match body.get("tool_choice") {
         None | Some(Value::Null) => auto(),
         Some(Value::String(s)) => match s.as_str() {
             "auto" => auto(),
             "none" => Ok(None),
             "required" => Ok(Some(0)),
-            _ => Err(ApiError::invalid("tool_choice", "'tool_choice' must be 'none', 'auto', 'required' or a named tool.")),
+            _ => Err(ApiError::invalid(
+                "tool_choice",
+                "'tool_choice' must be 'none', 'auto', 'required' or a named tool.",
+            )),
         },
         Some(Value::Object(o)) => {
-            let named = o.get("function").and_then(|f| f.get("name")).and_then(Value::as_str);
+            let named = o
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str);
             match (o.get("type").and_then(Value::as_str), named) {
                 (Some("function"), Some(name)) => match tools.iter().position(|t| t.name == name) {
                     Some(i) => Ok(Some(i)),
-                    None => Err(ApiError::invalid("tool_choice", format!("Tool '{name}' is not among 'tools'."))),
+                    None => Err(ApiError::invalid(
+                        "tool_choice",
+                        format!("Tool '{name}' is not among 'tools'."),
+                    )),
                 },
                 // allowed_tools and other newer shapes: behave like "auto".
                 (Some(t), _) if t != "function" => auto(),
-                _ => Err(ApiError::invalid("tool_choice.function.name", "A named tool_choice needs 'function.name'.")),
+                _ => Err(ApiError::invalid(
+                    "tool_choice.function.name",
+                    "A named tool_choice needs 'function.name'.",
+                )),
             }
         }
-        Some(_) => Err(ApiError::invalid("tool_choice", "'tool_choice' must be a string or an object.")),
+        Some(_) => Err(ApiError::invalid(
+            "tool_choice",
+            "'tool_choice' must be a string or an object.",
+        )),
     }
 }
 
@@ -136,16 +189,25 @@ enum Format<'a> {
 }
 
 fn response_format(body: &Map<String, Value>) -> Result<Format<'_>, ApiError> {
-    let Some(rf) = body.get("response_format").filter(|v| !v.is_null()) else { return Ok(Format::Text) };
+    let Some(rf) = body.get("response_format").filter(|v| !v.is_null()) else {
+        return Ok(Format::Text);
+    };
     match rf.get("type").and_then(Value::as_str) {
         Some("text") => Ok(Format::Text),
         Some("json_object") => Ok(Format::JsonObject),
         Some("json_schema") => {
-            static OBJECT: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| json!({"type": "object"}));
-            let schema = rf.get("json_schema").and_then(|j| j.get("schema")).filter(|s| !s.is_null());
+            static OBJECT: std::sync::LazyLock<Value> =
+                std::sync::LazyLock::new(|| json!({"type": "object"}));
+            let schema = rf
+                .get("json_schema")
+                .and_then(|j| j.get("schema"))
+                .filter(|s| !s.is_null());
             Ok(Format::JsonSchema(schema.unwrap_or(&OBJECT)))
         }
-        _ => Err(ApiError::invalid("response_format.type", "'response_format.type' must be 'text', 'json_object' or 'json_schema'.")),
+        _ => Err(ApiError::invalid(
+            "response_format.type",
+            "'response_format.type' must be 'text', 'json_object' or 'json_schema'.",
+        )),
     }
 }
 
@@ -168,24 +230,55 @@ fn plan(body: &Value, engine: &TestEngine) -> Result<Plan, ApiError> {
     opt_bool_ok(body, "parallel_tool_calls")?;
 
     let fixed = tool.is_some() || !matches!(format, Format::Text);
-    let planned = u64::from(common.completion_tokens.unwrap_or(24).min(common.limit.unwrap_or(u32::MAX)));
+    let planned = u64::from(
+        common
+            .completion_tokens
+            .unwrap_or(24)
+            .min(common.limit.unwrap_or(u32::MAX)),
+    );
     if fixed || !common.stream {
-        params::check_budget(u64::from(common.n), planned.max(64), if common.stream { None } else { top })?;
+        params::check_budget(
+            u64::from(common.n),
+            planned.max(64),
+            if common.stream { None } else { top },
+        )?;
     }
 
     let mut choices = Vec::with_capacity(common.n as usize);
     for index in 0..common.n {
         let seed = choice_seed(p.hash, common.seed, index);
-        let words = WordGen::new(seed, common.completion_tokens, common.limit, common.stops.clone());
+        let words = WordGen::new(
+            seed,
+            common.completion_tokens,
+            common.limit,
+            common.stops.clone(),
+            engine.config().max_tokens_default,
+        );
         let choice = if let Some(t) = tool.and_then(|i| tools.get(i)) {
             let mut rng = SplitMix64::new(seed ^ 0x7001);
             let id = format!("call_{:016x}{:08x}", rng.next_u64(), rng.next_u64() as u32);
             static EMPTY: std::sync::LazyLock<Value> =
                 std::sync::LazyLock::new(|| json!({"type": "object", "properties": {}}));
-            let args = generate(t.parameters.unwrap_or(&EMPTY), &mut rng)
-                .map_err(|e| ApiError::invalid(format!("tools[{}].function.parameters", tool.unwrap_or(0)), e))?;
-            let src = Source::Fixed { pieces: Pieces::new(to_spaced_json(&args)), finish: Finish::ToolCalls };
-            Choice::new(index, src, Some(ToolHead { id, name: t.name.to_owned() }), seed, top.is_some())
+            let args = generate(t.parameters.unwrap_or(&EMPTY), &mut rng).map_err(|e| {
+                ApiError::invalid(
+                    format!("tools[{}].function.parameters", tool.unwrap_or(0)),
+                    e,
+                )
+            })?;
+            let src = Source::Fixed {
+                pieces: Pieces::new(to_spaced_json(&args)),
+                finish: Finish::ToolCalls,
+            };
+            Choice::new(
+                index,
+                src,
+                Some(ToolHead {
+                    id,
+                    name: t.name.to_owned(),
+                }),
+                seed,
+                top.is_some(),
+            )
         } else {
             let src = match &format {
                 Format::Text => Source::Words(words),
@@ -196,20 +289,31 @@ fn plan(body: &Value, engine: &TestEngine) -> Result<Plan, ApiError> {
                         answer.push_str(w);
                     }
                     let text = to_spaced_json(&json!({ "answer": answer }));
-                    Source::Fixed { pieces: Pieces::new(text), finish: words.finish() }
+                    Source::Fixed {
+                        pieces: Pieces::new(text),
+                        finish: words.finish(),
+                    }
                 }
                 Format::JsonSchema(schema) => {
                     let mut rng = SplitMix64::new(seed ^ 0x5c4e);
                     let v = generate(schema, &mut rng)
                         .map_err(|e| ApiError::invalid("response_format.json_schema.schema", e))?;
-                    Source::Fixed { pieces: Pieces::new(to_spaced_json(&v)), finish: Finish::Stop }
+                    Source::Fixed {
+                        pieces: Pieces::new(to_spaced_json(&v)),
+                        finish: Finish::Stop,
+                    }
                 }
             };
             Choice::new(index, src, None, seed, top.is_some())
         };
         choices.push(choice);
     }
-    Ok(Plan { common, prompt_tokens: p.tokens, top, choices })
+    Ok(Plan {
+        common,
+        prompt_tokens: p.tokens,
+        top,
+        choices,
+    })
 }
 
 fn opt_bool_ok(body: &Map<String, Value>, key: &str) -> Result<(), ApiError> {
@@ -243,7 +347,9 @@ impl Usage {
             completion_tokens: completion,
             total_tokens: prompt + completion,
             prompt_tokens_details: PromptDetails { cached_tokens: 0 },
-            completion_tokens_details: CompletionDetails { reasoning_tokens: 0 },
+            completion_tokens_details: CompletionDetails {
+                reasoning_tokens: 0,
+            },
         }
     }
 }
@@ -304,14 +410,26 @@ pub async fn handle(engine: Arc<TestEngine>, body: &Value) -> Response {
 
 async fn answer(engine: Arc<TestEngine>, plan: Plan) -> Response {
     let mut guard = RequestGuard::start(engine.clone());
-    let Plan { common, prompt_tokens, top, choices } = plan;
+    let Plan {
+        common,
+        prompt_tokens,
+        top,
+        choices,
+    } = plan;
     let done: Vec<_> = choices.into_iter().map(collect).collect();
     let completion: u64 = done.iter().map(|c| c.tokens).sum();
     let longest = done.iter().map(|c| c.tokens).max().unwrap_or(0);
     let mut pacer = Pacer::new(common.timing, &engine);
-    if !pacer.before_answer(u32::try_from(longest).unwrap_or(u32::MAX)).await {
-        return ApiError::other(axum::http::StatusCode::SERVICE_UNAVAILABLE, "The engine is shutting down.", None)
-            .into_response();
+    if !pacer
+        .before_answer(u32::try_from(longest).unwrap_or(u32::MAX))
+        .await
+    {
+        return ApiError::other(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "The engine is shutting down.",
+            None,
+        )
+        .into_response();
     }
     let id = new_id("chatcmpl-");
     let resp = ChatResponse {
@@ -324,13 +442,34 @@ async fn answer(engine: Arc<TestEngine>, plan: Plan) -> Response {
             .iter()
             .map(|c| {
                 let tool_calls = c.tool.as_ref().map(|t| {
-                    [ToolCall { id: &t.id, kind: "function", function: FunctionCall { name: &t.name, arguments: &c.text } }]
+                    [ToolCall {
+                        id: &t.id,
+                        kind: "function",
+                        function: FunctionCall {
+                            name: &t.name,
+                            arguments: &c.text,
+                        },
+                    }]
                 });
-                let content = if tool_calls.is_some() { None } else { Some(c.text.as_str()) };
-                let logprobs = top.map(|top| ChatLogprobs { text: &c.text, entries: &c.entries, first_pos: 0, top });
+                let content = if tool_calls.is_some() {
+                    None
+                } else {
+                    Some(c.text.as_str())
+                };
+                let logprobs = top.map(|top| ChatLogprobs {
+                    text: &c.text,
+                    entries: &c.entries,
+                    first_pos: 0,
+                    top,
+                });
                 ResponseChoice {
                     index: c.index,
-                    message: Message { role: "assistant", content, refusal: None, tool_calls },
+                    message: Message {
+                        role: "assistant",
+                        content,
+                        refusal: None,
+                        tool_calls,
+                    },
                     logprobs,
                     finish_reason: c.finish.as_str(),
                 }
@@ -441,7 +580,11 @@ struct StreamState {
 
 impl StreamState {
     fn push(&self, buf: &mut Vec<u8>, choice: ChunkChoice<'_>) {
-        let usage = if self.include_usage { UsageField::Null } else { UsageField::Absent };
+        let usage = if self.include_usage {
+            UsageField::Null
+        } else {
+            UsageField::Absent
+        };
         self.push_chunk(buf, std::slice::from_ref(&choice), usage);
     }
 
@@ -466,8 +609,20 @@ impl StreamState {
         if !self.role_sent {
             self.role_sent = true;
             for c in &self.choices {
-                let delta = Delta { role: Some("assistant"), content: Some(""), ..Delta::default() };
-                self.push(&mut buf, ChunkChoice { index: c.choice.index, delta, logprobs: None, finish_reason: None });
+                let delta = Delta {
+                    role: Some("assistant"),
+                    content: Some(""),
+                    ..Delta::default()
+                };
+                self.push(
+                    &mut buf,
+                    ChunkChoice {
+                        index: c.choice.index,
+                        delta,
+                        logprobs: None,
+                        finish_reason: None,
+                    },
+                );
             }
             return Some((Bytes::from(buf), self));
         }
@@ -486,10 +641,24 @@ impl StreamState {
                         index: 0,
                         id: Some(&t.id),
                         kind: Some("function"),
-                        function: FunctionDelta { name: Some(&t.name), arguments: "" },
+                        function: FunctionDelta {
+                            name: Some(&t.name),
+                            arguments: "",
+                        },
                     };
-                    let delta = Delta { tool_calls: Some([head]), ..Delta::default() };
-                    self.push(&mut buf, ChunkChoice { index: st.choice.index, delta, logprobs: None, finish_reason: None });
+                    let delta = Delta {
+                        tool_calls: Some([head]),
+                        ..Delta::default()
+                    };
+                    self.push(
+                        &mut buf,
+                        ChunkChoice {
+                            index: st.choice.index,
+                            delta,
+                            logprobs: None,
+                            finish_reason: None,
+                        },
+                    );
                 }
             }
             if let Some(p) = st.pending {
@@ -500,17 +669,44 @@ impl StreamState {
                 let logprobs = match (self.top, lp) {
                     (Some(top), Some(lp)) => {
                         entry = [(0, text.len(), lp)];
-                        Some(ChatLogprobs { text, entries: &entry, first_pos: st.pos, top })
+                        Some(ChatLogprobs {
+                            text,
+                            entries: &entry,
+                            first_pos: st.pos,
+                            top,
+                        })
                     }
                     _ => None,
                 };
                 let delta = if st.choice.tool.is_some() {
-                    let frag = ToolCallDelta { index: 0, id: None, kind: None, function: FunctionDelta { name: None, arguments: text } };
-                    Delta { tool_calls: Some([frag]), ..Delta::default() }
+                    let frag = ToolCallDelta {
+                        index: 0,
+                        id: None,
+                        kind: None,
+                        function: FunctionDelta {
+                            name: None,
+                            arguments: text,
+                        },
+                    };
+                    Delta {
+                        tool_calls: Some([frag]),
+                        ..Delta::default()
+                    }
                 } else {
-                    Delta { content: Some(text), ..Delta::default() }
+                    Delta {
+                        content: Some(text),
+                        ..Delta::default()
+                    }
                 };
-                self.push(&mut buf, ChunkChoice { index: st.choice.index, delta, logprobs, finish_reason: None });
+                self.push(
+                    &mut buf,
+                    ChunkChoice {
+                        index: st.choice.index,
+                        delta,
+                        logprobs,
+                        finish_reason: None,
+                    },
+                );
                 st.pos = st.pos.saturating_add(1);
                 st.pending = st.choice.next_piece();
             }
@@ -544,7 +740,12 @@ impl StreamState {
 }
 
 fn stream(engine: Arc<TestEngine>, plan: Plan) -> Response {
-    let Plan { common, prompt_tokens, top, choices } = plan;
+    let Plan {
+        common,
+        prompt_tokens,
+        top,
+        choices,
+    } = plan;
     let state = StreamState {
         guard: RequestGuard::start(engine.clone()),
         pacer: Pacer::new(common.timing, &engine),
@@ -557,7 +758,13 @@ fn stream(engine: Arc<TestEngine>, plan: Plan) -> Response {
         completion_tokens: 0,
         choices: choices
             .into_iter()
-            .map(|choice| ChoiceState { choice, pending: None, pos: 0, started: false, finished: false })
+            .map(|choice| ChoiceState {
+                choice,
+                pending: None,
+                pos: 0,
+                started: false,
+                finished: false,
+            })
             .collect(),
         role_sent: false,
         done: false,

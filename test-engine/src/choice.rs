@@ -35,7 +35,12 @@ pub enum Piece {
 
 impl Choice {
     pub fn new(index: u32, src: Source, tool: Option<ToolHead>, seed: u64, logprobs: bool) -> Self {
-        Self { index, src, tool, lp: logprobs.then(|| LogprobGen::new(seed)) }
+        Self {
+            index,
+            src,
+            tool,
+            lp: logprobs.then(|| LogprobGen::new(seed)),
+        }
     }
 
     pub fn next_piece(&mut self) -> Option<Piece> {
@@ -48,7 +53,9 @@ impl Choice {
     pub fn text(&self, p: Piece) -> &str {
         match (p, &self.src) {
             (Piece::Static(s), _) => s,
-            (Piece::Range(s, e), Source::Fixed { pieces, .. }) => pieces.text().get(s..e).unwrap_or(""),
+            (Piece::Range(s, e), Source::Fixed { pieces, .. }) => {
+                pieces.text().get(s..e).unwrap_or("")
+            }
             (Piece::Range(..), Source::Words(_)) => "",
         }
     }
@@ -105,7 +112,14 @@ pub fn collect(mut c: Choice) -> Collected {
     if let Source::Fixed { pieces, .. } = c.src {
         text = pieces.text().to_owned();
     }
-    Collected { index: c.index, text, entries, tokens, finish, tool: c.tool }
+    Collected {
+        index: c.index,
+        text,
+        entries,
+        tokens,
+        finish,
+        tool: c.tool,
+    }
 }
 
 /// `[u8]` of a token, serialised without allocating.
@@ -149,7 +163,11 @@ impl Serialize for TopList<'_, '_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let t = self.0;
         s.collect_seq(
-            alternatives(t.token, t.lp, t.pos, t.top).map(|(token, logprob)| TopEntry { token, logprob, bytes: Utf8Bytes(token) }),
+            alternatives(t.token, t.lp, t.pos, t.top).map(|(token, logprob)| TopEntry {
+                token,
+                logprob,
+                bytes: Utf8Bytes(token),
+            }),
         )
     }
 }
@@ -180,7 +198,12 @@ impl Serialize for ChatContent<'_, '_> {
         let mut seq = s.serialize_seq(Some(l.entries.len()))?;
         for (i, (st, en, lp)) in l.entries.iter().enumerate() {
             let token = l.text.get(*st..*en).unwrap_or("");
-            seq.serialize_element(&TokenLogprob { token, lp: *lp, pos: l.first_pos.saturating_add(i as u32), top: l.top })?;
+            seq.serialize_element(&TokenLogprob {
+                token,
+                lp: *lp,
+                pos: l.first_pos.saturating_add(i as u32),
+                top: l.top,
+            })?;
         }
         seq.end()
     }
@@ -201,7 +224,10 @@ impl Serialize for LegacyLogprobs<'_> {
         let tok = |e: &(usize, usize, Lp)| self.text.get(e.0..e.1).unwrap_or("");
         let mut m = s.serialize_map(Some(4))?;
         m.serialize_entry("tokens", &Seq(|| self.entries.iter().map(tok)))?;
-        m.serialize_entry("token_logprobs", &Seq(|| self.entries.iter().map(|e| e.2.logprob)))?;
+        m.serialize_entry(
+            "token_logprobs",
+            &Seq(|| self.entries.iter().map(|e| e.2.logprob)),
+        )?;
         m.serialize_entry(
             "top_logprobs",
             &Seq(|| {
@@ -213,7 +239,10 @@ impl Serialize for LegacyLogprobs<'_> {
                 })
             }),
         )?;
-        m.serialize_entry("text_offset", &Seq(|| self.entries.iter().map(|e| self.offset_base + e.0)))?;
+        m.serialize_entry(
+            "text_offset",
+            &Seq(|| self.entries.iter().map(|e| self.offset_base + e.0)),
+        )?;
         m.end()
     }
 }

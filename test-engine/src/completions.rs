@@ -21,7 +21,12 @@ const MAX_LEGACY_LOGPROBS: u64 = params::MAX_TOP_LOGPROBS;
 
 /// Each prompt of `prompt` (string | [string] | [int] | [[int]]): token count and seed hash.
 fn prompts(body: &Map<String, Value>) -> Result<Vec<(u64, u64)>, ApiError> {
-    let bad = || ApiError::invalid("prompt", "'prompt' must be a string, an array of strings, or token arrays.");
+    let bad = || {
+        ApiError::invalid(
+            "prompt",
+            "'prompt' must be a string, an array of strings, or token arrays.",
+        )
+    };
     let one_str = |s: &str| {
         let mut h = Fnv::default();
         h.write(s.as_bytes());
@@ -37,10 +42,13 @@ fn prompts(body: &Map<String, Value>) -> Result<Vec<(u64, u64)>, ApiError> {
     match body.get("prompt") {
         None | Some(Value::Null) => Err(ApiError::missing("prompt")),
         Some(Value::String(s)) => Ok(vec![one_str(s)]),
-        Some(Value::Array(a)) if a.is_empty() => Err(ApiError::invalid("prompt", "'prompt' must not be empty.")),
-        Some(Value::Array(a)) if a.len() > MAX_N as usize => {
-            Err(ApiError::invalid("prompt", format!("'prompt' allows at most {MAX_N} prompts.")))
+        Some(Value::Array(a)) if a.is_empty() => {
+            Err(ApiError::invalid("prompt", "'prompt' must not be empty."))
         }
+        Some(Value::Array(a)) if a.len() > MAX_N as usize => Err(ApiError::invalid(
+            "prompt",
+            format!("'prompt' allows at most {MAX_N} prompts."),
+        )),
         Some(Value::Array(a)) => match a.first() {
             Some(Value::Number(_)) => Ok(vec![one_tokens(a)?]),
             _ => a
@@ -71,10 +79,18 @@ fn plan(body: &Value, engine: &TestEngine) -> Result<Plan, ApiError> {
     // OpenAI: n choices per prompt.
     let total = prompts.len() as u64 * u64::from(common.n);
     if total > MAX_N {
-        return Err(ApiError::invalid("n", format!("prompts x n must be at most {MAX_N}.")));
+        return Err(ApiError::invalid(
+            "n",
+            format!("prompts x n must be at most {MAX_N}."),
+        ));
     }
     if !common.stream {
-        let planned = u64::from(common.completion_tokens.unwrap_or(24).min(common.limit.unwrap_or(u32::MAX)));
+        let planned = u64::from(
+            common
+                .completion_tokens
+                .unwrap_or(24)
+                .min(common.limit.unwrap_or(u32::MAX)),
+        );
         params::check_budget(total, planned, top)?;
     }
     let mut choices = Vec::with_capacity(total as usize);
@@ -82,13 +98,30 @@ fn plan(body: &Value, engine: &TestEngine) -> Result<Plan, ApiError> {
     for (_, hash) in &prompts {
         for i in 0..common.n {
             let seed = choice_seed(*hash, common.seed, i);
-            let words = WordGen::new(seed, common.completion_tokens, common.limit, common.stops.clone());
-            choices.push(Choice::new(index, Source::Words(words), None, seed, top.is_some()));
+            let words = WordGen::new(
+                seed,
+                common.completion_tokens,
+                common.limit,
+                common.stops.clone(),
+                engine.config().max_tokens_default,
+            );
+            choices.push(Choice::new(
+                index,
+                Source::Words(words),
+                None,
+                seed,
+                top.is_some(),
+            ));
             index += 1;
         }
     }
     let prompt_tokens = prompts.iter().map(|p| p.0).sum();
-    Ok(Plan { common, prompt_tokens, top, choices })
+    Ok(Plan {
+        common,
+        prompt_tokens,
+        top,
+        choices,
+    })
 }
 
 #[derive(Serialize)]
@@ -125,13 +158,25 @@ pub async fn handle(engine: Arc<TestEngine>, body: &Value) -> Response {
 
 async fn answer(engine: Arc<TestEngine>, plan: Plan) -> Response {
     let mut guard = RequestGuard::start(engine.clone());
-    let Plan { common, prompt_tokens, top, choices } = plan;
+    let Plan {
+        common,
+        prompt_tokens,
+        top,
+        choices,
+    } = plan;
     let done: Vec<_> = choices.into_iter().map(collect).collect();
     let completion: u64 = done.iter().map(|c| c.tokens).sum();
     let longest = done.iter().map(|c| c.tokens).max().unwrap_or(0);
-    if !Pacer::new(common.timing, &engine).before_answer(u32::try_from(longest).unwrap_or(u32::MAX)).await {
-        return ApiError::other(axum::http::StatusCode::SERVICE_UNAVAILABLE, "The engine is shutting down.", None)
-            .into_response();
+    if !Pacer::new(common.timing, &engine)
+        .before_answer(u32::try_from(longest).unwrap_or(u32::MAX))
+        .await
+    {
+        return ApiError::other(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "The engine is shutting down.",
+            None,
+        )
+        .into_response();
     }
     let id = new_id("cmpl-");
     let choices: Vec<TextChoice<'_>> = done
@@ -139,7 +184,13 @@ async fn answer(engine: Arc<TestEngine>, plan: Plan) -> Response {
         .map(|c| TextChoice {
             text: &c.text,
             index: c.index,
-            logprobs: top.map(|top| LegacyLogprobs { text: &c.text, entries: &c.entries, first_pos: 0, top, offset_base: 0 }),
+            logprobs: top.map(|top| LegacyLogprobs {
+                text: &c.text,
+                entries: &c.entries,
+                first_pos: 0,
+                top,
+                offset_base: 0,
+            }),
             finish_reason: Some(c.finish.as_str()),
         })
         .collect();
@@ -227,11 +278,22 @@ impl StreamState {
                 let logprobs = match (self.top, lp) {
                     (Some(top), Some(lp)) => {
                         entry = [(0, text.len(), lp)];
-                        Some(LegacyLogprobs { text, entries: &entry, first_pos: st.pos, top, offset_base: st.offset })
+                        Some(LegacyLogprobs {
+                            text,
+                            entries: &entry,
+                            first_pos: st.pos,
+                            top,
+                            offset_base: st.offset,
+                        })
                     }
                     _ => None,
                 };
-                let c = TextChoice { text, index: st.choice.index, logprobs, finish_reason: None };
+                let c = TextChoice {
+                    text,
+                    index: st.choice.index,
+                    logprobs,
+                    finish_reason: None,
+                };
                 self.push(&mut buf, std::slice::from_ref(&c), self.usage_null());
                 st.offset += text.len();
                 st.pos = st.pos.saturating_add(1);
@@ -239,7 +301,12 @@ impl StreamState {
             }
             if st.pending.is_none() {
                 st.finished = true;
-                let c = TextChoice { text: "", index: st.choice.index, logprobs: None, finish_reason: Some(st.choice.finish().as_str()) };
+                let c = TextChoice {
+                    text: "",
+                    index: st.choice.index,
+                    logprobs: None,
+                    finish_reason: Some(st.choice.finish().as_str()),
+                };
                 self.push(&mut buf, std::slice::from_ref(&c), self.usage_null());
             } else {
                 all_done = false;
@@ -250,7 +317,11 @@ impl StreamState {
         self.guard.add_tokens(emitted);
         if all_done {
             if self.include_usage {
-                self.push(&mut buf, &[], UsageField::Set(Usage::new(self.prompt_tokens, self.completion_tokens)));
+                self.push(
+                    &mut buf,
+                    &[],
+                    UsageField::Set(Usage::new(self.prompt_tokens, self.completion_tokens)),
+                );
             }
             sse::push_done(&mut buf);
             self.guard.complete();
@@ -261,7 +332,12 @@ impl StreamState {
 }
 
 fn stream(engine: Arc<TestEngine>, plan: Plan) -> Response {
-    let Plan { common, prompt_tokens, top, choices } = plan;
+    let Plan {
+        common,
+        prompt_tokens,
+        top,
+        choices,
+    } = plan;
     let state = StreamState {
         guard: RequestGuard::start(engine.clone()),
         pacer: Pacer::new(common.timing, &engine),
@@ -274,7 +350,14 @@ fn stream(engine: Arc<TestEngine>, plan: Plan) -> Response {
         completion_tokens: 0,
         choices: choices
             .into_iter()
-            .map(|choice| ChoiceState { choice, pending: None, pos: 0, offset: 0, started: false, finished: false })
+            .map(|choice| ChoiceState {
+                choice,
+                pending: None,
+                pos: 0,
+                offset: 0,
+                started: false,
+                finished: false,
+            })
             .collect(),
         done: false,
     };

@@ -23,7 +23,12 @@ const MAX_FLOATS: usize = 4 * 1024 * 1024;
 
 /// Each input: (tokens, hash of its content).
 fn inputs(body: &Map<String, Value>) -> Result<Vec<(u64, u64)>, ApiError> {
-    let bad = || ApiError::invalid("input", "'input' must be a string, an array of strings, or token arrays.");
+    let bad = || {
+        ApiError::invalid(
+            "input",
+            "'input' must be a string, an array of strings, or token arrays.",
+        )
+    };
     let text = |s: &str| {
         let mut h = Fnv::default();
         h.write(s.as_bytes());
@@ -47,7 +52,10 @@ fn inputs(body: &Map<String, Value>) -> Result<Vec<(u64, u64)>, ApiError> {
         return Err(ApiError::invalid("input", "'input' must not be empty."));
     }
     if list.len() > MAX_INPUTS {
-        return Err(ApiError::invalid("input", format!("'input' allows at most {MAX_INPUTS} items.")));
+        return Err(ApiError::invalid(
+            "input",
+            format!("'input' allows at most {MAX_INPUTS} items."),
+        ));
     }
     if let Some(Value::Number(_)) = list.first() {
         return Ok(vec![tokens(list)?]);
@@ -64,10 +72,17 @@ fn inputs(body: &Map<String, Value>) -> Result<Vec<(u64, u64)>, ApiError> {
 /// Deterministic unit-length vector for a content hash.
 pub fn vector(hash: u64, dim: usize) -> Vec<f32> {
     let mut rng = SplitMix64::new(mix(hash ^ 0xE3B));
-    let mut v: Vec<f32> = (0..dim).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
-    let norm = v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
+    let mut v: Vec<f32> = (0..dim)
+        .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
+        .collect();
+    let norm = v
+        .iter()
+        .map(|x| f64::from(*x) * f64::from(*x))
+        .sum::<f64>()
+        .sqrt();
     if norm > 1e-12 {
-        v.iter_mut().for_each(|x| *x = (f64::from(*x) / norm) as f32);
+        v.iter_mut()
+            .for_each(|x| *x = (f64::from(*x) / norm) as f32);
     } else if let Some(first) = v.first_mut() {
         *first = 1.0;
     }
@@ -123,7 +138,12 @@ fn build(engine: &Arc<TestEngine>, body: &Value) -> Result<Response, ApiError> {
     let model = params::model(body, engine.config())?;
     let inputs = inputs(body)?;
     let dim = match params::opt_uint(body, "dimensions", "dimensions", MAX_DIM)? {
-        Some(0) => return Err(ApiError::invalid("dimensions", "'dimensions' must be at least 1.")),
+        Some(0) => {
+            return Err(ApiError::invalid(
+                "dimensions",
+                "'dimensions' must be at least 1.",
+            ))
+        }
         Some(d) => d as usize,
         None => engine.config().embedding_dim.clamp(1, MAX_DIM as usize),
     };
@@ -131,10 +151,18 @@ fn build(engine: &Arc<TestEngine>, body: &Value) -> Result<Response, ApiError> {
         None | Some(Value::Null) => false,
         Some(Value::String(f)) if f == "float" => false,
         Some(Value::String(f)) if f == "base64" => true,
-        Some(_) => return Err(ApiError::invalid("encoding_format", "'encoding_format' must be 'float' or 'base64'.")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "encoding_format",
+                "'encoding_format' must be 'float' or 'base64'.",
+            ))
+        }
     };
     if inputs.len().saturating_mul(dim) > MAX_FLOATS {
-        return Err(ApiError::invalid("input", "Too many inputs for this many dimensions."));
+        return Err(ApiError::invalid(
+            "input",
+            "Too many inputs for this many dimensions.",
+        ));
     }
     let mut guard = RequestGuard::start(engine.clone());
     let data = inputs
@@ -156,7 +184,10 @@ fn build(engine: &Arc<TestEngine>, body: &Value) -> Result<Response, ApiError> {
         object: "list",
         data,
         model: &model,
-        usage: EmbUsage { prompt_tokens: tokens, total_tokens: tokens },
+        usage: EmbUsage {
+            prompt_tokens: tokens,
+            total_tokens: tokens,
+        },
     };
     let out = Json(&resp).into_response();
     guard.complete();

@@ -58,8 +58,18 @@ impl ApiError {
     }
 
     /// Any other status (body too large, unknown route, ...).
-    pub fn other(status: StatusCode, message: impl Into<String>, code: Option<&'static str>) -> Self {
-        Self { status, message: message.into(), kind: "invalid_request_error", param: None, code }
+    pub fn other(
+        status: StatusCode,
+        message: impl Into<String>,
+        code: Option<&'static str>,
+    ) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: None,
+            code,
+        }
     }
 }
 
@@ -100,7 +110,9 @@ mod tests {
     async fn shape() {
         let resp = ApiError::model_not_found("x").into_response();
         assert_eq!(resp.status(), StatusCode::NOT_FOUND);
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(v["error"]["code"], "model_not_found");
         assert_eq!(v["error"]["param"], "model");

@@ -68,6 +68,7 @@ pub fn choice_seed(prompt_hash: u64, seed: Option<u64>, index: u32) -> u64 {
 }
 
 /// Words with a leading space, so a token (" " + word) is a static slice and costs no allocation.
+#[rustfmt::skip]
 pub const WORDS: [&str; 128] = [
     " the", " quick", " brown", " fox", " jumps", " over", " lazy", " dog", " river", " stone", " light",
     " shadow", " garden", " window", " silver", " golden", " morning", " evening", " quiet", " bright",
@@ -75,13 +76,13 @@ pub const WORDS: [&str; 128] = [
     " paper", " pencil", " table", " chair", " lamp", " door", " house", " road", " bridge", " tower",
     " city", " village", " market", " harbor", " island", " desert", " meadow", " orchard", " field", " farm",
     " apple", " orange", " lemon", " cherry", " grape", " bread", " cheese", " honey", " salt", " pepper",
-    " red", " blue", " green", " yellow", " purple", " white", " black", " gray", " amber", " violet",
-    " one", " two", " three", " four", " five", " six", " seven", " eight", " nine", " ten",
-    " runs", " walks", " sings", " reads", " writes", " builds", " opens", " closes", " finds", " keeps",
-    " small", " large", " gentle", " swift", " calm", " bold", " warm", " cold", " soft", " loud",
-    " music", " story", " letter", " number", " signal", " pattern", " engine", " answer", " question",
-    " idea", " moment", " season", " journey", " circle", " square", " line", " point", " edge", " center",
-    " north", " south", " east", " west", " above", " below", " inside", " outside", " again",
+    " red", " blue", " green", " yellow", " purple", " white", " black", " gray", " amber", " violet", " one",
+    " two", " three", " four", " five", " six", " seven", " eight", " nine", " ten", " runs", " walks",
+    " sings", " reads", " writes", " builds", " opens", " closes", " finds", " keeps", " small", " large",
+    " gentle", " swift", " calm", " bold", " warm", " cold", " soft", " loud", " music", " story", " letter",
+    " number", " signal", " pattern", " engine", " answer", " question", " idea", " moment", " season",
+    " journey", " circle", " square", " line", " point", " edge", " center", " north", " south", " east",
+    " west", " above", " below", " inside", " outside", " again",
 ];
 
 /// A word without its leading space.
@@ -132,15 +133,35 @@ pub struct WordGen {
 }
 
 impl WordGen {
-    /// `natural` overrides the 8..=24 natural length; `limit` is max_tokens.
-    pub fn new(seed: u64, natural: Option<u32>, limit: Option<u32>, stops: Arc<[String]>) -> Self {
+    /// `natural` overrides the 8..=24 natural length; `limit` is max_tokens; `default_cap` caps the drawn
+    /// natural length when the request gives neither (`EngineConfig::max_tokens_default`).
+    pub fn new(
+        seed: u64,
+        natural: Option<u32>,
+        limit: Option<u32>,
+        stops: Arc<[String]>,
+        default_cap: u32,
+    ) -> Self {
         let mut rng = SplitMix64::new(seed);
         // Drawn first so that the words do not depend on the limit: a cut answer is a prefix.
         let drawn = 8 + rng.below(17) as u32;
-        let natural = natural.unwrap_or(drawn);
+        let natural = match (natural, limit) {
+            (Some(n), _) => n,
+            (None, Some(_)) => drawn,
+            (None, None) => drawn.min(default_cap),
+        };
         let len = limit.map_or(natural, |l| l.min(natural));
         let max_stop = stops.iter().map(String::len).max().unwrap_or(0);
-        Self { rng, len, cut_by_limit: len < natural, emitted: 0, stops, tail: String::new(), max_stop, stopped: false }
+        Self {
+            rng,
+            len,
+            cut_by_limit: len < natural,
+            emitted: 0,
+            stops,
+            tail: String::new(),
+            max_stop,
+            stopped: false,
+        }
     }
 
     /// The next token, or `None` when the choice is over.
@@ -176,16 +197,6 @@ impl WordGen {
         } else {
             Finish::Stop
         }
-    }
-
-    /// Upper bound of the tokens this source can produce (for budgets).
-    pub fn planned(&self) -> u32 {
-        self.len
-    }
-
-    /// The PRNG, for callers needing more deterministic draws after the words.
-    pub fn rng(&mut self) -> &mut SplitMix64 {
-        &mut self.rng
     }
 }
 
@@ -253,7 +264,10 @@ impl LogprobGen {
 
     pub fn next_lp(&mut self) -> Lp {
         let logprob = -(self.0.next_f64() * 3.0);
-        Lp { logprob: round6(logprob), alt_seed: self.0.next_u64() }
+        Lp {
+            logprob: round6(logprob),
+            alt_seed: self.0.next_u64(),
+        }
     }
 }
 
@@ -267,7 +281,12 @@ fn round6(x: f64) -> f64 {
 }
 
 /// The k alternatives of a token: the token itself first, then distinct words with decreasing logprobs.
-pub fn alternatives(token: &str, lp: Lp, pos: u32, k: u8) -> impl Iterator<Item = (&str, f64)> + '_ {
+pub fn alternatives(
+    token: &str,
+    lp: Lp,
+    pos: u32,
+    k: u8,
+) -> impl Iterator<Item = (&str, f64)> + '_ {
     let mut rng = SplitMix64::new(lp.alt_seed);
     let start = rng.below(WORDS.len() as u64) as usize;
     let first = (k > 0).then_some((token, lp.logprob));
@@ -303,26 +322,36 @@ mod tests {
     #[test]
     fn natural_length_and_prefix() {
         let none: Arc<[String]> = Arc::from(Vec::new());
-        let (full, f) = collect(WordGen::new(42, None, None, none.clone()));
+        let (full, f) = collect(WordGen::new(42, None, None, none.clone(), u32::MAX));
         let n = count_words(&full);
         assert!((8..=24).contains(&n), "{n}");
         assert_eq!(f, Finish::Stop);
         assert!(!full.starts_with(' '));
-        let (cut, f) = collect(WordGen::new(42, None, Some(3), none.clone()));
+        let (cut, f) = collect(WordGen::new(42, None, Some(3), none.clone(), 4));
         assert_eq!(count_words(&cut), 3);
         assert_eq!(f, Finish::Length);
         assert!(full.starts_with(&cut));
-        let (long, _) = collect(WordGen::new(42, Some(1000), None, none));
+        let (long, _) = collect(WordGen::new(42, Some(1000), None, none.clone(), 4));
+        // The default cap only shortens the drawn length, and only without max_tokens or an override.
+        let (capped, f) = collect(WordGen::new(42, None, None, none, 4));
+        assert_eq!((count_words(&capped), f), (4, Finish::Stop));
+        assert!(full.starts_with(&capped));
         assert_eq!(count_words(&long), 1000);
     }
 
     #[test]
     fn stop_strings_cut_before() {
         let none: Arc<[String]> = Arc::from(Vec::new());
-        let (full, _) = collect(WordGen::new(7, Some(200), None, none));
+        let (full, _) = collect(WordGen::new(7, Some(200), None, none, 4));
         let words: Vec<&str> = full.split(' ').collect();
         let stop = format!("{} {}", words[5], words[6]);
-        let (cut, f) = collect(WordGen::new(7, Some(200), None, Arc::from(vec![stop.clone()])));
+        let (cut, f) = collect(WordGen::new(
+            7,
+            Some(200),
+            None,
+            Arc::from(vec![stop.clone()]),
+            4,
+        ));
         assert!(!cut.contains(&stop));
         assert!(full.starts_with(&cut));
         assert_eq!(f, Finish::Stop);

@@ -21,10 +21,10 @@ mod chat;
 mod choice;
 mod completions;
 mod embeddings;
-pub mod error;
-pub mod gen;
+mod error;
+mod gen;
 mod params;
-pub mod schema;
+mod schema;
 mod sse;
 
 pub use error::ApiError;
@@ -42,7 +42,8 @@ pub struct EngineConfig {
     /// 0.0 = unlimited (no sleeping at all); otherwise 1/tps between tokens.
     pub tokens_per_second: f64,
     pub embedding_dim: usize,
-    /// Documented default length cap; the effective natural length is 8..=24 words (see the spec).
+    /// Caps the natural length (8..=24 words) when a request gives no max_tokens/max_completion_tokens
+    /// and no `test_engine.completion_tokens`; the finish reason stays "stop".
     pub max_tokens_default: u32,
 }
 
@@ -122,7 +123,10 @@ impl TestEngine {
 
     /// The last JSON body received on a POST route, exactly as parsed.
     pub fn last_request(&self) -> Option<Arc<Value>> {
-        self.last_request.lock().map(|g| g.clone()).unwrap_or_else(|p| p.into_inner().clone())
+        self.last_request
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
     }
 
     /// All routes of the spec, with this engine as state.
@@ -176,15 +180,23 @@ pub async fn serve(
 }
 
 pub(crate) fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A unique-enough response id (`chatcmpl-…`, `cmpl-…`).
 pub(crate) fn new_id(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     let c = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix}{:016x}{:08x}", gen::mix(nanos ^ gen::mix(c)), c as u32)
+    format!(
+        "{prefix}{:016x}{:08x}",
+        gen::mix(nanos ^ gen::mix(c)),
+        c as u32
+    )
 }
 
 async fn health() -> Json<Value> {
@@ -192,7 +204,12 @@ async fn health() -> Json<Value> {
 }
 
 async fn list_models(State(engine): State<Arc<TestEngine>>) -> Json<Value> {
-    let data: Vec<Value> = engine.cfg.models.iter().map(|m| engine.model_object(m)).collect();
+    let data: Vec<Value> = engine
+        .cfg
+        .models
+        .iter()
+        .map(|m| engine.model_object(m))
+        .collect();
     Json(json!({"object": "list", "data": data}))
 }
 
@@ -204,21 +221,30 @@ async fn get_model(State(engine): State<Arc<TestEngine>>, Path(model): Path<Stri
     }
 }
 
-async fn chat_completions(State(engine): State<Arc<TestEngine>>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn chat_completions(
+    State(engine): State<Arc<TestEngine>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     match engine.parse_body(body) {
         Ok(v) => chat::handle(engine, &v).await,
         Err(e) => e.into_response(),
     }
 }
 
-async fn completions_route(State(engine): State<Arc<TestEngine>>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn completions_route(
+    State(engine): State<Arc<TestEngine>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     match engine.parse_body(body) {
         Ok(v) => completions::handle(engine, &v).await,
         Err(e) => e.into_response(),
     }
 }
 
-async fn embeddings_route(State(engine): State<Arc<TestEngine>>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn embeddings_route(
+    State(engine): State<Arc<TestEngine>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     match engine.parse_body(body) {
         Ok(v) => embeddings::handle(engine, &v),
         Err(e) => e.into_response(),
@@ -234,5 +260,9 @@ async fn debug_last_request(State(engine): State<Arc<TestEngine>>) -> Json<Value
 }
 
 async fn not_found(uri: Uri) -> ApiError {
-    ApiError::other(StatusCode::NOT_FOUND, format!("Unknown request URL: {}", uri.path()), Some("unknown_url"))
+    ApiError::other(
+        StatusCode::NOT_FOUND,
+        format!("Unknown request URL: {}", uri.path()),
+        Some("unknown_url"),
+    )
 }

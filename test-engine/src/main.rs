@@ -34,15 +34,25 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, String>
         if flag == "-h" || flag == "--help" {
             return Ok(None);
         }
-        let mut value = || inline.clone().or_else(|| it.next()).ok_or_else(|| format!("{flag} needs a value"));
-        let num = |v: String| v.parse::<u64>().map_err(|_| format!("{flag}: not a non-negative integer: {v}"));
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        let num = |v: String| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{flag}: not a non-negative integer: {v}"))
+        };
         match flag.as_str() {
             "--listen" => listen = value()?,
             "--model" => models.push(value()?),
             "--ttft-ms" => cfg.ttft = Duration::from_millis(num(value()?)?),
             "--tokens-per-second" => {
                 let v = value()?;
-                let tps: f64 = v.parse().map_err(|_| format!("{flag}: not a number: {v}"))?;
+                let tps: f64 = v
+                    .parse()
+                    .map_err(|_| format!("{flag}: not a number: {v}"))?;
                 if !tps.is_finite() || tps < 0.0 {
                     return Err(format!("{flag} must be >= 0"));
                 }
@@ -56,7 +66,8 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, String>
                 cfg.embedding_dim = d as usize;
             }
             "--max-tokens-default" => {
-                cfg.max_tokens_default = u32::try_from(num(value()?)?).map_err(|_| format!("{flag} is too large"))?;
+                cfg.max_tokens_default =
+                    u32::try_from(num(value()?)?).map_err(|_| format!("{flag} is too large"))?;
             }
             _ => return Err(format!("unknown argument: {arg}")),
         }
@@ -109,7 +120,9 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let addr = listener.local_addr().map_or(args.listen.clone(), |a| a.to_string());
+    let addr = listener
+        .local_addr()
+        .map_or(args.listen.clone(), |a| a.to_string());
     // Tests and scripts wait for this exact line (stdout is line-buffered, so it is flushed).
     println!("test-engine listening on http://{addr}");
     match serve(listener, TestEngine::new(args.cfg), shutdown_signal()).await {
@@ -132,9 +145,20 @@ mod tests {
 
     #[test]
     fn parses_flags() {
-        let a = p(&["--listen", "0.0.0.0:1", "--model", "a", "--model=b", "--ttft-ms", "5", "--tokens-per-second=2.5", "--embedding-dim", "8"])
-            .unwrap()
-            .unwrap();
+        let a = p(&[
+            "--listen",
+            "0.0.0.0:1",
+            "--model",
+            "a",
+            "--model=b",
+            "--ttft-ms",
+            "5",
+            "--tokens-per-second=2.5",
+            "--embedding-dim",
+            "8",
+        ])
+        .unwrap()
+        .unwrap();
         assert_eq!(a.listen, "0.0.0.0:1");
         assert_eq!(a.cfg.models, vec!["a".to_string(), "b".to_string()]);
         assert_eq!(a.cfg.ttft, Duration::from_millis(5));
@@ -142,7 +166,13 @@ mod tests {
         assert_eq!(a.cfg.embedding_dim, 8);
         assert!(p(&["--help"]).unwrap().is_none());
         assert_eq!(p(&[]).unwrap().unwrap().cfg, EngineConfig::default());
-        for bad in [&["--nope"][..], &["--listen"], &["--ttft-ms", "x"], &["--tokens-per-second", "-1"], &["--embedding-dim", "0"]] {
+        for bad in [
+            &["--nope"][..],
+            &["--listen"],
+            &["--ttft-ms", "x"],
+            &["--tokens-per-second", "-1"],
+            &["--embedding-dim", "0"],
+        ] {
             assert!(p(bad).is_err(), "{bad:?}");
         }
     }

@@ -44,7 +44,11 @@ pub struct Common {
 
 pub fn as_object(body: &Value) -> Result<&Map<String, Value>, ApiError> {
     body.as_object().ok_or_else(|| {
-        ApiError::other(axum::http::StatusCode::BAD_REQUEST, "The request body must be a JSON object.", None)
+        ApiError::other(
+            axum::http::StatusCode::BAD_REQUEST,
+            "The request body must be a JSON object.",
+            None,
+        )
     })
 }
 
@@ -66,18 +70,32 @@ pub fn opt_bool(body: &Map<String, Value>, key: &str) -> Result<Option<bool>, Ap
     match present(body, key) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(ApiError::invalid(key, format!("'{key}' must be a boolean."))),
+        Some(_) => Err(ApiError::invalid(
+            key,
+            format!("'{key}' must be a boolean."),
+        )),
     }
 }
 
 /// An unsigned integer within `0..=max` (out of range is an error).
-pub fn opt_uint(body: &Map<String, Value>, key: &str, param: &str, max: u64) -> Result<Option<u64>, ApiError> {
+pub fn opt_uint(
+    body: &Map<String, Value>,
+    key: &str,
+    param: &str,
+    max: u64,
+) -> Result<Option<u64>, ApiError> {
     match body.get(key).filter(|v| !v.is_null()) {
         None => Ok(None),
         Some(v) => match v.as_u64() {
             Some(x) if x <= max => Ok(Some(x)),
-            Some(_) => Err(ApiError::invalid(param, format!("'{param}' must be at most {max}."))),
-            None => Err(ApiError::invalid(param, format!("'{param}' must be a non-negative integer."))),
+            Some(_) => Err(ApiError::invalid(
+                param,
+                format!("'{param}' must be at most {max}."),
+            )),
+            None => Err(ApiError::invalid(
+                param,
+                format!("'{param}' must be a non-negative integer."),
+            )),
         },
     }
 }
@@ -92,9 +110,17 @@ pub fn common(body: &Map<String, Value>, cfg: &EngineConfig) -> Result<Common, A
     let n = match opt_uint(body, "n", "n", u64::MAX)? {
         None => 1,
         Some(n) if (1..=MAX_N).contains(&n) => n as u32,
-        Some(_) => return Err(ApiError::invalid("n", format!("'n' must be between 1 and {MAX_N}."))),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "n",
+                format!("'n' must be between 1 and {MAX_N}."),
+            ))
+        }
     };
-    let limit = match (opt_limit(body, "max_tokens")?, opt_limit(body, "max_completion_tokens")?) {
+    let limit = match (
+        opt_limit(body, "max_tokens")?,
+        opt_limit(body, "max_completion_tokens")?,
+    ) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
@@ -102,9 +128,19 @@ pub fn common(body: &Map<String, Value>, cfg: &EngineConfig) -> Result<Common, A
     let include_usage = match present(body, "stream_options") {
         None => false,
         Some(Value::Object(o)) => opt_bool(o, "include_usage")
-            .map_err(|_| ApiError::invalid("stream_options.include_usage", "'include_usage' must be a boolean."))?
+            .map_err(|_| {
+                ApiError::invalid(
+                    "stream_options.include_usage",
+                    "'include_usage' must be a boolean.",
+                )
+            })?
             .unwrap_or(false),
-        Some(_) => return Err(ApiError::invalid("stream_options", "'stream_options' must be an object.")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "stream_options",
+                "'stream_options' must be an object.",
+            ))
+        }
     };
     let seed = match present(body, "seed") {
         None => None,
@@ -117,7 +153,17 @@ pub fn common(body: &Map<String, Value>, cfg: &EngineConfig) -> Result<Common, A
     };
     let stops = stops(body)?;
     let (timing, completion_tokens) = overrides(body, cfg)?;
-    Ok(Common { model, n, limit, stream, include_usage, seed, stops, timing, completion_tokens })
+    Ok(Common {
+        model,
+        n,
+        limit,
+        stream,
+        include_usage,
+        seed,
+        stops,
+        timing,
+        completion_tokens,
+    })
 }
 
 fn stops(body: &Map<String, Value>) -> Result<Arc<[String]>, ApiError> {
@@ -127,21 +173,36 @@ fn stops(body: &Map<String, Value>) -> Result<Arc<[String]>, ApiError> {
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(a)) => {
             if a.len() > MAX_STOPS {
-                return Err(ApiError::invalid("stop", format!("'stop' allows at most {MAX_STOPS} sequences.")));
+                return Err(ApiError::invalid(
+                    "stop",
+                    format!("'stop' allows at most {MAX_STOPS} sequences."),
+                ));
             }
-            a.iter().map(|v| v.as_str().map(str::to_owned).ok_or_else(err)).collect::<Result<_, _>>()?
+            a.iter()
+                .map(|v| v.as_str().map(str::to_owned).ok_or_else(err))
+                .collect::<Result<_, _>>()?
         }
         Some(_) => return Err(err()),
     };
     if list.iter().any(|s| s.len() > MAX_STOP_LEN) {
-        return Err(ApiError::invalid("stop", format!("Each stop sequence must be at most {MAX_STOP_LEN} bytes.")));
+        return Err(ApiError::invalid(
+            "stop",
+            format!("Each stop sequence must be at most {MAX_STOP_LEN} bytes."),
+        ));
     }
     // An empty stop string would match everywhere; OpenAI ignores it.
-    Ok(list.into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().into())
+    Ok(list
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .into())
 }
 
 /// Config timing, overridden by the request's `test_engine` object.
-pub fn overrides(body: &Map<String, Value>, cfg: &EngineConfig) -> Result<(Timing, Option<u32>), ApiError> {
+pub fn overrides(
+    body: &Map<String, Value>,
+    cfg: &EngineConfig,
+) -> Result<(Timing, Option<u32>), ApiError> {
     let mut ttft = cfg.ttft;
     let mut tps = cfg.tokens_per_second;
     let mut completion_tokens = None;
@@ -153,25 +214,53 @@ pub fn overrides(body: &Map<String, Value>, cfg: &EngineConfig) -> Result<(Timin
             }
             if let Some(v) = present(o, "tokens_per_second") {
                 tps = v.as_f64().ok_or_else(|| {
-                    ApiError::invalid("test_engine.tokens_per_second", "'tokens_per_second' must be a number.")
+                    ApiError::invalid(
+                        "test_engine.tokens_per_second",
+                        "'tokens_per_second' must be a number.",
+                    )
                 })?;
             }
-            completion_tokens = opt_uint(o, "completion_tokens", "test_engine.completion_tokens", u64::MAX)?
-                .map(|x| x.min(u64::from(MAX_TOKENS_CAP)) as u32);
+            completion_tokens = opt_uint(
+                o,
+                "completion_tokens",
+                "test_engine.completion_tokens",
+                u64::MAX,
+            )?
+            .map(|x| x.min(u64::from(MAX_TOKENS_CAP)) as u32);
         }
-        Some(_) => return Err(ApiError::invalid("test_engine", "'test_engine' must be an object.")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "test_engine",
+                "'test_engine' must be an object.",
+            ))
+        }
     }
     if !tps.is_finite() || tps < 0.0 {
-        return Err(ApiError::invalid("test_engine.tokens_per_second", "'tokens_per_second' must be >= 0."));
+        return Err(ApiError::invalid(
+            "test_engine.tokens_per_second",
+            "'tokens_per_second' must be >= 0.",
+        ));
     }
-    let interval = (tps > 0.0).then(|| Duration::try_from_secs_f64(1.0 / tps).unwrap_or(MAX_DELAY).min(MAX_DELAY));
-    Ok((Timing { ttft: ttft.min(MAX_DELAY), interval }, completion_tokens))
+    let interval = (tps > 0.0).then(|| {
+        Duration::try_from_secs_f64(1.0 / tps)
+            .unwrap_or(MAX_DELAY)
+            .min(MAX_DELAY)
+    });
+    Ok((
+        Timing {
+            ttft: ttft.min(MAX_DELAY),
+            interval,
+        },
+        completion_tokens,
+    ))
 }
 
 /// Logprob settings of a chat request: `None` when not asked, else the number of alternatives.
 pub fn chat_logprobs(body: &Map<String, Value>) -> Result<Option<u8>, ApiError> {
     let top = opt_uint(body, "top_logprobs", "top_logprobs", MAX_TOP_LOGPROBS)?;
-    Ok(opt_bool(body, "logprobs")?.unwrap_or(false).then_some(top.unwrap_or(0) as u8))
+    Ok(opt_bool(body, "logprobs")?
+        .unwrap_or(false)
+        .then_some(top.unwrap_or(0) as u8))
 }
 
 /// Memory guard for answers assembled in memory.
@@ -200,8 +289,17 @@ mod tests {
     fn defaults_and_overrides() {
         let cfg = EngineConfig::default();
         let c = common(&obj(json!({"model": "cocoon-test"})), &cfg).unwrap();
-        assert_eq!((c.n, c.limit, c.stream, c.include_usage), (1, None, false, false));
-        assert_eq!(c.timing, Timing { ttft: Duration::ZERO, interval: None });
+        assert_eq!(
+            (c.n, c.limit, c.stream, c.include_usage),
+            (1, None, false, false)
+        );
+        assert_eq!(
+            c.timing,
+            Timing {
+                ttft: Duration::ZERO,
+                interval: None
+            }
+        );
         let c = common(
             &obj(json!({"model": "cocoon-test", "n": 3, "max_tokens": 9, "max_completion_tokens": 5, "seed": -1,
                  "stop": ["", "x"], "stream": true, "stream_options": {"include_usage": true},
@@ -209,11 +307,18 @@ mod tests {
             &cfg,
         )
         .unwrap();
-        assert_eq!((c.n, c.limit, c.seed, c.completion_tokens), (3, Some(5), Some(u64::MAX), Some(MAX_TOKENS_CAP)));
+        assert_eq!(
+            (c.n, c.limit, c.seed, c.completion_tokens),
+            (3, Some(5), Some(u64::MAX), Some(MAX_TOKENS_CAP))
+        );
         assert_eq!(&*c.stops, &["x".to_string()]);
         assert_eq!(c.timing.interval, Some(Duration::from_millis(250)));
         assert_eq!(c.timing.ttft, Duration::from_millis(5));
-        let tiny = common(&obj(json!({"model": "cocoon-test", "test_engine": {"tokens_per_second": 1e-300}})), &cfg).unwrap();
+        let tiny = common(
+            &obj(json!({"model": "cocoon-test", "test_engine": {"tokens_per_second": 1e-300}})),
+            &cfg,
+        )
+        .unwrap();
         assert_eq!(tiny.timing.interval, Some(MAX_DELAY));
     }
 
@@ -226,14 +331,26 @@ mod tests {
             (json!({"model": "cocoon-test", "n": 0}), "n"),
             (json!({"model": "cocoon-test", "n": 129}), "n"),
             (json!({"model": "cocoon-test", "n": 1.5}), "n"),
-            (json!({"model": "cocoon-test", "max_tokens": -1}), "max_tokens"),
+            (
+                json!({"model": "cocoon-test", "max_tokens": -1}),
+                "max_tokens",
+            ),
             (json!({"model": "cocoon-test", "stop": 5}), "stop"),
             (json!({"model": "cocoon-test", "stop": [1]}), "stop"),
             (json!({"model": "cocoon-test", "seed": "x"}), "seed"),
             (json!({"model": "cocoon-test", "stream": "yes"}), "stream"),
-            (json!({"model": "cocoon-test", "test_engine": {"tokens_per_second": -1}}), "test_engine.tokens_per_second"),
-            (json!({"model": "cocoon-test", "test_engine": {"ttft_ms": -1}}), "test_engine.ttft_ms"),
-            (json!({"model": "cocoon-test", "test_engine": 3}), "test_engine"),
+            (
+                json!({"model": "cocoon-test", "test_engine": {"tokens_per_second": -1}}),
+                "test_engine.tokens_per_second",
+            ),
+            (
+                json!({"model": "cocoon-test", "test_engine": {"ttft_ms": -1}}),
+                "test_engine.ttft_ms",
+            ),
+            (
+                json!({"model": "cocoon-test", "test_engine": 3}),
+                "test_engine",
+            ),
         ] {
             let e = common(&obj(body.clone()), &cfg).unwrap_err();
             assert_eq!(e.param.as_deref(), Some(param), "{body}");

@@ -16,7 +16,11 @@ const MAX_STRING: u64 = 4_096;
 
 /// Generate a value that validates against `schema` (within the supported subset).
 pub fn generate(schema: &Value, rng: &mut SplitMix64) -> Result<Value, String> {
-    let mut g = Gen { root: schema, rng, nodes: 0 };
+    let mut g = Gen {
+        root: schema,
+        rng,
+        nodes: 0,
+    };
     g.value(schema, 0)
 }
 
@@ -33,7 +37,11 @@ pub fn to_spaced_json(v: &Value) -> String {
 struct Spaced;
 
 impl serde_json::ser::Formatter for Spaced {
-    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
         if first {
             Ok(())
         } else {
@@ -41,7 +49,11 @@ impl serde_json::ser::Formatter for Spaced {
         }
     }
 
-    fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
         if first {
             Ok(())
         } else {
@@ -126,11 +138,20 @@ impl<'a> Gen<'a, '_> {
     }
 
     fn resolve(&self, r: &str) -> Result<&'a Value, String> {
-        let pointer = r.strip_prefix('#').ok_or_else(|| format!("unsupported $ref {r:?}: only local refs"))?;
-        self.root.pointer(pointer).ok_or_else(|| format!("unresolvable $ref {r:?}"))
+        let pointer = r
+            .strip_prefix('#')
+            .ok_or_else(|| format!("unsupported $ref {r:?}: only local refs"))?;
+        self.root
+            .pointer(pointer)
+            .ok_or_else(|| format!("unresolvable $ref {r:?}"))
     }
 
-    fn merge_all_of(&self, obj: &Map<String, Value>, all: &[Value], depth: usize) -> Result<Value, String> {
+    fn merge_all_of(
+        &self,
+        obj: &Map<String, Value>,
+        all: &[Value],
+        depth: usize,
+    ) -> Result<Value, String> {
         let mut merged = Map::new();
         let mut props = Map::new();
         let mut required: Vec<Value> = Vec::new();
@@ -176,7 +197,9 @@ impl<'a> Gen<'a, '_> {
         }
         if !props.is_empty() {
             merged.insert("properties".into(), Value::Object(props));
-            merged.entry("type").or_insert_with(|| Value::String("object".into()));
+            merged
+                .entry("type")
+                .or_insert_with(|| Value::String("object".into()));
         }
         if !required.is_empty() {
             merged.insert("required".into(), Value::Array(required));
@@ -190,7 +213,10 @@ impl<'a> Gen<'a, '_> {
                 return Some(n);
             }
         }
-        branches.iter().find(|b| !is_null_schema(b)).or_else(|| branches.first())
+        branches
+            .iter()
+            .find(|b| !is_null_schema(b))
+            .or_else(|| branches.first())
     }
 
     fn pick_type(&self, obj: &Map<String, Value>, depth: usize) -> &'static str {
@@ -201,7 +227,11 @@ impl<'a> Gen<'a, '_> {
                 if depth >= SOFT_DEPTH && names.contains(&"null") {
                     return "null";
                 }
-                names.iter().find(|t| **t != "null").or(names.first()).map_or("any", |t| type_name(t))
+                names
+                    .iter()
+                    .find(|t| **t != "null")
+                    .or(names.first())
+                    .map_or("any", |t| type_name(t))
             }
             _ if obj.contains_key("properties") || obj.contains_key("required") => "object",
             _ if obj.contains_key("items") || obj.contains_key("prefixItems") => "array",
@@ -210,8 +240,11 @@ impl<'a> Gen<'a, '_> {
     }
 
     fn object(&mut self, obj: &Map<String, Value>, depth: usize) -> Result<Value, String> {
-        let required: Vec<&str> =
-            obj.get("required").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        let required: Vec<&str> = obj
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
         let mut out = Map::new();
         if let Some(Value::Object(props)) = obj.get("properties") {
             for (k, s) in props {
@@ -232,8 +265,15 @@ impl<'a> Gen<'a, '_> {
     }
 
     fn array(&mut self, obj: &Map<String, Value>, depth: usize) -> Result<Value, String> {
-        let min = obj.get("minItems").and_then(Value::as_u64).unwrap_or(0).min(MAX_ITEMS);
-        let max = obj.get("maxItems").and_then(Value::as_u64).unwrap_or(u64::MAX);
+        let min = obj
+            .get("minItems")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+            .min(MAX_ITEMS);
+        let max = obj
+            .get("maxItems")
+            .and_then(Value::as_u64)
+            .unwrap_or(u64::MAX);
         let wanted = if depth >= SOFT_DEPTH { min } else { min.max(1) };
         let count = wanted.min(max).max(min) as usize;
         let prefix = obj.get("prefixItems").and_then(Value::as_array);
@@ -257,18 +297,28 @@ impl<'a> Gen<'a, '_> {
 
     fn string(&mut self, obj: &Map<String, Value>) -> String {
         let mut s = match obj.get("format").and_then(Value::as_str) {
-            Some("date-time") => format!("2024-0{}-1{}T12:34:56Z", 1 + self.rng.below(9), self.rng.below(10)),
+            Some("date-time") => format!(
+                "2024-0{}-1{}T12:34:56Z",
+                1 + self.rng.below(9),
+                self.rng.below(10)
+            ),
             Some("date") => format!("2024-0{}-1{}", 1 + self.rng.below(9), self.rng.below(10)),
             Some("time") => format!("12:3{}:56Z", self.rng.below(10)),
             Some("email") => format!("{}@example.com", self.word()),
-            Some("uri" | "url" | "uri-reference" | "iri") => format!("https://example.com/{}", self.word()),
+            Some("uri" | "url" | "uri-reference" | "iri") => {
+                format!("https://example.com/{}", self.word())
+            }
             Some("hostname") => format!("{}.example.com", self.word()),
             Some("ipv4") => format!("192.0.2.{}", 1 + self.rng.below(254)),
             Some("ipv6") => "2001:db8::1".to_string(),
             Some("uuid") => self.uuid(),
             _ => self.word().to_string(),
         };
-        let min = obj.get("minLength").and_then(Value::as_u64).unwrap_or(0).min(MAX_STRING) as usize;
+        let min = obj
+            .get("minLength")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+            .min(MAX_STRING) as usize;
         while s.chars().count() < min {
             s.push(' ');
             s.push_str(self.word());
@@ -302,8 +352,14 @@ impl<'a> Gen<'a, '_> {
         let finite = |v: &Value| v.as_f64().filter(|x| x.is_finite());
         let mut lo = obj.get("minimum").and_then(finite);
         let mut hi = obj.get("maximum").and_then(finite);
-        let mut lo_ex = obj.get("exclusiveMinimum").and_then(Value::as_bool).unwrap_or(false);
-        let mut hi_ex = obj.get("exclusiveMaximum").and_then(Value::as_bool).unwrap_or(false);
+        let mut lo_ex = obj
+            .get("exclusiveMinimum")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let mut hi_ex = obj
+            .get("exclusiveMaximum")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         if let Some(x) = obj.get("exclusiveMinimum").and_then(finite) {
             if lo.is_none_or(|l| x >= l) {
                 lo = Some(x);
@@ -365,7 +421,10 @@ impl<'a> Gen<'a, '_> {
                 && hi.is_none_or(|h| if hi_ex { x < h } else { x <= h })
         };
         let candidate = ((l + self.rng.next_f64() * (h - l)) * 100.0).round() / 100.0;
-        let v = [candidate, (l + h) / 2.0, l, h].into_iter().find(|x| ok(*x)).unwrap_or(0.0);
+        let v = [candidate, (l + h) / 2.0, l, h]
+            .into_iter()
+            .find(|x| ok(*x))
+            .unwrap_or(0.0);
         serde_json::Number::from_f64(v).map_or(Value::from(0), Value::Number)
     }
 }
@@ -474,12 +533,26 @@ mod tests {
         assert!(generate(&json!({"$ref": "http://x/y"}), &mut SplitMix64::new(1)).is_err());
         assert!(generate(&json!({"$ref": "#/nope"}), &mut SplitMix64::new(1)).is_err());
         let big = json!({"type": "array", "minItems": 1_000_000_000u64, "items": {"type": "string", "minLength": 1_000_000_000u64}});
-        let v = gen(&big);
-        assert_eq!(v.as_array().unwrap().len(), MAX_ITEMS as usize);
-        for s in [json!(null), json!(false), json!(true), json!([]), json!({"type": 5}), json!({"type": "integer", "minimum": 1e300}),
-                  json!({"type": "integer", "minimum": 5, "maximum": 1}), json!({"type": "number", "minimum": f64::MAX, "maximum": f64::MAX}),
-                  json!({"type": "integer", "multipleOf": 7, "minimum": 1, "maximum": 6}), json!({"enum": []}), json!({"anyOf": []}),
-                  json!({"allOf": [5, {"$ref": "#"}]})] {
+        assert!(generate(&big, &mut SplitMix64::new(1)).is_err());
+        let many =
+            json!({"type": "array", "minItems": 1_000_000_000u64, "items": {"type": "integer"}});
+        assert_eq!(gen(&many).as_array().unwrap().len(), MAX_ITEMS as usize);
+        let long = json!({"type": "string", "minLength": 1_000_000_000u64});
+        assert!(gen(&long).as_str().unwrap().len() >= MAX_STRING as usize);
+        for s in [
+            json!(null),
+            json!(false),
+            json!(true),
+            json!([]),
+            json!({"type": 5}),
+            json!({"type": "integer", "minimum": 1e300}),
+            json!({"type": "integer", "minimum": 5, "maximum": 1}),
+            json!({"type": "number", "minimum": f64::MAX, "maximum": f64::MAX}),
+            json!({"type": "integer", "multipleOf": 7, "minimum": 1, "maximum": 6}),
+            json!({"enum": []}),
+            json!({"anyOf": []}),
+            json!({"allOf": [5, {"$ref": "#"}]}),
+        ] {
             let _ = generate(&s, &mut SplitMix64::new(1));
         }
     }

@@ -28,7 +28,10 @@ impl RequestGuard {
         let s = engine.stats();
         s.requests_started.fetch_add(1, Ordering::Relaxed);
         s.active.fetch_add(1, Ordering::Relaxed);
-        Self { engine, completed: false }
+        Self {
+            engine,
+            completed: false,
+        }
     }
 
     pub fn complete(&mut self) {
@@ -36,7 +39,10 @@ impl RequestGuard {
     }
 
     pub fn add_tokens(&self, n: u64) {
-        self.engine.stats().tokens_generated.fetch_add(n, Ordering::Relaxed);
+        self.engine
+            .stats()
+            .tokens_generated
+            .fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -63,7 +69,11 @@ pub struct Pacer {
 
 impl Pacer {
     pub fn new(timing: Timing, engine: &TestEngine) -> Self {
-        Self { timing, next: None, closing: engine.closing.subscribe() }
+        Self {
+            timing,
+            next: None,
+            closing: engine.closing.subscribe(),
+        }
     }
 
     /// Wait for the next token slot. `false` means the server is shutting down: stop generating.
@@ -89,12 +99,16 @@ impl Pacer {
 
     /// Non-stream: the whole generation time at once (ttft + interval for each further token).
     pub async fn before_answer(&mut self, tokens: u32) -> bool {
-        let extra = self.timing.interval.map_or(std::time::Duration::ZERO, |i| i.saturating_mul(tokens.saturating_sub(1)));
+        let extra = self.timing.interval.map_or(std::time::Duration::ZERO, |i| {
+            i.saturating_mul(tokens.saturating_sub(1))
+        });
         let total = self.timing.ttft.saturating_add(extra);
         if total.is_zero() {
             return true;
         }
-        let at = Instant::now().checked_add(total).unwrap_or_else(|| Instant::now() + crate::params::MAX_DELAY);
+        let at = Instant::now()
+            .checked_add(total)
+            .unwrap_or_else(|| Instant::now() + crate::params::MAX_DELAY);
         self.sleep_until(at).await
     }
 

@@ -22,25 +22,47 @@ async fn start(cfg: EngineConfig) -> Server {
     tokio::spawn(serve(listener, engine.clone(), async move {
         let _ = rx.await;
     }));
-    Server { base: format!("http://{addr}"), engine, http: reqwest::Client::new(), _stop: tx }
+    Server {
+        base: format!("http://{addr}"),
+        engine,
+        http: reqwest::Client::new(),
+        _stop: tx,
+    }
 }
 
 impl Server {
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = self.http.post(format!("{}{path}", self.base)).json(&body).send().await.unwrap();
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap())
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self.http.get(format!("{}{path}", self.base)).send().await.unwrap();
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap())
     }
 
     /// A whole SSE body as its `data:` payloads (`[DONE]` kept as a string).
     async fn stream(&self, path: &str, body: Value) -> Vec<Value> {
-        let r = self.http.post(format!("{}{path}", self.base)).json(&body).send().await.unwrap();
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["content-type"], "text/event-stream");
         let text = r.text().await.unwrap();
@@ -82,7 +104,12 @@ async fn health_models_and_errors() {
     assert_eq!(m["data"][0]["id"], "cocoon-test");
     assert_eq!(m["data"][0]["owned_by"], "cocoon-test-engine");
 
-    let (st, e) = s.post("/v1/chat/completions", json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]})).await;
+    let (st, e) = s
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await;
     assert_eq!(st, 404);
     assert_eq!(e["error"]["code"], "model_not_found");
     assert_eq!(e["error"]["param"], "model");
@@ -100,13 +127,21 @@ async fn health_models_and_errors() {
     assert_eq!(e["error"]["type"], "invalid_request_error");
     assert!(e["error"].get("param").is_some() && e["error"].get("code").is_some());
 
-    let (st, e) = s.post("/v1/chat/completions", json!({"model": "cocoon-test"})).await;
+    let (st, e) = s
+        .post("/v1/chat/completions", json!({"model": "cocoon-test"}))
+        .await;
     assert_eq!((st, e["error"]["param"].as_str()), (400, Some("messages")));
-    let (st, e) = s.post("/v1/completions", json!({"model": "cocoon-test"})).await;
+    let (st, e) = s
+        .post("/v1/completions", json!({"model": "cocoon-test"}))
+        .await;
     assert_eq!((st, e["error"]["param"].as_str()), (400, Some("prompt")));
-    let (st, e) = s.post("/v1/embeddings", json!({"model": "cocoon-test"})).await;
+    let (st, e) = s
+        .post("/v1/embeddings", json!({"model": "cocoon-test"}))
+        .await;
     assert_eq!((st, e["error"]["param"].as_str()), (400, Some("input")));
-    let (st, e) = s.post("/v1/chat/completions", chat(json!({"n": 1000}))).await;
+    let (st, e) = s
+        .post("/v1/chat/completions", chat(json!({"n": 1000})))
+        .await;
     assert_eq!((st, e["error"]["param"].as_str()), (400, Some("n")));
     let (st, _) = s.get("/nope").await;
     assert_eq!(st, 404);
@@ -127,7 +162,9 @@ async fn last_request_echoes_unknown_fields() {
 #[tokio::test]
 async fn non_stream_chat() {
     let s = start(EngineConfig::default()).await;
-    let (st, r) = s.post("/v1/chat/completions", chat(json!({"seed": 7}))).await;
+    let (st, r) = s
+        .post("/v1/chat/completions", chat(json!({"seed": 7})))
+        .await;
     assert_eq!(st, 200);
     assert_eq!(r["object"], "chat.completion");
     assert!(r["id"].as_str().unwrap().starts_with("chatcmpl-"));
@@ -139,17 +176,31 @@ async fn non_stream_chat() {
     assert_eq!(c["finish_reason"], "stop");
     let content = c["message"]["content"].as_str().unwrap();
     let words = content.split_whitespace().count() as u64;
-    assert!((8..=24).contains(&words));
+    // Natural length 8..=24, capped by max_tokens_default (16) when the request gives no max.
+    assert!((8..=16).contains(&words), "{words}");
     assert_eq!(r["usage"]["completion_tokens"], words);
     assert_eq!(r["usage"]["prompt_tokens"], 3 + 3);
     assert_eq!(r["usage"]["total_tokens"], 6 + words);
     assert_eq!(r["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
-    assert_eq!(r["usage"]["completion_tokens_details"]["reasoning_tokens"], 0);
+    assert_eq!(
+        r["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        0
+    );
     // Deterministic.
-    let (_, again) = s.post("/v1/chat/completions", chat(json!({"seed": 7}))).await;
+    let (_, again) = s
+        .post("/v1/chat/completions", chat(json!({"seed": 7})))
+        .await;
     assert_eq!(again["choices"][0]["message"]["content"], content);
     let st = s.stats().await;
-    assert_eq!((st.requests_started, st.requests_completed, st.active, st.requests_cancelled), (2, 2, 0, 0));
+    assert_eq!(
+        (
+            st.requests_started,
+            st.requests_completed,
+            st.active,
+            st.requests_cancelled
+        ),
+        (2, 2, 0, 0)
+    );
     assert_eq!(st.tokens_generated, 2 * words);
 }
 
@@ -157,19 +208,33 @@ async fn non_stream_chat() {
 async fn stream_chat_with_usage() {
     let s = start(EngineConfig::default()).await;
     let (_, plain) = s.post("/v1/chat/completions", chat(json!({}))).await;
-    let events = s.stream("/v1/chat/completions", chat(json!({"stream": true, "stream_options": {"include_usage": true}}))).await;
+    let events = s
+        .stream(
+            "/v1/chat/completions",
+            chat(json!({"stream": true, "stream_options": {"include_usage": true}})),
+        )
+        .await;
     assert_eq!(events.last().unwrap(), "[DONE]");
     let chunks = &events[..events.len() - 1];
-    assert_eq!(chunks[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+    assert_eq!(
+        chunks[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""})
+    );
     let mut text = String::new();
     for c in chunks {
         assert_eq!(c["object"], "chat.completion.chunk");
         assert!(c.get("usage").is_some());
-        if let Some(t) = c["choices"].get(0).and_then(|ch| ch["delta"]["content"].as_str()) {
+        if let Some(t) = c["choices"]
+            .get(0)
+            .and_then(|ch| ch["delta"]["content"].as_str())
+        {
             text.push_str(t);
         }
     }
-    assert_eq!(text, plain["choices"][0]["message"]["content"].as_str().unwrap());
+    assert_eq!(
+        text,
+        plain["choices"][0]["message"]["content"].as_str().unwrap()
+    );
     let fin = &chunks[chunks.len() - 2];
     assert_eq!(fin["choices"][0]["delta"], json!({}));
     assert_eq!(fin["choices"][0]["finish_reason"], "stop");
@@ -178,7 +243,10 @@ async fn stream_chat_with_usage() {
     assert_eq!(last["choices"], json!([]));
     assert_eq!(last["usage"], plain["usage"]);
     let st = s.stats().await;
-    assert_eq!((st.requests_completed, st.requests_cancelled, st.active), (2, 0, 0));
+    assert_eq!(
+        (st.requests_completed, st.requests_cancelled, st.active),
+        (2, 0, 0)
+    );
 }
 
 #[tokio::test]
@@ -187,12 +255,29 @@ async fn n_choices() {
     let (_, r) = s.post("/v1/chat/completions", chat(json!({"n": 2}))).await;
     let ch = r["choices"].as_array().unwrap();
     assert_eq!(ch.len(), 2);
-    assert_eq!((ch[0]["index"].as_u64(), ch[1]["index"].as_u64()), (Some(0), Some(1)));
+    assert_eq!(
+        (ch[0]["index"].as_u64(), ch[1]["index"].as_u64()),
+        (Some(0), Some(1))
+    );
     assert_ne!(ch[0]["message"]["content"], ch[1]["message"]["content"]);
-    let total: u64 = ch.iter().map(|c| c["message"]["content"].as_str().unwrap().split_whitespace().count() as u64).sum();
+    let total: u64 = ch
+        .iter()
+        .map(|c| {
+            c["message"]["content"]
+                .as_str()
+                .unwrap()
+                .split_whitespace()
+                .count() as u64
+        })
+        .sum();
     assert_eq!(r["usage"]["completion_tokens"], total);
 
-    let events = s.stream("/v1/chat/completions", chat(json!({"n": 2, "stream": true}))).await;
+    let events = s
+        .stream(
+            "/v1/chat/completions",
+            chat(json!({"n": 2, "stream": true})),
+        )
+        .await;
     let mut texts = [String::new(), String::new()];
     let mut finished = 0;
     for e in &events[..events.len() - 1] {
@@ -209,16 +294,29 @@ async fn n_choices() {
 #[tokio::test]
 async fn logprobs() {
     let s = start(EngineConfig::default()).await;
-    let (_, r) = s.post("/v1/chat/completions", chat(json!({"logprobs": true, "top_logprobs": 2}))).await;
+    let (_, r) = s
+        .post(
+            "/v1/chat/completions",
+            chat(json!({"logprobs": true, "top_logprobs": 2})),
+        )
+        .await;
     let c = &r["choices"][0];
     let content = c["logprobs"]["content"].as_array().unwrap();
     assert_eq!(c["logprobs"]["refusal"], Value::Null);
-    let joined: String = content.iter().map(|t| t["token"].as_str().unwrap()).collect();
+    let joined: String = content
+        .iter()
+        .map(|t| t["token"].as_str().unwrap())
+        .collect();
     assert_eq!(joined, c["message"]["content"].as_str().unwrap());
     for t in content {
         let lp = t["logprob"].as_f64().unwrap();
         assert!(lp <= 0.0);
-        let bytes: Vec<u8> = t["bytes"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8).collect();
+        let bytes: Vec<u8> = t["bytes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_u64().unwrap() as u8)
+            .collect();
         assert_eq!(bytes, t["token"].as_str().unwrap().as_bytes());
         let top = t["top_logprobs"].as_array().unwrap();
         assert_eq!(top.len(), 2);
@@ -226,11 +324,24 @@ async fn logprobs() {
         assert!(top[1]["logprob"].as_f64().unwrap() < lp);
     }
     // Streaming carries one entry per token chunk.
-    let events = s.stream("/v1/chat/completions", chat(json!({"stream": true, "logprobs": true, "top_logprobs": 2}))).await;
-    let with_lp = events.iter().filter(|e| e["choices"][0]["logprobs"]["content"].is_array()).count();
+    let events = s
+        .stream(
+            "/v1/chat/completions",
+            chat(json!({"stream": true, "logprobs": true, "top_logprobs": 2})),
+        )
+        .await;
+    let with_lp = events
+        .iter()
+        .filter(|e| e["choices"][0]["logprobs"]["content"].is_array())
+        .count();
     assert_eq!(with_lp, content.len());
     // Legacy completions shape.
-    let (_, r) = s.post("/v1/completions", json!({"model": "cocoon-test", "prompt": "say it", "logprobs": 2})).await;
+    let (_, r) = s
+        .post(
+            "/v1/completions",
+            json!({"model": "cocoon-test", "prompt": "say it", "logprobs": 2}),
+        )
+        .await;
     let lp = &r["choices"][0]["logprobs"];
     let n = lp["tokens"].as_array().unwrap().len();
     assert!(n > 0);
@@ -248,7 +359,12 @@ async fn tools() {
             "required": ["city"]}}},
         {"type": "function", "function": {"name": "other"}}
     ]);
-    let (_, r) = s.post("/v1/chat/completions", chat(json!({"tools": tools, "tool_choice": "required", "parallel_tool_calls": false}))).await;
+    let (_, r) = s
+        .post(
+            "/v1/chat/completions",
+            chat(json!({"tools": tools, "tool_choice": "required", "parallel_tool_calls": false})),
+        )
+        .await;
     let c = &r["choices"][0];
     assert_eq!(c["finish_reason"], "tool_calls");
     assert_eq!(c["message"]["content"], Value::Null);
@@ -256,7 +372,8 @@ async fn tools() {
     assert!(call["id"].as_str().unwrap().starts_with("call_"));
     assert_eq!(call["type"], "function");
     assert_eq!(call["function"]["name"], "get_weather");
-    let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
     assert!(args["city"].is_string());
     assert!(args["unit"] == "c" || args["unit"] == "f");
     assert!((1..=3).contains(&args["days"].as_i64().unwrap()));
@@ -265,13 +382,26 @@ async fn tools() {
     let (_, r) = s
         .post("/v1/chat/completions", chat(json!({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "other"}}})))
         .await;
-    assert_eq!(r["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "other");
+    assert_eq!(
+        r["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+        "other"
+    );
     let auto = json!({"model": "cocoon-test", "tools": tools, "messages": [{"role": "user", "content": "please call get_weather"}]});
     let (_, r) = s.post("/v1/chat/completions", auto.clone()).await;
-    assert_eq!(r["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "get_weather");
-    let (_, r) = s.post("/v1/chat/completions", chat(json!({"tools": tools}))).await;
+    assert_eq!(
+        r["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+        "get_weather"
+    );
+    let (_, r) = s
+        .post("/v1/chat/completions", chat(json!({"tools": tools})))
+        .await;
     assert_eq!(r["choices"][0]["finish_reason"], "stop");
-    let (_, r) = s.post("/v1/chat/completions", chat(json!({"tools": tools, "tool_choice": "none"}))).await;
+    let (_, r) = s
+        .post(
+            "/v1/chat/completions",
+            chat(json!({"tools": tools, "tool_choice": "none"})),
+        )
+        .await;
     assert!(r["choices"][0]["message"]["content"].is_string());
 
     // Streamed tool call reassembles to the same arguments.
@@ -292,7 +422,12 @@ async fn tools() {
         }
     }
     assert_eq!(name.as_deref(), Some("get_weather"));
-    assert_eq!(args, whole["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"].as_str().unwrap());
+    assert_eq!(
+        args,
+        whole["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap()
+    );
     let fin = &events[events.len() - 2]["choices"][0];
     assert_eq!(fin["finish_reason"], "tool_calls");
 }
@@ -314,7 +449,9 @@ async fn json_schema_pydantic() {
         "required": ["owner", "pets", "best"], "title": "Owner", "type": "object", "additionalProperties": false
     });
     let rf = json!({"type": "json_schema", "json_schema": {"name": "Owner", "schema": schema, "strict": true}});
-    let (st, r) = s.post("/v1/chat/completions", chat(json!({"response_format": rf}))).await;
+    let (st, r) = s
+        .post("/v1/chat/completions", chat(json!({"response_format": rf})))
+        .await;
     assert_eq!(st, 200);
     let content = r["choices"][0]["message"]["content"].as_str().unwrap();
     let v: Value = serde_json::from_str(content).unwrap();
@@ -323,25 +460,52 @@ async fn json_schema_pydantic() {
     assert!(v["pets"][0]["name"].is_string());
     assert!(v["pets"][0]["kind"] == "cat" || v["pets"][0]["kind"] == "dog");
     assert!(v["best"]["name"].is_string());
-    assert_eq!(r["usage"]["completion_tokens"], content.split_whitespace().count() as u64);
+    assert_eq!(
+        r["usage"]["completion_tokens"],
+        content.split_whitespace().count() as u64
+    );
 
-    let (_, r) = s.post("/v1/chat/completions", chat(json!({"response_format": {"type": "json_object"}}))).await;
-    let v: Value = serde_json::from_str(r["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
+    let (_, r) = s
+        .post(
+            "/v1/chat/completions",
+            chat(json!({"response_format": {"type": "json_object"}})),
+        )
+        .await;
+    let v: Value =
+        serde_json::from_str(r["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
     assert!(v["answer"].is_string());
 
     let bad = json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/$defs/Missing"}}});
-    let (st, e) = s.post("/v1/chat/completions", chat(json!({"response_format": bad}))).await;
-    assert_eq!((st, e["error"]["param"].as_str()), (400, Some("response_format.json_schema.schema")));
+    let (st, e) = s
+        .post(
+            "/v1/chat/completions",
+            chat(json!({"response_format": bad})),
+        )
+        .await;
+    assert_eq!(
+        (st, e["error"]["param"].as_str()),
+        (400, Some("response_format.json_schema.schema"))
+    );
 }
 
 #[tokio::test]
 async fn embeddings() {
     let s = start(EngineConfig::default()).await;
-    let (st, r) = s.post("/v1/embeddings", json!({"model": "cocoon-test", "input": ["a b", "c"]})).await;
+    let (st, r) = s
+        .post(
+            "/v1/embeddings",
+            json!({"model": "cocoon-test", "input": ["a b", "c"]}),
+        )
+        .await;
     assert_eq!(st, 200);
     assert_eq!(r["object"], "list");
     assert_eq!(r["usage"], json!({"prompt_tokens": 3, "total_tokens": 3}));
-    let e0: Vec<f64> = r["data"][0]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let e0: Vec<f64> = r["data"][0]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
     assert_eq!(e0.len(), 64);
     assert!((e0.iter().map(|x| x * x).sum::<f64>() - 1.0).abs() < 1e-4);
     assert_eq!(r["data"][1]["index"], 1);
@@ -350,43 +514,98 @@ async fn embeddings() {
     let (_, b) =
         s.post("/v1/embeddings", json!({"model": "cocoon-test", "input": "a b", "encoding_format": "base64", "dimensions": 8})).await;
     use base64::Engine as _;
-    let raw = base64::engine::general_purpose::STANDARD.decode(b["data"][0]["embedding"].as_str().unwrap()).unwrap();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
     assert_eq!(raw.len(), 32);
-    let floats: Vec<f32> = raw.chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-    let (_, f) = s.post("/v1/embeddings", json!({"model": "cocoon-test", "input": "a b", "dimensions": 8})).await;
-    let ff: Vec<f32> = f["data"][0]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    let floats: Vec<f32> = raw
+        .chunks(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let (_, f) = s
+        .post(
+            "/v1/embeddings",
+            json!({"model": "cocoon-test", "input": "a b", "dimensions": 8}),
+        )
+        .await;
+    let ff: Vec<f32> = f["data"][0]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
     assert_eq!(floats, ff);
-    let (st, _) = s.post("/v1/embeddings", json!({"model": "cocoon-test", "input": [[1, 2], [3]]})).await;
+    let (st, _) = s
+        .post(
+            "/v1/embeddings",
+            json!({"model": "cocoon-test", "input": [[1, 2], [3]]}),
+        )
+        .await;
     assert_eq!(st, 200);
-    let (st, e) = s.post("/v1/embeddings", json!({"model": "cocoon-test", "input": "x", "dimensions": 5000})).await;
-    assert_eq!((st, e["error"]["param"].as_str()), (400, Some("dimensions")));
+    let (st, e) = s
+        .post(
+            "/v1/embeddings",
+            json!({"model": "cocoon-test", "input": "x", "dimensions": 5000}),
+        )
+        .await;
+    assert_eq!(
+        (st, e["error"]["param"].as_str()),
+        (400, Some("dimensions"))
+    );
 }
 
 #[tokio::test]
 async fn stop_and_length() {
     let s = start(EngineConfig::default()).await;
-    let (_, full) = s.post("/v1/chat/completions", chat(json!({"test_engine": {"completion_tokens": 50}}))).await;
-    let text = full["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let (_, full) = s
+        .post(
+            "/v1/chat/completions",
+            chat(json!({"test_engine": {"completion_tokens": 50}})),
+        )
+        .await;
+    let text = full["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let words: Vec<&str> = text.split(' ').collect();
     assert_eq!(words.len(), 50);
 
-    let (_, r) = s.post("/v1/chat/completions", chat(json!({"test_engine": {"completion_tokens": 50}, "max_tokens": 5}))).await;
+    let (_, r) = s
+        .post(
+            "/v1/chat/completions",
+            chat(json!({"test_engine": {"completion_tokens": 50}, "max_tokens": 5})),
+        )
+        .await;
     assert_eq!(r["choices"][0]["finish_reason"], "length");
     assert_eq!(r["choices"][0]["message"]["content"], words[..5].join(" "));
     assert_eq!(r["usage"]["completion_tokens"], 5);
-    let (_, r) =
-        s.post("/v1/chat/completions", chat(json!({"test_engine": {"completion_tokens": 50}, "max_completion_tokens": 4}))).await;
+    let (_, r) = s
+        .post(
+            "/v1/chat/completions",
+            chat(json!({"test_engine": {"completion_tokens": 50}, "max_completion_tokens": 4})),
+        )
+        .await;
     assert_eq!(r["usage"]["completion_tokens"], 4);
 
     let stop = format!("{} {}", words[10], words[11]);
-    let (_, r) = s.post("/v1/chat/completions", chat(json!({"test_engine": {"completion_tokens": 50}, "stop": [stop.clone(), "zzz"]}))).await;
+    let (_, r) = s
+        .post(
+            "/v1/chat/completions",
+            chat(json!({"test_engine": {"completion_tokens": 50}, "stop": [stop.clone(), "zzz"]})),
+        )
+        .await;
     let got = r["choices"][0]["message"]["content"].as_str().unwrap();
     assert_eq!(r["choices"][0]["finish_reason"], "stop");
     assert!(!got.contains(&stop));
     assert!(text.starts_with(got) && got.split(' ').count() <= 11);
 
     // Legacy completions: same rules, stream too.
-    let (_, r) = s.post("/v1/completions", json!({"model": "cocoon-test", "prompt": ["a", "b c"], "max_tokens": 2})).await;
+    let (_, r) = s
+        .post(
+            "/v1/completions",
+            json!({"model": "cocoon-test", "prompt": ["a", "b c"], "max_tokens": 2}),
+        )
+        .await;
     assert_eq!(r["object"], "text_completion");
     assert_eq!(r["choices"].as_array().unwrap().len(), 2);
     assert_eq!(r["choices"][1]["finish_reason"], "length");
@@ -396,15 +615,29 @@ async fn stop_and_length() {
     let chunks = &events[..events.len() - 1];
     assert!(chunks.iter().all(|c| c["object"] == "text_completion"));
     assert_eq!(chunks.last().unwrap()["choices"], json!([]));
-    let text: String = chunks.iter().filter_map(|c| c["choices"].get(0).and_then(|x| x["text"].as_str())).collect();
-    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], text.split_whitespace().count() as u64);
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"].get(0).and_then(|x| x["text"].as_str()))
+        .collect();
+    assert_eq!(
+        chunks.last().unwrap()["usage"]["completion_tokens"],
+        text.split_whitespace().count() as u64
+    );
 }
 
 #[tokio::test]
 async fn cancellation_is_counted_once() {
     let s = start(EngineConfig::default()).await;
-    let body = chat(json!({"stream": true, "test_engine": {"tokens_per_second": 20.0, "completion_tokens": 1000}}));
-    let mut r = s.http.post(format!("{}/v1/chat/completions", s.base)).json(&body).send().await.unwrap();
+    let body = chat(
+        json!({"stream": true, "test_engine": {"tokens_per_second": 20.0, "completion_tokens": 1000}}),
+    );
+    let mut r = s
+        .http
+        .post(format!("{}/v1/chat/completions", s.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let mut got = 0;
     while got < 3 {
@@ -417,7 +650,10 @@ async fn cancellation_is_counted_once() {
     loop {
         let st = s.stats().await;
         if st.requests_cancelled == 1 {
-            assert_eq!((st.active, st.requests_completed, st.requests_started), (0, 0, 1));
+            assert_eq!(
+                (st.active, st.requests_completed, st.requests_started),
+                (0, 0, 1)
+            );
             assert!(st.tokens_generated < 50, "{st:?}");
             break;
         }
@@ -435,7 +671,9 @@ async fn cancellation_is_counted_once() {
 async fn pacing_follows_overrides() {
     let s = start(EngineConfig::default()).await;
     let t0 = Instant::now();
-    let body = chat(json!({"stream": true, "test_engine": {"ttft_ms": 100, "tokens_per_second": 100.0, "completion_tokens": 10}}));
+    let body = chat(
+        json!({"stream": true, "test_engine": {"ttft_ms": 100, "tokens_per_second": 100.0, "completion_tokens": 10}}),
+    );
     let events = s.stream("/v1/chat/completions", body).await;
     let el = t0.elapsed();
     // ttft 100 ms + 9 gaps of 10 ms.
@@ -444,7 +682,94 @@ async fn pacing_follows_overrides() {
     assert_eq!(events.len(), 1 + 10 + 1 + 1);
     // Unlimited speed: a long stream is fast.
     let t0 = Instant::now();
-    let events = s.stream("/v1/chat/completions", chat(json!({"stream": true, "test_engine": {"completion_tokens": 20000}}))).await;
+    let events = s
+        .stream(
+            "/v1/chat/completions",
+            chat(json!({"stream": true, "test_engine": {"completion_tokens": 20000}})),
+        )
+        .await;
     assert_eq!(events.len(), 20003);
     assert!(t0.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn shutdown_ends_paced_streams() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let engine = TestEngine::new(EngineConfig::default());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, engine.clone(), async move {
+        let _ = rx.await;
+    }));
+    let body = chat(
+        json!({"stream": true, "test_engine": {"tokens_per_second": 5.0, "completion_tokens": 1000}}),
+    );
+    let mut r = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    r.chunk().await.unwrap();
+    tx.send(()).unwrap();
+    // The stream ends (without [DONE]) instead of holding graceful shutdown for 200 s.
+    while r.chunk().await.ok().flatten().is_some() {}
+    tokio::time::timeout(Duration::from_secs(2), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let st = engine.stats().snapshot();
+    assert_eq!((st.requests_cancelled, st.active), (1, 0));
+}
+
+#[tokio::test]
+async fn binary_prints_address_and_serves() {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_test-engine"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--model",
+            "m1",
+            "--model=m2",
+            "--embedding-dim",
+            "3",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let base = line
+        .strip_prefix("test-engine listening on ")
+        .unwrap()
+        .to_string();
+    assert!(base.starts_with("http://127.0.0.1:"), "{line}");
+    let http = reqwest::Client::new();
+    let m: Value = http
+        .get(format!("{base}/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(m["data"][1]["id"], "m2");
+    let e: Value = http
+        .post(format!("{base}/v1/embeddings"))
+        .json(&json!({"model": "m1", "input": "x"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(e["data"][0]["embedding"].as_array().unwrap().len(), 3);
+    child.kill().await.unwrap();
 }

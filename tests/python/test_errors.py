@@ -69,7 +69,7 @@ def test_bad_api_key_on_models_list() -> None:
 
 
 @pytest.mark.gateway
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer "}, {"Authorization": "Basic dXNlcjpwYXNz"}],
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer"}, {"Authorization": "Basic dXNlcjpwYXNz"}],
                          ids=["missing", "empty-bearer", "basic"])
 def test_missing_api_key(anon_http: httpx.Client, headers: dict[str, str]) -> None:
     r = anon_http.post("chat/completions", json={"model": MODEL, "messages": user()}, headers=headers)
@@ -206,8 +206,11 @@ def test_rate_limit() -> None:
     assert int(headers["x-ratelimit-limit-requests"]) == 2
     assert int(headers["x-ratelimit-remaining-requests"]) == 0
     assert headers["x-ratelimit-reset-requests"]
-    for name in ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"):
-        assert headers.get(name), f"429 response lacks {name}"
+    # The limited key may have no tokens-per-minute limit (the CI script creates it with --tpm 0), in
+    # which case the gateway leaves the -tokens trio out; whatever it sends must be complete.
+    token_headers = [headers.get(n) for n in ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens",
+                                              "x-ratelimit-reset-tokens")]
+    assert all(token_headers) or not any(token_headers), f"incomplete -tokens trio: {token_headers}"
 
 
 @pytest.mark.gateway
