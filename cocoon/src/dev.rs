@@ -1,6 +1,7 @@
 //! `cocoon dev`: the whole network on one machine. Gateway + router + one worker-agent + an
 //! engine (the built-in test engine unless configured otherwise), all in one process, talking
 //! over loopback HTTP exactly as separate processes would at the gateway and engine edges.
+//! With `router.worker_listen` set, networked workers (`cocoon worker`) can join it too.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,16 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use gateway::jwt::JwtAuth;
-use gateway::keys::KeyStore;
-use gateway::ratelimit::RateLimiter;
 use router::Router;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use worker_agent::WorkerAgent;
 
-use crate::config::{Config, EngineKind};
+use crate::config::Config;
+use crate::roles;
 
 /// Name of the API key `cocoon dev` creates at each start (older ones are revoked).
 pub const DEV_KEY_NAME: &str = "dev";
@@ -32,11 +30,14 @@ pub struct DevNetwork {
     pub api_key: String,
     pub engine: Option<Arc<test_engine::TestEngine>>,
     pub router: Router,
+    /// Set when `router.worker_listen` is: where networked workers connect, and the pin.
+    pub worker_listener: Option<(SocketAddr, String)>,
     pub state_file: PathBuf,
     shutdown: CancellationToken,
     worker_shutdown: CancellationToken,
     gateway_task: JoinHandle<std::io::Result<()>>,
     worker_task: JoinHandle<()>,
+    listener_task: Option<JoinHandle<()>>,
     engine_task: Option<JoinHandle<std::io::Result<()>>>,
 }
 
@@ -47,32 +48,12 @@ impl DevNetwork {
         let shutdown = CancellationToken::new();
         let worker_shutdown = CancellationToken::new();
 
-        // Engine.
-        let (engine, engine_url, engine_task) = match cfg.engine.kind {
-            EngineKind::Builtin => {
-                let listener = TcpListener::bind(&cfg.engine.listen)
-                    .await
-                    .with_context(|| format!("binding the test engine on {}", cfg.engine.listen))?;
-                let addr = listener.local_addr()?;
-                let engine = test_engine::TestEngine::new(test_engine::EngineConfig {
-                    models: cfg.engine.models.clone(),
-                    ttft: Duration::from_millis(cfg.engine.ttft_ms),
-                    tokens_per_second: cfg.engine.tokens_per_second,
-                    ..Default::default()
-                });
-                let stop = worker_shutdown.clone();
-                let task = tokio::spawn(test_engine::serve(listener, engine.clone(), async move {
-                    stop.cancelled().await
-                }));
-                (Some(engine), format!("http://{addr}"), Some(task))
-            }
-            EngineKind::External => (None, cfg.worker.engine_url.clone(), None),
-        };
+        let engine = roles::start_engine(&cfg, worker_shutdown.clone()).await?;
 
-        // Router and the worker next to the engine.
+        // Router and the worker next to the engine, linked in-process.
         let router = Router::new(cfg.router.clone());
         let mut wcfg = cfg.worker.clone();
-        wcfg.engine_url = engine_url.clone();
+        wcfg.engine_url = engine.url.clone();
         let agent = WorkerAgent::new(wcfg)?;
         let worker_task = crate::link::attach_local_worker(
             &router,
@@ -82,60 +63,42 @@ impl DevNetwork {
         )
         .await
         .context("starting the worker-agent")?;
+        let listener = roles::start_worker_listener(&cfg, router.clone(), worker_shutdown.clone()).await?;
 
-        // Gateway.
-        let keys = Arc::new(KeyStore::open(cfg.keys_file())?);
-        for old in keys.list().into_iter().filter(|k| k.name == DEV_KEY_NAME && !k.revoked) {
-            keys.revoke(&old.id)?;
+        let gw = roles::start_gateway(&cfg, router.clone(), shutdown.clone()).await?;
+        for old in gw.keys.list().into_iter().filter(|k| k.name == DEV_KEY_NAME && !k.revoked) {
+            gw.keys.revoke(&old.id)?;
         }
-        let api_key = keys.create(DEV_KEY_NAME, "dev", None)?.key;
-        let limiter = Arc::new(match &cfg.gateway.redis_url {
-            Some(url) => RateLimiter::redis(url, "cocoon")
-                .await
-                .with_context(|| format!("connecting to Redis at {url}"))?,
-            None => RateLimiter::memory(),
-        });
-        let jwt = match &cfg.gateway.jwt {
-            Some(j) => Some(Arc::new(JwtAuth::new(j)?)),
-            None => None,
-        };
-        let state = gateway::AppState::new(cfg.gateway.clone(), router.clone(), keys, jwt, limiter);
-        let listener = TcpListener::bind(&cfg.gateway.listen)
-            .await
-            .with_context(|| format!("binding the gateway on {}", cfg.gateway.listen))?;
-        let gateway_addr = listener.local_addr()?;
-        let stop = shutdown.clone();
-        let gateway_task = tokio::spawn(gateway::server::serve(
-            listener,
-            state,
-            async move { stop.cancelled().await },
-            cfg.gateway.drain_timeout(),
-        ));
+        let api_key = gw.keys.create(DEV_KEY_NAME, "dev", None)?.key;
 
-        let base_url = format!("http://{gateway_addr}/v1");
+        let base_url = format!("http://{}/v1", gw.addr);
         let state_file = cfg.data_dir.join("dev.json");
         write_private(
             &state_file,
             &serde_json::to_vec_pretty(&serde_json::json!({
                 "base_url": base_url,
                 "api_key": api_key,
-                "engine_url": engine_url,
-                "models": cfg.engine.models,
+                "engine_url": engine.url,
+                "models": router.models().iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+                "worker_url": listener.as_ref().map(|l| format!("wss://{}/v1/worker", l.addr)),
+                "router_cert_sha256": listener.as_ref().map(|l| l.cert_sha256.clone()),
             }))?,
         )?;
         Ok(Self {
             base_url,
-            gateway_addr,
-            engine_url,
+            gateway_addr: gw.addr,
+            engine_url: engine.url,
             api_key,
-            engine,
+            engine: engine.engine,
             router,
+            worker_listener: listener.as_ref().map(|l| (l.addr, l.cert_sha256.clone())),
             state_file,
             shutdown,
             worker_shutdown,
-            gateway_task,
+            gateway_task: gw.task,
             worker_task,
-            engine_task,
+            listener_task: listener.map(|l| l.task),
+            engine_task: engine.task,
         })
     }
 
@@ -149,6 +112,9 @@ impl DevNetwork {
         }
         self.worker_shutdown.cancel();
         let _ = self.worker_task.await;
+        if let Some(t) = self.listener_task {
+            let _ = t.await;
+        }
         if let Some(t) = self.engine_task {
             let _ = t.await;
         }
@@ -156,7 +122,7 @@ impl DevNetwork {
     }
 }
 
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);

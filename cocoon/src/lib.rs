@@ -4,5 +4,6 @@
 pub mod config;
 pub mod dev;
 pub mod link;
+pub mod roles;
 
 pub use config::Config;

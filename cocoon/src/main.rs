@@ -38,6 +38,17 @@ enum Cmd {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Run the gateway and router; networked workers connect to `router.worker_listen`.
+    Gateway {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Run a worker-agent (and the built-in engine unless engine.kind = "external") that
+    /// connects out to the router at `worker.router_url`.
+    Worker {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Manage API keys (stored as SHA-256 hashes in the keys file).
     Keys {
         #[command(flatten)]
@@ -174,6 +185,49 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             wait_for_signal().await;
             eprintln!("stopping: draining in-flight requests");
             net.shutdown().await;
+            Ok(())
+        }
+        Cmd::Gateway { config } => {
+            let cfg = config.load()?;
+            init_tracing(&cfg.log);
+            let stop = tokio_util::sync::CancellationToken::new();
+            let router = router::Router::new(cfg.router.clone());
+            let listener = cocoon::roles::start_worker_listener(&cfg, router.clone(), stop.clone())
+                .await?
+                .context("cocoon gateway needs router.worker_listen (where workers connect)")?;
+            let gw = cocoon::roles::start_gateway(&cfg, router, stop.clone()).await?;
+            println!("gateway:  http://{}/v1", gw.addr);
+            println!("workers:  wss://{}/v1/worker", listener.addr);
+            println!("router certificate SHA-256 (set as worker.router_cert_sha256): {}", listener.cert_sha256);
+            wait_for_signal().await;
+            eprintln!("stopping: draining in-flight requests");
+            stop.cancel();
+            let _ = gw.task.await;
+            let _ = listener.task.await;
+            Ok(())
+        }
+        Cmd::Worker { config } => {
+            let cfg = config.load()?;
+            init_tracing(&cfg.log);
+            let (Some(url), Some(pin)) = (cfg.worker.router_url.clone(), cfg.worker.router_cert_sha256.clone()) else {
+                anyhow::bail!("cocoon worker needs worker.router_url and worker.router_cert_sha256");
+            };
+            let engine_stop = tokio_util::sync::CancellationToken::new();
+            let engine = cocoon::roles::start_engine(&cfg, engine_stop.clone()).await?;
+            let mut wcfg = cfg.worker.clone();
+            wcfg.engine_url = engine.url.clone();
+            let agent = worker_agent::WorkerAgent::new(wcfg)?;
+            let stop = tokio_util::sync::CancellationToken::new();
+            let link = worker_agent::net::RouterLink { url, cert_sha256: pin };
+            let run = tokio::spawn(worker_agent::net::run(agent, link, std::time::Duration::from_secs(600), stop.clone()));
+            eprintln!("worker {} serving engine {} ", cfg.worker.worker_id, engine.url);
+            wait_for_signal().await;
+            eprintln!("stopping: draining running jobs");
+            stop.cancel();
+            if let Ok(Err(e)) = run.await {
+                eprintln!("worker link: {e}");
+            }
+            engine_stop.cancel();
             Ok(())
         }
         Cmd::Keys { config, cmd } => {

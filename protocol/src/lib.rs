@@ -7,6 +7,7 @@
 
 pub mod job;
 pub mod openai;
+pub mod wire;
 
 pub use job::{Endpoint, Job, JobError, JobEvent, Load, ModelInfo, RouterToWorker, WorkerInfo, WorkerToRouter};
 pub use openai::{ErrorBody, ErrorObject, Usage};

@@ -16,6 +16,14 @@ pub struct RouterConfig {
     pub circuit_open_ms: u64,
     /// Messages buffered towards one worker before it counts as unable to take jobs.
     pub worker_queue: usize,
+    /// Where networked workers connect (TLS + WebSocket); none = only in-process workers.
+    pub worker_listen: Option<String>,
+    /// PEM certificate and key for the worker listener; a self-signed pair is generated
+    /// at start when unset (workers pin its fingerprint, printed at start).
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
+    /// A worker silent for this long (no load report, no event) is dropped.
+    pub worker_liveness_ms: u64,
 }
 
 impl Default for RouterConfig {
@@ -26,6 +34,10 @@ impl Default for RouterConfig {
             circuit_failure_threshold: 3,
             circuit_open_ms: 10_000,
             worker_queue: 1024,
+            worker_listen: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            worker_liveness_ms: 6_000,
         }
     }
 }
@@ -33,6 +45,9 @@ impl Default for RouterConfig {
 impl RouterConfig {
     pub fn first_token_timeout(&self) -> Duration {
         Duration::from_millis(self.first_token_timeout_ms)
+    }
+    pub fn worker_liveness(&self) -> Duration {
+        Duration::from_millis(self.worker_liveness_ms)
     }
     pub fn circuit_open(&self) -> Duration {
         Duration::from_millis(self.circuit_open_ms)
@@ -52,6 +67,17 @@ impl RouterConfig {
         }
         if self.circuit_failure_threshold == 0 {
             errs.push("router.circuit_failure_threshold must be > 0".to_string());
+        }
+        if let Some(l) = &self.worker_listen {
+            if l.parse::<std::net::SocketAddr>().is_err() {
+                errs.push(format!("router.worker_listen {l:?} is not an address like 0.0.0.0:7443"));
+            }
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            errs.push("router.tls_cert_file and router.tls_key_file must be set together".to_string());
+        }
+        if self.worker_liveness_ms < 100 {
+            errs.push(format!("router.worker_liveness_ms must be >= 100, got {}", self.worker_liveness_ms));
         }
         if self.worker_queue == 0 {
             errs.push("router.worker_queue must be > 0".to_string());

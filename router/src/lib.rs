@@ -12,6 +12,7 @@
 mod circuit;
 pub mod config;
 mod dispatch;
+pub mod net;
 mod registry;
 
 pub use config::RouterConfig;

@@ -17,6 +17,10 @@ pub struct WorkerConfig {
     pub health_interval_ms: u64,
     /// How long SIGTERM waits for running jobs before aborting them.
     pub drain_timeout_ms: u64,
+    /// `cocoon worker`: the router's worker endpoint, e.g. wss://router.example:7443/v1/worker.
+    pub router_url: Option<String>,
+    /// Hex SHA-256 of the router's TLS certificate (printed by the router at start).
+    pub router_cert_sha256: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -29,6 +33,8 @@ impl Default for WorkerConfig {
             price_coefficient: 1000,
             health_interval_ms: 2_000,
             drain_timeout_ms: 30_000,
+            router_url: None,
+            router_cert_sha256: None,
         }
     }
 }
@@ -51,6 +57,14 @@ impl WorkerConfig {
                 "worker.engine_url must be an http(s) URL, got {:?}",
                 self.engine_url
             ));
+        }
+        if let Some(u) = &self.router_url {
+            if !u.starts_with("wss://") {
+                errs.push(format!("worker.router_url must start with wss://, got {u:?}"));
+            }
+            if self.router_cert_sha256.as_ref().is_none_or(|p| p.len() != 64 || !p.chars().all(|c| c.is_ascii_hexdigit())) {
+                errs.push("worker.router_cert_sha256 must be the router certificate's SHA-256 as 64 hex characters".to_string());
+            }
         }
         if self.slots == 0 {
             errs.push("worker.slots must be > 0".to_string());

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod net;
 mod sse;
 
 use std::collections::HashMap;
@@ -143,6 +144,14 @@ impl WorkerAgent {
             if to_router.send(WorkerToRouter::Load(self.load(ok))).await.is_err() {
                 return;
             }
+        }
+    }
+
+    /// Aborts every running job (the router link dropped; the router already failed them over).
+    pub fn abort_all(&self) {
+        for (_, h) in self.lock_jobs().drain() {
+            h.abort();
+            self.running.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
