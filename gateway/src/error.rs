@@ -30,6 +30,8 @@ pub enum ApiError {
         message: String,
         decision: Box<Decision>,
     },
+    #[error("{0}")]
+    InsufficientQuota(String),
     #[error("The gateway is at its in-flight request limit; retry shortly")]
     Overloaded,
     #[error("No worker can serve model `{0}` right now; retry shortly")]
@@ -63,6 +65,7 @@ impl ApiError {
             ApiError::ModelNotFound(_) | ApiError::UnknownUrl { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::InsufficientQuota(_) => StatusCode::PAYMENT_REQUIRED,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Overloaded | ApiError::NoCapacity(_) | ApiError::NotReady(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -84,6 +87,7 @@ impl ApiError {
             | ApiError::MethodNotAllowed { .. }
             | ApiError::PayloadTooLarge { .. } => "invalid_request_error",
             ApiError::RateLimited { .. } => "requests",
+            ApiError::InsufficientQuota(_) => "insufficient_quota",
             ApiError::Overloaded | ApiError::NoCapacity(_) | ApiError::NotReady(_) => {
                 "service_unavailable_error"
             }
@@ -101,6 +105,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => Some("method_not_allowed"),
             ApiError::PayloadTooLarge { .. } => Some("request_too_large"),
             ApiError::RateLimited { .. } => Some("rate_limit_exceeded"),
+            ApiError::InsufficientQuota(_) => Some("insufficient_quota"),
             ApiError::Overloaded => Some("server_overloaded"),
             ApiError::NoCapacity(_) => Some("no_capacity"),
             ApiError::NotReady(_) => Some("not_ready"),

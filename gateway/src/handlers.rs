@@ -13,12 +13,16 @@ use router::{DispatchOptions, RouteError};
 use uuid::Uuid;
 
 use crate::auth::Principal;
+use crate::billing::{Bill, HoldRequest, MeterError};
 use crate::error::ApiError;
 use crate::metrics::{ModelLabel, INFLIGHT_REQUESTS};
 use crate::ratelimit::Decision;
 use crate::relay::{record_usage, SseRelay, TokenSettle};
 use crate::state::AppState;
 use crate::validate::{self, ValidRequest};
+
+/// The highest worker price multiplier (thousandths) there is: a hold at it covers any worker.
+pub const MAX_PRICE_COEFFICIENT: u32 = 4000;
 
 /// Reads the body as JSON bytes: content type checked, size bounded (413), before any parsing.
 async fn read_json_body(state: &AppState, req: Request) -> Result<Bytes, ApiError> {
@@ -77,6 +81,7 @@ fn with_headers(mut resp: Response, id: &Uuid, decision: Option<&Decision>, mode
         (status = 400, description = "Invalid request; `param` names the field", body = ErrorBody),
         (status = 401, description = "Missing or invalid API key / JWT", body = ErrorBody),
         (status = 404, description = "Unknown model", body = ErrorBody),
+        (status = 402, description = "The account's balance cannot cover the request's worst case (`insufficient_quota`)", body = ErrorBody),
         (status = 413, description = "Body over the configured limit", body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After and x-ratelimit-* headers", body = ErrorBody),
         (status = 503, description = "No worker can take the model, or the gateway is at capacity; see Retry-After", body = ErrorBody),
@@ -178,6 +183,30 @@ async fn run_inference(
         Err(e) => return Err(ApiError::Internal(e.to_string())),
     }
 
+    // Hold the worst case before any work is done; the bill settles it whichever way this ends.
+    let mut bill = match &state.meter {
+        Some(meter) => {
+            let hold = HoldRequest {
+                job_id,
+                account: principal.account.clone(),
+                model: valid.model.clone(),
+                prompt_tokens: valid.prompt_tokens_estimate,
+                completion_tokens: valid
+                    .max_completion_tokens
+                    .unwrap_or(state.cfg.default_max_tokens_estimate),
+                max_coefficient: valid.max_price_coefficient.unwrap_or(MAX_PRICE_COEFFICIENT),
+            };
+            meter.hold(&hold).await.map_err(|e| match e {
+                MeterError::InsufficientFunds { .. } => ApiError::InsufficientQuota(format!(
+                    "You exceeded your current quota: {e}. Top up the account's balance."
+                )),
+                MeterError::Unavailable(m) => ApiError::Internal(m),
+            })?;
+            Some(Bill::new(meter.clone(), job_id, valid.prompt_tokens_estimate))
+        }
+        None => None,
+    };
+
     // Shed load at once rather than queue without bound; the permit lives until the last byte.
     let permit = state
         .inflight
@@ -215,8 +244,11 @@ async fn run_inference(
         },
     })?;
 
+    if let Some(b) = bill.as_mut() {
+        b.set_worker(events.worker_id(), events.price_coefficient());
+    }
     if valid.stream {
-        let relay = SseRelay::new(events, valid.include_usage, valid.model.clone(), started, settle, permit);
+        let relay = SseRelay::new(events, valid.include_usage, valid.model.clone(), started, settle, bill, permit);
         let mut resp = Response::new(Body::from_stream(relay));
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -230,8 +262,23 @@ async fn run_inference(
         Some(JobEvent::Response { body, usage }) => {
             record_usage(&valid.model, usage.as_ref());
             settle.settle(usage.as_ref());
+            // Charged before the client has the answer: an answered request is a charged one.
+            let cost = match bill {
+                Some(b) => match b.capture(usage.as_ref()).await {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::warn!(%job_id, error = %e, "capture failed; the hold will expire");
+                        None
+                    }
+                },
+                None => None,
+            };
             drop(permit);
-            Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+            let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+            if let Some(c) = cost.and_then(|c| HeaderValue::from_str(&c.to_string()).ok()) {
+                resp.headers_mut().insert("x-cocoon-cost-nanoton", c);
+            }
+            Ok(resp)
         }
         Some(JobEvent::Failed { error, .. }) => Err(ApiError::Upstream {
             status: error.status,

@@ -16,6 +16,7 @@ use protocol::{JobEvent, Usage};
 use router::JobStream;
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::billing::Bill;
 use crate::error::ApiError;
 use crate::metrics as m;
 use crate::ratelimit::{Limits, RateLimiter};
@@ -62,6 +63,9 @@ pub struct SseRelay {
     first_chunk_seen: bool,
     state: State,
     settle: Option<TokenSettle>,
+    bill: Option<Bill>,
+    /// The capture that must commit before `[DONE]` reaches the client.
+    capturing: Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -102,6 +106,7 @@ impl SseRelay {
         model: String,
         started: Instant,
         settle: TokenSettle,
+        bill: Option<Bill>,
         permit: OwnedSemaphorePermit,
     ) -> Self {
         metrics::gauge!(m::INFLIGHT_STREAMS).increment(1.0);
@@ -113,6 +118,8 @@ impl SseRelay {
             first_chunk_seen: false,
             state: State::Streaming,
             settle: Some(settle),
+            bill,
+            capturing: None,
             _permit: permit,
         }
     }
@@ -131,6 +138,13 @@ impl Stream for SseRelay {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if let Some(fut) = this.capturing.as_mut() {
+            if fut.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.capturing = None;
+            return Poll::Ready(Some(Ok(Bytes::from_static(b"data: [DONE]\n\n"))));
+        }
         loop {
             if this.state == State::Finished {
                 return Poll::Ready(None);
@@ -151,6 +165,9 @@ impl Stream for SseRelay {
                     if !this.include_usage && is_usage_only(&data) {
                         continue;
                     }
+                    if let Some(b) = this.bill.as_mut() {
+                        b.count_chunk();
+                    }
                     if !this.first_chunk_seen {
                         this.first_chunk_seen = true;
                         metrics::histogram!(m::TTFT, "model" => this.model.clone())
@@ -160,10 +177,23 @@ impl Stream for SseRelay {
                 }
                 JobEvent::Done { usage } => {
                     this.finish(usage.as_ref());
+                    if let Some(bill) = this.bill.take() {
+                        let job = this.model.clone();
+                        this.capturing = Some(Box::pin(async move {
+                            if let Err(e) = bill.capture(usage.as_ref()).await {
+                                tracing::warn!(model = %job, error = %e, "capture failed; the hold will expire");
+                            }
+                        }));
+                        // Poll the capture right away; [DONE] follows once it committed.
+                        return Pin::new(this).poll_next(cx);
+                    }
                     return Poll::Ready(Some(Ok(Bytes::from_static(b"data: [DONE]\n\n"))));
                 }
                 JobEvent::Failed { error, usage } => {
                     this.finish(usage.as_ref());
+                    if let Some(bill) = this.bill.take() {
+                        bill.settle_later(usage);
+                    }
                     metrics::counter!(m::STREAMS_CUT, "reason" => "worker").increment(1);
                     tracing::warn!(error = %error.message, "stream failed mid-way");
                     let err = ApiError::Upstream {
@@ -176,6 +206,9 @@ impl Stream for SseRelay {
                 JobEvent::Response { body, usage } => {
                     // A worker answering a stream request with a whole body: relay it as one chunk.
                     this.finish(usage.as_ref());
+                    if let Some(bill) = this.bill.take() {
+                        bill.settle_later(usage);
+                    }
                     return Poll::Ready(Some(Ok(frame(&body))));
                 }
             }

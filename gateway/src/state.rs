@@ -3,6 +3,7 @@ use std::sync::Arc;
 use router::Router;
 use tokio::sync::Semaphore;
 
+use crate::billing::Meter;
 use crate::config::GatewayConfig;
 use crate::jwt::JwtAuth;
 use crate::keys::KeyStore;
@@ -19,6 +20,8 @@ pub struct AppState {
     /// Load shedding: one permit per in-flight inference request, held until its last byte.
     pub inflight: Arc<Semaphore>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// The ledger; `None` serves without charging (no billing configured).
+    pub meter: Option<Arc<dyn Meter>>,
 }
 
 impl AppState {
@@ -38,6 +41,12 @@ impl AppState {
             limiter,
             inflight,
             metrics: crate::metrics::handle(),
+            meter: None,
         }
+    }
+
+    pub fn with_meter(mut self, meter: Arc<dyn Meter>) -> Self {
+        self.meter = Some(meter);
+        self
     }
 }

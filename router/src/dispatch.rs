@@ -132,6 +132,7 @@ impl Router {
             worker_id: worker.info.worker_id.clone(),
             circuit_threshold: self.inner.cfg.circuit_failure_threshold,
             circuit_open: self.inner.cfg.circuit_open(),
+            price_coefficient: worker.info.price_coefficient,
         })
     }
 }
@@ -166,11 +167,17 @@ pub struct JobStream {
     worker_id: String,
     circuit_threshold: u32,
     circuit_open: std::time::Duration,
+    price_coefficient: u32,
 }
 
 impl JobStream {
     pub fn worker_id(&self) -> &str {
         &self.worker_id
+    }
+
+    /// The serving worker's price multiplier (thousandths), for billing.
+    pub fn price_coefficient(&self) -> u32 {
+        self.price_coefficient
     }
 }
 
