@@ -31,6 +31,40 @@ pub struct Config {
     pub router: RouterConfig,
     pub worker: WorkerConfig,
     pub engine: EngineSection,
+    pub billing: BillingSection,
+}
+
+/// `[billing]`: the ledger behind the gateway.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BillingSection {
+    /// Charge for requests at all. Off serves without holds or captures.
+    pub enabled: bool,
+    /// `postgres://…` (production) or `sqlite:path` (embedded); default `sqlite:<data_dir>/ledger.db`.
+    pub database_url: Option<String>,
+    /// Network fee, basis points of each charge.
+    pub fee_bps: u32,
+    /// A hold not settled by then is released by the reaper (must outlast the longest request).
+    pub hold_ttl_secs: u64,
+    pub reap_interval_secs: u64,
+    /// `cocoon dev` only: nanoTON credited to the dev account at start (once per data dir),
+    /// and the price set for the dev models that have none (nanoTON per 1M tokens).
+    pub dev_credit_nanoton: i64,
+    pub dev_price_per_million: i64,
+}
+
+impl Default for BillingSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            database_url: None,
+            fee_bps: 500,
+            hold_ttl_secs: 7200,
+            reap_interval_secs: 30,
+            dev_credit_nanoton: 1_000_000_000_000,
+            dev_price_per_million: 100_000_000,
+        }
+    }
 }
 
 /// Which engine `cocoon dev` runs next to its worker.
@@ -75,6 +109,7 @@ impl Default for Config {
             router: RouterConfig::default(),
             worker: WorkerConfig::default(),
             engine: EngineSection::default(),
+            billing: BillingSection::default(),
         }
     }
 }
@@ -197,11 +232,29 @@ impl Config {
         if self.environment == Environment::Production && self.engine.kind == EngineKind::Builtin {
             errs.push("engine.kind = \"builtin\" is the test engine and is refused when environment = \"production\"".into());
         }
+        if self.billing.fee_bps > 10_000 {
+            errs.push(format!("billing.fee_bps must be <= 10000, got {}", self.billing.fee_bps));
+        }
+        if self.billing.hold_ttl_secs < 60 {
+            errs.push(format!("billing.hold_ttl_secs must be >= 60, got {}", self.billing.hold_ttl_secs));
+        }
+        if let Some(u) = &self.billing.database_url {
+            if !(u.starts_with("postgres://") || u.starts_with("postgresql://") || u.starts_with("sqlite:")) {
+                errs.push(format!("billing.database_url must be postgres://… or sqlite:…, got {u:?}"));
+            }
+        }
         if errs.is_empty() {
             Ok(())
         } else {
             Err(ConfigError::Invalid(errs))
         }
+    }
+
+    pub fn ledger_url(&self) -> String {
+        self.billing
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite:{}", self.data_dir.join("ledger.db").display()))
     }
 
     pub fn keys_file(&self) -> PathBuf {

@@ -19,6 +19,28 @@ use crate::roles;
 
 /// Name of the API key `cocoon dev` creates at each start (older ones are revoked).
 pub const DEV_KEY_NAME: &str = "dev";
+/// The account the dev key bills.
+pub const DEV_ACCOUNT: &str = "dev";
+
+/// Dev only: a price for every served model that has none, and one initial credit of the
+/// dev account (idempotent by key, so restarts do not mint more).
+async fn seed_dev_ledger(ledger: &billing::Ledger, cfg: &Config, models: &[String]) -> anyhow::Result<()> {
+    let p = cfg.billing.dev_price_per_million;
+    for m in models {
+        if ledger.price(m).await?.is_none() {
+            ledger
+                .set_price(m, billing::Price { prompt: p, cached_prompt: p / 2, completion: p, reasoning: p })
+                .await?;
+        }
+    }
+    let acct = ledger.ensure_account(billing::AccountKind::Client, DEV_ACCOUNT).await?;
+    if cfg.billing.dev_credit_nanoton > 0 {
+        ledger
+            .credit(acct, cfg.billing.dev_credit_nanoton, "cocoon-dev-initial-credit", "cocoon dev starting balance")
+            .await?;
+    }
+    Ok(())
+}
 
 pub struct DevNetwork {
     /// OpenAI SDK base URL, e.g. `http://127.0.0.1:8080/v1`.
@@ -33,6 +55,8 @@ pub struct DevNetwork {
     /// Set when `router.worker_listen` is: where networked workers connect, and the pin.
     pub worker_listener: Option<(SocketAddr, String)>,
     pub state_file: PathBuf,
+    /// The ledger behind the gateway, when billing is enabled.
+    pub ledger: Option<billing::Ledger>,
     shutdown: CancellationToken,
     worker_shutdown: CancellationToken,
     gateway_task: JoinHandle<std::io::Result<()>>,
@@ -69,7 +93,10 @@ impl DevNetwork {
         for old in gw.keys.list().into_iter().filter(|k| k.name == DEV_KEY_NAME && !k.revoked) {
             gw.keys.revoke(&old.id)?;
         }
-        let api_key = gw.keys.create(DEV_KEY_NAME, "dev", None)?.key;
+        let api_key = gw.keys.create(DEV_KEY_NAME, DEV_ACCOUNT, None)?.key;
+        if let Some(meter) = &gw.meter {
+            seed_dev_ledger(meter.ledger(), &cfg, &router.models().iter().map(|m| m.id.clone()).collect::<Vec<_>>()).await?;
+        }
 
         let base_url = format!("http://{}/v1", gw.addr);
         let state_file = cfg.data_dir.join("dev.json");
@@ -93,6 +120,7 @@ impl DevNetwork {
             router,
             worker_listener: listener.as_ref().map(|l| (l.addr, l.cert_sha256.clone())),
             state_file,
+            ledger: gw.meter.as_ref().map(|m| m.ledger().clone()),
             shutdown,
             worker_shutdown,
             gateway_task: gw.task,

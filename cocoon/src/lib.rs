@@ -4,6 +4,7 @@
 pub mod config;
 pub mod dev;
 pub mod link;
+pub mod metering;
 pub mod roles;
 
 pub use config::Config;

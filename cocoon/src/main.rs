@@ -56,6 +56,27 @@ enum Cmd {
         #[command(subcommand)]
         cmd: KeysCmd,
     },
+    /// Client and worker accounts in the ledger.
+    Accounts {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        cmd: AccountsCmd,
+    },
+    /// Per-model prices (nanoTON per 1M tokens).
+    Prices {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        cmd: PricesCmd,
+    },
+    /// Ledger maintenance.
+    Ledger {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        cmd: LedgerCmd,
+    },
     /// Print the OpenAPI document generated from the gateway's handlers.
     Openapi,
     /// Validate the configuration and exit (non-zero with one line per mistake).
@@ -63,6 +84,60 @@ enum Cmd {
         #[command(flatten)]
         config: ConfigArg,
     },
+}
+
+#[derive(Subcommand)]
+enum AccountsCmd {
+    /// Create a client account (idempotent).
+    Create { name: String },
+    /// Credit a client account (idempotent by --key).
+    Credit {
+        name: String,
+        #[arg(long)]
+        nanoton: i64,
+        /// Idempotency key: the same key never credits twice.
+        #[arg(long)]
+        key: String,
+        #[arg(long, default_value = "manual credit")]
+        memo: String,
+    },
+    /// Balance (total, held, available) and recent usage.
+    Show {
+        name: String,
+        #[arg(long)]
+        worker: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PricesCmd {
+    Set {
+        model: String,
+        #[arg(long)]
+        prompt: i64,
+        #[arg(long)]
+        completion: i64,
+        /// Defaults to the prompt price.
+        #[arg(long)]
+        cached_prompt: Option<i64>,
+        /// Defaults to the completion price.
+        #[arg(long)]
+        reasoning: Option<i64>,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+enum LedgerCmd {
+    /// Verify every invariant; exits non-zero and lists the offending rows.
+    Check,
+}
+
+async fn ledger(config: &ConfigArg) -> anyhow::Result<billing::Ledger> {
+    let cfg = config.load()?;
+    cocoon::roles::open_ledger(&cfg)
+        .await?
+        .context("billing is disabled (billing.enabled = false)")
 }
 
 #[derive(Subcommand)]
@@ -278,6 +353,76 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             Ok(())
+        }
+        Cmd::Accounts { config, cmd } => {
+            let l = ledger(&config).await?;
+            match cmd {
+                AccountsCmd::Create { name } => {
+                    let id = l.ensure_account(billing::AccountKind::Client, &name).await?;
+                    println!("account {name} (id {})", id.0);
+                }
+                AccountsCmd::Credit { name, nanoton, key, memo } => {
+                    let id = l.ensure_account(billing::AccountKind::Client, &name).await?;
+                    let out = l.credit(id, nanoton, &key, &memo).await?;
+                    println!("{out:?}");
+                    let b = l.balance(id).await?;
+                    println!("balance: total {} held {} available {} nanoTON", b.total, b.held, b.available);
+                }
+                AccountsCmd::Show { name, worker } => {
+                    let kind = if worker { billing::AccountKind::Worker } else { billing::AccountKind::Client };
+                    let acct = l
+                        .find_account(kind, &name)
+                        .await?
+                        .with_context(|| format!("no {} account {name:?}", kind.as_str()))?;
+                    if worker {
+                        println!("{:?}", l.worker_earnings(acct.id).await?);
+                    } else {
+                        let b = l.balance(acct.id).await?;
+                        println!("balance: total {} held {} available {} nanoTON", b.total, b.held, b.available);
+                        for r in l.usage(acct.id, 20).await? {
+                            println!(
+                                "{}\t{}\tprompt={} completion={}\tcharged={} nanoTON",
+                                r.job_id, r.model, r.usage.prompt_tokens, r.usage.completion_tokens, r.billed.charge
+                            );
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        Cmd::Prices { config, cmd } => {
+            let l = ledger(&config).await?;
+            match cmd {
+                PricesCmd::Set { model, prompt, completion, cached_prompt, reasoning } => {
+                    let p = billing::Price {
+                        prompt,
+                        cached_prompt: cached_prompt.unwrap_or(prompt),
+                        completion,
+                        reasoning: reasoning.unwrap_or(completion),
+                    };
+                    l.set_price(&model, p).await?;
+                    println!("{model}: {p:?} nanoTON per 1M tokens");
+                }
+                PricesCmd::List => {
+                    for p in l.prices().await? {
+                        println!("{p:?}");
+                    }
+                }
+            }
+            Ok(())
+        }
+        Cmd::Ledger { config, cmd: LedgerCmd::Check } => {
+            let l = ledger(&config).await?;
+            let violations = l.check().await?;
+            if violations.is_empty() {
+                println!("ledger check: every invariant holds");
+                Ok(())
+            } else {
+                for v in &violations {
+                    println!("VIOLATION: {v:?}");
+                }
+                anyhow::bail!("{} invariant violation(s)", violations.len())
+            }
         }
         Cmd::Openapi => {
             print!("{}", gateway::openapi::spec_json());

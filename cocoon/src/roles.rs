@@ -57,7 +57,24 @@ pub async fn start_engine(cfg: &Config, stop: CancellationToken) -> anyhow::Resu
 pub struct GatewayHandle {
     pub addr: SocketAddr,
     pub keys: Arc<KeyStore>,
+    pub meter: Option<Arc<crate::metering::LedgerMeter>>,
     pub task: JoinHandle<std::io::Result<()>>,
+}
+
+/// Opens the ledger (migrating it) when billing is enabled.
+pub async fn open_ledger(cfg: &Config) -> anyhow::Result<Option<billing::Ledger>> {
+    if !cfg.billing.enabled {
+        return Ok(None);
+    }
+    let url = cfg.ledger_url();
+    let opts = billing::LedgerOptions {
+        fee_bps: cfg.billing.fee_bps,
+        ..Default::default()
+    };
+    let ledger = billing::Ledger::connect(&url, opts)
+        .await
+        .with_context(|| format!("opening the ledger at {url}"))?;
+    Ok(Some(ledger))
 }
 
 pub async fn start_gateway(cfg: &Config, router: Router, stop: CancellationToken) -> anyhow::Result<GatewayHandle> {
@@ -72,7 +89,19 @@ pub async fn start_gateway(cfg: &Config, router: Router, stop: CancellationToken
         Some(j) => Some(Arc::new(JwtAuth::new(j)?)),
         None => None,
     };
-    let state = gateway::AppState::new(cfg.gateway.clone(), router, keys.clone(), jwt, limiter);
+    let mut state = gateway::AppState::new(cfg.gateway.clone(), router, keys.clone(), jwt, limiter);
+    let meter = match open_ledger(cfg).await? {
+        Some(ledger) => {
+            let meter = Arc::new(crate::metering::LedgerMeter::new(
+                ledger,
+                Duration::from_secs(cfg.billing.hold_ttl_secs),
+            ));
+            meter.spawn_reaper(Duration::from_secs(cfg.billing.reap_interval_secs.max(1)), stop.clone());
+            state = state.with_meter(meter.clone());
+            Some(meter)
+        }
+        None => None,
+    };
     let listener = TcpListener::bind(&cfg.gateway.listen)
         .await
         .with_context(|| format!("binding the gateway on {}", cfg.gateway.listen))?;
@@ -83,7 +112,7 @@ pub async fn start_gateway(cfg: &Config, router: Router, stop: CancellationToken
         async move { stop.cancelled().await },
         cfg.gateway.drain_timeout(),
     ));
-    Ok(GatewayHandle { addr, keys, task })
+    Ok(GatewayHandle { addr, keys, meter, task })
 }
 
 pub struct WorkerListener {

@@ -31,6 +31,8 @@ pub struct HoldRequest {
 pub enum MeterError {
     #[error("insufficient balance: {available} nanoTON available, {needed} nanoTON needed for this request")]
     InsufficientFunds { available: i64, needed: i64 },
+    #[error("The model `{0}` has no price set, so it cannot be billed; an operator sets one with `cocoon prices set`")]
+    Unpriced(String),
     #[error("billing unavailable: {0}")]
     Unavailable(String),
 }

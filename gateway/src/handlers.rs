@@ -200,6 +200,11 @@ async fn run_inference(
                 MeterError::InsufficientFunds { .. } => ApiError::InsufficientQuota(format!(
                     "You exceeded your current quota: {e}. Top up the account's balance."
                 )),
+                MeterError::Unpriced(_) => ApiError::Upstream {
+                    status: 503,
+                    message: e.to_string(),
+                    body: None,
+                },
                 MeterError::Unavailable(m) => ApiError::Internal(m),
             })?;
             Some(Bill::new(meter.clone(), job_id, valid.prompt_tokens_estimate))

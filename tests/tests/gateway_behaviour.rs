@@ -166,7 +166,7 @@ async fn rate_limits_are_shared_between_replicas_through_redis() {
     let keys_file = keys_dir.path().join("keys.json");
     let limited = KeyStore::open(&keys_file)
         .unwrap()
-        .create("limited", "acct", Some(Limits { requests_per_minute: 3, tokens_per_minute: 0 }))
+        .create("limited", cocoon::dev::DEV_ACCOUNT, Some(Limits { requests_per_minute: 3, tokens_per_minute: 0 }))
         .unwrap()
         .key;
     let setup = |c: &mut cocoon::Config| {

@@ -30,6 +30,7 @@ async fn gateway(first_token_timeout_ms: u64) -> Gateway {
     cfg.router.worker_listen = Some("127.0.0.1:0".into());
     cfg.router.first_token_timeout_ms = first_token_timeout_ms;
     cfg.router.worker_liveness_ms = 2_000;
+    cfg.billing.enabled = false; // routing under test; billing has its own tests
     let stop = CancellationToken::new();
     let router = router::Router::new(cfg.router.clone());
     let l = cocoon::roles::start_worker_listener(&cfg, router.clone(), stop.clone()).await.unwrap().unwrap();
