@@ -1,1 +1,75 @@
-//! Billing ledger (issue #5): nothing here yet.
+//! Billing ledger of Cocoon-rs: a double-entry nanoTON ledger with per-model prices and
+//! holds/captures keyed by job id, on Postgres (production) or SQLite (embedded default)
+//! through the same code. It knows no HTTP and no engine.
+//!
+//! # Public API (what the gateway and the CLI call)
+//!
+//! ```text
+//! // connect, migrate
+//! Ledger::connect(url: &str, options: LedgerOptions) -> Result<Ledger>
+//!     // url: "postgres://user@host:5432/db" | "sqlite:path/ledger.db" (created) | "sqlite::memory:"
+//!     // LedgerOptions { fee_bps: u32, max_connections: u32, acquire_timeout: Duration }
+//! Ledger::backend(&self) -> Backend            // Postgres | Sqlite
+//! Ledger::fee_account(&self) -> AccountId
+//! Ledger::clearing_account(&self) -> AccountId // deposits clearing = TON hot wallet
+//! Ledger::fee_bps(&self) -> u32
+//! Ledger::close(&self)                         // async
+//!
+//! // accounts and money in                      (all async, all -> Result<_>)
+//! ensure_account(&self, kind: AccountKind, external_id: &str) -> AccountId   // Client | Worker
+//! find_account(&self, kind: AccountKind, external_id: &str) -> Option<Account>
+//! account(&self, id: AccountId) -> Option<Account>
+//! credit(&self, client: AccountId, amount: i64, idempotency_key: &str, memo: &str) -> CreditOutcome
+//! balance(&self, account: AccountId) -> Balance                  // { total, held, available }
+//! worker_earnings(&self, worker: AccountId) -> WorkerEarnings    // { balance, earned, jobs }
+//!
+//! // prices (nanoTON per 1M tokens)
+//! set_price(&self, model: &str, price: Price) -> ()
+//! price(&self, model: &str) -> Option<Price>
+//! prices(&self) -> Vec<ModelPrice>
+//!
+//! // request life cycle, keyed by job id
+//! hold(&self, job_id: Uuid, client: AccountId, model: &str, amount: i64, ttl: Duration) -> HoldOutcome
+//!     // Err(Error::InsufficientFunds { available, needed }) -> HTTP 402 insufficient_quota
+//! capture(&self, job_id: Uuid, worker: AccountId, usage: Usage, coefficient: u32) -> CaptureOutcome
+//!     // Captured(Receipt) | AlreadyCaptured(Receipt) | AlreadyReleased(Hold)
+//! release(&self, job_id: Uuid) -> ReleaseOutcome // Released(Hold) | AlreadyClosed(Hold)
+//! reap_expired(&self, now: SystemTime) -> Vec<Hold>
+//! find_hold(&self, job_id: Uuid) -> Option<Hold>
+//! receipt(&self, job_id: Uuid) -> Option<Receipt>
+//! usage(&self, client: AccountId, limit: u32) -> Vec<Receipt>   // newest first
+//!
+//! // books
+//! check(&self) -> Vec<Violation>               // empty = every invariant holds
+//!
+//! // pure money arithmetic
+//! cost(price: Price, usage: Usage, coefficient: u32, fee_bps: u32) -> Result<Breakdown>
+//! split(charge: i64, fee_bps: u32) -> Result<Breakdown>          // Breakdown { charge, worker, fee }
+//! Usage: From<&protocol::openai::Usage>
+//! ```
+//!
+//! The gateway's flow: `hold` the worst case before routing (402 on
+//! `InsufficientFunds`); on the final usage `capture` (its receipt's `billed.charge` is the
+//! `x-cocoon-cost-nanoton` header); on failure before any token, `release`; a drop guard
+//! makes sure one of the two always runs, and a periodic `reap_expired` catches holds
+//! whose process died. Every call is idempotent by its key (job id, or the credit's
+//! idempotency key), so any of them may be retried after an error or a crash.
+//!
+//! The rounding rule is written once, in [`money`]. How concurrency is handled (row
+//! locks), which balances are cached and why the `Any` driver: see [`Ledger`]. What
+//! happens when a capture costs more than its hold: see [`Ledger::capture`]. Migrations:
+//! `migrations/postgres` and `migrations/sqlite` at the workspace root, embedded at
+//! build time and applied by [`Ledger::connect`].
+
+mod error;
+mod ledger;
+pub mod money;
+mod types;
+
+pub use error::{Error, Result};
+pub use ledger::{Backend, Ledger, LedgerOptions};
+pub use money::{cost, split, Breakdown, Price, Usage};
+pub use types::{
+    Account, AccountId, AccountKind, Balance, CaptureOutcome, CreditOutcome, Hold, HoldOutcome,
+    HoldStatus, ModelPrice, Receipt, ReleaseOutcome, UnixMillis, Violation, WorkerEarnings,
+};

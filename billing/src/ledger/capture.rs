@@ -1,0 +1,323 @@
+//! The request life cycle, part two: capturing a hold, and the receipts it leaves.
+
+use sqlx::{Any, Row, Transaction};
+use uuid::Uuid;
+
+use super::rows::{charge_columns, hold_and_account, hold_from_row, receipt_from_row};
+use super::{now_ms, tokens_i64, Backend, Ledger};
+use crate::error::{Error, Result};
+use crate::money::{cost, split, Breakdown, Usage};
+use crate::types::{AccountId, AccountKind, CaptureOutcome, HoldStatus, Receipt};
+
+impl Ledger {
+    /// Charges job `job_id` for `usage` served by `worker` at `coefficient` thousandths, at
+    /// the price and fee fixed in its hold: in one database transaction the client is
+    /// debited the charge, `worker` is credited `charge − fee`, the fee account `fee`, the
+    /// rest of the hold is released and a usage row is written.
+    ///
+    /// An active hold is captured even after its expiry time if the reaper has not
+    /// released it yet. Capturing a captured job, or a released or reaped one, changes
+    /// nothing: [`CaptureOutcome::AlreadyCaptured`] (with the original receipt) or
+    /// [`CaptureOutcome::AlreadyReleased`].
+    ///
+    /// # When the cost exceeds the hold
+    /// The client pays `min(cost, hold + its other available balance)`: the excess over
+    /// the hold is taken from money not reserved by other holds, never more, so the
+    /// balance never goes below zero and other in-flight jobs keep their reservations.
+    /// Whatever still does not fit is the receipt's `shortfall`: written off, charged to no
+    /// one and paid to no one; worker and fee split the capped charge by the usual rule.
+    pub async fn capture(
+        &self,
+        job_id: Uuid,
+        worker: AccountId,
+        usage: Usage,
+        coefficient: u32,
+    ) -> Result<CaptureOutcome> {
+        for tokens in [
+            usage.prompt_tokens,
+            usage.cached_prompt_tokens,
+            usage.completion_tokens,
+            usage.reasoning_tokens,
+        ] {
+            tokens_i64(tokens)?;
+        }
+        self.retrying("capture", || {
+            self.capture_once(job_id, worker, usage, coefficient)
+        })
+        .await
+    }
+
+    async fn capture_once(
+        &self,
+        job_id: Uuid,
+        worker: AccountId,
+        usage: Usage,
+        coefficient: u32,
+    ) -> Result<CaptureOutcome> {
+        let job = job_id.to_string();
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(self.pick(
+            concat!(hold_and_account!(), " FOR UPDATE OF h, a"),
+            hold_and_account!(),
+        ))
+        .bind(&job)
+        .bind(worker.0)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(Error::UnknownHold(job_id))?;
+        let hold = hold_from_row(&row)?;
+        match hold.status {
+            HoldStatus::Active => {}
+            HoldStatus::Captured => {
+                tx.rollback().await?;
+                let receipt = self.receipt(job_id).await?.ok_or_else(|| {
+                    Error::Corrupt(format!("hold {job_id} captured without a charge row"))
+                })?;
+                return Ok(CaptureOutcome::AlreadyCaptured(receipt));
+            }
+            HoldStatus::Released | HoldStatus::Expired => {
+                tx.rollback().await?;
+                return Ok(CaptureOutcome::AlreadyReleased(hold));
+            }
+        }
+        match row.try_get::<Option<String>, _>("worker_kind")? {
+            None => return Err(Error::UnknownAccount(worker)),
+            Some(k) if k != AccountKind::Worker.as_str() => {
+                let actual = AccountKind::parse(&k)?;
+                return Err(Error::WrongAccountKind {
+                    id: worker,
+                    actual,
+                    expected: AccountKind::Worker,
+                });
+            }
+            Some(_) => {}
+        }
+
+        let full = cost(hold.price, usage, coefficient, hold.fee_bps)?;
+        let balance: i64 = row.try_get("balance")?;
+        let held: i64 = row.try_get("held")?;
+        let new_held = held
+            .checked_sub(hold.amount)
+            .ok_or(Error::Overflow("held"))?;
+        // Everything not reserved by other holds, this hold included.
+        let ceiling = balance
+            .checked_sub(new_held)
+            .ok_or(Error::Overflow("ceiling"))?
+            .max(0);
+        let billed = if full.charge <= ceiling {
+            full
+        } else {
+            split(ceiling, hold.fee_bps)?
+        };
+        let shortfall = full.charge - billed.charge;
+        let new_balance = balance
+            .checked_sub(billed.charge)
+            .ok_or(Error::Overflow("balance"))?;
+        let now = now_ms();
+
+        let write = CaptureWrite {
+            job: &job,
+            now,
+            client: hold.client,
+            worker,
+            fee_account: self.fee_account,
+            model: &hold.model,
+            usage: [
+                tokens_i64(usage.prompt_tokens)?,
+                tokens_i64(usage.cached_prompt_tokens)?,
+                tokens_i64(usage.completion_tokens)?,
+                tokens_i64(usage.reasoning_tokens)?,
+            ],
+            coefficient: i64::from(coefficient),
+            cost: full.charge,
+            billed,
+            shortfall,
+            held: hold.amount,
+            new_balance,
+            new_held,
+        };
+        let tx_id = match self.backend {
+            Backend::Postgres => write.postgres(&mut tx).await?,
+            Backend::Sqlite => write.portable(&mut tx).await?,
+        };
+        tx.commit().await?;
+        if shortfall > 0 {
+            tracing::warn!(%job_id, cost = full.charge, billed = billed.charge, "capture exceeded hold and balance; shortfall written off");
+        }
+        Ok(CaptureOutcome::Captured(Receipt {
+            job_id,
+            client: hold.client,
+            worker,
+            model: hold.model,
+            usage,
+            coefficient,
+            cost: full.charge,
+            billed,
+            shortfall,
+            held: hold.amount,
+            transaction: tx_id,
+            at_ms: now,
+        }))
+    }
+
+    /// Job `job_id`'s receipt, if it was captured.
+    pub async fn receipt(&self, job_id: Uuid) -> Result<Option<Receipt>> {
+        sqlx::query(concat!(
+            "SELECT ",
+            charge_columns!(),
+            " FROM charges WHERE job_id = $1"
+        ))
+        .bind(job_id.to_string())
+        .fetch_optional(&self.read)
+        .await?
+        .map(|r| receipt_from_row(&r))
+        .transpose()
+    }
+
+    /// `client`'s most recent captured requests, newest first, at most `limit`.
+    pub async fn usage(&self, client: AccountId, limit: u32) -> Result<Vec<Receipt>> {
+        sqlx::query(concat!(
+            "SELECT ",
+            charge_columns!(),
+            " FROM charges WHERE client_id = $1 ORDER BY created_at DESC, transaction_id DESC LIMIT $2"
+        ))
+        .bind(client.0)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(receipt_from_row)
+        .collect()
+    }
+}
+
+/// Everything a capture writes once its amounts are known.
+struct CaptureWrite<'a> {
+    job: &'a str,
+    now: i64,
+    client: AccountId,
+    worker: AccountId,
+    fee_account: AccountId,
+    model: &'a str,
+    /// prompt, cached prompt, completion, reasoning tokens.
+    usage: [i64; 4],
+    coefficient: i64,
+    cost: i64,
+    billed: Breakdown,
+    shortfall: i64,
+    held: i64,
+    new_balance: i64,
+    new_held: i64,
+}
+
+impl CaptureWrite<'_> {
+    /// Postgres: one statement (data-modifying CTEs), so a capture costs four round trips
+    /// in all (BEGIN, the locking SELECT, this, COMMIT). Same rows as [`Self::portable`].
+    async fn postgres(&self, tx: &mut Transaction<'static, Any>) -> Result<i64> {
+        let row = sqlx::query(
+            "WITH t AS ( \
+             INSERT INTO transactions (kind, job_id, created_at) VALUES ('capture', $1, $2) \
+             RETURNING id), \
+             e AS ( \
+             INSERT INTO entries (transaction_id, account_id, amount) \
+             SELECT t.id, v.column1, v.column2 \
+             FROM t, (VALUES ($3, $4), ($5, $6), ($7, $8)) AS v WHERE v.column2 <> 0), \
+             a AS (UPDATE accounts SET balance = $9, held = $10 WHERE id = $3), \
+             h AS (UPDATE holds SET status = 'captured', closed_at = $2 WHERE job_id = $1) \
+             INSERT INTO charges (job_id, transaction_id, client_id, worker_id, model, \
+             prompt_tokens, cached_prompt_tokens, completion_tokens, reasoning_tokens, \
+             coefficient, cost, charge, worker_amount, fee, shortfall, held, created_at) \
+             SELECT $1, t.id, $3, $5, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, \
+             $22, $2 FROM t RETURNING transaction_id",
+        )
+        .bind(self.job)
+        .bind(self.now)
+        .bind(self.client.0)
+        .bind(-self.billed.charge)
+        .bind(self.worker.0)
+        .bind(self.billed.worker)
+        .bind(self.fee_account.0)
+        .bind(self.billed.fee)
+        .bind(self.new_balance)
+        .bind(self.new_held)
+        .bind(self.model)
+        .bind(self.usage[0])
+        .bind(self.usage[1])
+        .bind(self.usage[2])
+        .bind(self.usage[3])
+        .bind(self.coefficient)
+        .bind(self.cost)
+        .bind(self.billed.charge)
+        .bind(self.billed.worker)
+        .bind(self.billed.fee)
+        .bind(self.shortfall)
+        .bind(self.held)
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Statement by statement (SQLite has no data-modifying CTEs).
+    async fn portable(&self, tx: &mut Transaction<'static, Any>) -> Result<i64> {
+        let tx_id: i64 = sqlx::query(
+            "INSERT INTO transactions (kind, job_id, created_at) VALUES ('capture', $1, $2) RETURNING id",
+        )
+        .bind(self.job)
+        .bind(self.now)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get(0)?;
+        // Client −charge, worker +worker, fee account +fee; zero amounts left out.
+        sqlx::query(
+            "INSERT INTO entries (transaction_id, account_id, amount) \
+             SELECT $1, v.column1, v.column2 FROM (VALUES ($2, $3), ($4, $5), ($6, $7)) AS v \
+             WHERE v.column2 <> 0",
+        )
+        .bind(tx_id)
+        .bind(self.client.0)
+        .bind(-self.billed.charge)
+        .bind(self.worker.0)
+        .bind(self.billed.worker)
+        .bind(self.fee_account.0)
+        .bind(self.billed.fee)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("UPDATE accounts SET balance = $1, held = $2 WHERE id = $3")
+            .bind(self.new_balance)
+            .bind(self.new_held)
+            .bind(self.client.0)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("UPDATE holds SET status = 'captured', closed_at = $2 WHERE job_id = $1")
+            .bind(self.job)
+            .bind(self.now)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO charges (job_id, transaction_id, client_id, worker_id, model, \
+               prompt_tokens, cached_prompt_tokens, completion_tokens, reasoning_tokens, \
+               coefficient, cost, charge, worker_amount, fee, shortfall, held, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        )
+        .bind(self.job)
+        .bind(tx_id)
+        .bind(self.client.0)
+        .bind(self.worker.0)
+        .bind(self.model)
+        .bind(self.usage[0])
+        .bind(self.usage[1])
+        .bind(self.usage[2])
+        .bind(self.usage[3])
+        .bind(self.coefficient)
+        .bind(self.cost)
+        .bind(self.billed.charge)
+        .bind(self.billed.worker)
+        .bind(self.billed.fee)
+        .bind(self.shortfall)
+        .bind(self.held)
+        .bind(self.now)
+        .execute(&mut **tx)
+        .await?;
+        Ok(tx_id)
+    }
+}

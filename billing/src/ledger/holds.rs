@@ -1,0 +1,280 @@
+//! The request life cycle, part one: placing, releasing and reaping holds (keyed by job id).
+
+use std::time::{Duration, SystemTime};
+
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::rows::{hold_and_account, hold_columns, hold_from_row, parse_job};
+use super::{now_ms, unix_ms, Backend, Ledger};
+use crate::error::{Error, Result};
+use crate::money::Price;
+use crate::types::{AccountId, AccountKind, Hold, HoldOutcome, HoldStatus, ReleaseOutcome};
+
+const REAP_BATCH: i64 = 500;
+
+impl Ledger {
+    /// Reserves `amount` nanoTON of `client`'s available balance for job `job_id` until
+    /// `ttl` from now, fixing the price of `model` and the ledger's fee for this job.
+    ///
+    /// Fails with [`Error::InsufficientFunds`] when `amount` exceeds the available balance,
+    /// with [`Error::UnknownModel`] when the model has no price; neither writes anything.
+    /// A second call with the same job id writes nothing and returns
+    /// [`HoldOutcome::AlreadyExists`] with the hold as it is (in whatever status).
+    pub async fn hold(
+        &self,
+        job_id: Uuid,
+        client: AccountId,
+        model: &str,
+        amount: i64,
+        ttl: Duration,
+    ) -> Result<HoldOutcome> {
+        if amount <= 0 {
+            return Err(Error::InvalidAmount(amount));
+        }
+        let ttl_ms = i64::try_from(ttl.as_millis()).map_err(|_| Error::Overflow("ttl"))?;
+        self.retrying("hold", || {
+            self.hold_once(job_id, client, model, amount, ttl_ms)
+        })
+        .await
+    }
+
+    async fn hold_once(
+        &self,
+        job_id: Uuid,
+        client: AccountId,
+        model: &str,
+        amount: i64,
+        ttl_ms: i64,
+    ) -> Result<HoldOutcome> {
+        let now = now_ms();
+        let expires = now
+            .checked_add(ttl_ms)
+            .ok_or(Error::Overflow("hold expiry"))?;
+        let job = job_id.to_string();
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(self.pick(
+            "SELECT a.kind, a.balance, a.held, p.prompt, p.cached_prompt, p.completion, \
+               p.reasoning, h.job_id AS existing \
+             FROM accounts a LEFT JOIN prices p ON p.model = $2 \
+             LEFT JOIN holds h ON h.job_id = $3 WHERE a.id = $1 FOR UPDATE OF a",
+            "SELECT a.kind, a.balance, a.held, p.prompt, p.cached_prompt, p.completion, \
+               p.reasoning, h.job_id AS existing \
+             FROM accounts a LEFT JOIN prices p ON p.model = $2 \
+             LEFT JOIN holds h ON h.job_id = $3 WHERE a.id = $1",
+        ))
+        .bind(client.0)
+        .bind(model)
+        .bind(&job)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(Error::UnknownAccount(client))?;
+        if row.try_get::<Option<String>, _>("existing")?.is_some() {
+            tx.rollback().await?;
+            return self.existing_hold(job_id).await;
+        }
+        let kind = AccountKind::parse(row.try_get("kind")?)?;
+        if kind != AccountKind::Client {
+            return Err(Error::WrongAccountKind {
+                id: client,
+                actual: kind,
+                expected: AccountKind::Client,
+            });
+        }
+        let price = match row.try_get::<Option<i64>, _>("prompt")? {
+            Some(prompt) => Price {
+                prompt,
+                cached_prompt: row.try_get("cached_prompt")?,
+                completion: row.try_get("completion")?,
+                reasoning: row.try_get("reasoning")?,
+            },
+            None => return Err(Error::UnknownModel(model.to_owned())),
+        };
+        let balance: i64 = row.try_get("balance")?;
+        let held: i64 = row.try_get("held")?;
+        let available = balance
+            .checked_sub(held)
+            .ok_or(Error::Overflow("available"))?;
+        if amount > available {
+            tx.rollback().await?;
+            return Err(Error::InsufficientFunds {
+                available,
+                needed: amount,
+            });
+        }
+        let new_held = held.checked_add(amount).ok_or(Error::Overflow("held"))?;
+        // Postgres: insert and account update in one statement (data-modifying CTE);
+        // SQLite: two statements. Same rows either way.
+        let insert_hold = self.pick(
+            "WITH h AS ( \
+               INSERT INTO holds (job_id, account_id, model, amount, price_prompt, \
+                 price_cached_prompt, price_completion, price_reasoning, fee_bps, status, \
+                 created_at, expires_at) \
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', $10, $11) \
+               ON CONFLICT (job_id) DO NOTHING RETURNING job_id), \
+             a AS (UPDATE accounts SET held = $12 WHERE id = $2 AND EXISTS (SELECT 1 FROM h)) \
+             SELECT job_id FROM h",
+            "INSERT INTO holds (job_id, account_id, model, amount, price_prompt, \
+               price_cached_prompt, price_completion, price_reasoning, fee_bps, status, \
+               created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', $10, $11) \
+             ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
+        );
+        let mut query = sqlx::query(insert_hold)
+            .bind(&job)
+            .bind(client.0)
+            .bind(model)
+            .bind(amount)
+            .bind(price.prompt)
+            .bind(price.cached_prompt)
+            .bind(price.completion)
+            .bind(price.reasoning)
+            .bind(i64::from(self.fee_bps))
+            .bind(now)
+            .bind(expires);
+        if self.backend == Backend::Postgres {
+            query = query.bind(new_held);
+        }
+        if query.fetch_optional(&mut *tx).await?.is_none() {
+            // The same job id on another client's account, placed concurrently.
+            tx.rollback().await?;
+            return self.existing_hold(job_id).await;
+        }
+        if self.backend == Backend::Sqlite {
+            sqlx::query("UPDATE accounts SET held = $1 WHERE id = $2")
+                .bind(new_held)
+                .bind(client.0)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(HoldOutcome::Placed(Hold {
+            job_id,
+            client,
+            model: model.to_owned(),
+            amount,
+            price,
+            fee_bps: self.fee_bps,
+            status: HoldStatus::Active,
+            created_at_ms: now,
+            expires_at_ms: expires,
+            closed_at_ms: None,
+        }))
+    }
+
+    async fn existing_hold(&self, job_id: Uuid) -> Result<HoldOutcome> {
+        let hold = self
+            .find_hold(job_id)
+            .await?
+            .ok_or(Error::UnknownHold(job_id))?;
+        Ok(HoldOutcome::AlreadyExists(hold))
+    }
+
+    /// Releases job `job_id`'s hold without charging anything. Releasing a hold that is no
+    /// longer active changes nothing: [`ReleaseOutcome::AlreadyClosed`].
+    pub async fn release(&self, job_id: Uuid) -> Result<ReleaseOutcome> {
+        self.retrying("release", || {
+            self.close_once(job_id, HoldStatus::Released, None)
+        })
+        .await
+    }
+
+    /// Releases every active hold whose expiry is at or before `now` (status `expired`)
+    /// and returns them. Holds captured or released meanwhile are left alone.
+    pub async fn reap_expired(&self, now: SystemTime) -> Result<Vec<Hold>> {
+        let now = unix_ms(now);
+        let mut reaped = Vec::new();
+        loop {
+            let rows = sqlx::query(
+                "SELECT job_id FROM holds WHERE status = 'active' AND expires_at <= $1 \
+                 ORDER BY expires_at LIMIT $2",
+            )
+            .bind(now)
+            .bind(REAP_BATCH)
+            .fetch_all(&self.read)
+            .await?;
+            let batch = rows.len();
+            let mut closed_any = false;
+            for row in rows {
+                let job_id = parse_job(row.try_get("job_id")?)?;
+                let outcome = self
+                    .retrying("reap", || {
+                        self.close_once(job_id, HoldStatus::Expired, Some(now))
+                    })
+                    .await?;
+                if let ReleaseOutcome::Released(hold) = outcome {
+                    closed_any = true;
+                    reaped.push(hold);
+                }
+            }
+            if (batch as i64) < REAP_BATCH || !closed_any {
+                break;
+            }
+        }
+        if !reaped.is_empty() {
+            tracing::info!(count = reaped.len(), "released expired holds");
+        }
+        Ok(reaped)
+    }
+
+    /// Closes an active hold as `status` without a charge. With `expired_by`, only if the
+    /// hold expired at or before that time.
+    async fn close_once(
+        &self,
+        job_id: Uuid,
+        status: HoldStatus,
+        expired_by: Option<i64>,
+    ) -> Result<ReleaseOutcome> {
+        let job = job_id.to_string();
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(self.pick(
+            concat!(hold_and_account!(), " FOR UPDATE OF h, a"),
+            hold_and_account!(),
+        ))
+        .bind(&job)
+        .bind(0_i64)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(Error::UnknownHold(job_id))?;
+        let mut hold = hold_from_row(&row)?;
+        let due = expired_by.is_none_or(|t| hold.expires_at_ms <= t);
+        if hold.status != HoldStatus::Active || !due {
+            tx.rollback().await?;
+            return Ok(ReleaseOutcome::AlreadyClosed(hold));
+        }
+        let held: i64 = row.try_get("held")?;
+        let new_held = held
+            .checked_sub(hold.amount)
+            .ok_or(Error::Overflow("held"))?;
+        let now = now_ms();
+        sqlx::query("UPDATE holds SET status = $2, closed_at = $3 WHERE job_id = $1")
+            .bind(&job)
+            .bind(status.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE accounts SET held = $1 WHERE id = $2")
+            .bind(new_held)
+            .bind(hold.client.0)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        hold.status = status;
+        hold.closed_at_ms = Some(now);
+        Ok(ReleaseOutcome::Released(hold))
+    }
+
+    /// Job `job_id`'s hold, in whatever status.
+    pub async fn find_hold(&self, job_id: Uuid) -> Result<Option<Hold>> {
+        sqlx::query(concat!(
+            "SELECT ",
+            hold_columns!(),
+            " FROM holds h WHERE h.job_id = $1"
+        ))
+        .bind(job_id.to_string())
+        .fetch_optional(&self.read)
+        .await?
+        .map(|r| hold_from_row(&r))
+        .transpose()
+    }
+}

@@ -1,0 +1,306 @@
+//! [`Ledger`]: the connection, migrations and transaction plumbing. The operations live in
+//! the submodules: accounts and credits, holds and captures, prices, the invariant check.
+
+mod accounts;
+mod capture;
+mod check;
+mod holds;
+mod prices;
+mod rows;
+
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::Migrator;
+use sqlx::{Any, AnyPool, Row, Transaction};
+
+use crate::error::{Error, Result};
+use crate::money::BPS_ONE;
+use crate::types::{AccountId, AccountKind, UnixMillis};
+
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// Retries of a call that hit a transient conflict (deadlock, serialization failure,
+/// SQLite busy) before the error is returned.
+const MAX_ATTEMPTS: u32 = 5;
+
+/// Which database a [`Ledger`] talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Production: `postgres://user@host:port/db`.
+    Postgres,
+    /// Embedded default: `sqlite:path/to/ledger.db` (created if missing) or `sqlite::memory:`.
+    Sqlite,
+}
+
+impl Backend {
+    pub fn from_url(url: &str) -> Result<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else {
+            Err(Error::UnsupportedUrl(redact(url)))
+        }
+    }
+}
+
+/// Settings of [`Ledger::connect`].
+#[derive(Clone, Copy, Debug)]
+pub struct LedgerOptions {
+    /// Network fee in basis points of each charge, fixed into each hold when it is placed.
+    pub fee_bps: u32,
+    /// Pool size (Postgres), or reader pool size (SQLite, whose writer is one connection).
+    pub max_connections: u32,
+    /// How long a call waits for a pooled connection.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for LedgerOptions {
+    fn default() -> Self {
+        LedgerOptions {
+            fee_bps: 0,
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The double-entry ledger. Cheap to clone (pools are shared).
+///
+/// # One code path, two databases
+/// Queries go through sqlx's `Any` driver: one set of Rust code and (nearly) one set of
+/// SQL serves both Postgres and SQLite, so the test suite exercising one exercises the
+/// other. The price is a narrow type set (i64, text), which suits a ledger of integers:
+/// ids are `BIGINT`, money is `BIGINT` nanoTON, times are `BIGINT` Unix milliseconds and job
+/// ids are UUID text. (An enum over a `PgPool` and a `SqlitePool` would have meant every
+/// query written twice, or generic code over `sqlx::Database` with a wall of bounds.)
+/// Per-backend SQL is limited to the row-lock suffix, the `BEGIN` and, on Postgres, the
+/// writes of a hold and of a capture folded into one statement each (data-modifying CTEs,
+/// which SQLite lacks) to save round trips; both forms write the same rows.
+///
+/// # Concurrency: row locks, not SERIALIZABLE
+/// Every write runs in one database transaction that first locks the rows it decides on:
+/// on Postgres `SELECT … FOR UPDATE` of the client account (hold, credit) or of the hold
+/// and its client account (capture, release, reap), always hold before account, so no two
+/// calls lock in opposite orders; on SQLite `BEGIN IMMEDIATE` takes the database write lock
+/// up front and all writes of this process go through one connection. Contending calls
+/// queue on the lock instead of failing and retrying, which is what a hot client account
+/// (many concurrent requests) needs: with SERIALIZABLE each conflict would abort and redo
+/// the work, and throughput on one account would collapse under load. Calls on different
+/// accounts do not contend at all. Transient errors that can still occur (deadlock
+/// detection, SQLite busy across processes) are retried up to 5 times; every call is
+/// idempotent by its key, so a retry never doubles anything.
+///
+/// # Cached balances
+/// `accounts.balance` caches the entry sum of client accounts (a hold must read the
+/// balance under its lock) and of the clearing account (so that the money ever deposited
+/// — and hence every account balance and every sum the checker computes — provably fits
+/// an i64). Worker and fee balances are always summed from entries: caching them would
+/// make every capture in the network update the same fee row and serialise on its lock.
+/// [`Ledger::check`] verifies every cached value against the entries.
+#[derive(Clone, Debug)]
+pub struct Ledger {
+    backend: Backend,
+    /// All writes. SQLite: exactly one connection.
+    write: AnyPool,
+    /// Reads. Postgres: the same pool; SQLite: a pool of WAL readers.
+    read: AnyPool,
+    fee_account: AccountId,
+    clearing_account: AccountId,
+    fee_bps: u32,
+}
+
+impl Ledger {
+    /// Connects, creates the SQLite file if missing, applies pending migrations and finds
+    /// the system accounts.
+    pub async fn connect(url: &str, options: LedgerOptions) -> Result<Ledger> {
+        sqlx::any::install_default_drivers();
+        if options.fee_bps > BPS_ONE {
+            return Err(Error::InvalidFee(options.fee_bps));
+        }
+        let backend = Backend::from_url(url)?;
+        let max = options.max_connections.max(1);
+        let (write, read) = match backend {
+            Backend::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(max)
+                    .acquire_timeout(options.acquire_timeout)
+                    .connect(url)
+                    .await?;
+                POSTGRES_MIGRATIONS.run(&pool).await?;
+                (pool.clone(), pool)
+            }
+            Backend::Sqlite => {
+                let memory = url.contains(":memory:") || url.contains("mode=memory");
+                let url = sqlite_url(url);
+                let write = sqlite_pool(&url, 1, options.acquire_timeout).await?;
+                if !memory {
+                    // Persistent in the file; readers then never block the writer.
+                    sqlx::query("PRAGMA journal_mode = WAL")
+                        .execute(&write)
+                        .await?;
+                }
+                SQLITE_MIGRATIONS.run(&write).await?;
+                let read = if memory {
+                    write.clone()
+                } else {
+                    sqlite_pool(&url, max, options.acquire_timeout).await?
+                };
+                (write, read)
+            }
+        };
+        let system = |kind: AccountKind| {
+            let read = read.clone();
+            async move {
+                let row = sqlx::query("SELECT id FROM accounts WHERE kind = $1")
+                    .bind(kind.as_str())
+                    .fetch_optional(&read)
+                    .await?
+                    .ok_or_else(|| Error::Corrupt(format!("no {kind} account")))?;
+                Ok::<_, Error>(AccountId(row.try_get(0)?))
+            }
+        };
+        let fee_account = system(AccountKind::Fee).await?;
+        let clearing_account = system(AccountKind::Clearing).await?;
+        tracing::debug!(?backend, "ledger connected and migrated");
+        Ok(Ledger {
+            backend,
+            write,
+            read,
+            fee_account,
+            clearing_account,
+            fee_bps: options.fee_bps,
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The network fee account (created by the migrations).
+    pub fn fee_account(&self) -> AccountId {
+        self.fee_account
+    }
+
+    /// The deposits-clearing account, mirror of the TON hot wallet (created by the migrations).
+    pub fn clearing_account(&self) -> AccountId {
+        self.clearing_account
+    }
+
+    /// The fee new holds get, in basis points.
+    pub fn fee_bps(&self) -> u32 {
+        self.fee_bps
+    }
+
+    /// Closes the pools, waiting for checked-out connections to come back.
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+
+    /// A write transaction: SQLite takes the write lock at `BEGIN`, so the first read of
+    /// the transaction already sees the state it will write on.
+    async fn begin(&self) -> Result<Transaction<'static, Any>> {
+        Ok(match self.backend {
+            Backend::Postgres => self.write.begin().await?,
+            Backend::Sqlite => self.write.begin_with("BEGIN IMMEDIATE").await?,
+        })
+    }
+
+    /// `pg` on Postgres, `sqlite` on SQLite (they differ only in row-lock clauses).
+    fn pick(&self, pg: &'static str, sqlite: &'static str) -> &'static str {
+        match self.backend {
+            Backend::Postgres => pg,
+            Backend::Sqlite => sqlite,
+        }
+    }
+
+    /// Runs `op` again on transient conflicts, at most [`MAX_ATTEMPTS`] times in all.
+    async fn retrying<T, F, Fut>(&self, what: &'static str, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Err(e) if e.is_retryable() && attempt < MAX_ATTEMPTS => {
+                    tracing::debug!(what, attempt, error = %e, "ledger retry");
+                    tokio::time::sleep(Duration::from_millis(2u64 << attempt)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+async fn sqlite_pool(url: &str, max: u32, acquire_timeout: Duration) -> Result<AnyPool> {
+    Ok(AnyPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(acquire_timeout)
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                // FULL: a commit is on disk before the call returns (ledger, not cache).
+                for pragma in [
+                    "PRAGMA foreign_keys = ON",
+                    "PRAGMA busy_timeout = 10000",
+                    "PRAGMA synchronous = FULL",
+                ] {
+                    sqlx::query(pragma).execute(&mut *conn).await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await?)
+}
+
+/// Adds `mode=rwc` (create if missing) unless the URL picks a mode itself.
+fn sqlite_url(url: &str) -> String {
+    if url.contains("mode=") || url.contains(":memory:") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
+
+/// The URL without any password, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***{}", &url[..s], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+pub(crate) fn unix_ms(t: SystemTime) -> UnixMillis {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+pub(crate) fn now_ms() -> UnixMillis {
+    unix_ms(SystemTime::now())
+}
+
+/// Reads an i64 column as a u32 (token coefficient, fee) that the ledger itself wrote.
+pub(crate) fn get_u32(row: &AnyRow, col: &str) -> Result<u32> {
+    let v: i64 = row.try_get(col)?;
+    u32::try_from(v).map_err(|_| Error::Corrupt(format!("{col} = {v}")))
+}
+
+/// Reads an i64 column as a u64 token count.
+pub(crate) fn get_u64(row: &AnyRow, col: &str) -> Result<u64> {
+    let v: i64 = row.try_get(col)?;
+    u64::try_from(v).map_err(|_| Error::Corrupt(format!("{col} = {v}")))
+}
+
+/// A token count for a BIGINT column.
+pub(crate) fn tokens_i64(v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::Overflow("token count exceeds i64"))
+}
