@@ -1,2 +1,145 @@
-//! Attestation: TDX / SEV-SNP / simulated evidence, verification, policy and HPKE sealing.
-//! Filled by the attestation issue (#3); nothing here yet.
+//! Attestation for Cocoon-rs: TEE evidence (Intel TDX quotes v4/v5, AMD SEV-SNP reports with
+//! their VCEK, and an insecure simulated TEE for development), its verification against a
+//! [`Policy`], the binding of a worker's keys to a verifier nonce, and HPKE (RFC 9180)
+//! sealing of jobs and their streamed responses.
+//!
+//! # Binding
+//!
+//! `report_data = SHA-512(REPORT_DATA_DOMAIN_TAG ‖ worker HPKE pk ‖ SHA-256(worker TLS SPKI) ‖ nonce)`
+//! ([`ReportDataBinding`]). Verification = evidence ([`Verifier::verify_evidence`]) → policy
+//! ([`Verifier::check_policy`]) → binding ([`ReportDataBinding::check`]); the steps are public
+//! on their own, and [`Verifier::verify_attestation`] / [`Verifier::verify_worker`] do them all.
+//! Every rejection is its own [`AttestationError`] variant naming the rule that failed.
+//!
+//! # Worker side (inside the TEE)
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use attestation::{EvidenceProducer, JobContext, JobOpener, Nonce, SealedJob};
+//! let keys = JobOpener::generate()?;                        // HPKE key pair, never leaves the TEE
+//! let producer = EvidenceProducer::detect()                 // configfs-tsm (TDX or SEV-SNP)...
+//!     .map_or_else(EvidenceProducer::simulated, Ok)?;       // ...or the simulated TEE in dev
+//! # let (tls_spki_der, nonce, now): (Vec<u8>, Nonce, u64) = (vec![], Nonce([0; 32]), 0);
+//! // For each verifier nonce (blocking ~50 ms on TDX: use spawn_blocking):
+//! let attestation = producer.attest(keys.public_key(), &tls_spki_der, nonce, now)?;
+//! // ... send `attestation` (serde) to the router / put it in the RA-TLS certificate.
+//! # let (job, sealed): (JobContext, SealedJob) = todo!();
+//! // For each job: open it, then seal every response chunk; `last = true` on the final one.
+//! let (body, mut response) = keys.open(&job, &sealed)?;
+//! let chunk = response.seal(b"data: {...}", false)?;
+//! let end = response.seal(b"{\"usage\":...}", true)?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Router side
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! use attestation::{AttestationCache, CollateralStore, JobContext, JobSealer, MemoryNonceStore, Policy, Verifier};
+//! # let (policy_toml, now, tls_spki_sha256) = ("", 0u64, [0u8; 32]);
+//! let policy: Policy = toml::from_str(policy_toml)?;
+//! let verifier = Verifier::new(policy)
+//!     .with_collateral(CollateralStore::load_file("tdx-collateral.json".as_ref())?);
+//! let nonces = MemoryNonceStore::new();                    // or a Redis-backed NonceStore
+//! let cache = AttestationCache::new();
+//! let nonce = verifier.issue_nonce(&nonces, now).await?;  // send to the worker
+//! # let attestation: attestation::WorkerAttestation = todo!();
+//! // TLS key of this connection + nonce single use + age + evidence + policy + binding:
+//! let worker = verifier.verify_worker(&attestation, &tls_spki_sha256, &nonces, now).await?;
+//! if worker.is_insecure_simulated() { /* add header x-cocoon-tee: simulated */ }
+//! cache.insert(worker.clone());                            // valid until worker.expires_at
+//! // Per job:
+//! let sealer = JobSealer::new(&worker.hpke_public_key)?;
+//! # let (job_id, body) = (uuid::Uuid::nil(), b"{}");
+//! let (sealed, mut opener) = sealer.seal(&JobContext::new(job_id, "model-name"), body)?;
+//! # let chunk: attestation::SealedChunk = todo!();
+//! let plaintext = opener.open(&chunk)?;                    // in order; errors are final
+//! opener.finish()?;                                        // when the stream ends: truncation check
+//! # Ok(()) }
+//! ```
+//!
+//! # Client side (`cocoon verify`)
+//!
+//! ```no_run
+//! # fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! use attestation::{verify_report, AttestationReport, Nonce, Policy, Verifier};
+//! let nonce = Nonce::random()?;
+//! # let (created_at, now, body, my_policy) = (0u64, 0u64, "", Policy::default());
+//! // GET /v1/attestation/report?model=M&nonce={nonce} -> body
+//! let report: AttestationReport = serde_json::from_str(body)?;
+//! let verdict = verify_report(&Verifier::new(my_policy), &report, &nonce, created_at, now)?;
+//! for w in &verdict.workers {
+//!     match &w.result {
+//!         Ok(v) => println!("{}", v.describe()),
+//!         Err(e) => println!("worker {}: REJECTED: {e}", w.hpke_public_key.fingerprint()),
+//!     }
+//! }
+//! let ok = verdict.all_ok();
+//! # Ok(()) }
+//! ```
+//!
+//! # Trust inputs
+//!
+//! * TDX: Intel SGX Root CA ([`INTEL_SGX_ROOT_CA_DER`], replaceable), collateral from a cache
+//!   file ([`CollateralStore`]) or attached to the evidence; `now` is always passed in.
+//!   Collateral is fetched outside this crate (PCCS); its usable window is
+//!   [`collateral_window`].
+//! * SEV-SNP: the AMD ARK/ASK built into the `sev` crate (Milan, Genoa, Turin); the VCEK comes
+//!   with the evidence (from the host's certificate table or a file on the worker).
+//! * Simulated: a per-run Ed25519 key; accepted only with `allow_insecure_simulated_tee = true`
+//!   (optionally pinned with `simulated_tee_keys`).
+
+mod binding;
+mod cache;
+mod claims;
+mod error;
+mod evidence;
+mod nonce;
+mod policy;
+mod sealing;
+mod serde_bytes;
+mod simulated;
+mod snp;
+mod tdx;
+mod tsm;
+mod verifier;
+
+pub use binding::{
+    check_report_data, spki_sha256, HpkePublicKey, Nonce, ReportDataBinding, REPORT_DATA_DOMAIN_TAG,
+};
+pub use cache::AttestationCache;
+pub use claims::{Measurement, SnpProduct, SnpTcb, TdxMeasurements, TeeClaims, TeeDetails};
+pub use error::{AttestationError, EvidenceError};
+pub use evidence::{
+    Evidence, SnpEvidence, TdxEvidence, TeeKind, WorkerAttestation, MAX_TDX_QUOTE_BYTES,
+    MAX_VCEK_BYTES, SNP_REPORT_BYTES,
+};
+pub use nonce::{MemoryNonceStore, NonceStore, NonceTake};
+pub use policy::{MeasurementPattern, Policy, SimulatedKey, SnpPolicy, TdxAllowed, TdxPolicy};
+pub use sealing::{
+    JobContext, JobOpener, JobSealer, ResponseOpener, ResponseSealer, SealError, SealedChunk,
+    SealedJob, HPKE_SUITE,
+};
+pub use simulated::{SimulatedEvidence, SimulatedReport, SimulatedTee, SIMULATED_MEASUREMENTS};
+pub use snp::{parse_report as parse_snp_report, parse_vcek};
+pub use tdx::{
+    collateral_validity, collateral_window, parse_quote as parse_tdx_quote, CollateralItemValidity,
+    CollateralStore, INTEL_SGX_ROOT_CA_DER,
+};
+pub use tsm::{
+    vcek_from_cert_table, ConfigfsTsm, EvidenceProducer, TsmReport, CONFIGFS_TSM_REPORT,
+};
+pub use verifier::{
+    verify_report, AttestationReport, ReportVerdict, VerifiedWorker, Verifier, WorkerVerdict,
+};
+
+/// Re-exported so callers can name collateral and TCB statuses without depending on `dcap-qvl`.
+pub use dcap_qvl::{QuoteCollateralV3, TcbStatus};
+
+/// Current unix time in seconds (0 if the clock is before 1970).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

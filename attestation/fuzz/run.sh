@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every fuzz target briefly (default 30 s each), seeded with the real samples.
+# Needs a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`).
+# Usage: attestation/fuzz/run.sh [seconds-per-target]
+set -euo pipefail
+cd "$(dirname "$0")"
+secs="${1:-30}"
+data=../testdata
+mkdir -p corpus/tdx_quote corpus/snp_report corpus/evidence_json
+cp "$data"/tdx_quote "$data"/tdx_quote_td15ex "$data"/tdx_quote_outdated corpus/tdx_quote/
+python3 -c 'import sys; sys.stdout.buffer.write(b"\0" + bytes.fromhex(open(sys.argv[1]).read().strip()))' \
+  "$data"/report_milan.hex > corpus/snp_report/report_milan
+{ printf '\1'; cat "$data"/vcek_milan.der; } > corpus/snp_report/vcek_milan
+printf '{"kind":"simulated","data":{"insecure_simulated":true}}' > corpus/evidence_json/simulated
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+for t in tdx_quote snp_report evidence_json; do
+  cargo +nightly fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=16384 -rss_limit_mb=2048
+done
