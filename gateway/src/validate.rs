@@ -241,6 +241,24 @@ fn estimate_content(v: &Value) -> u64 {
     }
 }
 
+/// `prompt` / `input`: a string, or a non-empty array of strings or token arrays.
+fn estimate_inputs(f: &Fields<'_>, key: &str, shape: &str) -> Result<u64, ApiError> {
+    match f.get(key) {
+        Some(Value::String(s)) => Ok(estimate_text(s)),
+        Some(Value::Array(a)) if !a.is_empty() => Ok(a
+            .iter()
+            .map(|p| match p {
+                Value::String(s) => estimate_text(s),
+                Value::Array(toks) => toks.len() as u64,
+                _ => 1,
+            })
+            .sum()),
+        Some(Value::Array(_)) => Err(ApiError::invalid(key, format!("`{key}` must not be empty."))),
+        Some(_) => Err(ApiError::invalid(key, format!("`{key}` must be {shape}."))),
+        None => Err(ApiError::invalid(key, format!("Missing required parameter: '{key}'."))),
+    }
+}
+
 const ROLES: [&str; 6] = ["system", "developer", "user", "assistant", "tool", "function"];
 
 fn validate_messages(f: &Fields<'_>) -> Result<u64, ApiError> {
@@ -381,24 +399,7 @@ pub fn chat(obj: &Map<String, Value>) -> Result<ValidRequest, ApiError> {
 pub fn completion(obj: &Map<String, Value>) -> Result<ValidRequest, ApiError> {
     let f = Fields(obj);
     let model = f.model()?;
-    let prompt = match f.get("prompt") {
-        Some(Value::String(s)) => estimate_text(s),
-        Some(Value::Array(a)) if !a.is_empty() => a
-            .iter()
-            .map(|p| match p {
-                Value::String(s) => estimate_text(s),
-                Value::Array(toks) => toks.len() as u64,
-                _ => 1,
-            })
-            .sum(),
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "prompt",
-                "`prompt` must be a string, an array of strings or an array of token arrays.",
-            ))
-        }
-        None => return Err(ApiError::invalid("prompt", "Missing required parameter: 'prompt'.")),
-    };
+    let prompt = estimate_inputs(&f, "prompt", "a string, an array of strings or an array of token arrays")?;
     let (stream, include_usage) = f.stream()?;
     let n = f.int("n", 1, 128)?.unwrap_or(1) as u64;
     f.int("best_of", 1, 128)?;
@@ -419,27 +420,7 @@ pub fn completion(obj: &Map<String, Value>) -> Result<ValidRequest, ApiError> {
 pub fn embeddings(obj: &Map<String, Value>) -> Result<ValidRequest, ApiError> {
     let f = Fields(obj);
     let model = f.model()?;
-    let tokens = match f.get("input") {
-        Some(Value::String(s)) => estimate_text(s),
-        Some(Value::Array(a)) if !a.is_empty() => a
-            .iter()
-            .map(|p| match p {
-                Value::String(s) => estimate_text(s),
-                Value::Array(t) => t.len() as u64,
-                _ => 1,
-            })
-            .sum(),
-        Some(Value::Array(_)) => {
-            return Err(ApiError::invalid("input", "`input` must not be empty."))
-        }
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "input",
-                "`input` must be a string, an array of strings, or token arrays.",
-            ))
-        }
-        None => return Err(ApiError::invalid("input", "Missing required parameter: 'input'.")),
-    };
+    let tokens = estimate_inputs(&f, "input", "a string, an array of strings, or token arrays")?;
     match f.string("encoding_format")? {
         None | Some("float") | Some("base64") => {}
         Some(other) => {

@@ -23,22 +23,12 @@ async fn assert_books_balance(l: &Ledger) {
     assert!(v.is_empty(), "ledger invariants violated: {v:?}");
 }
 
-async fn post(net: &common::Net, key: &str, body: &Value) -> reqwest::Response {
-    common::http()
-        .post(format!("{}/chat/completions", net.base_url))
-        .bearer_auth(key)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn completed_requests_are_charged_once_before_the_client_sees_the_end() {
     let net = common::start(|_| {}).await;
     let l = net.ledger.clone().unwrap();
     let before = dev_balance(&l, "dev").await;
-    let r = post(&net, &net.api_key, &json!({"model": "cocoon-test", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8})).await;
+    let r = common::post_chat(&net, &net.api_key, &json!({"model": "cocoon-test", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8})).await;
     assert_eq!(r.status(), 200);
     let id: uuid::Uuid = r.headers()["x-request-id"].to_str().unwrap().parse().unwrap();
     let cost: i64 = r.headers()["x-cocoon-cost-nanoton"].to_str().unwrap().parse().unwrap();
@@ -52,7 +42,7 @@ async fn completed_requests_are_charged_once_before_the_client_sees_the_end() {
     assert_eq!(after.held, 0, "the rest of the hold was released");
 
     // Stream: the capture commits before [DONE].
-    let r = post(&net, &net.api_key, &json!({"model": "cocoon-test", "messages": [{"role": "user", "content": "hi"}], "stream": true, "max_tokens": 5})).await;
+    let r = common::post_chat(&net, &net.api_key, &json!({"model": "cocoon-test", "messages": [{"role": "user", "content": "hi"}], "stream": true, "max_tokens": 5})).await;
     let id: uuid::Uuid = r.headers()["x-request-id"].to_str().unwrap().parse().unwrap();
     let text = r.text().await.unwrap();
     assert!(text.ends_with("data: [DONE]\n\n"));
@@ -66,7 +56,7 @@ async fn completed_requests_are_charged_once_before_the_client_sees_the_end() {
 async fn a_cut_stream_is_charged_for_what_was_relayed() {
     let net = common::start(|_| {}).await;
     let l = net.ledger.clone().unwrap();
-    let r = post(&net, &net.api_key, &json!({"model": "cocoon-test", "messages": [{"role": "user", "content": "go"}], "stream": true,
+    let r = common::post_chat(&net, &net.api_key, &json!({"model": "cocoon-test", "messages": [{"role": "user", "content": "go"}], "stream": true,
         "max_tokens": 1000, "test_engine": {"tokens_per_second": 50, "completion_tokens": 1000}})).await;
     let id: uuid::Uuid = r.headers()["x-request-id"].to_str().unwrap().parse().unwrap();
     let mut s = r.bytes_stream();
@@ -97,7 +87,7 @@ async fn failures_before_any_token_charge_nothing() {
     let l = net.ledger.clone().unwrap();
     let before = dev_balance(&l, "dev").await;
     // The engine rejects this schema (it cannot be resolved): an error before any token.
-    let r = post(&net, &net.api_key, &json!({"model": "cocoon-test", "messages": [{"role": "user", "content": "x"}],
+    let r = common::post_chat(&net, &net.api_key, &json!({"model": "cocoon-test", "messages": [{"role": "user", "content": "x"}],
         "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/$defs/missing"}}}})).await;
     assert_eq!(r.status(), 400, "{}", r.text().await.unwrap());
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -111,7 +101,7 @@ async fn failures_before_any_token_charge_nothing() {
 async fn an_account_that_cannot_cover_the_worst_case_gets_402() {
     let net = common::start(|c| c.billing.dev_credit_nanoton = 1_000).await;
     let l = net.ledger.clone().unwrap();
-    let r = post(&net, &net.api_key, &json!({"model": "cocoon-test", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000})).await;
+    let r = common::post_chat(&net, &net.api_key, &json!({"model": "cocoon-test", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000})).await;
     assert_eq!(r.status(), 402);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "insufficient_quota");

@@ -23,21 +23,11 @@ fn slow_stream_body(tokens: u32, tps: f64) -> Value {
     })
 }
 
-async fn post(net: &common::Net, key: &str, body: &Value) -> reqwest::Response {
-    common::http()
-        .post(format!("{}/chat/completions", net.base_url))
-        .bearer_auth(key)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn client_disconnect_cancels_generation_at_the_engine() {
     let net = common::start(|_| {}).await;
     let engine = net.engine.clone().unwrap();
-    let resp = post(&net, &net.api_key, &slow_stream_body(1000, 50.0)).await;
+    let resp = common::post_chat(&net, &net.api_key, &slow_stream_body(1000, 50.0)).await;
     assert_eq!(resp.status(), 200);
     let mut body = resp.bytes_stream();
     let mut got = Vec::new();
@@ -68,7 +58,7 @@ async fn client_disconnect_cancels_generation_at_the_engine() {
 #[tokio::test]
 async fn shutdown_drains_in_flight_streams() {
     let net = common::start(|_| {}).await;
-    let resp = post(&net, &net.api_key, &slow_stream_body(20, 40.0)).await;
+    let resp = common::post_chat(&net, &net.api_key, &slow_stream_body(20, 40.0)).await;
     assert_eq!(resp.status(), 200);
     let addr = net.gateway_addr;
     let base = net.base_url.clone();
@@ -95,10 +85,10 @@ async fn shutdown_drains_in_flight_streams() {
 #[tokio::test]
 async fn in_flight_limit_sheds_load_at_once() {
     let net = common::start(|c| c.gateway.max_in_flight = 1).await;
-    let first = post(&net, &net.api_key, &slow_stream_body(50, 20.0)).await;
+    let first = common::post_chat(&net, &net.api_key, &slow_stream_body(50, 20.0)).await;
     assert_eq!(first.status(), 200);
     let started = std::time::Instant::now();
-    let second = post(&net, &net.api_key, &slow_stream_body(1, 0.0)).await;
+    let second = common::post_chat(&net, &net.api_key, &slow_stream_body(1, 0.0)).await;
     assert_eq!(second.status(), 503);
     assert!(started.elapsed() < Duration::from_millis(500), "shedding must not queue");
     assert_eq!(second.headers()["retry-after"], "1");
@@ -112,7 +102,7 @@ async fn in_flight_limit_sheds_load_at_once() {
 async fn body_limit_and_malformed_json_get_openai_errors() {
     let net = common::start(|c| c.gateway.max_body_bytes = 2048).await;
     let big = json!({"model": "cocoon-test", "messages": [{"role": "user", "content": "x".repeat(4096)}]});
-    let r = post(&net, &net.api_key, &big).await;
+    let r = common::post_chat(&net, &net.api_key, &big).await;
     assert_eq!(r.status(), 413);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "request_too_large");
@@ -135,7 +125,7 @@ async fn body_limit_and_malformed_json_get_openai_errors() {
 #[tokio::test]
 async fn metrics_count_requests_tokens_and_ttft() {
     let net = common::start(|_| {}).await;
-    let r = post(&net, &net.api_key, &slow_stream_body(5, 0.0)).await;
+    let r = common::post_chat(&net, &net.api_key, &slow_stream_body(5, 0.0)).await;
     let _ = r.text().await.unwrap();
     let text = common::http()
         .get(format!("http://{}/metrics", net.gateway_addr))
@@ -178,7 +168,7 @@ async fn rate_limits_are_shared_between_replicas_through_redis() {
     let body = json!({"model": "cocoon-test", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
     let mut statuses = Vec::new();
     for net in [&a, &b, &a, &b] {
-        let r = post(net, &limited, &body).await;
+        let r = common::post_chat(net, &limited, &body).await;
         statuses.push(r.status().as_u16());
         if r.status() == 429 {
             let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();

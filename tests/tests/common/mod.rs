@@ -51,3 +51,14 @@ pub async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bo
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// POSTs a chat completion body with `key`.
+pub async fn post_chat(net: &DevNetwork, key: &str, body: &serde_json::Value) -> reqwest::Response {
+    http()
+        .post(format!("{}/chat/completions", net.base_url))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
