@@ -75,6 +75,18 @@ pub fn spki_sha256(spki_der: &[u8]) -> [u8; 32] {
     Sha256::digest(spki_der).into()
 }
 
+/// The SubjectPublicKeyInfo (DER) of an X.509 certificate (DER): what the binding hashes
+/// for the TLS key of a worker's connection.
+pub fn cert_spki_der(cert_der: &[u8]) -> Result<Vec<u8>, String> {
+    use x509_cert::der::{Decode, Encode};
+    let cert = x509_cert::Certificate::from_der(cert_der)
+        .map_err(|e| format!("TLS certificate is not valid DER X.509: {e}"))?;
+    cert.tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .map_err(|e| format!("re-encoding the certificate's public key: {e}"))
+}
+
 /// The keys and nonce a piece of evidence must be bound to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReportDataBinding {

@@ -105,7 +105,7 @@ mod tsm;
 mod verifier;
 
 pub use binding::{
-    check_report_data, spki_sha256, HpkePublicKey, Nonce, ReportDataBinding, REPORT_DATA_DOMAIN_TAG,
+    cert_spki_der, check_report_data, spki_sha256, HpkePublicKey, Nonce, ReportDataBinding, REPORT_DATA_DOMAIN_TAG,
 };
 pub use cache::AttestationCache;
 pub use claims::{Measurement, SnpProduct, SnpTcb, TdxMeasurements, TeeClaims, TeeDetails};

@@ -87,6 +87,7 @@ async fn simulated_evidence_needs_the_opt_in() {
 
     let strict = Verifier::new(Policy::default());
     let err = strict.verify_attestation(&att, &nonce, NOW).unwrap_err();
+    println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
     assert_eq!(
         err.to_string(),
         "evidence comes from a simulated TEE (insecure_simulated: true) and allow_insecure_simulated_tee is false"
@@ -123,6 +124,7 @@ async fn tls_key_binding_and_keys_are_enforced() {
     let mut att = worker.attest(nonce, NOW);
     att.hpke_public_key = JobOpener::generate().unwrap().public_key();
     let err = v.verify_worker(&att, &tls, &store, NOW).await.unwrap_err();
+    println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
     assert_eq!(err.rule(), "report_data", "{err}");
 
     // Evidence for another nonce, relabelled with a fresh one.

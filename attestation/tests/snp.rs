@@ -89,6 +89,7 @@ fn one_flipped_byte_in_the_signed_region_is_rejected() {
         0x1F0,
     ] {
         let err = verify_all(&v, with_report(|r| r[pos] ^= 0x04), SNP_MILAN_NOW).unwrap_err();
+        println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
         assert_eq!(err.rule(), "bad_signature", "byte {pos:#x}: {err}");
         assert!(
             err.to_string()
@@ -98,12 +99,14 @@ fn one_flipped_byte_in_the_signed_region_is_rejected() {
     }
     // A reserved byte: the parser skips it, so the canonical-form check catches it.
     let err = verify_all(&v, with_report(|r| r[SIGNED_LEN - 1] ^= 1), SNP_MILAN_NOW).unwrap_err();
+    println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
     assert_eq!(
         err.to_string(),
         "malformed SEV-SNP evidence: cannot decode report: Skipped bytes were expected to be zeroed."
     );
     // The unused tail of the signature's r scalar.
     let err = verify_all(&v, with_report(|r| r[0x2A0 + 50] ^= 1), SNP_MILAN_NOW).unwrap_err();
+    println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
     assert_eq!(
         err.to_string(),
         "malformed SEV-SNP evidence: report signature has non-zero bytes beyond its 48-byte P-384 scalars"
@@ -131,6 +134,7 @@ fn wrong_root_is_rejected() {
     let last = ev.vcek.len() - 10;
     ev.vcek[last] ^= 0xff;
     let err = verify_all(&v, ev, SNP_MILAN_NOW).unwrap_err();
+    println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
     assert_eq!(err.rule(), "untrusted_root", "{err}");
     assert!(
         err.to_string()
@@ -141,6 +145,7 @@ fn wrong_root_is_rejected() {
     let mut p = v.policy().clone();
     p.snp.allowed_products = vec![SnpProduct::Genoa];
     let err = verify_all(&Verifier::new(p), snp_milan(), SNP_MILAN_NOW).unwrap_err();
+    println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
     assert_eq!(
         err.to_string(),
         "SEV-SNP product milan is not allowed by policy (allowed: genoa)"
@@ -152,9 +157,11 @@ fn vcek_outside_its_validity_is_rejected() {
     let (v, _) = approving();
     let not_after = 1_901_474_623; // 2030-04-03T19:23:43Z
     let err = verify_all(&v, snp_milan(), not_after).unwrap_err();
+    println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
     assert_eq!(err.rule(), "collateral_expired", "{err}");
     assert!(err.to_string().starts_with("VCEK certificate \""), "{err}");
     let err = verify_all(&v, snp_milan(), 1_600_000_000).unwrap_err();
+    println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
     assert_eq!(err.rule(), "collateral_not_yet_valid", "{err}");
 }
 
@@ -183,12 +190,14 @@ fn old_tcb_vmpl_and_measurement_are_rejected() {
         *vmpl = 2;
     }
     let err = v.check_policy(&high_vmpl, SNP_MILAN_NOW).unwrap_err();
+    println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
     assert_eq!(
         err.to_string(),
         "SEV-SNP report is for VMPL 2, above the policy's maximum VMPL 0"
     );
 
     let err = strict().check_policy(&claims, SNP_MILAN_NOW).unwrap_err();
+    println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
     assert_eq!(err.rule(), "measurement");
     assert!(
         err.to_string()
@@ -217,12 +226,14 @@ fn debug_policy_bit_is_rejected() {
         *guest_policy |= 1 << 19;
     }
     let err = v.check_policy(&debug, SNP_MILAN_NOW).unwrap_err();
+    println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
     assert_eq!(
         err.to_string(),
         "SEV-SNP guest runs with debug enabled (guest POLICY 0xb0000 has DEBUG (bit 19) set); policy forbids debug"
     );
     // Setting DEBUG in the real report breaks its signature.
     let err = verify_all(&v, with_report(|r| r[10] |= 0x08), SNP_MILAN_NOW).unwrap_err();
+    println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
     assert_eq!(err.rule(), "bad_signature", "{err}");
 }
 
@@ -232,9 +243,11 @@ fn truncated_and_oversized_input_is_rejected_without_panic() {
     let report = snp_milan().report;
     for len in 0..report.len() {
         let err = verify_all(&v, with_report(|r| r.truncate(len)), SNP_MILAN_NOW).unwrap_err();
+        println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
         assert_eq!(err.rule(), "malformed", "{len}: {err}");
     }
     let err = verify_all(&v, with_report(|r| r.push(0)), SNP_MILAN_NOW).unwrap_err();
+    println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
     assert_eq!(
         err.to_string(),
         "SEV-SNP evidence is 1185 bytes, over the 1184-byte limit"

@@ -86,6 +86,7 @@ fn collateral_from_the_verifier_cache_file_is_used() {
         collateral: None,
     });
     let err = verify_all(&v, &bare, s.now()).unwrap_err();
+    println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
     assert_eq!(err.rule(), "collateral_missing", "{err}");
     assert!(err.to_string().contains("B0C06F000000"), "{err}");
 
@@ -140,6 +141,7 @@ fn one_flipped_byte_in_the_signed_region_is_rejected_as_bad_signature() {
             let mut q = s.quote.to_vec();
             q[pos] ^= mask;
             let err = verify_all(&v, &s.evidence_with(q), s.now()).unwrap_err();
+            println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
             assert_eq!(err.rule(), "bad_signature", "byte {pos} ^ {mask:#x}: {err}");
             assert!(
                 err.to_string()
@@ -183,6 +185,7 @@ fn outdated_tcb_is_rejected() {
     let s = tdx_outdated();
     let v = Verifier::new(Policy::default());
     let err = v.verify_evidence(&s.evidence(), s.now()).unwrap_err();
+    println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
     assert_eq!(err.rule(), "tcb_outdated", "{err}");
     assert!(
         err.to_string().contains("No matching TCB level found"),
@@ -214,6 +217,7 @@ fn tcb_status_outside_the_policy_is_rejected_and_can_be_opted_in() {
             *tcb_status = status;
         }
         let err = v.check_policy(&claims, s.now()).unwrap_err();
+        println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
         assert_eq!(err.rule(), "tcb_status", "{err}");
         assert_eq!(
             err.to_string(),
@@ -234,6 +238,7 @@ fn rejected_advisory_and_old_evaluation_number_are_rejected() {
     let mut p = v.policy().clone();
     p.tdx.min_tcb_evaluation_data_number = Some(18);
     let err = Verifier::new(p).check_policy(&claims, s.now()).unwrap_err();
+    println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
     assert_eq!(
         err.to_string(),
         "TDX TCB evaluation data number 17 is below the policy's minimum 18"
@@ -244,6 +249,7 @@ fn rejected_advisory_and_old_evaluation_number_are_rejected() {
     let mut p = v.policy().clone();
     p.tdx.rejected_advisory_ids = vec!["intel-sa-00837".into()];
     let err = Verifier::new(p).check_policy(&claims, s.now()).unwrap_err();
+    println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
     assert_eq!(
         err.to_string(),
         "TDX advisory INTEL-SA-00837 is rejected by policy"
@@ -263,6 +269,7 @@ fn wrong_root_ca_is_rejected() {
     for root in [amd_ark, intel_intermediate] {
         let v = v.clone().with_intel_root_ca(root);
         let err = verify_all(&v, &s.evidence(), s.now()).unwrap_err();
+        println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
         assert_eq!(err.rule(), "untrusted_root", "{err}");
         assert!(
             err.to_string()
@@ -303,6 +310,7 @@ fn expired_collateral_is_rejected() {
     let (from, until) = s.window();
     // The first item to expire in this bundle is the PCK CRL (nextUpdate 2025-07-19T10:00:35Z).
     let err = verify_all(&v, &s.evidence(), until).unwrap_err();
+    println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
     assert_eq!(err.rule(), "collateral_expired", "{err}");
     assert_eq!(
         err.to_string(),
@@ -311,12 +319,15 @@ fn expired_collateral_is_rejected() {
     // Past the TCB info's own nextUpdate (2025-07-19T10:16:03Z).
     let tcb_next_update = 1_752_920_163;
     let err = verify_all(&v, &s.evidence(), tcb_next_update + 1).unwrap_err();
+    println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
     assert_eq!(err.rule(), "collateral_expired", "{err}");
     // Far past every nextUpdate: still named, still rejected.
     let err = verify_all(&v, &s.evidence(), until + 400 * 86400).unwrap_err();
+    println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
     assert_eq!(err.rule(), "collateral_expired", "{err}");
     // And before it was issued.
     let err = verify_all(&v, &s.evidence(), from - 1).unwrap_err();
+    println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
     assert_eq!(err.rule(), "collateral_not_yet_valid", "{err}");
 }
 
@@ -333,6 +344,7 @@ fn report_data_not_matching_the_keys_is_rejected() {
         nonce,
     };
     let err = v.verify_attestation(&att, &nonce, s.now()).unwrap_err();
+    println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
     assert_eq!(err.rule(), "report_data", "{err}");
     assert!(
         err.to_string().contains(&hex::encode(claims.report_data)),
@@ -340,6 +352,7 @@ fn report_data_not_matching_the_keys_is_rejected() {
     );
     // The binding check on its own, with keys that do not match.
     let err = att.binding().check(&claims.report_data).unwrap_err();
+    println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
     assert!(matches!(err, AttestationError::ReportDataMismatch { .. }));
     // Another nonce than the one asked for is refused before anything else.
     let err = v
@@ -414,6 +427,7 @@ fn measurement_not_in_policy_is_rejected() {
     let m = tdx_measurements(&claims);
     // Default policy: no image approved.
     let err = strict().check_policy(&claims, s.now()).unwrap_err();
+    println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
     assert_eq!(err.rule(), "measurement", "{err}");
     assert!(
         err.to_string().contains("the policy allows no TDX image"),
@@ -425,6 +439,7 @@ fn measurement_not_in_policy_is_rejected() {
     let mut p = Policy::default();
     p.tdx.allowed.push(attestation::TdxAllowed::exact(&other));
     let err = Verifier::new(p).check_policy(&claims, s.now()).unwrap_err();
+    println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
     assert_eq!(
         err.to_string(),
         format!("TDX measurement is not in the policy's allowed list: MRTD {} is not among the 1 allowed images", m.mrtd)
@@ -459,6 +474,7 @@ fn debug_attribute_set_is_rejected() {
         td_attributes[0] |= 1;
     }
     let err = v.check_policy(&debug, s.now()).unwrap_err();
+    println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
     assert_eq!(
         err.to_string(),
         "TDX guest runs with debug enabled (TD_ATTRIBUTES 0100001000000000 has a TUD bit set); policy forbids debug"
@@ -500,6 +516,7 @@ fn oversized_quotes_are_rejected_without_panic() {
     let mut big = s.quote.to_vec();
     big.resize(attestation::MAX_TDX_QUOTE_BYTES + 1, 0);
     let err = verify_all(&v, &s.evidence_with(big), s.now()).unwrap_err();
+    println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
     assert_eq!(
         err.to_string(),
         format!(
@@ -510,6 +527,7 @@ fn oversized_quotes_are_rejected_without_panic() {
     let mut trailing = s.quote.to_vec();
     trailing.push(0xAA);
     let err = verify_all(&v, &s.evidence_with(trailing), s.now()).unwrap_err();
+    println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
     assert_eq!(err.rule(), "malformed", "{err}");
     assert!(err.to_string().contains("non-zero trailing bytes"), "{err}");
     // A quote that claims a huge signature-data length.

@@ -252,6 +252,8 @@ async fn run_inference(
     if let Some(b) = bill.as_mut() {
         b.set_worker(events.worker_id(), events.price_coefficient());
     }
+    // Clients must be able to tell that no hardware protected this answer.
+    let tee_header = events.insecure_simulated().then_some((TEE_HEADER, HeaderValue::from_static("simulated")));
     if valid.stream {
         let relay = SseRelay::new(events, valid.include_usage, valid.model.clone(), started, settle, bill, permit);
         let mut resp = Response::new(Body::from_stream(relay));
@@ -259,6 +261,9 @@ async fn run_inference(
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        if let Some((k, v)) = tee_header {
+            h.insert(k, v);
+        }
         return Ok(resp);
     }
 
@@ -283,6 +288,9 @@ async fn run_inference(
             if let Some(c) = cost.and_then(|c| HeaderValue::from_str(&c.to_string()).ok()) {
                 resp.headers_mut().insert("x-cocoon-cost-nanoton", c);
             }
+            if let Some((k, v)) = tee_header {
+                resp.headers_mut().insert(k, v);
+            }
             Ok(resp)
         }
         Some(JobEvent::Failed { error, .. }) => Err(ApiError::Upstream {
@@ -297,6 +305,9 @@ async fn run_inference(
         }),
     }
 }
+
+/// Set to `simulated` on every answer from a worker in the insecure simulated TEE.
+pub const TEE_HEADER: &str = "x-cocoon-tee";
 
 /// Runs `f` on drop (a tiny scope guard, to keep gauges right on every exit path).
 fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {

@@ -47,6 +47,28 @@ pub struct Job {
     pub body: Bytes,
 }
 
+/// How a job's body travels to the worker.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Payload {
+    /// Sealed with HPKE (RFC 9180) to the worker's attested key; job id and model are bound
+    /// into the HPKE context. The only form a production router sends.
+    Sealed { enc: Bytes, ciphertext: Bytes },
+    /// In clear, for measuring what sealing itself costs (`attestation.seal_jobs = false`,
+    /// which production config refuses).
+    Plain { body: Bytes },
+}
+
+/// A job as sent to a worker: routing facts in clear, the body as a [`Payload`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobEnvelope {
+    pub id: Uuid,
+    pub endpoint: Endpoint,
+    pub model: String,
+    pub stream: bool,
+    pub payload: Payload,
+}
+
 /// What a worker reports back for a job, in order. A job ends with exactly one of
 /// `Response`, `Done` or `Failed`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -121,6 +143,10 @@ pub struct WorkerInfo {
     pub slots: u32,
     /// Worker's price multiplier in thousandths (1000 = 1.0x).
     pub price_coefficient: u32,
+    /// The worker's attestation (JSON of `attestation::WorkerAttestation`) answering the
+    /// router's `Challenge`: TEE evidence binding its HPKE key, its TLS key and the nonce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<Bytes>,
 }
 
 /// Load report sent with heartbeats.
@@ -135,9 +161,17 @@ pub struct Load {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RouterToWorker {
-    Job(Job),
+    /// The router's first message on a connection: attest to this 32-byte nonce in `Hello`.
+    Challenge { nonce: Bytes },
+    Job(JobEnvelope),
     /// Stop generating: the client went away or the job was given up.
     Cancel { job_id: Uuid },
+    /// Fresh evidence bound to a client's nonce (`GET /v1/attestation/report`); answered by
+    /// `WorkerToRouter::Attestation` with the same `request_id`.
+    Attest { request_id: u64, nonce: Bytes },
+    /// The router will not admit this worker (e.g. its attestation failed); the connection
+    /// closes after this message. The reason names the failed rule.
+    Refused { reason: String },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -145,7 +179,25 @@ pub enum RouterToWorker {
 pub enum WorkerToRouter {
     Hello(WorkerInfo),
     Load(Load),
+    /// A job event in clear (only for jobs that came as `Payload::Plain`).
     Event { job_id: Uuid, event: JobEvent },
+    /// A job event (MessagePack of [`JobEvent`]) sealed with keys exported from the job's
+    /// HPKE context; `seq` counts from 0 and `last` marks the terminal event, so dropped,
+    /// reordered, replayed and truncated streams are detected.
+    SealedEvent {
+        job_id: Uuid,
+        seq: u64,
+        last: bool,
+        ciphertext: Bytes,
+    },
+    /// Answer to `RouterToWorker::Attest`: the attestation JSON, or why none could be made.
+    Attestation {
+        request_id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attestation: Option<Bytes>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 #[cfg(test)]

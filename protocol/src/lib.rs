@@ -9,5 +9,8 @@ pub mod job;
 pub mod openai;
 pub mod wire;
 
-pub use job::{Endpoint, Job, JobError, JobEvent, Load, ModelInfo, RouterToWorker, WorkerInfo, WorkerToRouter};
+pub use job::{
+    Endpoint, Job, JobEnvelope, JobError, JobEvent, Load, ModelInfo, Payload, RouterToWorker, WorkerInfo,
+    WorkerToRouter,
+};
 pub use openai::{ErrorBody, ErrorObject, Usage};

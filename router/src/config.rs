@@ -24,6 +24,15 @@ pub struct RouterConfig {
     pub tls_key_file: Option<String>,
     /// A worker silent for this long (no load report, no event) is dropped.
     pub worker_liveness_ms: u64,
+    /// Share the worker registry, load and attestation nonces with other gateway replicas
+    /// through this Redis (e.g. `redis://127.0.0.1:6379/`); unset = in-process only.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key (one per network).
+    pub redis_prefix: String,
+    /// This replica's name in the shared registry; default: a random id per start.
+    pub instance_id: Option<String>,
+    /// How often the replica publishes its workers' load and reads the others'.
+    pub fleet_sync_ms: u64,
 }
 
 impl Default for RouterConfig {
@@ -38,6 +47,10 @@ impl Default for RouterConfig {
             tls_cert_file: None,
             tls_key_file: None,
             worker_liveness_ms: 6_000,
+            redis_url: None,
+            redis_prefix: "cocoon".into(),
+            instance_id: None,
+            fleet_sync_ms: 200,
         }
     }
 }
@@ -78,6 +91,17 @@ impl RouterConfig {
         }
         if self.worker_liveness_ms < 100 {
             errs.push(format!("router.worker_liveness_ms must be >= 100, got {}", self.worker_liveness_ms));
+        }
+        if let Some(u) = &self.redis_url {
+            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                errs.push(format!("router.redis_url must start with redis:// or rediss://, got {u:?}"));
+            }
+        }
+        if !(20..=10_000).contains(&self.fleet_sync_ms) {
+            errs.push(format!("router.fleet_sync_ms must be in 20..=10000, got {}", self.fleet_sync_ms));
+        }
+        if self.redis_prefix.is_empty() {
+            errs.push("router.redis_prefix must not be empty".to_string());
         }
         if self.worker_queue == 0 {
             errs.push("router.worker_queue must be > 0".to_string());

@@ -7,13 +7,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use attestation::JobContext;
+use bytes::Bytes;
 use futures::Stream;
-use protocol::{Job, JobError, JobEvent, RouterToWorker};
+use protocol::{Job, JobEnvelope, JobError, JobEvent, Payload, RouterToWorker};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::circuit::Admission;
-use crate::registry::{Router, WorkerEntry};
+use crate::registry::{JobSlot, Router, WorkerEntry};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DispatchOptions {
@@ -90,8 +92,31 @@ impl Router {
     }
 
     async fn try_worker(&self, worker: &Arc<WorkerEntry>, job: &Job) -> Result<JobStream, JobError> {
+        // Sealed to this worker's attested key, for this job id and model only: a retry on
+        // another worker seals afresh.
+        let (payload, opener) = match &worker.sealer {
+            Some(sealer) => {
+                let (sealed, opener) = sealer
+                    .seal(&JobContext::new(job.id, job.model.clone()), &job.body)
+                    .map_err(|e| JobError::new(500, format!("sealing the job failed: {e}"), true))?;
+                metrics::counter!("cocoon_router_jobs_sealed_total").increment(1);
+                let payload = Payload::Sealed {
+                    enc: Bytes::copy_from_slice(&sealed.enc),
+                    ciphertext: Bytes::from(sealed.ciphertext),
+                };
+                (payload, Some(opener))
+            }
+            None => (Payload::Plain { body: job.body.clone() }, None),
+        };
+        let envelope = JobEnvelope {
+            id: job.id,
+            endpoint: job.endpoint,
+            model: job.model.clone(),
+            stream: job.stream,
+            payload,
+        };
         let (tx, rx) = mpsc::unbounded_channel();
-        worker.register_job(job.id, tx);
+        worker.register_job(job.id, JobSlot { tx, opener });
         worker.running.fetch_add(1, Ordering::Relaxed);
         // From here on the guard undoes the registration, whatever happens.
         let mut guard = JobGuard {
@@ -100,7 +125,7 @@ impl Router {
             finished: false,
         };
         let started = Instant::now();
-        if worker.tx.try_send(RouterToWorker::Job(job.clone())).is_err() {
+        if worker.tx.try_send(RouterToWorker::Job(envelope)).is_err() {
             guard.finished = true;
             return Err(JobError::new(503, "worker queue full or closed", true));
         }
@@ -133,6 +158,8 @@ impl Router {
             circuit_threshold: self.inner.cfg.circuit_failure_threshold,
             circuit_open: self.inner.cfg.circuit_open(),
             price_coefficient: worker.info.price_coefficient,
+            insecure_simulated: worker.insecure_simulated,
+            sealed: worker.sealer.is_some(),
         })
     }
 }
@@ -168,9 +195,22 @@ pub struct JobStream {
     circuit_threshold: u32,
     circuit_open: std::time::Duration,
     price_coefficient: u32,
+    insecure_simulated: bool,
+    sealed: bool,
 }
 
 impl JobStream {
+    /// The serving worker runs in the simulated TEE (dev only): responses say so
+    /// (`x-cocoon-tee: simulated`).
+    pub fn insecure_simulated(&self) -> bool {
+        self.insecure_simulated
+    }
+
+    /// Whether the job travelled sealed to the worker's attested key.
+    pub fn sealed(&self) -> bool {
+        self.sealed
+    }
+
     pub fn worker_id(&self) -> &str {
         &self.worker_id
     }

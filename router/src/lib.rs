@@ -9,12 +9,17 @@
 //! worker. After the first event the job is pinned: a later failure ends the stream with an error.
 //! Dropping the [`JobStream`] before its end cancels the job at the worker.
 
+pub mod attest;
 mod circuit;
 pub mod config;
 mod dispatch;
+pub mod fleet;
 pub mod net;
 mod registry;
+mod session;
 
+pub use attest::{AdmitError, Attestor};
 pub use config::RouterConfig;
+pub use session::LinkError;
 pub use dispatch::{DispatchOptions, JobStream, RouteError};
 pub use registry::{Router, WorkerSession, WorkerSnapshot};

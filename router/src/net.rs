@@ -4,16 +4,28 @@
 //! stream is exactly what the link is, with framing and ping/pong built in, and it passes
 //! proxies and load balancers that terminate only HTTP/1.1 upgrades.
 //!
-//! A worker's first message must be `Hello`; then it is attached to the [`Router`] until the
-//! connection ends or it stays silent longer than the liveness timeout (workers send a load
-//! report every health interval), at which point its in-flight jobs fail over as usual.
+//! TLS is mutual: the worker presents a self-signed certificate whose key its TEE evidence
+//! binds (`report_data` covers SHA-256 of the certificate's SubjectPublicKeyInfo), so the
+//! certificate is trusted because of the attestation, not a CA. The router's first message is
+//! a nonce (`Challenge`); the worker's first is `Hello` with evidence bound to its HPKE key,
+//! this connection's TLS key and that nonce (see [`Router::serve_link`]). It is then attached
+//! until the connection ends or it stays silent longer than the liveness timeout (workers
+//! send a load report every health interval), at which point its in-flight jobs fail over.
+//!
+//! Why not put the evidence in the certificate (classic RA-TLS): the binding includes a
+//! fresh router nonce, which needs a round trip first; a certificate made before the
+//! handshake could only bind a stale one. Evidence is still checked once per connection.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use protocol::{wire, WorkerToRouter};
+use protocol::{wire, RouterToWorker, WorkerToRouter};
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -78,10 +90,57 @@ impl RouterIdentity {
         let cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_no_client_auth()
+            .with_client_cert_verifier(Arc::new(AttestedClientCert {
+                provider: Arc::new(rustls::crypto::ring::default_provider()),
+            }))
             .with_single_cert(vec![self.cert_der.clone().into()], key)
             .map_err(|e| TlsError::Config(e.to_string()))?;
         Ok(Arc::new(cfg))
+    }
+}
+
+/// Requires a client certificate and checks that the handshake was signed by its key, but
+/// not who issued it: the worker's attestation binds that key (see the module docs), and a
+/// worker whose evidence does not is refused right after the handshake.
+#[derive(Debug)]
+struct AttestedClientCert {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ClientCertVerifier for AttestedClientCert {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -128,51 +187,49 @@ async fn handle_worker(
         .await
         .map_err(|_| "TLS handshake timed out".to_string())?
         .map_err(|e| format!("TLS handshake: {e}"))?;
+    let cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or("worker presented no TLS certificate")?;
+    let spki = attestation::cert_spki_der(cert.as_ref())?;
+    let tls_spki_sha256 = attestation::spki_sha256(&spki);
     let ws = tokio::time::timeout(handshake, tokio_tungstenite::accept_async(tls))
         .await
         .map_err(|_| "WebSocket handshake timed out".to_string())?
         .map_err(|e| format!("WebSocket handshake: {e}"))?;
-    let (mut sink, mut stream) = ws.split();
+    let (mut sink, stream) = ws.split();
 
-    let hello = match tokio::time::timeout(handshake, stream.next()).await {
-        Ok(Some(Ok(Message::Binary(b)))) => wire::decode::<WorkerToRouter>(&b).map_err(|e| e.to_string())?,
-        _ => return Err("no hello from worker".into()),
-    };
-    let WorkerToRouter::Hello(info) = hello else {
-        return Err("first message was not hello".into());
-    };
-    let (session, mut jobs_rx) = router.attach(info);
-
-    let writer = tokio::spawn(async move {
-        while let Some(msg) = jobs_rx.recv().await {
+    let (out, mut out_rx) = mpsc::channel::<RouterToWorker>(router.config().worker_queue);
+    let mut writer = tokio::spawn(async move {
+        while let Some(msg) = out_rx.recv().await {
+            let refused = matches!(msg, RouterToWorker::Refused { .. });
             let Ok(bytes) = wire::encode(&msg) else { continue };
-            if sink.send(Message::Binary(bytes.into())).await.is_err() {
+            if sink.send(Message::Binary(bytes.into())).await.is_err() || refused {
                 break;
             }
         }
         let _ = sink.close().await;
     });
-
-    let result = loop {
-        let next = tokio::select! {
-            n = tokio::time::timeout(liveness, stream.next()) => n,
-            () = shutdown.cancelled() => break Ok(()),
-        };
-        match next {
-            Err(_) => break Err(format!("worker {} silent for {liveness:?}", session.worker_id())),
-            Ok(None) | Ok(Some(Ok(Message::Close(_)))) => break Ok(()),
-            Ok(Some(Err(e))) => break Err(format!("read: {e}")),
-            Ok(Some(Ok(Message::Binary(b)))) => match wire::decode::<WorkerToRouter>(&b) {
-                Ok(msg) => session.handle(msg),
-                Err(e) => break Err(format!("worker {} sent {e}", session.worker_id())),
-            },
-            // Pings are answered by tungstenite; text frames are not part of the protocol.
-            Ok(Some(Ok(_))) => {}
-        }
-    };
-    // Detach first (fails its in-flight jobs over), then stop writing.
-    drop(session);
+    // Binary frames are messages; a close frame ends the link; pings are answered by
+    // tungstenite and text frames are not part of the protocol.
+    let incoming = stream
+        .take_while(|m| std::future::ready(!matches!(m, Ok(Message::Close(_)))))
+        .filter_map(|m| {
+            std::future::ready(match m {
+                Ok(Message::Binary(b)) => Some(
+                    wire::decode::<WorkerToRouter>(&b).map_err(|e| format!("worker sent {e}")),
+                ),
+                Ok(_) => None,
+                Err(e) => Some(Err(format!("read: {e}"))),
+            })
+        });
+    let result = router
+        .serve_link(out, Box::pin(incoming), tls_spki_sha256, Some(liveness), shutdown)
+        .await;
+    // serve_link dropped the session (its sender clone); give a refusal time to be written.
+    let _ = tokio::time::timeout(Duration::from_secs(1), &mut writer).await;
     writer.abort();
-    result
+    result.map_err(|e| e.to_string())
 }
-

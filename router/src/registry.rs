@@ -3,13 +3,16 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use protocol::{JobEvent, Load, ModelInfo, RouterToWorker, WorkerInfo, WorkerToRouter};
+use attestation::{HpkePublicKey, JobSealer, ResponseOpener, SealedChunk, VerifiedWorker};
+use bytes::Bytes;
+use protocol::{wire, JobError, JobEvent, Load, ModelInfo, RouterToWorker, WorkerInfo, WorkerToRouter};
 use rand::Rng;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::attest::{AdmitError, Attestor};
 use crate::circuit::{Admission, Circuit};
 use crate::config::RouterConfig;
 
@@ -21,17 +24,42 @@ pub struct Router {
 
 pub(crate) struct Inner {
     pub(crate) cfg: RouterConfig,
+    pub(crate) attestor: Arc<Attestor>,
     workers: RwLock<Vec<Arc<WorkerEntry>>>,
     next_conn: AtomicU64,
+    next_attest_request: AtomicU64,
+    /// The whole fleet as of the last Redis sync (`None` without `router.redis_url`).
+    fleet: RwLock<Option<crate::fleet::FleetView>>,
 }
+
+/// A job in flight on one worker: where its events go and, for a sealed job, the opener of
+/// its response stream (authenticated, in order, truncation-checked).
+pub(crate) struct JobSlot {
+    pub(crate) tx: mpsc::UnboundedSender<JobEvent>,
+    pub(crate) opener: Option<ResponseOpener>,
+}
+
+type AttestReply = oneshot::Sender<Result<Bytes, String>>;
 
 pub(crate) struct WorkerEntry {
     /// Unique per connection, so a reconnecting worker never inherits a stale entry's jobs.
     pub(crate) conn_id: u64,
     pub(crate) info: WorkerInfo,
     pub(crate) tx: mpsc::Sender<RouterToWorker>,
-    pub(crate) jobs: Mutex<HashMap<Uuid, mpsc::UnboundedSender<JobEvent>>>,
+    pub(crate) jobs: Mutex<HashMap<Uuid, JobSlot>>,
+    /// The attested HPKE key jobs are sealed to (fixed for the connection).
+    pub(crate) hpke_public_key: HpkePublicKey,
+    /// Seals jobs to `hpke_public_key`; `None` when the router sends jobs in clear.
+    pub(crate) sealer: Option<JobSealer>,
+    /// Latest verification of this worker; `expires_at` (unix seconds) mirrors it for the
+    /// lock-free eligibility check.
+    pub(crate) verified: Mutex<VerifiedWorker>,
+    pub(crate) expires_at: AtomicU64,
+    pub(crate) insecure_simulated: bool,
+    attest_requests: Mutex<HashMap<u64, AttestReply>>,
     pub(crate) running: AtomicU32,
+    /// Jobs other gateway replicas run on this worker (from the Redis fleet view).
+    pub(crate) remote_running: AtomicU32,
     pub(crate) available: AtomicBool,
     pub(crate) connected: AtomicBool,
     /// Time to first event, exponentially weighted, in microseconds (0 = no sample yet).
@@ -47,19 +75,30 @@ pub struct WorkerSnapshot {
     pub worker_id: String,
     pub models: Vec<String>,
     pub running: u32,
+    /// Jobs other replicas run on it (shared registry), included in the choice.
+    pub remote_running: u32,
     pub slots: u32,
     pub available: bool,
     pub circuit_open: bool,
     pub ewma_ttft_us: u64,
+    /// "tdx", "sev-snp" or "simulated".
+    pub tee: String,
+    pub insecure_simulated: bool,
+    /// Unix seconds when the worker's verified attestation expires.
+    pub attestation_expires_at: u64,
 }
 
 impl WorkerEntry {
-    fn lock_jobs(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, mpsc::UnboundedSender<JobEvent>>> {
+    fn lock_jobs(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, JobSlot>> {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn register_job(&self, id: Uuid, tx: mpsc::UnboundedSender<JobEvent>) {
-        self.lock_jobs().insert(id, tx);
+    fn lock_attest(&self) -> std::sync::MutexGuard<'_, HashMap<u64, AttestReply>> {
+        self.attest_requests.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn register_job(&self, id: Uuid, slot: JobSlot) {
+        self.lock_jobs().insert(id, slot);
     }
 
     pub(crate) fn unregister_job(&self, id: &Uuid) {
@@ -77,31 +116,47 @@ impl WorkerEntry {
         self.ewma_ttft_us.store(new.max(1), Ordering::Relaxed);
     }
 
+    /// Jobs on this worker from every replica.
+    fn load(&self) -> u32 {
+        self.running
+            .load(Ordering::Relaxed)
+            .saturating_add(self.remote_running.load(Ordering::Relaxed))
+    }
+
     fn score(&self) -> u128 {
-        let running = u128::from(self.running.load(Ordering::Relaxed)) + 1;
+        let running = u128::from(self.load()) + 1;
         // TTFT differences under a millisecond are jitter, not a slower worker: flooring keeps
         // them from outweighing load. Unsampled workers sit at the floor, so they get traffic.
         let ttft = u128::from(self.ewma_ttft_us.load(Ordering::Relaxed).max(TTFT_FLOOR_US));
         running * ttft
     }
 
+    fn attested(&self) -> bool {
+        attestation::unix_now() < self.expires_at.load(Ordering::Relaxed)
+    }
+
     fn eligible(&self, model: &str, max_price: Option<u32>, now: Instant) -> bool {
         self.connected.load(Ordering::Relaxed)
+            && self.attested()
             && self.available.load(Ordering::Relaxed)
             && self.serves(model)
-            && self.running.load(Ordering::Relaxed) < self.info.slots
+            && self.load() < self.info.slots
             && max_price.is_none_or(|cap| self.info.price_coefficient <= cap)
             && self.circuit.would_admit(now)
     }
 }
 
 impl Router {
-    pub fn new(cfg: RouterConfig) -> Self {
+    /// A router that admits workers per `attestor` (its policy, nonces and sealing switch).
+    pub fn new(cfg: RouterConfig, attestor: Arc<Attestor>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 cfg,
+                attestor,
                 workers: RwLock::new(Vec::new()),
                 next_conn: AtomicU64::new(1),
+                next_attest_request: AtomicU64::new(1),
+                fleet: RwLock::new(None),
             }),
         }
     }
@@ -110,21 +165,54 @@ impl Router {
         &self.inner.cfg
     }
 
+    pub fn attestor(&self) -> &Attestor {
+        &self.inner.attestor
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<WorkerEntry>>> {
         self.inner.workers.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a connected worker. The returned receiver carries jobs and cancels to it;
-    /// everything it says goes through [`WorkerSession::handle`]. Dropping the session
-    /// removes the worker and fails its in-flight jobs.
-    pub fn attach(&self, info: WorkerInfo) -> (WorkerSession, mpsc::Receiver<RouterToWorker>) {
+    /// Registers a connected worker whose attestation verified. The returned receiver
+    /// carries jobs and cancels to it; everything it says goes through
+    /// [`WorkerSession::handle`]. Dropping the session removes the worker and fails its
+    /// in-flight jobs. Links normally go through [`Router::serve_link`], which does the
+    /// challenge and verification first.
+    pub fn attach(
+        &self,
+        info: WorkerInfo,
+        verified: VerifiedWorker,
+    ) -> Result<(WorkerSession, mpsc::Receiver<RouterToWorker>), AdmitError> {
         let (tx, rx) = mpsc::channel(self.inner.cfg.worker_queue);
+        Ok((self.attach_with(info, verified, tx)?, rx))
+    }
+
+    pub(crate) fn attach_with(
+        &self,
+        info: WorkerInfo,
+        verified: VerifiedWorker,
+        tx: mpsc::Sender<RouterToWorker>,
+    ) -> Result<WorkerSession, AdmitError> {
+        let sealer = if self.inner.attestor.seal_jobs() {
+            Some(JobSealer::new(&verified.hpke_public_key).map_err(|e| {
+                AdmitError::Malformed(format!("attested HPKE key unusable: {e}"))
+            })?)
+        } else {
+            None
+        };
         let entry = Arc::new(WorkerEntry {
             conn_id: self.inner.next_conn.fetch_add(1, Ordering::Relaxed),
             info,
             tx,
             jobs: Mutex::new(HashMap::new()),
+            hpke_public_key: verified.hpke_public_key,
+            sealer,
+            expires_at: AtomicU64::new(verified.expires_at),
+            insecure_simulated: verified.is_insecure_simulated(),
+            verified: Mutex::new(verified),
+            attest_requests: Mutex::new(HashMap::new()),
             running: AtomicU32::new(0),
+            remote_running: AtomicU32::new(0),
             available: AtomicBool::new(true),
             connected: AtomicBool::new(true),
             ewma_ttft_us: AtomicU64::new(0),
@@ -135,21 +223,23 @@ impl Router {
             models = ?entry.info.models.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
             slots = entry.info.slots,
             gpu = %entry.info.gpu,
-            "worker attached"
+            tee = %entry.tee_label(),
+            hpke_key = %entry.hpke_public_key.fingerprint(),
+            "worker attached (attested)"
         );
+        if entry.insecure_simulated {
+            tracing::warn!(worker = %entry.info.worker_id, "worker runs in the INSECURE SIMULATED TEE: no hardware protects its jobs");
+        }
         self.inner
             .workers
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .push(entry.clone());
         metrics::gauge!("cocoon_router_workers").increment(1.0);
-        (
-            WorkerSession {
-                router: self.clone(),
-                entry,
-            },
-            rx,
-        )
+        Ok(WorkerSession {
+            router: self.clone(),
+            entry,
+        })
     }
 
     fn detach(&self, entry: &Arc<WorkerEntry>) {
@@ -162,8 +252,10 @@ impl Router {
         // Dropping the senders ends every job stream; dispatch turns that into a retry
         // (before the first event) or an error event (after it).
         let jobs = std::mem::take(&mut *entry.lock_jobs());
-        for (_, tx) in jobs {
-            let _ = tx.send(JobEvent::Failed {
+        // Pending attestation requests see their sender dropped: "worker went away".
+        entry.lock_attest().clear();
+        for (_, slot) in jobs {
+            let _ = slot.tx.send(JobEvent::Failed {
                 error: protocol::JobError::new(502, "worker disconnected", true),
                 usage: None,
             });
@@ -210,12 +302,71 @@ impl Router {
                 worker_id: w.info.worker_id.clone(),
                 models: w.info.models.iter().map(|m| m.id.clone()).collect(),
                 running: w.running.load(Ordering::Relaxed),
+                remote_running: w.remote_running.load(Ordering::Relaxed),
                 slots: w.info.slots,
                 available: w.available.load(Ordering::Relaxed),
                 circuit_open: w.circuit.is_open(),
                 ewma_ttft_us: w.ewma_ttft_us.load(Ordering::Relaxed),
+                tee: w.tee_label(),
+                insecure_simulated: w.insecure_simulated,
+                attestation_expires_at: w.expires_at.load(Ordering::Relaxed),
             })
             .collect()
+    }
+
+    /// Sets, per attached worker, the jobs other replicas run on it.
+    pub(crate) fn set_remote_load(&self, remote: impl Fn(&str) -> u32) {
+        for w in self.read().iter() {
+            w.remote_running.store(remote(&w.info.worker_id), Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn set_fleet(&self, view: crate::fleet::FleetView) {
+        *self.inner.fleet.write().unwrap_or_else(|p| p.into_inner()) = Some(view);
+    }
+
+    /// The fleet across all replicas as of the last Redis sync; `None` when not shared.
+    pub fn fleet(&self) -> Option<crate::fleet::FleetView> {
+        self.inner.fleet.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Asks every connected worker serving `model` for fresh evidence bound to `nonce`
+    /// (`GET /v1/attestation/report`). Each answer is checked to come from the HPKE key the
+    /// worker attested on its connection; the caller (the client) verifies the evidence.
+    pub async fn attest_workers(
+        &self,
+        model: &str,
+        nonce: [u8; 32],
+        timeout: Duration,
+    ) -> Vec<(String, Result<Bytes, String>)> {
+        let workers: Vec<Arc<WorkerEntry>> = self
+            .read()
+            .iter()
+            .filter(|w| w.serves(model) && w.connected.load(Ordering::Relaxed))
+            .cloned()
+            .collect();
+        let asks = workers.into_iter().map(|w| async move {
+            let id = self.inner.next_attest_request.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            w.lock_attest().insert(id, tx);
+            let msg = RouterToWorker::Attest {
+                request_id: id,
+                nonce: Bytes::copy_from_slice(&nonce),
+            };
+            let result = if w.tx.try_send(msg).is_err() {
+                Err("worker queue full or closed".to_string())
+            } else {
+                match tokio::time::timeout(timeout, rx).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(_)) => Err("worker went away".to_string()),
+                    Err(_) => Err(format!("no evidence within {timeout:?}")),
+                }
+            };
+            w.lock_attest().remove(&id);
+            let result = result.and_then(|raw| w.check_own_key(raw));
+            (w.info.worker_id.clone(), result)
+        });
+        futures::future::join_all(asks).await
     }
 
     /// Power of two choices among eligible workers not yet tried for this job.
@@ -269,27 +420,141 @@ impl WorkerSession {
         &self.entry.info.worker_id
     }
 
+    /// Unix seconds when this worker's verified attestation runs out.
+    pub fn attestation_expires_at(&self) -> u64 {
+        self.entry.expires_at.load(Ordering::Relaxed)
+    }
+
+    /// A fresh verification on the live link (re-challenge before expiry). The HPKE key must
+    /// stay the one jobs are sealed to.
+    pub(crate) fn reverified(&self, v: VerifiedWorker) -> Result<(), AdmitError> {
+        if v.hpke_public_key != self.entry.hpke_public_key {
+            return Err(AdmitError::KeyChanged {
+                had: self.entry.hpke_public_key.fingerprint(),
+                got: v.hpke_public_key.fingerprint(),
+            });
+        }
+        self.entry.expires_at.store(v.expires_at, Ordering::Relaxed);
+        *self.entry.verified.lock().unwrap_or_else(|p| p.into_inner()) = v;
+        Ok(())
+    }
+
     /// Applies one message from the worker. Cheap and non-blocking: called per streamed chunk.
     pub fn handle(&self, msg: WorkerToRouter) {
         match msg {
             WorkerToRouter::Event { job_id, event } => {
-                let terminal = event.is_terminal();
                 let mut jobs = self.entry.lock_jobs();
-                if let Some(tx) = jobs.get(&job_id) {
-                    // A closed receiver means the client is gone; the cancel is already on its way.
-                    let _ = tx.send(event);
-                    if terminal {
-                        jobs.remove(&job_id);
+                let Some(slot) = jobs.get(&job_id) else { return };
+                // A sealed job's events must come sealed; only a failure may come in clear
+                // (e.g. the worker could not open the job), and it carries no completion.
+                let event = if slot.opener.is_some() && !matches!(event, JobEvent::Failed { .. }) {
+                    self.integrity_failure(job_id, "the worker answered a sealed job in clear".into())
+                } else {
+                    event
+                };
+                self.deliver(&mut jobs, job_id, event);
+            }
+            WorkerToRouter::SealedEvent {
+                job_id,
+                seq,
+                last,
+                ciphertext,
+            } => {
+                let mut jobs = self.entry.lock_jobs();
+                let Some(slot) = jobs.get_mut(&job_id) else { return };
+                let event = match slot.opener.as_mut() {
+                    None => self.integrity_failure(job_id, "the worker sealed a response to a job sent in clear".into()),
+                    Some(opener) => {
+                        let chunk = SealedChunk { seq, last, ciphertext: ciphertext.to_vec() };
+                        match opener.open(&chunk) {
+                            Err(e) => self.integrity_failure(job_id, e.to_string()),
+                            Ok(plain) => match wire::decode::<JobEvent>(&plain) {
+                                Err(e) => self.integrity_failure(job_id, format!("undecodable event: {e}")),
+                                // The terminal event must be the chunk flagged last, and only it.
+                                Ok(ev) if ev.is_terminal() != last => self.integrity_failure(
+                                    job_id,
+                                    format!("chunk {seq}: final flag {last} on a {} event", if ev.is_terminal() { "terminal" } else { "non-terminal" }),
+                                ),
+                                Ok(ev) => ev,
+                            },
+                        }
                     }
+                };
+                self.deliver(&mut jobs, job_id, event);
+            }
+            WorkerToRouter::Attestation {
+                request_id,
+                attestation,
+                error,
+            } => {
+                if let Some(tx) = self.entry.lock_attest().remove(&request_id) {
+                    let r = match (attestation, error) {
+                        (Some(a), _) => Ok(a),
+                        (None, e) => Err(e.unwrap_or_else(|| "worker produced no evidence".into())),
+                    };
+                    let _ = tx.send(r);
                 }
             }
             WorkerToRouter::Load(Load { available, .. }) => {
                 self.entry.available.store(available, Ordering::Relaxed);
             }
             WorkerToRouter::Hello(info) => {
-                tracing::warn!(worker = %info.worker_id, "duplicate hello ignored");
+                // Re-attestation is handled by the link (it is async); here it is out of place.
+                tracing::warn!(worker = %info.worker_id, "unexpected hello ignored");
             }
         }
+    }
+
+    fn deliver(&self, jobs: &mut HashMap<Uuid, JobSlot>, job_id: Uuid, event: JobEvent) {
+        let terminal = event.is_terminal();
+        if let Some(slot) = jobs.get(&job_id) {
+            // A closed receiver means the client is gone; the cancel is already on its way.
+            let _ = slot.tx.send(event);
+        }
+        if terminal {
+            jobs.remove(&job_id);
+        }
+    }
+
+    /// A response that fails authentication ends the job with an error (never relayed) and
+    /// stops the worker generating it.
+    fn integrity_failure(&self, job_id: Uuid, why: String) -> JobEvent {
+        metrics::counter!("cocoon_router_integrity_failures_total").increment(1);
+        tracing::error!(worker = %self.entry.info.worker_id, %job_id, error = %why, "response integrity check failed");
+        let _ = self.entry.tx.try_send(RouterToWorker::Cancel { job_id });
+        JobEvent::Failed {
+            error: JobError::new(502, format!("response integrity check failed: {why}"), false),
+            usage: None,
+        }
+    }
+}
+
+impl WorkerEntry {
+    pub(crate) fn tee_label(&self) -> String {
+        if self.insecure_simulated {
+            "simulated".to_string()
+        } else {
+            self.verified
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .claims
+                .kind
+                .to_string()
+        }
+    }
+
+    /// Evidence in an attestation answer must be for the key this connection attested.
+    fn check_own_key(&self, raw: Bytes) -> Result<Bytes, String> {
+        let att: attestation::WorkerAttestation =
+            serde_json::from_slice(&raw).map_err(|e| format!("malformed attestation: {e}"))?;
+        if att.hpke_public_key != self.hpke_public_key {
+            return Err(format!(
+                "evidence is for HPKE key {} but the connection attested {}",
+                att.hpke_public_key.fingerprint(),
+                self.hpke_public_key.fingerprint()
+            ));
+        }
+        Ok(raw)
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use protocol::{Endpoint, Job, JobError, JobEvent, ModelInfo, RouterToWorker, WorkerInfo, WorkerToRouter};
-use router::{DispatchOptions, RouteError, Router, RouterConfig};
+use router::{Attestor, DispatchOptions, RouteError, Router, RouterConfig};
 use uuid::Uuid;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -40,11 +40,29 @@ fn info(id: &str, price: u32) -> WorkerInfo {
         gpu: "test".into(),
         slots: 8,
         price_coefficient: price,
+        attestation: None,
     }
 }
 
+/// A simulated-TEE worker verified the way the router verifies one (these tests drive the
+/// registry directly; the challenge flow and sealing are covered in tests/sealed.rs).
+fn verified() -> attestation::VerifiedWorker {
+    use attestation::{EvidenceProducer, JobOpener, Nonce, Policy, Verifier};
+    let tee = EvidenceProducer::simulated().unwrap();
+    let keys = JobOpener::generate().unwrap();
+    let nonce = Nonce::random().unwrap();
+    let now = attestation::unix_now();
+    let att = tee.attest(keys.public_key(), b"", nonce, now).unwrap();
+    Verifier::new(Policy::insecure_dev()).verify_attestation(&att, &nonce, now).unwrap()
+}
+
+fn router(cfg: RouterConfig) -> Router {
+    // Jobs in clear: these scripted workers do not open sealed jobs.
+    Router::new(cfg, Arc::new(Attestor::insecure_dev().with_sealing(false)))
+}
+
 fn spawn_worker(router: &Router, id: &str, price: u32, b: Behaviour) -> Worker {
-    let (session, mut rx) = router.attach(info(id, price));
+    let (session, mut rx) = router.attach(info(id, price), verified()).unwrap();
     let jobs = Arc::new(AtomicU32::new(0));
     let cancels = Arc::new(AtomicU32::new(0));
     let (j, c) = (jobs.clone(), cancels.clone());
@@ -55,6 +73,7 @@ fn spawn_worker(router: &Router, id: &str, price: u32, b: Behaviour) -> Worker {
                 RouterToWorker::Cancel { .. } => {
                     c.fetch_add(1, Ordering::SeqCst);
                 }
+                RouterToWorker::Challenge { .. } | RouterToWorker::Attest { .. } | RouterToWorker::Refused { .. } => {}
                 RouterToWorker::Job(job) => {
                     j.fetch_add(1, Ordering::SeqCst);
                     let s = session.clone();
@@ -111,13 +130,13 @@ async fn drain(mut s: router::JobStream) -> Vec<JobEvent> {
 
 #[tokio::test]
 async fn unknown_model_and_no_worker() {
-    let r = Router::new(cfg());
+    let r = router(cfg());
     assert!(matches!(r.dispatch(job(), DispatchOptions::default()).await, Err(RouteError::ModelNotFound(_))));
 }
 
 #[tokio::test]
 async fn retries_on_another_worker_before_the_first_event() {
-    let r = Router::new(RouterConfig { max_attempts: 3, ..cfg() });
+    let r = router(RouterConfig { max_attempts: 3, ..cfg() });
     let bad = spawn_worker(&r, "bad", 1000, Behaviour::FailFast);
     let stall = spawn_worker(&r, "stall", 1000, Behaviour::Stall);
     let good = spawn_worker(&r, "good", 1000, Behaviour::Good);
@@ -141,7 +160,7 @@ async fn retries_on_another_worker_before_the_first_event() {
 
 #[tokio::test]
 async fn never_retries_after_the_first_event() {
-    let r = Router::new(cfg());
+    let r = router(cfg());
     let w = spawn_worker(&r, "mid", 1000, Behaviour::FailMidStream);
     let _good = spawn_worker(&r, "good", 1000, Behaviour::Good);
     // Route to "mid" by making "good" unavailable for price reasons.
@@ -166,7 +185,7 @@ async fn never_retries_after_the_first_event() {
 
 #[tokio::test]
 async fn circuit_opens_then_half_open_probe_closes_it() {
-    let r = Router::new(RouterConfig { max_attempts: 1, ..cfg() });
+    let r = router(RouterConfig { max_attempts: 1, ..cfg() });
     let _w = spawn_worker(&r, "flaky", 1000, Behaviour::FailFast);
     for _ in 0..2 {
         assert!(matches!(r.dispatch(job(), DispatchOptions::default()).await, Err(RouteError::Job(_))));
@@ -183,7 +202,7 @@ async fn circuit_opens_then_half_open_probe_closes_it() {
 
 #[tokio::test]
 async fn dropping_the_stream_cancels_at_the_worker() {
-    let r = Router::new(cfg());
+    let r = router(cfg());
     let w = spawn_worker(&r, "slow", 1000, Behaviour::Slow);
     let mut s = r.dispatch(job(), DispatchOptions::default()).await.unwrap();
     s.next().await.unwrap();
@@ -197,7 +216,7 @@ async fn dropping_the_stream_cancels_at_the_worker() {
 
 #[tokio::test]
 async fn price_cap_excludes_expensive_workers() {
-    let r = Router::new(cfg());
+    let r = router(cfg());
     let _cheap = spawn_worker(&r, "cheap", 1000, Behaviour::Good);
     let _dear = spawn_worker(&r, "dear", 3000, Behaviour::Good);
     for _ in 0..10 {
@@ -205,7 +224,7 @@ async fn price_cap_excludes_expensive_workers() {
         assert_eq!(s.worker_id(), "cheap");
         drain(s).await;
     }
-    let r2 = Router::new(cfg());
+    let r2 = router(cfg());
     let _d = spawn_worker(&r2, "dear", 3000, Behaviour::Good);
     assert!(matches!(
         r2.dispatch(job(), DispatchOptions { max_price_coefficient: Some(1500) }).await,
@@ -215,7 +234,7 @@ async fn price_cap_excludes_expensive_workers() {
 
 #[tokio::test]
 async fn load_spreads_over_idle_workers() {
-    let r = Router::new(cfg());
+    let r = router(cfg());
     let a = spawn_worker(&r, "a", 1000, Behaviour::Slow);
     let b = spawn_worker(&r, "b", 1000, Behaviour::Slow);
     let mut held = Vec::new();
@@ -229,8 +248,8 @@ async fn load_spreads_over_idle_workers() {
 
 #[tokio::test]
 async fn worker_disconnect_fails_its_streams_and_removes_it() {
-    let r = Router::new(cfg());
-    let (session, _rx) = r.attach(info("gone", 1000));
+    let r = router(cfg());
+    let (session, _rx) = r.attach(info("gone", 1000), verified()).unwrap();
     let id = Uuid::new_v4();
     let j = Job { id, ..job() };
     let r2 = r.clone();

@@ -23,6 +23,10 @@ struct Gateway {
 }
 
 async fn gateway(first_token_timeout_ms: u64) -> Gateway {
+    gateway_with(first_token_timeout_ms, true).await
+}
+
+async fn gateway_with(first_token_timeout_ms: u64, allow_simulated: bool) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = cocoon::Config::default();
     cfg.data_dir = dir.path().into();
@@ -31,8 +35,10 @@ async fn gateway(first_token_timeout_ms: u64) -> Gateway {
     cfg.router.first_token_timeout_ms = first_token_timeout_ms;
     cfg.router.worker_liveness_ms = 2_000;
     cfg.billing.enabled = false; // routing under test; billing has its own tests
+    // No TEE on a CI machine: workers attest with the simulated one, which must be allowed.
+    cfg.attestation.policy.allow_insecure_simulated_tee = allow_simulated;
     let stop = CancellationToken::new();
-    let router = router::Router::new(cfg.router.clone());
+    let router = router::Router::new(cfg.router.clone(), cfg.attestation.attestor(None).unwrap());
     let l = cocoon::roles::start_worker_listener(&cfg, router.clone(), stop.clone()).await.unwrap().unwrap();
     let gw = cocoon::roles::start_gateway(&cfg, router.clone(), stop.clone()).await.unwrap();
     let key = gw.keys.create("t", "acct", None).unwrap().key;
@@ -68,7 +74,7 @@ async fn worker(gw: &Gateway, id: &str, ttft_ms: u64, pin: &str) -> Worker {
         engine_url: url,
         health_interval_ms: 200,
         ..Default::default()
-    })
+    }, worker_agent::WorkerTee::simulated().unwrap())
     .unwrap();
     let link = worker_agent::net::RouterLink { url: gw.worker_url.clone(), cert_sha256: pin.into() };
     let link = tokio::spawn(worker_agent::net::run(agent, link, Duration::from_secs(10), stop.clone()));
@@ -164,6 +170,24 @@ async fn a_worker_with_the_wrong_pin_never_joins() {
     assert!(gw.router.snapshot().is_empty());
     let r = chat(&gw, simple()).await;
     assert_eq!(r.status(), 404, "no worker serves the model");
+    w.stop.cancel();
+    gw.stop.cancel();
+}
+
+#[tokio::test]
+async fn a_worker_without_acceptable_evidence_is_refused_over_mutual_tls() {
+    // Production-like policy: the simulated TEE is not admitted, whatever the TLS says.
+    let gw = gateway_with(5_000, false).await;
+    let w = worker(&gw, "no-tee", 0, &gw.pin).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(gw.router.snapshot().is_empty(), "{:?}", gw.router.snapshot());
+    let metrics = client().get(gw.base.replace("/v1", "/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("cocoon_router_workers_refused_total") && !l.ends_with(" 0")),
+        "the refusal is counted"
+    );
+    let r = chat(&gw, simple()).await;
+    assert_eq!(r.status(), 404, "no admitted worker serves the model");
     w.stop.cancel();
     gw.stop.cancel();
 }

@@ -1,6 +1,8 @@
-//! The worker's outbound link to the router: TLS 1.3 (router certificate pinned by SHA-256
-//! fingerprint), WebSocket, one binary frame per [`protocol`] message. Reconnects with
-//! exponential backoff and jitter; each connection starts with `Hello`.
+//! The worker's outbound link to the router: mutual TLS 1.3 (router certificate pinned by
+//! SHA-256 fingerprint; the worker presents a fresh self-signed certificate per connection,
+//! whose key its evidence binds), WebSocket, one binary frame per [`protocol`] message.
+//! Reconnects with exponential backoff and jitter; each connection starts with the router's
+//! `Challenge`, answered by `Hello` with evidence.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +19,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::WorkerAgent;
+use crate::{LinkIdentity, WorkerAgent};
+
+/// Link ids, unique in this process (the in-process link of `cocoon dev` uses 0).
+static NEXT_LINK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Where the router listens for workers and how to recognise it.
 #[derive(Clone, Debug)]
@@ -74,7 +79,27 @@ impl ServerCertVerifier for PinnedCert {
     }
 }
 
-fn client_config(pin_hex: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+/// A per-connection TLS identity: short-lived by construction, re-made with every reconnect
+/// (and so re-attested).
+struct ClientIdentity {
+    cert_der: Vec<u8>,
+    key_der: Vec<u8>,
+    spki_der: Vec<u8>,
+}
+
+impl ClientIdentity {
+    fn generate() -> Result<Self, String> {
+        let ck = rcgen::generate_simple_self_signed(vec!["cocoon-worker".to_string()])
+            .map_err(|e| format!("generating the worker TLS certificate: {e}"))?;
+        Ok(Self {
+            cert_der: ck.cert.der().to_vec(),
+            key_der: ck.key_pair.serialize_der(),
+            spki_der: ck.key_pair.public_key_der(),
+        })
+    }
+}
+
+fn client_config(pin_hex: &str, id: &ClientIdentity) -> Result<Arc<rustls::ClientConfig>, String> {
     let pin = hex::decode(pin_hex.trim()).map_err(|e| format!("router cert fingerprint is not hex: {e}"))?;
     if pin.len() != 32 {
         return Err(format!("router cert fingerprint must be 32 bytes of hex, got {}", pin.len()));
@@ -85,7 +110,11 @@ fn client_config(pin_hex: &str) -> Result<Arc<rustls::ClientConfig>, String> {
         .map_err(|e| e.to_string())?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedCert { pin, provider }))
-        .with_no_client_auth();
+        .with_client_auth_cert(
+            vec![id.cert_der.clone().into()],
+            rustls::pki_types::PrivateKeyDer::try_from(id.key_der.clone()).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
     Ok(Arc::new(cfg))
 }
 
@@ -104,20 +133,28 @@ fn host_port(url: &str) -> Result<(String, u16), String> {
 /// Keeps the worker connected until `shutdown`; on shutdown the agent drains over the live
 /// connection before it closes.
 pub async fn run(agent: Arc<WorkerAgent>, link: RouterLink, engine_wait: Duration, shutdown: CancellationToken) -> Result<(), String> {
-    let tls = tokio_rustls::TlsConnector::from(client_config(&link.cert_sha256)?);
+    // Fail fast on a bad pin or URL; each connection builds its own config and identity.
+    client_config(&link.cert_sha256, &ClientIdentity::generate()?)?;
     let (host, port) = host_port(&link.url)?;
     let mut backoff = Duration::from_millis(100);
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
         }
-        match connect_once(&agent, &link, &tls, &host, port, engine_wait, &shutdown).await {
+        let mut connected = false;
+        match connect_once(&agent, &link, &host, port, engine_wait, &shutdown, &mut connected).await {
             Ok(()) if shutdown.is_cancelled() => return Ok(()),
             Ok(()) => {
                 tracing::warn!("router closed the connection; reconnecting");
                 backoff = Duration::from_millis(100);
             }
             Err(e) => tracing::warn!(error = %e, "router link failed"),
+        }
+        // A link that came up and then broke (the router was killed or restarted) starts
+        // over with a short wait: the backoff is for a router that stays unreachable, and
+        // must not grow with every restart of it.
+        if connected {
+            backoff = Duration::from_millis(100);
         }
         // Full jitter, so a fleet of workers does not reconnect in lockstep.
         let wait = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
@@ -132,13 +169,15 @@ pub async fn run(agent: Arc<WorkerAgent>, link: RouterLink, engine_wait: Duratio
 async fn connect_once(
     agent: &Arc<WorkerAgent>,
     link: &RouterLink,
-    tls: &tokio_rustls::TlsConnector,
     host: &str,
     port: u16,
     engine_wait: Duration,
     shutdown: &CancellationToken,
+    connected: &mut bool,
 ) -> Result<(), String> {
     let info = agent.info(engine_wait).await.map_err(|e| e.to_string())?;
+    let identity = ClientIdentity::generate()?;
+    let tls = tokio_rustls::TlsConnector::from(client_config(&link.cert_sha256, &identity)?);
     let tcp = tokio::net::TcpStream::connect((host, port)).await.map_err(|e| format!("connect {host}:{port}: {e}"))?;
     let _ = tcp.set_nodelay(true);
     let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
@@ -147,9 +186,14 @@ async fn connect_once(
         .await
         .map_err(|e| format!("WebSocket: {e}"))?;
     let (mut sink, mut source) = ws.split();
-    let hello = wire::encode(&WorkerToRouter::Hello(info)).map_err(|e| e.to_string())?;
-    sink.send(Message::Binary(hello.into())).await.map_err(|e| e.to_string())?;
-    tracing::info!(url = %link.url, "connected to router");
+    *connected = true;
+    tracing::info!(url = %link.url, "connected to router; answering its challenge");
+    let link_id = NEXT_LINK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let identity = LinkIdentity {
+        info,
+        link_id,
+        tls_spki_der: Arc::new(identity.spki_der),
+    };
 
     let (to_agent, from_router) = mpsc::channel::<RouterToWorker>(1024);
     let (to_router, mut events) = mpsc::channel::<WorkerToRouter>(4096);
@@ -157,7 +201,7 @@ async fn connect_once(
     let conn = shutdown.child_token();
     // Abort-on-drop: if this future is dropped (the worker is stopping hard), nothing of the
     // connection outlives it, so the router sees the link close at once.
-    let mut run = AbortOnDropHandle::new(tokio::spawn(agent.clone().run(from_router, to_router, conn.clone())));
+    let mut run = AbortOnDropHandle::new(tokio::spawn(agent.clone().run(identity, from_router, to_router, conn.clone())));
     let mut writer = AbortOnDropHandle::new(tokio::spawn(async move {
         while let Some(msg) = events.recv().await {
             let Ok(bytes) = wire::encode(&msg) else { continue };
@@ -185,7 +229,7 @@ async fn connect_once(
     // The link is gone: stop the agent loop for this connection (running jobs see closed channels).
     drop(to_agent);
     if !shutdown.is_cancelled() {
-        agent.abort_all();
+        agent.abort_link(link_id);
     }
     conn.cancel();
     let _ = (&mut run).await;
@@ -194,6 +238,7 @@ async fn connect_once(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -207,8 +252,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_pins() {
-        assert!(client_config("zz").is_err());
-        assert!(client_config("abcd").is_err());
-        assert!(client_config(&"ab".repeat(32)).is_ok());
+        let id = ClientIdentity::generate().unwrap();
+        assert!(client_config("zz", &id).is_err());
+        assert!(client_config("abcd", &id).is_err());
+        assert!(client_config(&"ab".repeat(32), &id).is_ok());
     }
 }

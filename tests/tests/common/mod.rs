@@ -27,6 +27,8 @@ pub async fn start(tweak: impl FnOnce(&mut Config)) -> Net {
     cfg.gateway.listen = "127.0.0.1:0".into();
     cfg.gateway.drain_timeout_ms = 10_000;
     cfg.log = "warn".into();
+    // These tests assert the deterministic engine's exact behaviour, even where a real one is installed.
+    cfg.engine.kind = cocoon::config::EngineKind::Builtin;
     tweak(&mut cfg);
     cfg.validate().unwrap();
     let net = DevNetwork::start(cfg).await.unwrap();
@@ -61,4 +63,19 @@ pub async fn post_chat(net: &DevNetwork, key: &str, body: &serde_json::Value) ->
         .send()
         .await
         .unwrap()
+}
+
+/// The `cocoon` binary next to this test executable (target/<profile>/), or `COCOON_BIN`.
+pub fn cocoon_bin() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("COCOON_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target dir")
+        .join("cocoon");
+    assert!(bin.exists(), "{} is missing: run `cargo build -p cocoon` or set COCOON_BIN", bin.display());
+    bin
 }

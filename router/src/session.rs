@@ -1,0 +1,184 @@
+//! The router's side of one worker link, whatever carries it (TLS + WebSocket, or an
+//! in-process channel): challenge, verify, attach, apply messages, re-challenge before the
+//! verification expires, detach at the end. One code path, so the embedded network attests
+//! exactly like a networked one.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use protocol::{RouterToWorker, WorkerInfo, WorkerToRouter};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::attest::AdmitError;
+use crate::Router;
+
+/// How long a worker has to answer a challenge.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("worker not admitted: {0}")]
+    Admit(#[from] AdmitError),
+    #[error("issuing a nonce: {0}")]
+    Nonce(String),
+    #[error("{0}")]
+    Protocol(String),
+    #[error("worker {worker} silent for {after:?}")]
+    Silent { worker: String, after: Duration },
+    #[error("worker {0}'s attestation expired without a fresh one")]
+    Expired(String),
+    #[error("link closed: {0}")]
+    Closed(String),
+}
+
+impl Router {
+    /// Runs the router side of one worker link until it ends or `shutdown` fires.
+    /// `tls_spki_sha256` is the SHA-256 of the TLS key the worker presented on this connection
+    /// (the in-process link has none and passes `attestation::spki_sha256(b"")`); the
+    /// worker's evidence must bind it. `liveness`: drop a worker silent this long.
+    pub async fn serve_link<S>(
+        &self,
+        out: mpsc::Sender<RouterToWorker>,
+        mut incoming: S,
+        tls_spki_sha256: [u8; 32],
+        liveness: Option<Duration>,
+        shutdown: CancellationToken,
+    ) -> Result<(), LinkError>
+    where
+        S: Stream<Item = Result<WorkerToRouter, String>> + Unpin,
+    {
+        let info = self.challenge(&out, &mut incoming).await?;
+        let worker = info.worker_id.clone();
+        let verified = match self.attestor().admit(&info, &tls_spki_sha256).await {
+            Ok(v) => v,
+            Err(e) => return Err(refuse(&out, &worker, e).await),
+        };
+        let session = match self.attach_with(info, verified, out.clone()) {
+            Ok(s) => s,
+            Err(e) => return Err(refuse(&out, &worker, e).await),
+        };
+        let liveness = liveness.unwrap_or(Duration::from_secs(u64::from(u32::MAX)));
+        let mut expires_at = session.attestation_expires_at();
+        let mut challenged = false;
+        let rechallenge = tokio::time::sleep_until(rechallenge_at(expires_at));
+        let expiry = tokio::time::sleep_until(instant_at(expires_at));
+        tokio::pin!(rechallenge, expiry);
+        let result = loop {
+            tokio::select! {
+                next = tokio::time::timeout(liveness, incoming.next()) => match next {
+                    Err(_) => break Err(LinkError::Silent { worker: worker.clone(), after: liveness }),
+                    Ok(None) => break Ok(()),
+                    Ok(Some(Err(e))) => break Err(LinkError::Closed(e)),
+                    Ok(Some(Ok(WorkerToRouter::Hello(info)))) => {
+                        // The answer to a re-challenge: same checks as at admission.
+                        match self.attestor().admit(&info, &tls_spki_sha256).await.and_then(|v| session.reverified(v)) {
+                            Ok(()) => {
+                                expires_at = session.attestation_expires_at();
+                                challenged = false;
+                                rechallenge.as_mut().reset(rechallenge_at(expires_at));
+                                expiry.as_mut().reset(instant_at(expires_at));
+                                tracing::debug!(%worker, expires_at, "worker re-attested");
+                            }
+                            Err(e) => {
+                                drop(session);
+                                return Err(refuse(&out, &worker, e).await);
+                            }
+                        }
+                    }
+                    Ok(Some(Ok(msg))) => session.handle(msg),
+                },
+                () = &mut rechallenge, if !challenged => {
+                    challenged = true;
+                    match self.attestor().challenge().await {
+                        Ok(nonce) => {
+                            let msg = RouterToWorker::Challenge { nonce: Bytes::copy_from_slice(&nonce.0) };
+                            if out.send(msg).await.is_err() {
+                                break Err(LinkError::Closed("worker queue closed".into()));
+                            }
+                        }
+                        Err(e) => tracing::warn!(%worker, error = %e, "could not re-challenge; retrying at expiry"),
+                    }
+                }
+                () = &mut expiry => break Err(LinkError::Expired(worker.clone())),
+                () = shutdown.cancelled() => break Ok(()),
+            }
+        };
+        // Detach first (fails its in-flight jobs over), then the caller stops writing.
+        drop(session);
+        result
+    }
+
+    async fn challenge<S>(
+        &self,
+        out: &mpsc::Sender<RouterToWorker>,
+        incoming: &mut S,
+    ) -> Result<WorkerInfo, LinkError>
+    where
+        S: Stream<Item = Result<WorkerToRouter, String>> + Unpin,
+    {
+        let nonce = self
+            .attestor()
+            .challenge()
+            .await
+            .map_err(|e| LinkError::Nonce(e.to_string()))?;
+        let msg = RouterToWorker::Challenge {
+            nonce: Bytes::copy_from_slice(&nonce.0),
+        };
+        out.send(msg)
+            .await
+            .map_err(|_| LinkError::Closed("worker queue closed".into()))?;
+        let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(deadline, incoming.next()).await {
+                Err(_) => {
+                    return Err(LinkError::Protocol(format!(
+                        "no hello within {HELLO_TIMEOUT:?} of the challenge"
+                    )))
+                }
+                Ok(None) => return Err(LinkError::Closed("before hello".into())),
+                Ok(Some(Err(e))) => return Err(LinkError::Closed(e)),
+                Ok(Some(Ok(WorkerToRouter::Hello(info)))) => return Ok(info),
+                // Load reports may race ahead of the hello (the evidence takes a moment).
+                Ok(Some(Ok(WorkerToRouter::Load(_)))) => {}
+                Ok(Some(Ok(_))) => {
+                    return Err(LinkError::Protocol(
+                        "a worker must answer the challenge with hello first".into(),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+async fn refuse(out: &mpsc::Sender<RouterToWorker>, worker: &str, e: AdmitError) -> LinkError {
+    metrics::counter!("cocoon_router_workers_refused_total").increment(1);
+    tracing::warn!(%worker, error = %e, "worker refused");
+    let _ = out
+        .send(RouterToWorker::Refused {
+            reason: e.to_string(),
+        })
+        .await;
+    LinkError::Admit(e)
+}
+
+/// Milliseconds from now until a unix time given in seconds (0 if it is past).
+fn millis_until(unix_secs: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    u64::try_from((u128::from(unix_secs) * 1000).saturating_sub(now)).unwrap_or(u64::MAX)
+}
+
+/// Tokio instant for a unix time in seconds (now if it is already past).
+fn instant_at(unix_secs: u64) -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_millis(millis_until(unix_secs))
+}
+
+/// Re-challenge when three quarters of the remaining validity have passed, so a slow TEE
+/// still answers well before expiry.
+fn rechallenge_at(expires_at: u64) -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_millis(millis_until(expires_at) / 4 * 3)
+}

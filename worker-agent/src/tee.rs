@@ -1,0 +1,107 @@
+//! The worker's TEE identity: where its evidence comes from and the HPKE key jobs are sealed
+//! to. The private key never leaves this process (inside the confidential VM).
+
+use std::sync::Arc;
+
+use attestation::{
+    EvidenceError, EvidenceProducer, JobContext, JobOpener, Nonce, ResponseSealer, SealError,
+    SealedJob,
+};
+use bytes::Bytes;
+use protocol::{Job, JobEnvelope, Payload};
+
+pub struct WorkerTee {
+    producer: EvidenceProducer,
+    keys: JobOpener,
+}
+
+impl std::fmt::Debug for WorkerTee {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerTee")
+            .field("simulated", &self.is_insecure_simulated())
+            .field("hpke_public_key", &self.keys.public_key().fingerprint())
+            .finish()
+    }
+}
+
+impl WorkerTee {
+    pub fn new(producer: EvidenceProducer) -> Result<Self, EvidenceError> {
+        Ok(Self {
+            producer,
+            keys: JobOpener::generate()?,
+        })
+    }
+
+    /// The insecure simulated TEE (dev and tests only; a production router refuses it).
+    pub fn simulated() -> Result<Self, EvidenceError> {
+        Self::new(EvidenceProducer::simulated()?)
+    }
+
+    /// Real TDX / SEV-SNP evidence through configfs-tsm when this is a confidential VM;
+    /// otherwise the simulated TEE if `allow_simulated`, else an error saying why.
+    pub fn detect(allow_simulated: bool) -> Result<Self, String> {
+        match EvidenceProducer::detect() {
+            Some(p) => Self::new(p).map_err(|e| e.to_string()),
+            None if allow_simulated => {
+                tracing::warn!("no TEE found (configfs-tsm absent): using the INSECURE SIMULATED TEE");
+                Self::simulated().map_err(|e| e.to_string())
+            }
+            None => Err(format!(
+                "no TEE evidence source: {} is absent (not a TDX/SEV-SNP guest?) and the simulated TEE is not allowed",
+                attestation::CONFIGFS_TSM_REPORT
+            )),
+        }
+    }
+
+    pub fn is_insecure_simulated(&self) -> bool {
+        self.producer.is_insecure_simulated()
+    }
+
+    pub fn hpke_public_key(&self) -> attestation::HpkePublicKey {
+        self.keys.public_key()
+    }
+
+    /// Evidence binding the HPKE key, `tls_spki_der` and `nonce`, as JSON for the wire.
+    /// Producing a TDX quote takes tens of milliseconds, so it runs on the blocking pool.
+    pub(crate) async fn attest(self: &Arc<Self>, tls_spki_der: Arc<Vec<u8>>, nonce: &[u8]) -> Result<Bytes, String> {
+        let nonce: [u8; 32] = nonce
+            .try_into()
+            .map_err(|_| format!("nonce must be 32 bytes, got {}", nonce.len()))?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let att = this
+                .producer
+                .attest(this.keys.public_key(), &tls_spki_der, Nonce(nonce), attestation::unix_now())
+                .map_err(|e| e.to_string())?;
+            serde_json::to_vec(&att).map(Bytes::from).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| format!("evidence task: {e}"))?
+    }
+
+    /// Opens a job: the body in clear for the engine and, for a sealed job, the sealer of its
+    /// response stream.
+    pub(crate) fn open(&self, env: JobEnvelope) -> Result<(Job, Option<ResponseSealer>), SealError> {
+        let (body, sealer) = match env.payload {
+            Payload::Plain { body } => (body, None),
+            Payload::Sealed { enc, ciphertext } => {
+                let ctx = JobContext::new(env.id, env.model.clone());
+                let fail = || SealError::JobOpen { job_id: env.id, model: env.model.clone() };
+                let sealed = SealedJob {
+                    enc: enc.as_ref().try_into().map_err(|_| fail())?,
+                    ciphertext: ciphertext.to_vec(),
+                };
+                let (body, sealer) = self.keys.open(&ctx, &sealed)?;
+                (Bytes::from(body), Some(sealer))
+            }
+        };
+        let job = Job {
+            id: env.id,
+            endpoint: env.endpoint,
+            model: env.model,
+            stream: env.stream,
+            body,
+        };
+        Ok((job, sealer))
+    }
+}
