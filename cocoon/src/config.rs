@@ -9,6 +9,8 @@ use router::RouterConfig;
 use serde::{Deserialize, Serialize};
 use worker_agent::WorkerConfig;
 
+pub use crate::engine::{EngineKind, EngineSection};
+
 pub const ENV_PREFIX: &str = "COCOON__";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -32,6 +34,7 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub engine: EngineSection,
     pub billing: BillingSection,
+    pub attestation: crate::attest::AttestationSection,
 }
 
 /// `[billing]`: the ledger behind the gateway.
@@ -67,38 +70,6 @@ impl Default for BillingSection {
     }
 }
 
-/// Which engine `cocoon dev` runs next to its worker.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EngineSection {
-    /// `builtin` (the deterministic test engine, in-process) or `external` (`worker.engine_url`).
-    pub kind: EngineKind,
-    pub listen: String,
-    pub models: Vec<String>,
-    pub ttft_ms: u64,
-    /// 0 = as fast as possible.
-    pub tokens_per_second: f64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EngineKind {
-    Builtin,
-    External,
-}
-
-impl Default for EngineSection {
-    fn default() -> Self {
-        Self {
-            kind: EngineKind::Builtin,
-            listen: "127.0.0.1:0".into(),
-            models: vec!["cocoon-test".into()],
-            ttft_ms: 0,
-            tokens_per_second: 0.0,
-        }
-    }
-}
-
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -110,6 +81,7 @@ impl Default for Config {
             worker: WorkerConfig::default(),
             engine: EngineSection::default(),
             billing: BillingSection::default(),
+            attestation: crate::attest::AttestationSection::default(),
         }
     }
 }
@@ -215,28 +187,22 @@ impl Config {
         errs.extend(self.gateway.validate());
         errs.extend(self.router.validate());
         errs.extend(self.worker.validate());
-        if self.engine.kind == EngineKind::Builtin {
-            if self.engine.models.is_empty() {
-                errs.push("engine.models must list at least one model".into());
-            }
-            if !(self.engine.tokens_per_second >= 0.0 && self.engine.tokens_per_second.is_finite()) {
-                errs.push(format!(
-                    "engine.tokens_per_second must be >= 0, got {}",
-                    self.engine.tokens_per_second
-                ));
-            }
-            if self.engine.listen.parse::<std::net::SocketAddr>().is_err() {
-                errs.push(format!("engine.listen {:?} is not an address like 127.0.0.1:0", self.engine.listen));
-            }
-        }
-        if self.environment == Environment::Production && self.engine.kind == EngineKind::Builtin {
-            errs.push("engine.kind = \"builtin\" is the test engine and is refused when environment = \"production\"".into());
+        errs.extend(self.attestation.validate(self.environment == Environment::Production));
+        errs.extend(self.engine.validate(self.environment == Environment::Production));
+        if self.environment == Environment::Production && self.gateway.insecure_disable_auth {
+            errs.push("gateway.insecure_disable_auth serves without authentication and is refused when environment = \"production\"".into());
         }
         if self.billing.fee_bps > 10_000 {
             errs.push(format!("billing.fee_bps must be <= 10000, got {}", self.billing.fee_bps));
         }
-        if self.billing.hold_ttl_secs < 60 {
-            errs.push(format!("billing.hold_ttl_secs must be >= 60, got {}", self.billing.hold_ttl_secs));
+        // Seconds-long TTLs exist for crash tests; in production a hold must outlast the
+        // longest request (a hold reaped before its capture leaves the request unpaid).
+        let min_ttl = if self.environment == Environment::Production { 60 } else { 1 };
+        if self.billing.hold_ttl_secs < min_ttl {
+            errs.push(format!(
+                "billing.hold_ttl_secs must be >= {min_ttl}, got {}",
+                self.billing.hold_ttl_secs
+            ));
         }
         if let Some(u) = &self.billing.database_url {
             if !(u.starts_with("postgres://") || u.starts_with("postgresql://") || u.starts_with("sqlite:")) {
@@ -351,6 +317,21 @@ mod tests {
         ] {
             assert_eq!(list.iter().filter(|l| l.contains(needle)).count(), 1, "{needle} in:\n{joined}");
         }
+    }
+
+    #[test]
+    fn disabling_auth_is_refused_in_production() {
+        let env = |prod: bool| {
+            let mut v = vec![("COCOON__GATEWAY__INSECURE_DISABLE_AUTH".to_string(), "true".to_string())];
+            if prod {
+                v.push(("COCOON__ENVIRONMENT".into(), "production".into()));
+                v.push(("COCOON__ENGINE__KIND".into(), "external".into()));
+            }
+            v
+        };
+        assert!(Config::load(None, env(false)).unwrap().gateway.insecure_disable_auth);
+        let e = Config::load(None, env(true)).unwrap_err().to_string();
+        assert!(e.contains("gateway.insecure_disable_auth"), "{e}");
     }
 
     #[test]

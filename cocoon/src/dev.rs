@@ -12,9 +12,9 @@ use anyhow::Context;
 use router::Router;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use worker_agent::WorkerAgent;
 
-use crate::config::Config;
+use crate::config::{Config, EngineKind};
+use crate::engine::InstalledEngine;
 use crate::roles;
 
 /// Name of the API key `cocoon dev` creates at each start (older ones are revoked).
@@ -51,6 +51,10 @@ pub struct DevNetwork {
     /// A ready key for this run.
     pub api_key: String,
     pub engine: Option<Arc<test_engine::TestEngine>>,
+    /// Which engine serves (said at start): the built-in test engine or a real one.
+    pub engine_description: String,
+    /// The worker's `/metrics`, when `worker.metrics_listen` is set.
+    pub worker_metrics_addr: Option<SocketAddr>,
     pub router: Router,
     /// Set when `router.worker_listen` is: where networked workers connect, and the pin.
     pub worker_listener: Option<(SocketAddr, String)>,
@@ -62,23 +66,42 @@ pub struct DevNetwork {
     gateway_task: JoinHandle<std::io::Result<()>>,
     worker_task: JoinHandle<()>,
     listener_task: Option<JoinHandle<()>>,
-    engine_task: Option<JoinHandle<std::io::Result<()>>>,
+    engine_handle: roles::EngineHandle,
 }
 
 impl DevNetwork {
-    pub async fn start(cfg: Config) -> anyhow::Result<Self> {
+    pub async fn start(mut cfg: Config) -> anyhow::Result<Self> {
+        // The dev network runs its worker in the simulated TEE (unless this machine is a real
+        // confidential VM) and so must admit it; production config can never get here.
+        anyhow::ensure!(
+            cfg.environment != crate::config::Environment::Production,
+            "cocoon dev runs the insecure simulated TEE and refuses environment = \"production\""
+        );
+        cfg.attestation.policy.allow_insecure_simulated_tee = true;
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
         let shutdown = CancellationToken::new();
         let worker_shutdown = CancellationToken::new();
 
+        // `auto`: the real engine when scripts/install-engine has installed it.
+        if cfg.engine.kind == EngineKind::Auto && InstalledEngine::find().is_some() {
+            cfg.engine.kind = EngineKind::LlamaServer;
+        }
         let engine = roles::start_engine(&cfg, worker_shutdown.clone()).await?;
 
         // Router and the worker next to the engine, linked in-process.
-        let router = Router::new(cfg.router.clone());
-        let mut wcfg = cfg.worker.clone();
-        wcfg.engine_url = engine.url.clone();
-        let agent = WorkerAgent::new(wcfg)?;
+        let router = crate::routing::start_router(&cfg, worker_shutdown.clone()).await?;
+        let production = cfg.environment == crate::config::Environment::Production;
+        let agent = engine.agent(cfg.worker.clone(), cfg.attestation.worker_tee(production)?)?;
+        let worker_metrics_addr = match &cfg.worker.metrics_listen {
+            Some(listen) => Some(
+                worker_agent::metrics::spawn(listen, agent.engine().metrics().clone(), cfg.worker.worker_id.clone(), worker_shutdown.clone())
+                    .await
+                    .with_context(|| format!("binding worker.metrics_listen {listen}"))?
+                    .0,
+            ),
+            None => None,
+        };
         let worker_task = crate::link::attach_local_worker(
             &router,
             agent,
@@ -114,9 +137,11 @@ impl DevNetwork {
         Ok(Self {
             base_url,
             gateway_addr: gw.addr,
-            engine_url: engine.url,
+            engine_url: engine.url.clone(),
             api_key,
-            engine: engine.engine,
+            engine: engine.engine.clone(),
+            engine_description: engine.description.clone(),
+            worker_metrics_addr,
             router,
             worker_listener: listener.as_ref().map(|l| (l.addr, l.cert_sha256.clone())),
             state_file,
@@ -126,8 +151,14 @@ impl DevNetwork {
             gateway_task: gw.task,
             worker_task,
             listener_task: listener.map(|l| l.task),
-            engine_task: engine.task,
+            engine_handle: engine,
         })
+    }
+
+    /// Process group of the supervised engine's current process (tests kill it to simulate
+    /// a crash), if the engine is a child process.
+    pub fn engine_pgid(&self) -> Option<i32> {
+        self.engine_handle.supervisor.as_ref().and_then(|s| s.pgid())
     }
 
     /// Drains the gateway (in-flight streams finish), then stops the worker and the engine.
@@ -143,9 +174,7 @@ impl DevNetwork {
         if let Some(t) = self.listener_task {
             let _ = t.await;
         }
-        if let Some(t) = self.engine_task {
-            let _ = t.await;
-        }
+        self.engine_handle.stop().await;
         let _ = std::fs::remove_file(&self.state_file);
     }
 }

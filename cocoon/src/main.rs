@@ -42,9 +42,31 @@ enum Cmd {
     Gateway {
         #[command(flatten)]
         config: ConfigArg,
+        /// Same as `environment = "production"`: refuses the simulated TEE, unsealed jobs and
+        /// other dev-only settings.
+        #[arg(long)]
+        production: bool,
     },
-    /// Run a worker-agent (and the built-in engine unless engine.kind = "external") that
-    /// connects out to the router at `worker.router_url`.
+    /// Verify a network's workers yourself: fetch `/v1/attestation/report` with a random nonce
+    /// and check every worker's evidence locally. Exits non-zero on any failure.
+    Verify {
+        /// e.g. http://127.0.0.1:8080/v1
+        #[arg(long)]
+        base_url: String,
+        #[arg(long)]
+        model: String,
+        /// Attestation policy (TOML, as `[attestation.policy]`); strict defaults otherwise.
+        #[arg(long)]
+        policy: Option<std::path::PathBuf>,
+        /// Accept the INSECURE simulated TEE (to check a `cocoon dev` network).
+        #[arg(long)]
+        allow_simulated: bool,
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
+    },
+    /// Run a worker-agent that connects out to the router at `worker.router_url`, with its
+    /// engine: vllm / llama-server / command run as a supervised child process, external is
+    /// reached at `worker.engine_url`, builtin (and auto) is the in-process test engine.
     Worker {
         #[command(flatten)]
         config: ConfigArg,
@@ -194,6 +216,18 @@ async fn wait_for_signal() {
 
 fn banner(net: &cocoon::dev::DevNetwork, engine_desc: &str) {
     let model = net.router.models().first().map(|m| m.id.clone()).unwrap_or_default();
+    if net.router.snapshot().iter().any(|w| w.insecure_simulated) {
+        eprintln!(
+            r#"
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+!! INSECURE SIMULATED TEE (dev only). The worker attests with a per-run software key:  !!
+!! jobs are sealed end to end (HPKE), but NO HARDWARE protects them. Every answer says  !!
+!! so in the header `x-cocoon-tee: simulated`. Never send real secrets to this network. !!
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+  check it yourself: cocoon verify --base-url {base} --model {model} --allow-simulated"#,
+            base = net.base_url,
+        );
+    }
     println!(
         r#"
 Cocoon-rs dev network is up.
@@ -249,24 +283,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.validate()?;
             }
             init_tracing(&cfg.log);
-            let engine_desc = match cfg.engine.kind {
-                cocoon::config::EngineKind::Builtin => {
-                    "built-in TEST engine (deterministic word generator, not a model)".to_string()
-                }
-                cocoon::config::EngineKind::External => format!("external engine at {}", cfg.worker.engine_url),
-            };
             let net = cocoon::dev::DevNetwork::start(cfg).await?;
-            banner(&net, &engine_desc);
+            banner(&net, &net.engine_description);
             wait_for_signal().await;
             eprintln!("stopping: draining in-flight requests");
             net.shutdown().await;
             Ok(())
         }
-        Cmd::Gateway { config } => {
-            let cfg = config.load()?;
+        Cmd::Verify { base_url, model, policy, allow_simulated, timeout_secs } => {
+            let args = cocoon::verify::VerifyArgs {
+                base_url,
+                model,
+                policy,
+                allow_simulated,
+                timeout: std::time::Duration::from_secs(timeout_secs),
+            };
+            let ok = cocoon::verify::run(args, &mut std::io::stdout()).await?;
+            if !ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Cmd::Gateway { config, production } => {
+            let mut cfg = config.load()?;
+            if production {
+                cfg.environment = cocoon::config::Environment::Production;
+                cfg.validate()?;
+            }
             init_tracing(&cfg.log);
             let stop = tokio_util::sync::CancellationToken::new();
-            let router = router::Router::new(cfg.router.clone());
+            let router = cocoon::routing::start_router(&cfg, stop.clone()).await?;
             let listener = cocoon::roles::start_worker_listener(&cfg, router.clone(), stop.clone())
                 .await?
                 .context("cocoon gateway needs router.worker_listen (where workers connect)")?;
@@ -289,20 +335,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let engine_stop = tokio_util::sync::CancellationToken::new();
             let engine = cocoon::roles::start_engine(&cfg, engine_stop.clone()).await?;
-            let mut wcfg = cfg.worker.clone();
-            wcfg.engine_url = engine.url.clone();
-            let agent = worker_agent::WorkerAgent::new(wcfg)?;
+            eprintln!("engine: {}", engine.description);
+            let production = cfg.environment == cocoon::config::Environment::Production;
+            let agent = engine.agent(cfg.worker.clone(), cfg.attestation.worker_tee(production)?)?;
             let stop = tokio_util::sync::CancellationToken::new();
-            let link = worker_agent::net::RouterLink { url, cert_sha256: pin };
-            let run = tokio::spawn(worker_agent::net::run(agent, link, std::time::Duration::from_secs(600), stop.clone()));
+            if let Some(listen) = &cfg.worker.metrics_listen {
+                let (addr, _) = worker_agent::metrics::spawn(listen, agent.engine().metrics().clone(), cfg.worker.worker_id.clone(), stop.clone())
+                    .await
+                    .with_context(|| format!("binding worker.metrics_listen {listen}"))?;
+                eprintln!("worker metrics: http://{addr}/metrics");
+            }
+            // One link per gateway replica; all share the agent (its slots and jobs).
+            let runs: Vec<_> = std::iter::once(url)
+                .chain(cfg.worker.router_urls.iter().cloned())
+                .map(|url| {
+                    let link = worker_agent::net::RouterLink { url, cert_sha256: pin.clone() };
+                    tokio::spawn(worker_agent::net::run(agent.clone(), link, std::time::Duration::from_secs(600), stop.clone()))
+                })
+                .collect();
             eprintln!("worker {} serving engine {} ", cfg.worker.worker_id, engine.url);
             wait_for_signal().await;
             eprintln!("stopping: draining running jobs");
             stop.cancel();
-            if let Ok(Err(e)) = run.await {
-                eprintln!("worker link: {e}");
+            for run in runs {
+                if let Ok(Err(e)) = run.await {
+                    eprintln!("worker link: {e}");
+                }
             }
+            // Running jobs are drained; now the engine (its whole process group) goes.
             engine_stop.cancel();
+            engine.stop().await;
             Ok(())
         }
         Cmd::Keys { config, cmd } => {

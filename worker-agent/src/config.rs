@@ -19,8 +19,14 @@ pub struct WorkerConfig {
     pub drain_timeout_ms: u64,
     /// `cocoon worker`: the router's worker endpoint, e.g. wss://router.example:7443/v1/worker.
     pub router_url: Option<String>,
+    /// More replicas of the same router (same certificate, shared registry in Redis): the
+    /// worker keeps one link to each, so every gateway replica can route to it.
+    pub router_urls: Vec<String>,
     /// Hex SHA-256 of the router's TLS certificate (printed by the router at start).
     pub router_cert_sha256: Option<String>,
+    /// Where the worker serves its Prometheus `/metrics` (loopback only, e.g. 127.0.0.1:9464;
+    /// port 0 picks one). Unset: not served.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -34,7 +40,9 @@ impl Default for WorkerConfig {
             health_interval_ms: 2_000,
             drain_timeout_ms: 30_000,
             router_url: None,
+            router_urls: Vec::new(),
             router_cert_sha256: None,
+            metrics_listen: None,
         }
     }
 }
@@ -58,12 +66,29 @@ impl WorkerConfig {
                 self.engine_url
             ));
         }
+        for u in &self.router_urls {
+            if !u.starts_with("wss://") {
+                errs.push(format!("worker.router_urls entries must start with wss://, got {u:?}"));
+            }
+        }
+        if !self.router_urls.is_empty() && self.router_url.is_none() {
+            errs.push("worker.router_urls lists extra replicas; set worker.router_url too".to_string());
+        }
         if let Some(u) = &self.router_url {
             if !u.starts_with("wss://") {
                 errs.push(format!("worker.router_url must start with wss://, got {u:?}"));
             }
             if self.router_cert_sha256.as_ref().is_none_or(|p| p.len() != 64 || !p.chars().all(|c| c.is_ascii_hexdigit())) {
                 errs.push("worker.router_cert_sha256 must be the router certificate's SHA-256 as 64 hex characters".to_string());
+            }
+        }
+        if let Some(l) = &self.metrics_listen {
+            match l.parse::<std::net::SocketAddr>() {
+                Ok(a) if a.ip().is_loopback() => {}
+                Ok(_) => errs.push(format!(
+                    "worker.metrics_listen must be a loopback address (the endpoint has no auth), got {l:?}"
+                )),
+                Err(_) => errs.push(format!("worker.metrics_listen {l:?} is not an address like 127.0.0.1:9464")),
             }
         }
         if self.slots == 0 {
@@ -76,5 +101,114 @@ impl WorkerConfig {
             ));
         }
         errs
+    }
+}
+
+/// Which engine the worker runs as its child process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EngineProcessKind {
+    /// llama.cpp's `llama-server`: health is `GET /health` (503 while the model loads).
+    LlamaServer,
+    /// `vllm serve`: the production engine for CUDA; health is `GET /health`.
+    Vllm,
+    /// Any other OpenAI-compatible server; health is `GET /v1/models` listing a model.
+    Command,
+}
+
+impl EngineProcessKind {
+    /// The engine's own liveness endpoint, when it has one beyond `/v1/models`.
+    pub fn health_path(self) -> Option<&'static str> {
+        match self {
+            Self::LlamaServer | Self::Vllm => Some("/health"),
+            Self::Command => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LlamaServer => "llama-server",
+            Self::Vllm => "vllm",
+            Self::Command => "command",
+        }
+    }
+}
+
+/// How the supervisor runs the engine (built from `[engine]` by the `cocoon` binary).
+/// `{host}` and `{port}` in `args` are replaced by the loopback address the engine must bind.
+#[derive(Clone, Debug)]
+pub struct EngineProcessConfig {
+    pub kind: EngineProcessKind,
+    pub program: String,
+    pub args: Vec<String>,
+    /// Added to the inherited environment (CUDA, PATH… still reach the engine).
+    pub env: Vec<(String, String)>,
+    /// Loopback port; 0 picks a free one once, kept across restarts so the URL never changes.
+    pub port: u16,
+    /// From spawn to healthy and listing a model; model loading can take minutes on big GPUs.
+    pub startup_timeout: Duration,
+    /// First restart delay; doubles on each crash in a row up to `restart_max`.
+    pub restart_initial: Duration,
+    pub restart_max: Duration,
+    /// A run that stayed healthy this long resets the backoff to `restart_initial`.
+    pub restart_reset_after: Duration,
+    /// SIGTERM to SIGKILL.
+    pub stop_grace: Duration,
+    pub health_interval: Duration,
+    /// How long one health check may take before it counts as failed.
+    pub health_timeout: Duration,
+    /// Health checks failing in a row before a running engine counts as hung and is restarted.
+    pub unhealthy_after: u32,
+    /// Engine stdout/stderr are appended here; `None` discards them (engines may log request
+    /// contents at higher verbosity, and the worker must never leak prompts into logs).
+    pub log_file: Option<std::path::PathBuf>,
+    /// Have the kernel SIGTERM the engine if the agent dies without stopping it (SIGKILL,
+    /// OOM): set through util-linux `setpriv --pdeathsig` when it is installed, since the
+    /// workspace forbids the unsafe `pre_exec` that would set it directly.
+    pub die_with_parent: bool,
+}
+
+impl EngineProcessConfig {
+    /// A command with defaults for everything but what it runs.
+    pub fn new(kind: EngineProcessKind, program: impl Into<String>, args: Vec<String>) -> Self {
+        Self {
+            kind,
+            program: program.into(),
+            args,
+            env: Vec::new(),
+            port: 0,
+            startup_timeout: Duration::from_secs(600),
+            restart_initial: Duration::from_millis(500),
+            restart_max: Duration::from_secs(30),
+            restart_reset_after: Duration::from_secs(60),
+            stop_grace: Duration::from_secs(10),
+            health_interval: Duration::from_secs(2),
+            health_timeout: Duration::from_secs(5),
+            unhealthy_after: 3,
+            log_file: None,
+            die_with_parent: true,
+        }
+    }
+
+    /// `llama-server -m MODEL --alias ID --host {host} --port {port}`, then `extra`.
+    pub fn llama_server(program: impl Into<String>, model_path: &str, model_id: &str, extra: &[String]) -> Self {
+        let mut args: Vec<String> = ["-m", model_path, "--alias", model_id, "--host", "{host}", "--port", "{port}"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend_from_slice(extra);
+        Self::new(EngineProcessKind::LlamaServer, program, args)
+    }
+
+    /// `vllm serve MODEL --served-model-name ID --host {host} --port {port}`, then `extra`.
+    /// Request logging is off by default in vLLM >= 0.10 (`--enable-log-requests` turns it on;
+    /// never pass it: the worker must not log prompts).
+    pub fn vllm(program: impl Into<String>, model: &str, model_id: &str, extra: &[String]) -> Self {
+        let mut args: Vec<String> = ["serve", model, "--served-model-name", model_id, "--host", "{host}", "--port", "{port}"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend_from_slice(extra);
+        Self::new(EngineProcessKind::Vllm, program, args)
     }
 }

@@ -4,15 +4,20 @@
 
 pub mod config;
 pub mod engine;
+pub mod metrics;
 pub mod net;
+mod normalize;
+mod sink;
 mod sse;
+pub mod supervisor;
+pub mod tee;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use protocol::{Job, JobError, JobEvent, Load, RouterToWorker, WorkerInfo, WorkerToRouter};
+use protocol::{JobEnvelope, JobError, JobEvent, Load, RouterToWorker, WorkerInfo, WorkerToRouter};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
@@ -20,27 +25,66 @@ use uuid::Uuid;
 
 pub use config::WorkerConfig;
 pub use engine::{EngineClient, EngineError};
+pub use tee::WorkerTee;
+
+use crate::sink::EventSink;
 
 pub struct WorkerAgent {
     cfg: WorkerConfig,
     engine: EngineClient,
-    jobs: Mutex<HashMap<Uuid, AbortHandle>>,
+    tee: Arc<WorkerTee>,
+    /// Running jobs, with the link they came on.
+    jobs: Mutex<HashMap<Uuid, (u64, AbortHandle)>>,
     running: AtomicU32,
 }
 
+/// What one router link needs besides its channels.
+#[derive(Clone, Debug)]
+pub struct LinkIdentity {
+    /// This worker's description for `Hello` (its attestation is added per challenge).
+    pub info: WorkerInfo,
+    /// Distinguishes this link's jobs from those of the worker's other links (one per
+    /// gateway replica).
+    pub link_id: u64,
+    /// SubjectPublicKeyInfo (DER) of the TLS key this worker presents on the link; empty
+    /// for the in-process link, which has no TLS.
+    pub tls_spki_der: Arc<Vec<u8>>,
+}
+
 impl WorkerAgent {
-    pub fn new(cfg: WorkerConfig) -> Result<Arc<Self>, EngineError> {
+    pub fn new(cfg: WorkerConfig, tee: WorkerTee) -> Result<Arc<Self>, EngineError> {
         let engine = EngineClient::new(&cfg.engine_url)?;
-        Ok(Arc::new(Self {
+        Ok(Self::with_engine(cfg, tee, engine))
+    }
+
+    /// For an engine this worker supervises: it reports itself unavailable while the engine
+    /// is down, and shares the supervisor's metrics.
+    pub fn supervised(
+        mut cfg: WorkerConfig,
+        tee: WorkerTee,
+        sup: &supervisor::EngineSupervisor,
+    ) -> Result<Arc<Self>, EngineError> {
+        cfg.engine_url = sup.url().to_string();
+        let engine = EngineClient::supervised(sup)?;
+        Ok(Self::with_engine(cfg, tee, engine))
+    }
+
+    fn with_engine(cfg: WorkerConfig, tee: WorkerTee, engine: EngineClient) -> Arc<Self> {
+        Arc::new(Self {
             cfg,
             engine,
+            tee: Arc::new(tee),
             jobs: Mutex::new(HashMap::new()),
             running: AtomicU32::new(0),
-        }))
+        })
     }
 
     pub fn engine(&self) -> &EngineClient {
         &self.engine
+    }
+
+    pub fn tee(&self) -> &WorkerTee {
+        &self.tee
     }
 
     pub fn running(&self) -> u32 {
@@ -56,18 +100,21 @@ impl WorkerAgent {
             gpu: self.cfg.gpu.clone(),
             slots: self.cfg.slots,
             price_coefficient: self.cfg.price_coefficient,
+            attestation: None,
         })
     }
 
-    fn lock_jobs(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, AbortHandle>> {
+    fn lock_jobs(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, (u64, AbortHandle)>> {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Serves one router connection until it closes or `shutdown` fires. On shutdown it tells
-    /// the router it takes no more jobs, lets running jobs finish (up to the drain timeout),
-    /// then returns.
+    /// Serves one router connection until it closes or `shutdown` fires: answers the
+    /// router's challenges with evidence (`Hello`), runs jobs, answers attestation requests.
+    /// On shutdown it tells the router it takes no more jobs, lets running jobs finish (up to
+    /// the drain timeout), then returns.
     pub async fn run(
         self: Arc<Self>,
+        link: LinkIdentity,
         mut from_router: mpsc::Receiver<RouterToWorker>,
         to_router: mpsc::Sender<WorkerToRouter>,
         shutdown: CancellationToken,
@@ -76,8 +123,14 @@ impl WorkerAgent {
         loop {
             tokio::select! {
                 msg = from_router.recv() => match msg {
-                    Some(RouterToWorker::Job(job)) => self.start_job(job, to_router.clone()),
+                    Some(RouterToWorker::Job(job)) => self.start_job(link.link_id, job, to_router.clone()),
                     Some(RouterToWorker::Cancel { job_id }) => self.cancel(job_id),
+                    Some(RouterToWorker::Challenge { nonce }) => self.answer_challenge(&link, nonce, to_router.clone()),
+                    Some(RouterToWorker::Attest { request_id, nonce }) => self.answer_attest(&link, request_id, nonce, to_router.clone()),
+                    Some(RouterToWorker::Refused { reason }) => {
+                        tracing::error!(%reason, "the router refused this worker");
+                        break;
+                    }
                     None => break,
                 },
                 () = shutdown.cancelled() => {
@@ -108,12 +161,13 @@ impl WorkerAgent {
                         }).await;
                     }
                     Some(RouterToWorker::Cancel { job_id }) => self.cancel(job_id),
+                    Some(_) => {}
                     None => break,
                 },
                 () = tokio::time::sleep(Duration::from_millis(20)) => {}
                 () = tokio::time::sleep_until(deadline) => {
                     tracing::warn!(running = self.running(), "drain timeout; aborting remaining jobs");
-                    for (_, h) in self.lock_jobs().drain() { h.abort(); }
+                    for (_, (_, h)) in self.lock_jobs().drain() { h.abort(); }
                     break;
                 }
             }
@@ -147,16 +201,22 @@ impl WorkerAgent {
         }
     }
 
-    /// Aborts every running job (the router link dropped; the router already failed them over).
-    pub fn abort_all(&self) {
-        for (_, h) in self.lock_jobs().drain() {
-            h.abort();
-            self.running.fetch_sub(1, Ordering::Relaxed);
-        }
+    /// Aborts the running jobs of one link (it dropped; the router already failed them over).
+    pub fn abort_link(&self, link_id: u64) {
+        let mut jobs = self.lock_jobs();
+        jobs.retain(|_, (link, h)| {
+            if *link == link_id {
+                h.abort();
+                self.running.fetch_sub(1, Ordering::Relaxed);
+                false
+            } else {
+                true
+            }
+        });
     }
 
     fn cancel(&self, job_id: Uuid) {
-        if let Some(h) = self.lock_jobs().remove(&job_id) {
+        if let Some((_, h)) = self.lock_jobs().remove(&job_id) {
             // Aborting drops the engine response, which closes its connection: the engine
             // sees the client go away and stops generating.
             h.abort();
@@ -165,8 +225,36 @@ impl WorkerAgent {
         }
     }
 
-    fn start_job(self: &Arc<Self>, job: Job, to_router: mpsc::Sender<WorkerToRouter>) {
-        let job_id = job.id;
+    fn answer_challenge(&self, link: &LinkIdentity, nonce: bytes::Bytes, to_router: mpsc::Sender<WorkerToRouter>) {
+        let (tee, link) = (self.tee.clone(), link.clone());
+        tokio::spawn(async move {
+            match tee.attest(link.tls_spki_der.clone(), &nonce).await {
+                Ok(att) => {
+                    let mut info = link.info;
+                    info.attestation = Some(att);
+                    let _ = to_router.send(WorkerToRouter::Hello(info)).await;
+                }
+                // The router times the challenge out and closes the link; we reconnect.
+                Err(e) => tracing::error!(error = %e, "producing attestation evidence failed"),
+            }
+        });
+    }
+
+    fn answer_attest(&self, link: &LinkIdentity, request_id: u64, nonce: bytes::Bytes, to_router: mpsc::Sender<WorkerToRouter>) {
+        let (tee, spki) = (self.tee.clone(), link.tls_spki_der.clone());
+        tokio::spawn(async move {
+            let (attestation, error) = match tee.attest(spki, &nonce).await {
+                Ok(a) => (Some(a), None),
+                Err(e) => (None, Some(e)),
+            };
+            let _ = to_router
+                .send(WorkerToRouter::Attestation { request_id, attestation, error })
+                .await;
+        });
+    }
+
+    fn start_job(self: &Arc<Self>, link_id: u64, envelope: JobEnvelope, to_router: mpsc::Sender<WorkerToRouter>) {
+        let job_id = envelope.id;
         if self.running() >= self.cfg.slots {
             let _ = to_router.try_send(WorkerToRouter::Event {
                 job_id,
@@ -177,17 +265,30 @@ impl WorkerAgent {
             });
             return;
         }
+        let (job, sealer) = match self.tee.open(envelope) {
+            Ok(x) => x,
+            Err(e) => {
+                // Not this worker's key, or altered in transit; another worker gets it sealed afresh.
+                tracing::warn!(%job_id, error = %e, "cannot open sealed job");
+                let _ = to_router.try_send(WorkerToRouter::Event {
+                    job_id,
+                    event: JobEvent::Failed { error: JobError::new(502, "worker could not open the sealed job", true), usage: None },
+                });
+                return;
+            }
+        };
+        let mut sink = EventSink::new(job_id, to_router, sealer);
         self.running.fetch_add(1, Ordering::Relaxed);
         let this = self.clone();
         // Hold the map lock across spawn so a fast job cannot finish before it is registered.
         let mut jobs = self.lock_jobs();
         let handle = tokio::spawn(async move {
             let engine = this.engine.clone();
-            engine::run_job(&engine, job, &to_router).await;
+            engine::run_job(&engine, job, &mut sink).await;
             if this.lock_jobs().remove(&job_id).is_some() {
                 this.running.fetch_sub(1, Ordering::Relaxed);
             }
         });
-        jobs.insert(job_id, handle.abort_handle());
+        jobs.insert(job_id, (link_id, handle.abort_handle()));
     }
 }
