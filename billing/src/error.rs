@@ -49,6 +49,10 @@ pub enum Error {
     /// An idempotency key was reused with a different account or amount.
     #[error("idempotency key {key:?} was already used for a different credit")]
     IdempotencyConflict { key: String },
+    /// An argument the ledger refuses (a malformed TON address, a payout in the wrong
+    /// state for the operation, ...). Nothing was written.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
     #[error("unsupported ledger url (expected postgres://… or sqlite:…): {0}")]
     UnsupportedUrl(String),
     /// A row the ledger wrote itself holds something it cannot read back.

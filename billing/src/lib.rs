@@ -67,6 +67,12 @@ pub mod money;
 mod types;
 
 pub use error::{Error, Result};
+pub use ledger::ton::{
+    deposit_key, is_raw_address, normalize_deposit_code, BatchItem, BatchResult, BatchStatus,
+    Deposit, DepositFilter, DepositInput, DepositOutcome, DepositStatus, NewBatch, Payout,
+    PayoutAddress, PayoutBatch, PayoutFilter, PayoutStatus, PrepareOutcome, RejectReason,
+    Rejection, TonCursor, TonViolation, DEPOSIT_CODE_LEN, MAX_BATCH_PAYOUTS,
+};
 pub use ledger::{Backend, Ledger, LedgerOptions};
 pub use money::{cost, split, Breakdown, Price, Usage};
 pub use types::{

@@ -35,6 +35,8 @@ pub struct Config {
     pub engine: EngineSection,
     pub billing: BillingSection,
     pub attestation: crate::attest::AttestationSection,
+    /// Deposits in and worker payouts out on TON (off by default).
+    pub ton: ton::TonConfig,
 }
 
 /// `[billing]`: the ledger behind the gateway.
@@ -82,6 +84,7 @@ impl Default for Config {
             engine: EngineSection::default(),
             billing: BillingSection::default(),
             attestation: crate::attest::AttestationSection::default(),
+            ton: ton::TonConfig::default(),
         }
     }
 }
@@ -188,6 +191,12 @@ impl Config {
         errs.extend(self.router.validate());
         errs.extend(self.worker.validate());
         errs.extend(self.attestation.validate(self.environment == Environment::Production));
+        if self.ton.enabled {
+            errs.extend(self.ton.validate().into_iter().map(|e| format!("ton: {e}")));
+            if !self.billing.enabled {
+                errs.push("ton.enabled needs billing.enabled (deposits and payouts live in the ledger)".into());
+            }
+        }
         errs.extend(self.engine.validate(self.environment == Environment::Production));
         if self.environment == Environment::Production && self.gateway.insecure_disable_auth {
             errs.push("gateway.insecure_disable_auth serves without authentication and is refused when environment = \"production\"".into());
@@ -332,6 +341,20 @@ mod tests {
         assert!(Config::load(None, env(false)).unwrap().gateway.insecure_disable_auth);
         let e = Config::load(None, env(true)).unwrap_err().to_string();
         assert!(e.contains("gateway.insecure_disable_auth"), "{e}");
+    }
+
+    #[test]
+    fn short_hold_ttls_only_outside_production() {
+        let env = |prod: bool| {
+            let mut v = vec![("COCOON__BILLING__HOLD_TTL_SECS".to_string(), "5".to_string())];
+            if prod {
+                v.push(("COCOON__ENVIRONMENT".into(), "production".into()));
+            }
+            v
+        };
+        assert_eq!(Config::load(None, env(false)).unwrap().billing.hold_ttl_secs, 5);
+        let e = Config::load(None, env(true)).unwrap_err().to_string();
+        assert!(e.contains("billing.hold_ttl_secs must be >= 60"), "{e}");
     }
 
     #[test]

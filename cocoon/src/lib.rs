@@ -9,6 +9,7 @@ pub mod link;
 pub mod metering;
 pub mod roles;
 pub mod routing;
+pub mod settlement;
 pub mod verify;
 
 pub use config::Config;

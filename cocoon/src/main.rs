@@ -47,6 +47,13 @@ enum Cmd {
         #[arg(long)]
         production: bool,
     },
+    /// TON payouts to workers.
+    Payouts {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        cmd: PayoutsCmd,
+    },
     /// Verify a network's workers yourself: fetch `/v1/attestation/report` with a random nonce
     /// and check every worker's evidence locally. Exits non-zero on any failure.
     Verify {
@@ -129,6 +136,24 @@ enum AccountsCmd {
         #[arg(long)]
         worker: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum PayoutsCmd {
+    /// Payouts (TON transfers to workers): pending, sending, sent, confirmed with tx hash.
+    List {
+        /// Only this worker's.
+        #[arg(long)]
+        worker: Option<String>,
+        /// pending | sending | sent | confirmed | cancelled
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Where a worker is paid: any TON address form (raw, or user-friendly; its bounce flag
+    /// is kept). Checked against `ton.network`.
+    SetAddress { worker: String, address: String },
 }
 
 #[derive(Subcommand)]
@@ -317,6 +342,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?
                 .context("cocoon gateway needs router.worker_listen (where workers connect)")?;
             let gw = cocoon::roles::start_gateway(&cfg, router, stop.clone()).await?;
+            let settlement = match &gw.meter {
+                Some(m) => cocoon::settlement::start(&cfg, m.ledger(), stop.clone())?,
+                None => None,
+            };
             println!("gateway:  http://{}/v1", gw.addr);
             println!("workers:  wss://{}/v1/worker", listener.addr);
             println!("router certificate SHA-256 (set as worker.router_cert_sha256): {}", listener.cert_sha256);
@@ -325,6 +354,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             stop.cancel();
             let _ = gw.task.await;
             let _ = listener.task.await;
+            if let Some(t) = settlement {
+                let _ = t.await;
+            }
             Ok(())
         }
         Cmd::Worker { config } => {
@@ -438,9 +470,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .with_context(|| format!("no {} account {name:?}", kind.as_str()))?;
                     if worker {
                         println!("{:?}", l.worker_earnings(acct.id).await?);
+                        for p in l.payouts_for_worker(acct.id, 20).await? {
+                            print_payout(&p);
+                        }
                     } else {
                         let b = l.balance(acct.id).await?;
                         println!("balance: total {} held {} available {} nanoTON", b.total, b.held, b.available);
+                        println!(
+                            "deposit code: {} (send TON to the service wallet with this as the comment)",
+                            l.deposit_code(acct.id).await?
+                        );
                         for r in l.usage(acct.id, 20).await? {
                             println!(
                                 "{}\t{}\tprompt={} completion={}\tcharged={} nanoTON",
@@ -475,16 +514,52 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Ledger { config, cmd: LedgerCmd::Check } => {
             let l = ledger(&config).await?;
-            let violations = l.check().await?;
+            let mut violations: Vec<String> = l.check().await?.iter().map(|v| format!("{v:?}")).collect();
+            violations.extend(l.check_ton().await?.iter().map(|v| format!("{v:?}")));
             if violations.is_empty() {
                 println!("ledger check: every invariant holds");
                 Ok(())
             } else {
                 for v in &violations {
-                    println!("VIOLATION: {v:?}");
+                    println!("VIOLATION: {v}");
                 }
                 anyhow::bail!("{} invariant violation(s)", violations.len())
             }
+        }
+        Cmd::Payouts { config, cmd } => {
+            let cfg = config.load()?;
+            let l = cocoon::roles::open_ledger(&cfg)
+                .await?
+                .context("billing is disabled (billing.enabled = false)")?;
+            match cmd {
+                PayoutsCmd::List { worker, status, limit } => {
+                    let worker = match worker {
+                        Some(w) => Some(
+                            l.find_account(billing::AccountKind::Worker, &w)
+                                .await?
+                                .with_context(|| format!("no worker account {w:?}"))?
+                                .id,
+                        ),
+                        None => None,
+                    };
+                    let status = status
+                        .map(|s| billing::PayoutStatus::parse(&s))
+                        .transpose()
+                        .context("--status must be pending, sending, sent, confirmed or cancelled")?;
+                    for p in l.list_payouts(billing::PayoutFilter { status, worker, before_id: None, limit }).await? {
+                        print_payout(&p);
+                    }
+                }
+                PayoutsCmd::SetAddress { worker, address } => {
+                    let parsed = ton::parse_address(&address, cfg.ton.network)
+                        .with_context(|| format!("payout address for {worker}"))?;
+                    let acct = l.ensure_account(billing::AccountKind::Worker, &worker).await?;
+                    let raw = parsed.address.to_raw();
+                    l.set_payout_address(acct, &raw, parsed.bounceable_or_default()).await?;
+                    println!("{worker} is paid at {raw} (bounceable: {})", parsed.bounceable_or_default());
+                }
+            }
+            Ok(())
         }
         Cmd::Openapi => {
             print!("{}", gateway::openapi::spec_json());
@@ -496,4 +571,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn print_payout(p: &billing::Payout) {
+    println!(
+        "payout {}\t{}\t{} nanoTON\t{}\t{}\tseqno {}\ttx {}\tcomment {:?}",
+        p.id,
+        p.worker_name,
+        p.amount,
+        p.status.as_str(),
+        p.address,
+        p.seqno.map_or("-".to_string(), |s| s.to_string()),
+        p.tx_hash.as_deref().unwrap_or("-"),
+        ton::payout_comment(p.id),
+    );
 }

@@ -7,6 +7,7 @@ mod check;
 mod holds;
 mod prices;
 mod rows;
+pub(crate) mod ton;
 
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -253,6 +254,17 @@ async fn sqlite_pool(url: &str, max: u32, acquire_timeout: Duration) -> Result<A
                     sqlx::query(pragma).execute(&mut *conn).await?;
                 }
                 Ok(())
+            })
+        })
+        // A ledger call cancelled mid-transaction (client gone, timeout, aborted task) can
+        // leave a connection inside BEGIN; reused, every later write on it would fail
+        // ("non-zero transaction depth"). Flush the queued rollback, and drop the connection
+        // if it is still in a transaction. (Postgres connections recover on their own.)
+        .after_release(|conn, _meta| {
+            Box::pin(async move {
+                use sqlx::{Connection, Database, TransactionManager};
+                conn.ping().await?;
+                Ok(<sqlx::Any as Database>::TransactionManager::get_transaction_depth(conn) == 0)
             })
         })
         .connect(url)
