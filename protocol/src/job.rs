@@ -152,10 +152,20 @@ pub struct WorkerInfo {
 /// Load report sent with heartbeats.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Load {
+    /// Jobs the worker runs (from every router link).
     pub running: u32,
+    /// Requests waiting in the engine's own queue, where it reports them.
     pub queued: u32,
     /// Whether the engine is healthy and the worker takes new jobs.
     pub available: bool,
+    /// Engine slots busy / total (llama-server), where reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_slots_busy: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_slots_total: Option<u32>,
+    /// KV-cache use in thousandths (vLLM), where reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_cache_permille: Option<u16>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

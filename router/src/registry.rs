@@ -56,6 +56,8 @@ pub(crate) struct WorkerEntry {
     pub(crate) verified: Mutex<VerifiedWorker>,
     pub(crate) expires_at: AtomicU64,
     pub(crate) insecure_simulated: bool,
+    /// The worker's last heartbeat (engine queue, slots, KV-cache use where reported).
+    pub(crate) last_load: Mutex<Load>,
     attest_requests: Mutex<HashMap<u64, AttestReply>>,
     pub(crate) running: AtomicU32,
     /// Jobs other gateway replicas run on this worker (from the Redis fleet view).
@@ -86,6 +88,8 @@ pub struct WorkerSnapshot {
     pub insecure_simulated: bool,
     /// Unix seconds when the worker's verified attestation expires.
     pub attestation_expires_at: u64,
+    /// The worker's last heartbeat as it reported it.
+    pub last_load: Load,
 }
 
 impl WorkerEntry {
@@ -210,6 +214,7 @@ impl Router {
             expires_at: AtomicU64::new(verified.expires_at),
             insecure_simulated: verified.is_insecure_simulated(),
             verified: Mutex::new(verified),
+            last_load: Mutex::new(Load::default()),
             attest_requests: Mutex::new(HashMap::new()),
             running: AtomicU32::new(0),
             remote_running: AtomicU32::new(0),
@@ -310,6 +315,7 @@ impl Router {
                 tee: w.tee_label(),
                 insecure_simulated: w.insecure_simulated,
                 attestation_expires_at: w.expires_at.load(Ordering::Relaxed),
+                last_load: *w.last_load.lock().unwrap_or_else(|p| p.into_inner()),
             })
             .collect()
     }
@@ -495,8 +501,9 @@ impl WorkerSession {
                     let _ = tx.send(r);
                 }
             }
-            WorkerToRouter::Load(Load { available, .. }) => {
-                self.entry.available.store(available, Ordering::Relaxed);
+            WorkerToRouter::Load(load) => {
+                self.entry.available.store(load.available, Ordering::Relaxed);
+                *self.entry.last_load.lock().unwrap_or_else(|p| p.into_inner()) = load;
             }
             WorkerToRouter::Hello(info) => {
                 // Re-attestation is handled by the link (it is async); here it is out of place.

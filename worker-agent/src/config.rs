@@ -192,7 +192,8 @@ impl EngineProcessConfig {
 
     /// `llama-server -m MODEL --alias ID --host {host} --port {port}`, then `extra`.
     pub fn llama_server(program: impl Into<String>, model_path: &str, model_id: &str, extra: &[String]) -> Self {
-        let mut args: Vec<String> = ["-m", model_path, "--alias", model_id, "--host", "{host}", "--port", "{port}"]
+        // --metrics: its /metrics feeds the heartbeat's queue length.
+        let mut args: Vec<String> = ["-m", model_path, "--alias", model_id, "--host", "{host}", "--port", "{port}", "--metrics"]
             .iter()
             .map(|s| s.to_string())
             .collect();

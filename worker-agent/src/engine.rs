@@ -106,6 +106,11 @@ impl EngineClient {
         &self.base
     }
 
+    /// The HTTP client the worker uses towards its engine (loopback).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     pub async fn models(&self) -> Result<Vec<ModelInfo>, String> {
         let resp = self
             .http

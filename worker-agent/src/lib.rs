@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod engine_load;
 pub mod metrics;
 pub mod net;
 mod normalize;
@@ -177,8 +178,8 @@ impl WorkerAgent {
     fn load(&self, available: bool) -> Load {
         Load {
             running: self.running(),
-            queued: 0,
             available,
+            ..Load::default()
         }
     }
 
@@ -195,7 +196,11 @@ impl WorkerAgent {
                 tracing::warn!(healthy = ok, "engine health changed");
             }
             last = ok;
-            if to_router.send(WorkerToRouter::Load(self.load(ok))).await.is_err() {
+            let mut load = self.load(ok);
+            if ok {
+                engine_load::fetch(self.engine.http(), self.engine.base_url()).await.apply(&mut load);
+            }
+            if to_router.send(WorkerToRouter::Load(load)).await.is_err() {
                 return;
             }
         }

@@ -1,0 +1,120 @@
+//! What the engine says about its own load, for the heartbeat: requests waiting in its queue,
+//! busy slots (llama-server's `/slots`), and KV-cache use (vLLM's `/metrics`). Every source is
+//! optional: an engine that reports nothing leaves the fields empty.
+
+use std::time::Duration;
+
+use protocol::Load;
+
+/// Engine-reported load; `None` where the engine does not say.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineLoad {
+    pub queued: Option<u32>,
+    pub slots_busy: Option<u32>,
+    pub slots_total: Option<u32>,
+    pub kv_cache_permille: Option<u16>,
+}
+
+impl EngineLoad {
+    pub fn apply(self, load: &mut Load) {
+        load.queued = self.queued.unwrap_or(0);
+        load.engine_slots_busy = self.slots_busy;
+        load.engine_slots_total = self.slots_total;
+        load.kv_cache_permille = self.kv_cache_permille;
+    }
+}
+
+/// Reads the gauges we know from Prometheus text: vLLM (`vllm:num_requests_waiting`,
+/// `vllm:kv_cache_usage_perc`, older `vllm:gpu_cache_usage_perc`, fractions of 1) and
+/// llama-server (`llamacpp:requests_deferred`, with `--metrics`). Labelled series are summed
+/// (vLLM labels by model).
+pub fn parse_metrics(text: &str) -> EngineLoad {
+    let mut out = EngineLoad::default();
+    let mut kv: Option<f64> = None;
+    let mut queued: Option<f64> = None;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Ok(v) = value.trim().parse::<f64>() else { continue };
+        if !v.is_finite() || v < 0.0 {
+            continue;
+        }
+        let name = series.split('{').next().unwrap_or("").trim();
+        match name {
+            "vllm:num_requests_waiting" | "llamacpp:requests_deferred" => {
+                *queued.get_or_insert(0.0) += v;
+            }
+            "vllm:kv_cache_usage_perc" | "vllm:gpu_cache_usage_perc" => {
+                kv = Some(kv.map_or(v, |k: f64| k.max(v)));
+            }
+            _ => {}
+        }
+    }
+    out.queued = queued.map(|q| q.min(f64::from(u32::MAX)) as u32);
+    out.kv_cache_permille = kv.map(|k| (k.clamp(0.0, 1.0) * 1000.0).round() as u16);
+    out
+}
+
+/// llama-server's `/slots`: an array of slots, each with `is_processing`.
+pub fn parse_slots(body: &[u8]) -> Option<(u32, u32)> {
+    let slots: Vec<serde_json::Value> = serde_json::from_slice(body).ok()?;
+    let busy = slots
+        .iter()
+        .filter(|s| s.get("is_processing").and_then(|b| b.as_bool()) == Some(true))
+        .count();
+    Some((u32::try_from(busy).ok()?, u32::try_from(slots.len()).ok()?))
+}
+
+/// Asks the engine (short timeouts; a failure just means "not reported").
+pub async fn fetch(http: &reqwest::Client, base: &str) -> EngineLoad {
+    let get = |path: &str| {
+        http.get(format!("{base}{path}"))
+            .timeout(Duration::from_millis(500))
+            .send()
+    };
+    let mut load = match get("/metrics").await {
+        Ok(r) if r.status().is_success() => match r.text().await {
+            Ok(t) => parse_metrics(&t),
+            Err(_) => EngineLoad::default(),
+        },
+        _ => EngineLoad::default(),
+    };
+    if let Ok(r) = get("/slots").await {
+        if r.status().is_success() {
+            if let Ok(b) = r.bytes().await {
+                if let Some((busy, total)) = parse_slots(&b) {
+                    load.slots_busy = Some(busy);
+                    load.slots_total = Some(total);
+                }
+            }
+        }
+    }
+    load
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_vllm_and_llama_server_gauges() {
+        let vllm = "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n\
+            vllm:kv_cache_usage_perc{engine=\"0\",model_name=\"m\"} 0.4375\n\
+            vllm:num_requests_waiting{engine=\"0\",model_name=\"m\"} 3.0\n\
+            vllm:num_requests_running{engine=\"0\",model_name=\"m\"} 7.0\n";
+        assert_eq!(
+            parse_metrics(vllm),
+            EngineLoad { queued: Some(3), kv_cache_permille: Some(438), ..Default::default() }
+        );
+        let llama = "llamacpp:requests_processing 2\nllamacpp:requests_deferred 1\n";
+        assert_eq!(parse_metrics(llama).queued, Some(1));
+        assert_eq!(parse_metrics("garbage\nvllm:kv_cache_usage_perc NaN\n"), EngineLoad::default());
+        assert_eq!(
+            parse_slots(br#"[{"id":0,"is_processing":true},{"id":1,"is_processing":false}]"#),
+            Some((1, 2))
+        );
+        assert_eq!(parse_slots(b"{}"), None);
+    }
+}
