@@ -739,7 +739,69 @@ async fn books_are_append_only(db: &TestDb) {
     }
 }
 
+/// Captures racing releases and the reaper on the same jobs: each job ends exactly one way,
+/// and the loser of the race changes nothing (on Postgres this exercises the capture's
+/// unlocked fast path losing between its read and its write).
+async fn capture_races_release(db: &TestDb) {
+    let l = &db.ledger;
+    let (client, worker) = setup(l, 1_000_000).await;
+    let mut jobs = Vec::new();
+    for _ in 0..30 {
+        let job = Uuid::new_v4();
+        // Already expired: the reaper may take any of them.
+        l.hold(job, client, MODEL, 5_000, Duration::ZERO)
+            .await
+            .unwrap();
+        jobs.push(job);
+    }
+    let mut tasks = Vec::new();
+    for (i, &job) in jobs.iter().enumerate() {
+        let l1 = l.clone();
+        tasks.push(tokio::spawn(async move {
+            matches!(
+                l1.capture(job, worker, usage(10, 10), 1000).await.unwrap(),
+                CaptureOutcome::Captured(_)
+            )
+        }));
+        let l2 = l.clone();
+        tasks.push(tokio::spawn(async move {
+            if i % 2 == 0 {
+                matches!(l2.release(job).await.unwrap(), ReleaseOutcome::Released(_))
+            } else {
+                false
+            }
+        }));
+    }
+    let reaper = {
+        let l = l.clone();
+        tokio::spawn(async move { l.reap_expired(SystemTime::now()).await.unwrap().len() })
+    };
+    let mut wins = 0;
+    for t in tasks {
+        wins += usize::from(t.await.unwrap());
+    }
+    wins += reaper.await.unwrap();
+    assert_eq!(wins, jobs.len(), "each job closed exactly once");
+    let mut charged = 0;
+    for &job in &jobs {
+        let hold = l.find_hold(job).await.unwrap().unwrap();
+        let receipt = l.receipt(job).await.unwrap();
+        assert_eq!(
+            hold.status == HoldStatus::Captured,
+            receipt.is_some(),
+            "{hold:?}"
+        );
+        assert_ne!(hold.status, HoldStatus::Active);
+        charged += receipt.map_or(0, |r| r.billed.charge);
+    }
+    assert_eq!(
+        l.balance(client).await.unwrap(),
+        bal(1_000_000 - charged, 0)
+    );
+}
+
 on_both_backends!(
+    capture_races_release,
     lifecycle,
     idempotency,
     insufficient_funds,

@@ -7,10 +7,15 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use billing::{AccountId, AccountKind, Ledger};
-use gateway::billing::{HoldRequest, Meter, MeterError};
+use gateway::billing::{
+    AccountBalance, HoldRequest, Meter, MeterError, PayoutRecord, PayoutStatus, UsageRecord, WorkerEarnings,
+};
 use protocol::Usage;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+/// Payouts listed with a worker's earnings.
+const EARNINGS_PAYOUTS: u32 = 20;
 
 pub struct LedgerMeter {
     ledger: Ledger,
@@ -44,6 +49,20 @@ impl LedgerMeter {
         let id = self.ledger.ensure_account(kind, name).await.map_err(unavailable)?;
         self.accounts.lock().unwrap_or_else(|p| p.into_inner()).insert(key, id);
         Ok(id)
+    }
+
+    /// Like [`Self::account`] but never creates one: reads of an account the ledger has not
+    /// seen must not write.
+    async fn existing_account(&self, kind: AccountKind, name: &str) -> Result<Option<AccountId>, MeterError> {
+        let key = (kind, name.to_string());
+        if let Some(id) = self.accounts.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(Some(*id));
+        }
+        let Some(acct) = self.ledger.find_account(kind, name).await.map_err(unavailable)? else {
+            return Ok(None);
+        };
+        self.accounts.lock().unwrap_or_else(|p| p.into_inner()).insert(key, acct.id);
+        Ok(Some(acct.id))
     }
 
     /// Releases expired holds (their process died or never settled) every `every`.
@@ -110,5 +129,73 @@ impl Meter for LedgerMeter {
 
     async fn release(&self, job_id: Uuid) -> Result<(), MeterError> {
         self.ledger.release(job_id).await.map(|_| ()).map_err(unavailable)
+    }
+
+    async fn balance(&self, account: &str) -> Result<AccountBalance, MeterError> {
+        let Some(id) = self.existing_account(AccountKind::Client, account).await? else {
+            return Ok(AccountBalance::default());
+        };
+        let b = self.ledger.balance(id).await.map_err(unavailable)?;
+        Ok(AccountBalance { total: b.total, held: b.held, available: b.available })
+    }
+
+    async fn usage(&self, account: &str, limit: u32) -> Result<Vec<UsageRecord>, MeterError> {
+        let Some(id) = self.existing_account(AccountKind::Client, account).await? else {
+            return Ok(Vec::new());
+        };
+        let rows = self.ledger.usage(id, limit).await.map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| UsageRecord {
+                job_id: r.job_id,
+                model: r.model,
+                prompt_tokens: r.usage.prompt_tokens,
+                cached_prompt_tokens: r.usage.cached_prompt_tokens,
+                completion_tokens: r.usage.completion_tokens,
+                reasoning_tokens: r.usage.reasoning_tokens,
+                coefficient: r.coefficient,
+                cost: r.cost,
+                charge: r.billed.charge,
+                at_ms: r.at_ms,
+            })
+            .collect())
+    }
+
+    async fn worker_earnings(&self, worker: &str) -> Result<WorkerEarnings, MeterError> {
+        let Some(id) = self.existing_account(AccountKind::Worker, worker).await? else {
+            return Ok(WorkerEarnings::default());
+        };
+        let e = self.ledger.worker_earnings(id).await.map_err(unavailable)?;
+        let address = self.ledger.payout_address(id).await.map_err(unavailable)?;
+        let payouts = self
+            .ledger
+            .payouts_for_worker(id, EARNINGS_PAYOUTS)
+            .await
+            .map_err(unavailable)?;
+        Ok(WorkerEarnings {
+            balance: e.balance,
+            earned: e.earned,
+            jobs: e.jobs,
+            payout_address: address.map(|a| a.address),
+            payouts: payouts
+                .into_iter()
+                .map(|p| PayoutRecord {
+                    id: p.id,
+                    amount: p.amount,
+                    status: match p.status {
+                        billing::PayoutStatus::Pending => PayoutStatus::Pending,
+                        billing::PayoutStatus::Sending => PayoutStatus::Sending,
+                        billing::PayoutStatus::Sent => PayoutStatus::Sent,
+                        billing::PayoutStatus::Confirmed => PayoutStatus::Confirmed,
+                        billing::PayoutStatus::Cancelled => PayoutStatus::Cancelled,
+                    },
+                    address: p.address,
+                    tx_hash: p.tx_hash,
+                    created_at_ms: p.created_at_ms,
+                    sent_at_ms: p.sent_at_ms,
+                    confirmed_at_ms: p.confirmed_at_ms,
+                })
+                .collect(),
+        })
     }
 }

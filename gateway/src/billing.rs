@@ -37,6 +37,75 @@ pub enum MeterError {
     Unavailable(String),
 }
 
+/// A client account's money in nanoTON: `available = total - held`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AccountBalance {
+    pub total: i64,
+    pub held: i64,
+    pub available: i64,
+}
+
+/// One captured request, as the ledger recorded it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageRecord {
+    pub job_id: Uuid,
+    pub model: String,
+    pub prompt_tokens: u64,
+    pub cached_prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub reasoning_tokens: u64,
+    /// The serving worker's price coefficient, thousandths (1000 = 1.0×).
+    pub coefficient: u32,
+    /// Full cost by the price, before any cap.
+    pub cost: i64,
+    /// What was taken from the account (`x-cocoon-cost-nanoton`).
+    pub charge: i64,
+    pub at_ms: i64,
+}
+
+/// Where a payout to a worker stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PayoutStatus {
+    /// In the outbox (already debited from the worker's balance), not in a message yet.
+    Pending,
+    /// In a signed wallet message that may not have been broadcast yet.
+    Sending,
+    /// Broadcast; not seen on chain yet.
+    Sent,
+    /// On chain (`tx_hash`).
+    Confirmed,
+    /// Cancelled before it was sent; the amount went back to the worker's balance.
+    Cancelled,
+}
+
+/// One payout of a worker's balance to its TON wallet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PayoutRecord {
+    pub id: i64,
+    pub amount: i64,
+    pub status: PayoutStatus,
+    /// Destination wallet, raw form `wc:hex`.
+    pub address: String,
+    /// The wallet transaction that carried it, once confirmed.
+    pub tx_hash: Option<String>,
+    pub created_at_ms: i64,
+    pub sent_at_ms: Option<i64>,
+    pub confirmed_at_ms: Option<i64>,
+}
+
+/// A worker's money: what it is owed now, what it earned in total, and its payouts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerEarnings {
+    pub balance: i64,
+    pub earned: i64,
+    pub jobs: i64,
+    /// Where payouts go, if the operator set an address.
+    pub payout_address: Option<String>,
+    /// Newest first.
+    pub payouts: Vec<PayoutRecord>,
+}
+
 #[async_trait]
 pub trait Meter: Send + Sync + 'static {
     async fn hold(&self, req: &HoldRequest) -> Result<(), MeterError>;
@@ -44,6 +113,15 @@ pub trait Meter: Send + Sync + 'static {
     async fn capture(&self, job_id: Uuid, worker: &str, coefficient: u32, usage: &Usage) -> Result<i64, MeterError>;
     /// Gives the hold back. Idempotent; a no-op after a capture.
     async fn release(&self, job_id: Uuid) -> Result<(), MeterError>;
+
+    // Reads behind `/v1/account/*` and `/v1/workers/*`. They never create an account: one
+    // the ledger has not seen yet reads as zero.
+    /// Client account `account`'s balance.
+    async fn balance(&self, account: &str) -> Result<AccountBalance, MeterError>;
+    /// Client account `account`'s captured requests, newest first, at most `limit`.
+    async fn usage(&self, account: &str, limit: u32) -> Result<Vec<UsageRecord>, MeterError>;
+    /// Worker `worker`'s earnings and its most recent payouts.
+    async fn worker_earnings(&self, worker: &str) -> Result<WorkerEarnings, MeterError>;
 }
 
 /// One request's bill. Settle it with [`Bill::capture`] or [`Bill::release`]; if it is dropped
@@ -89,13 +167,24 @@ impl Bill {
     }
 
     /// Captures `usage` (or the counted usage when the engine reported none).
+    ///
+    /// The ledger call runs in its own task, so it completes even when the caller is dropped
+    /// while awaiting it (the client went away between the last token and the end of the
+    /// answer): cut in the middle, the served request would go unpaid and its hold would keep
+    /// the client's funds reserved until it expired.
     pub async fn capture(mut self, usage: Option<&Usage>) -> Result<i64, MeterError> {
         self.settled = true;
         let usage = usage.copied().unwrap_or_else(|| self.counted_usage());
-        match &self.worker {
-            Some((w, c)) => self.meter.capture(self.job_id, w, *c, &usage).await,
-            None => self.meter.release(self.job_id).await.map(|()| 0),
-        }
+        let (meter, job_id, worker) = (self.meter.clone(), self.job_id, self.worker.take());
+        let settle = tokio::spawn(async move {
+            match worker {
+                Some((w, c)) => meter.capture(job_id, &w, c, &usage).await,
+                None => meter.release(job_id).await.map(|()| 0),
+            }
+        });
+        settle
+            .await
+            .map_err(|e| MeterError::Unavailable(format!("settling job {job_id}: {e}")))?
     }
 
     pub async fn release(mut self) {
@@ -170,6 +259,15 @@ mod tests {
             self.0.lock().unwrap().push(format!("release {job}"));
             Ok(())
         }
+        async fn balance(&self, _: &str) -> Result<AccountBalance, MeterError> {
+            Ok(AccountBalance::default())
+        }
+        async fn usage(&self, _: &str, _: u32) -> Result<Vec<UsageRecord>, MeterError> {
+            Ok(Vec::new())
+        }
+        async fn worker_earnings(&self, _: &str) -> Result<WorkerEarnings, MeterError> {
+            Ok(WorkerEarnings::default())
+        }
     }
 
     async fn settled(r: &Recorder) -> Vec<String> {
@@ -200,6 +298,47 @@ mod tests {
         b.count_chunk();
         drop(b);
         assert_eq!(settled(&r).await, vec![format!("capture {id} w 1500 10 2")]);
+    }
+
+    /// A meter whose captures wait for a permit of its semaphore.
+    struct Gated(tokio::sync::Semaphore, Recorder);
+
+    #[async_trait]
+    impl Meter for Gated {
+        async fn hold(&self, _: &HoldRequest) -> Result<(), MeterError> {
+            Ok(())
+        }
+        async fn capture(&self, job: Uuid, w: &str, c: u32, u: &Usage) -> Result<i64, MeterError> {
+            let _open = self.0.acquire().await;
+            self.1.capture(job, w, c, u).await
+        }
+        async fn release(&self, job: Uuid) -> Result<(), MeterError> {
+            self.1.release(job).await
+        }
+        async fn balance(&self, _: &str) -> Result<AccountBalance, MeterError> {
+            Ok(AccountBalance::default())
+        }
+        async fn usage(&self, _: &str, _: u32) -> Result<Vec<UsageRecord>, MeterError> {
+            Ok(Vec::new())
+        }
+        async fn worker_earnings(&self, _: &str) -> Result<WorkerEarnings, MeterError> {
+            Ok(WorkerEarnings::default())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_capture_completes_even_if_its_caller_is_dropped() {
+        let g = Arc::new(Gated(tokio::sync::Semaphore::new(0), Recorder::default()));
+        let id = Uuid::nil();
+        let mut b = Bill::new(g.clone(), id, 3);
+        b.set_worker("w", 1000);
+        let u = Usage { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7, ..Default::default() };
+        // The request future (client gone) is dropped while the capture is in the ledger.
+        let cut = tokio::time::timeout(std::time::Duration::from_millis(20), b.capture(Some(&u))).await;
+        assert!(cut.is_err(), "the capture was still waiting");
+        assert!(g.1 .0.lock().unwrap().is_empty());
+        g.0.add_permits(1);
+        assert_eq!(settled(&g.1).await, vec![format!("capture {id} w 1000 3 4")]);
     }
 
     #[tokio::test]

@@ -29,6 +29,10 @@ pub struct GatewayConfig {
     /// Serve requests when the rate-limit store (Redis) is down, rather than refusing them.
     pub rate_limit_fail_open: bool,
     pub jwt: Option<JwtConfig>,
+    /// Benchmarks only: skip authentication and bill every request to the account
+    /// [`crate::auth::ANONYMOUS_ACCOUNT`] under `default_limits`, so the cost of auth can be
+    /// measured. Refused when `environment = "production"`; logged loudly at start.
+    pub insecure_disable_auth: bool,
 }
 
 impl Default for GatewayConfig {
@@ -47,6 +51,7 @@ impl Default for GatewayConfig {
             drain_timeout_ms: 30_000,
             rate_limit_fail_open: true,
             jwt: None,
+            insecure_disable_auth: false,
         }
     }
 }

@@ -45,6 +45,12 @@ pub enum ApiError {
     },
     #[error("The server is not ready: {0}")]
     NotReady(String),
+    /// An account or worker endpoint on a gateway that runs without a ledger.
+    #[error("Billing is disabled on this gateway (billing.enabled = false): there are no balances, usage or earnings to show")]
+    BillingDisabled,
+    /// Unknown worker, or one the caller does not operate (the two are not told apart).
+    #[error("The worker `{0}` does not exist or you do not have access to it.")]
+    WorkerNotFound(String),
     #[error("Internal server error")]
     Internal(String),
 }
@@ -62,7 +68,10 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::InvalidApiKey(_) => StatusCode::UNAUTHORIZED,
-            ApiError::ModelNotFound(_) | ApiError::UnknownUrl { .. } => StatusCode::NOT_FOUND,
+            ApiError::ModelNotFound(_)
+            | ApiError::UnknownUrl { .. }
+            | ApiError::BillingDisabled
+            | ApiError::WorkerNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::InsufficientQuota(_) => StatusCode::PAYMENT_REQUIRED,
@@ -85,7 +94,9 @@ impl ApiError {
             | ApiError::ModelNotFound(_)
             | ApiError::UnknownUrl { .. }
             | ApiError::MethodNotAllowed { .. }
-            | ApiError::PayloadTooLarge { .. } => "invalid_request_error",
+            | ApiError::PayloadTooLarge { .. }
+            | ApiError::BillingDisabled
+            | ApiError::WorkerNotFound(_) => "invalid_request_error",
             ApiError::RateLimited { .. } => "requests",
             ApiError::InsufficientQuota(_) => "insufficient_quota",
             ApiError::Overloaded | ApiError::NoCapacity(_) | ApiError::NotReady(_) => {
@@ -109,6 +120,8 @@ impl ApiError {
             ApiError::Overloaded => Some("server_overloaded"),
             ApiError::NoCapacity(_) => Some("no_capacity"),
             ApiError::NotReady(_) => Some("not_ready"),
+            ApiError::BillingDisabled => Some("billing_disabled"),
+            ApiError::WorkerNotFound(_) => Some("worker_not_found"),
             ApiError::Upstream { .. } => Some("upstream_error"),
             ApiError::Internal(_) => None,
         }

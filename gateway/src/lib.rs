@@ -5,7 +5,9 @@
 //! dispatched through the [`router`] to a worker, and relayed back ([`relay`] for SSE).
 //! Every error leaves as `{"error": {message, type, param, code}}` ([`error`]).
 
+pub mod account;
 pub mod app;
+pub mod attest;
 pub mod auth;
 pub mod billing;
 pub mod config;

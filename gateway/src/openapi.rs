@@ -19,6 +19,10 @@ use crate::handlers;
         handlers::embeddings,
         handlers::list_models,
         handlers::get_model,
+        crate::account::balance,
+        crate::account::usage,
+        crate::account::worker_earnings,
+        crate::attest::report,
         handlers::healthz,
         handlers::readyz,
         handlers::metrics,
@@ -28,6 +32,8 @@ use crate::handlers;
     tags(
         (name = "inference", description = "Completions and embeddings"),
         (name = "models", description = "Models served by attested workers"),
+        (name = "account", description = "Balances, usage and worker earnings in nanoTON"),
+        (name = "attestation", description = "Evidence that workers run the approved image in a TEE"),
         (name = "ops", description = "Health, readiness and metrics")
     )
 )]

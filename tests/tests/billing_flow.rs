@@ -112,3 +112,196 @@ async fn an_account_that_cannot_cover_the_worst_case_gets_402() {
     assert_books_balance(&l).await;
     net.net.shutdown().await;
 }
+
+// ---- /v1/account/* and /v1/workers/*/earnings ----
+
+async fn get(net: &cocoon::dev::DevNetwork, path: &str, key: Option<&str>) -> reqwest::Response {
+    let mut req = common::http().get(format!("{}{path}", net.base_url));
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    req.send().await.unwrap()
+}
+
+async fn get_json(net: &cocoon::dev::DevNetwork, path: &str, key: &str) -> Value {
+    let r = get(net, path, Some(key)).await;
+    assert_eq!(r.status(), 200, "GET {path}");
+    r.json().await.unwrap()
+}
+
+fn int(v: &Value, k: &str) -> i64 {
+    v[k].as_i64().unwrap_or_else(|| panic!("{k} is not an integer in {v}"))
+}
+
+#[tokio::test]
+async fn balance_and_usage_over_http_match_the_ledger_and_the_cost_header() {
+    let net = common::start(|_| {}).await;
+    let l = net.ledger.clone().unwrap();
+    let before = get_json(&net, "/account/balance", &net.api_key).await;
+    assert_eq!(before["object"], "account.balance");
+    assert_eq!(before["account"], "dev");
+    let credit = 1_000_000_000_000_i64;
+    assert_eq!((int(&before, "total"), int(&before, "held"), int(&before, "available")), (credit, 0, credit));
+    assert_eq!(before["total_ton"], "1000");
+
+    let r = common::post_chat(&net, &net.api_key, &json!({"model": "cocoon-test", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 7})).await;
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let cost: i64 = r.headers()["x-cocoon-cost-nanoton"].to_str().unwrap().parse().unwrap();
+    let body: Value = r.json().await.unwrap();
+    let after = get_json(&net, "/account/balance", &net.api_key).await;
+    assert_eq!(int(&after, "total"), credit - cost);
+    assert_eq!(int(&after, "held"), 0);
+    assert_eq!(int(&after, "available"), credit - cost);
+    assert_eq!(dev_balance(&l, "dev").await.total, credit - cost, "HTTP and ledger agree");
+
+    // A stream ending with [DONE], then the usage history, newest first.
+    let r = common::post_chat(&net, &net.api_key, &json!({"model": "cocoon-test", "messages": [{"role": "user", "content": "hi"}], "stream": true, "max_tokens": 3})).await;
+    let stream_id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(r.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+    let usage = get_json(&net, "/account/usage?limit=10", &net.api_key).await;
+    assert_eq!(usage["object"], "list");
+    assert_eq!(usage["has_more"], false);
+    let rows = usage["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{usage}");
+    assert_eq!(rows[0]["job_id"], stream_id.as_str(), "newest first");
+    assert_eq!(rows[0]["usage"]["completion_tokens"], 3);
+    let row = &rows[1];
+    assert_eq!(row["object"], "account.usage");
+    assert_eq!(row["job_id"], id.as_str());
+    assert_eq!(row["model"], "cocoon-test");
+    assert_eq!(int(row, "charge"), cost, "the usage row's charge is the x-cocoon-cost-nanoton header");
+    assert_eq!(int(row, "cost"), cost);
+    assert_eq!(row["worker_coefficient"], 1000);
+    assert_eq!(row["usage"]["prompt_tokens"], body["usage"]["prompt_tokens"]);
+    assert_eq!(row["usage"]["completion_tokens"], body["usage"]["completion_tokens"]);
+    assert_eq!(row["usage"]["cached_prompt_tokens"], 0);
+    assert_eq!(row["usage"]["reasoning_tokens"], 0);
+    let receipt = l.receipt(id.parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!(int(row, "created_at_ms"), receipt.at_ms);
+    assert_eq!(int(row, "created_at"), receipt.at_ms / 1000);
+    // The two charges are the whole difference.
+    let total = int(&get_json(&net, "/account/balance", &net.api_key).await, "total");
+    assert_eq!(credit - total, cost + int(&rows[0], "charge"));
+
+    // limit bounds the page and says there is more.
+    let one = get_json(&net, "/account/usage?limit=1", &net.api_key).await;
+    assert_eq!(one["data"].as_array().unwrap().len(), 1);
+    assert_eq!(one["has_more"], true);
+    for bad in ["?limit=0", "?limit=101", "?limit=ten"] {
+        let r = get(&net, &format!("/account/usage{bad}"), Some(&net.api_key)).await;
+        assert_eq!(r.status(), 400, "{bad}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["param"], "limit", "{v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+    }
+    assert_books_balance(&l).await;
+    net.net.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stream_in_flight_shows_as_held_until_it_ends() {
+    let net = common::start(|_| {}).await;
+    let l = net.ledger.clone().unwrap();
+    let r = common::post_chat(&net, &net.api_key, &json!({"model": "cocoon-test", "messages": [{"role": "user", "content": "go"}], "stream": true,
+        "max_tokens": 200, "test_engine": {"tokens_per_second": 40, "completion_tokens": 200}})).await;
+    let id: uuid::Uuid = r.headers()["x-request-id"].to_str().unwrap().parse().unwrap();
+    let mut s = r.bytes_stream();
+    s.next().await.unwrap().unwrap();
+    let hold = l.find_hold(id).await.unwrap().expect("the stream holds its worst case");
+    let mid = get_json(&net, "/account/balance", &net.api_key).await;
+    assert_eq!(int(&mid, "held"), hold.amount);
+    assert!(hold.amount > 0);
+    assert_eq!(int(&mid, "available"), int(&mid, "total") - hold.amount);
+    drop(s);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let b = get_json(&net, "/account/balance", &net.api_key).await;
+        if int(&b, "held") == 0 {
+            assert_eq!(int(&b, "available"), int(&b, "total"));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the hold was never settled: {b}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_books_balance(&l).await;
+    net.net.shutdown().await;
+}
+
+#[tokio::test]
+async fn account_endpoints_need_a_key_and_workers_see_only_their_own_earnings() {
+    let net = common::start(|_| {}).await;
+    for path in ["/account/balance", "/account/usage", "/workers/worker-1/earnings"] {
+        let r = get(&net, path, None).await;
+        assert_eq!(r.status(), 401, "{path}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "invalid_api_key", "{path}: {v}");
+        let r = get(&net, path, Some("sk-cocoon-notakeyatallnotakeyatallnotakeyatallnotakeyat")).await;
+        assert_eq!(r.status(), 401, "{path}");
+    }
+
+    // The dev worker has not served anything yet: its operator sees zeros.
+    let keys = gateway::keys::KeyStore::open(net._dir.path().join("keys.json")).unwrap();
+    let operator = keys.create("operator", "worker-1", None).unwrap().key;
+    let e = get_json(&net, "/workers/worker-1/earnings", &operator).await;
+    assert_eq!((int(&e, "balance"), int(&e, "earned"), int(&e, "jobs")), (0, 0, 0), "{e}");
+
+    let mut charged = 0;
+    for _ in 0..3 {
+        let r = common::post_chat(&net, &net.api_key, &json!({"model": "cocoon-test", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5})).await;
+        assert_eq!(r.status(), 200);
+        charged += r.headers()["x-cocoon-cost-nanoton"].to_str().unwrap().parse::<i64>().unwrap();
+    }
+    let e = get_json(&net, "/workers/worker-1/earnings", &operator).await;
+    assert_eq!(e["object"], "worker.earnings");
+    assert_eq!(e["worker_id"], "worker-1");
+    assert_eq!(int(&e, "jobs"), 3);
+    // The dev network's fee is 500 bps: the worker earns the charges less the fee, rounded
+    // per job, so within 3 nanoTON of 95 %.
+    let earned = int(&e, "earned");
+    assert!((earned - charged * 95 / 100).abs() <= 3, "earned {earned} of {charged}");
+    assert_eq!(int(&e, "balance"), earned, "nothing paid out yet");
+    assert_eq!(e["payouts"], json!([]));
+    assert_eq!(e["payout_address"], Value::Null);
+    let l = net.ledger.clone().unwrap();
+    let w = l.find_account(AccountKind::Worker, "worker-1").await.unwrap().unwrap();
+    assert_eq!(l.worker_earnings(w.id).await.unwrap().earned, earned);
+
+    // A payout of the whole balance: pending in the outbox, already off the balance.
+    let address = format!("0:{}", "ab".repeat(32));
+    l.set_payout_address(w.id, &address, false).await.unwrap();
+    let created = l.create_payouts(1).await.unwrap();
+    assert_eq!(created.len(), 1);
+    let e = get_json(&net, "/workers/worker-1/earnings", &operator).await;
+    assert_eq!((int(&e, "balance"), int(&e, "earned")), (0, earned), "{e}");
+    assert_eq!(e["payout_address"], address.as_str());
+    let payouts = e["payouts"].as_array().unwrap();
+    assert_eq!(payouts.len(), 1, "{e}");
+    assert_eq!(payouts[0]["id"], created[0].id);
+    assert_eq!(int(&payouts[0], "amount"), earned);
+    assert_eq!(payouts[0]["status"], "pending");
+    assert_eq!(payouts[0]["address"], address.as_str());
+    assert_eq!(payouts[0]["tx_hash"], Value::Null);
+
+    // A client key cannot read a worker's earnings, nor one worker another's.
+    for (key, path) in [(&net.api_key, "/workers/worker-1/earnings"), (&operator, "/workers/worker-2/earnings")] {
+        let r = get(&net, path, Some(key)).await;
+        assert_eq!(r.status(), 404, "{path}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "worker_not_found", "{v}");
+    }
+    net.net.shutdown().await;
+}
+
+#[tokio::test]
+async fn account_endpoints_without_billing_say_so() {
+    let net = common::start(|c| c.billing.enabled = false).await;
+    for path in ["/account/balance", "/account/usage", "/workers/worker-1/earnings"] {
+        let r = get(&net, path, Some(&net.api_key)).await;
+        assert_eq!(r.status(), 404, "{path}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "billing_disabled", "{path}: {v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+    }
+    net.net.shutdown().await;
+}

@@ -183,3 +183,24 @@ async fn rate_limits_are_shared_between_replicas_through_redis() {
     a.net.shutdown().await;
     b.net.shutdown().await;
 }
+
+/// `gateway.insecure_disable_auth` (benchmarks only) serves without any credential and bills
+/// the anonymous account; with it off the same request is a 401.
+#[tokio::test]
+async fn insecure_disable_auth_serves_without_a_key() {
+    let body = json!({"model": "cocoon-test", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+    let send = |base: String| {
+        let body = body.clone();
+        async move { common::http().post(format!("{base}/chat/completions")).json(&body).send().await.unwrap() }
+    };
+    let open = common::start(|c| {
+        c.gateway.insecure_disable_auth = true;
+        c.billing.enabled = false;
+    })
+    .await;
+    assert_eq!(send(open.base_url.clone()).await.status(), 200);
+    open.net.shutdown().await;
+    let normal = common::start(|c| c.billing.enabled = false).await;
+    assert_eq!(send(normal.base_url.clone()).await.status(), 401);
+    normal.net.shutdown().await;
+}

@@ -216,6 +216,12 @@ async fn connect_once(
             None | Some(Ok(Message::Close(_))) => break Ok(()),
             Some(Err(e)) => break Err(format!("read: {e}")),
             Some(Ok(Message::Binary(b))) => match wire::decode::<RouterToWorker>(&b) {
+                // Not admitted (e.g. its evidence failed the policy): back off like an
+                // unreachable router instead of retrying at once.
+                Ok(RouterToWorker::Refused { reason }) => {
+                    *connected = false;
+                    break Err(format!("the router refused this worker: {reason}"));
+                }
                 Ok(msg) => {
                     if to_agent.send(msg).await.is_err() {
                         break Ok(());

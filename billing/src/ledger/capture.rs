@@ -1,5 +1,6 @@
 //! The request life cycle, part two: capturing a hold, and the receipts it leaves.
 
+use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 use uuid::Uuid;
 
@@ -54,6 +55,104 @@ impl Ledger {
         usage: Usage,
         coefficient: u32,
     ) -> Result<CaptureOutcome> {
+        if self.backend == Backend::Postgres {
+            if let Some(done) = self
+                .capture_within_hold(job_id, worker, usage, coefficient)
+                .await?
+            {
+                return Ok(done);
+            }
+        }
+        self.capture_locked(job_id, worker, usage, coefficient)
+            .await
+    }
+
+    /// Postgres fast path, for a cost within the hold (the usual case: the hold is the
+    /// worst case). Then the charge depends on the hold alone — the ceiling
+    /// `balance − (held − hold)` is at least the hold because `held <= balance` — so nothing
+    /// has to be read under a lock: one plain read of the hold, then one statement, its own
+    /// transaction, that closes the hold only if it is still active and moves the money
+    /// relative to the account's current row (`balance − charge`, `held − hold`). Two round
+    /// trips instead of four. It writes the same rows as the locked path, and takes the
+    /// hold's row lock before the account's, as every other call does.
+    ///
+    /// `None` sends the call down the locked path: the hold is not active (that path reports
+    /// how it was closed), the cost exceeds the hold (the cap needs the balance), or the hold
+    /// was closed between the read and the write (nothing was written).
+    async fn capture_within_hold(
+        &self,
+        job_id: Uuid,
+        worker: AccountId,
+        usage: Usage,
+        coefficient: u32,
+    ) -> Result<Option<CaptureOutcome>> {
+        let job = job_id.to_string();
+        let row = sqlx::query(hold_and_account!())
+            .bind(&job)
+            .bind(worker.0)
+            .fetch_optional(&self.write)
+            .await?
+            .ok_or(Error::UnknownHold(job_id))?;
+        let hold = hold_from_row(&row)?;
+        if hold.status != HoldStatus::Active {
+            return Ok(None);
+        }
+        check_worker(&row, worker)?;
+        let billed = cost(hold.price, usage, coefficient, hold.fee_bps)?;
+        if billed.charge > hold.amount {
+            return Ok(None);
+        }
+        let now = now_ms();
+        let write = CaptureWrite {
+            job: &job,
+            now,
+            client: hold.client,
+            worker,
+            fee_account: self.fee_account,
+            model: &hold.model,
+            usage: [
+                tokens_i64(usage.prompt_tokens)?,
+                tokens_i64(usage.cached_prompt_tokens)?,
+                tokens_i64(usage.completion_tokens)?,
+                tokens_i64(usage.reasoning_tokens)?,
+            ],
+            coefficient: i64::from(coefficient),
+            cost: billed.charge,
+            billed,
+            shortfall: 0,
+            held: hold.amount,
+            // Unused: this path moves the balance relative to the row as it is.
+            new_balance: 0,
+            new_held: 0,
+        };
+        let Some(tx_id) = write.postgres_if_active(self).await? else {
+            return Ok(None);
+        };
+        Ok(Some(CaptureOutcome::Captured(Receipt {
+            job_id,
+            client: hold.client,
+            worker,
+            model: hold.model,
+            usage,
+            coefficient,
+            cost: billed.charge,
+            billed,
+            shortfall: 0,
+            held: hold.amount,
+            transaction: tx_id,
+            at_ms: now,
+        })))
+    }
+
+    /// The general path: the hold and its client account read under row locks (SQLite:
+    /// under the database write lock), then written in the same transaction.
+    async fn capture_locked(
+        &self,
+        job_id: Uuid,
+        worker: AccountId,
+        usage: Usage,
+        coefficient: u32,
+    ) -> Result<CaptureOutcome> {
         let job = job_id.to_string();
         let mut tx = self.begin().await?;
         let row = sqlx::query(self.pick(
@@ -80,18 +179,7 @@ impl Ledger {
                 return Ok(CaptureOutcome::AlreadyReleased(hold));
             }
         }
-        match row.try_get::<Option<String>, _>("worker_kind")? {
-            None => return Err(Error::UnknownAccount(worker)),
-            Some(k) if k != AccountKind::Worker.as_str() => {
-                let actual = AccountKind::parse(&k)?;
-                return Err(Error::WrongAccountKind {
-                    id: worker,
-                    actual,
-                    expected: AccountKind::Worker,
-                });
-            }
-            Some(_) => {}
-        }
+        check_worker(&row, worker)?;
 
         let full = cost(hold.price, usage, coefficient, hold.fee_bps)?;
         let balance: i64 = row.try_get("balance")?;
@@ -191,6 +279,19 @@ impl Ledger {
     }
 }
 
+/// `worker` (the `worker_kind` column of [`hold_and_account`]) is a worker account.
+fn check_worker(row: &AnyRow, worker: AccountId) -> Result<()> {
+    match row.try_get::<Option<String>, _>("worker_kind")? {
+        None => Err(Error::UnknownAccount(worker)),
+        Some(k) if k != AccountKind::Worker.as_str() => Err(Error::WrongAccountKind {
+            id: worker,
+            actual: AccountKind::parse(&k)?,
+            expected: AccountKind::Worker,
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
 /// Everything a capture writes once its amounts are known.
 struct CaptureWrite<'a> {
     job: &'a str,
@@ -211,6 +312,56 @@ struct CaptureWrite<'a> {
 }
 
 impl CaptureWrite<'_> {
+    /// Postgres, [`Ledger::capture_within_hold`]: one statement in its own transaction that
+    /// writes only if the hold is still active (the `UPDATE … WHERE status = 'active'` takes
+    /// the hold's row lock and re-checks the status after any concurrent writer committed;
+    /// everything else hangs off its `RETURNING`), and moves the client's cached balance and
+    /// `held` relative to the current row. `None`: the hold was closed meanwhile and
+    /// nothing was written. Same rows as [`Self::postgres`].
+    async fn postgres_if_active(&self, ledger: &Ledger) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "WITH h AS ( \
+             UPDATE holds SET status = 'captured', closed_at = $2 \
+             WHERE job_id = $1 AND status = 'active' RETURNING job_id), \
+             t AS ( \
+             INSERT INTO transactions (kind, job_id, created_at) \
+             SELECT 'capture', h.job_id, $2 FROM h RETURNING id), \
+             e AS ( \
+             INSERT INTO entries (transaction_id, account_id, amount) \
+             SELECT t.id, v.column1, v.column2 \
+             FROM t, (VALUES ($3, $4), ($5, $6), ($7, $8)) AS v WHERE v.column2 <> 0), \
+             a AS (UPDATE accounts SET balance = balance + $4, held = held - $9 \
+             WHERE id = $3 AND EXISTS (SELECT 1 FROM h)) \
+             INSERT INTO charges (job_id, transaction_id, client_id, worker_id, model, \
+             prompt_tokens, cached_prompt_tokens, completion_tokens, reasoning_tokens, \
+             coefficient, cost, charge, worker_amount, fee, shortfall, held, created_at) \
+             SELECT $1, t.id, $3, $5, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, 0, \
+             $9, $2 FROM t RETURNING transaction_id",
+        )
+        .bind(self.job)
+        .bind(self.now)
+        .bind(self.client.0)
+        .bind(-self.billed.charge)
+        .bind(self.worker.0)
+        .bind(self.billed.worker)
+        .bind(self.fee_account.0)
+        .bind(self.billed.fee)
+        .bind(self.held)
+        .bind(self.model)
+        .bind(self.usage[0])
+        .bind(self.usage[1])
+        .bind(self.usage[2])
+        .bind(self.usage[3])
+        .bind(self.coefficient)
+        .bind(self.cost)
+        .bind(self.billed.charge)
+        .bind(self.billed.worker)
+        .bind(self.billed.fee)
+        .fetch_optional(&ledger.write)
+        .await?;
+        row.map(|r| r.try_get(0)).transpose().map_err(Error::from)
+    }
+
     /// Postgres: one statement (data-modifying CTEs), so a capture costs four round trips
     /// in all (BEGIN, the locking SELECT, this, COMMIT). Same rows as [`Self::portable`].
     async fn postgres(&self, tx: &mut Transaction<'static, Any>) -> Result<i64> {

@@ -95,6 +95,12 @@ impl Default for LedgerOptions {
 /// detection, SQLite busy across processes) are retried up to 5 times; every call is
 /// idempotent by its key, so a retry never doubles anything.
 ///
+/// One exception on Postgres: a capture whose cost fits in its hold (the usual case) needs
+/// no locked read, since its charge then depends on the hold alone. It reads the hold
+/// plainly and writes in one statement that re-checks the hold is still active under the
+/// hold's row lock and moves the balance relative to the current row, so a hot account's
+/// row is locked for one statement instead of three round trips (see `Ledger::capture`).
+///
 /// # Cached balances
 /// `accounts.balance` caches the entry sum of client accounts (a hold must read the
 /// balance under its lock) and of the clearing account (so that the money ever deposited
