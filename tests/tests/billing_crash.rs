@@ -16,8 +16,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,41 +45,6 @@ const HOLD_TTL_SECS: u64 = 4;
 /// restarted gateway during its start-up).
 const ROUNDS: usize = 10;
 const LOAD_TASKS: usize = 4;
-
-fn cocoon_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("COCOON_BIN") {
-        return p.into();
-    }
-    // This test runs from target/<profile>/deps/; the binary sits in target/<profile>/.
-    let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("cocoon");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (`cargo build -p cocoon`) or set COCOON_BIN",
-        bin.display()
-    );
-    // `cargo test -p e2e-tests` does not rebuild another package's binary.
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if modified(&bin) < modified(&exe) {
-        eprintln!(
-            "billing_crash: warning: {} is older than this test; if the gateway changed, run `cargo build -p cocoon` first",
-            bin.display()
-        );
-    }
-    bin
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A fresh database on the local Postgres, dropped at the end of a passing run (a failing
 /// run leaves it for inspection and prints its name).
@@ -442,7 +409,7 @@ async fn sigkilled_gateway_and_worker_never_lose_or_double_a_charge() {
     .unwrap()
     .fingerprint;
 
-    let (gw_port, wk_port) = (free_port(), free_port());
+    let (gw_port, wk_port) = (common::free_port(), common::free_port());
     let s = |v: &str| v.to_string();
     let gateway_env = vec![
         (s("COCOON__DATA_DIR"), gw_dir.display().to_string()),
@@ -486,7 +453,7 @@ async fn sigkilled_gateway_and_worker_never_lose_or_double_a_charge() {
         (s("COCOON__ENGINE__LISTEN"), s("127.0.0.1:0")),
     ];
     let mut procs = Procs {
-        bin: cocoon_bin(),
+        bin: common::cocoon_bin(),
         dir: tmp.path().to_path_buf(),
         gateway_env,
         worker_env,

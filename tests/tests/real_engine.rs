@@ -12,6 +12,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
@@ -48,29 +50,6 @@ fn engine() -> &'static cocoon::engine::InstalledEngine {
         cocoon::engine::InstalledEngine::find()
             .expect("scripts/install-engine succeeded but wrote no usable ~/.cache/cocoon/engine.json")
     })
-}
-
-fn cocoon_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("COCOON_BIN") {
-        return p.into();
-    }
-    // This test runs from target/<profile>/deps/; the binary sits in target/<profile>/.
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join("cocoon");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (`cargo build -p cocoon`) or set COCOON_BIN",
-        bin.display()
-    );
-    bin
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn tail(path: &Path) -> String {
@@ -112,7 +91,7 @@ struct Gateway {
 impl Gateway {
     async fn start(first_token_timeout_ms: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (gw_port, wk_port) = (free_port(), free_port());
+        let (gw_port, wk_port) = (common::free_port(), common::free_port());
         let env = [
             ("COCOON__DATA_DIR", dir.path().display().to_string()),
             ("COCOON__LOG", "warn".into()),
@@ -130,7 +109,7 @@ impl Gateway {
                 "true".into(),
             ),
         ];
-        let out = Command::new(cocoon_bin())
+        let out = Command::new(common::cocoon_bin())
             .args(["keys", "create", "--name", "e2e", "--account", "e2e"])
             .envs(env.iter().cloned())
             .output()
@@ -143,7 +122,7 @@ impl Gateway {
         );
         let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
         let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
-        let mut child = Command::new(cocoon_bin())
+        let mut child = Command::new(common::cocoon_bin())
             .arg("gateway")
             .envs(env.iter().cloned())
             .stdout(Stdio::piped())
@@ -234,9 +213,9 @@ impl Worker {
         let engine = engine();
         let dir = gw.dir.path().join(format!("worker-{id}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let (metrics_port, engine_port) = (free_port(), free_port());
+        let (metrics_port, engine_port) = (common::free_port(), common::free_port());
         let log = std::fs::File::create(dir.join("worker.log")).unwrap();
-        let child = Command::new(cocoon_bin())
+        let child = Command::new(common::cocoon_bin())
             .arg("worker")
             .env("COCOON__DATA_DIR", &dir)
             .env("COCOON__LOG", "warn")

@@ -12,10 +12,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::json;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 struct Kill(Vec<Child>);
 
 impl Drop for Kill {
@@ -69,7 +65,7 @@ async fn two_gateway_processes_share_the_fleet_and_its_load_through_redis() {
     let mut gateways = Vec::new();
     let mut worker_urls = Vec::new();
     for g in ["g1", "g2"] {
-        let (http_port, wss_port) = (free_port(), free_port());
+        let (http_port, wss_port) = (common::free_port(), common::free_port());
         let data = dir.join(g);
         std::fs::create_dir_all(&data).unwrap();
         let env = vec![

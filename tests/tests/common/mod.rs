@@ -67,15 +67,26 @@ pub async fn post_chat(net: &DevNetwork, key: &str, body: &serde_json::Value) ->
 
 /// The `cocoon` binary next to this test executable (target/<profile>/), or `COCOON_BIN`.
 pub fn cocoon_bin() -> std::path::PathBuf {
+    use std::path::Path;
     if let Some(p) = std::env::var_os("COCOON_BIN") {
         return p.into();
     }
+    // Tests run from target/<profile>/deps/; the binary sits in target/<profile>/.
     let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe
-        .parent()
-        .and_then(std::path::Path::parent)
-        .expect("target dir")
-        .join("cocoon");
+    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("cocoon");
     assert!(bin.exists(), "{} is missing: run `cargo build -p cocoon` or set COCOON_BIN", bin.display());
+    // `cargo test -p e2e-tests` does not rebuild another package's binary.
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if modified(&bin) < modified(&exe) {
+        eprintln!(
+            "warning: {} is older than this test; if the gateway changed, run `cargo build -p cocoon` first",
+            bin.display()
+        );
+    }
     bin
+}
+
+/// A loopback port free right now (for processes that must be told their port up front).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
