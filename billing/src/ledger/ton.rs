@@ -920,7 +920,8 @@ impl Ledger {
                 let tx_id = match credit {
                     CreditOutcome::Credited(t) | CreditOutcome::AlreadyApplied(t) => t,
                 };
-                let inserted = self
+                // Either racing call may write the row; both write the same one.
+                self
                     .retrying("record_deposit", || async {
                         Ok(sqlx::query(
                             "INSERT INTO ton_deposits (tx_hash, lt, source, value, amount, comment, \
@@ -944,9 +945,9 @@ impl Ledger {
                     .await?;
                 let d = self.stored_deposit(&input.tx_hash, input.lt).await?;
                 // Money moved only if this call's credit did; a credit applied by an
-                // earlier, interrupted attempt is reported as the duplicate it is.
-                Ok(match (credit, inserted) {
-                    (CreditOutcome::Credited(_), Some(_)) => {
+                // earlier, interrupted attempt (or a racing watcher) is a duplicate.
+                Ok(match credit {
+                    CreditOutcome::Credited(_) => {
                         tracing::info!(tx_hash = %input.tx_hash, lt = input.lt, account = %account, amount, "TON deposit credited");
                         DepositOutcome::Credited(d)
                     }
