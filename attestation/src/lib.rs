@@ -94,6 +94,7 @@ mod cache;
 mod claims;
 mod error;
 mod evidence;
+mod link_sealing;
 mod nonce;
 mod policy;
 mod sealing;
@@ -114,6 +115,7 @@ pub use evidence::{
     Evidence, SnpEvidence, TdxEvidence, TeeKind, WorkerAttestation, MAX_TDX_QUOTE_BYTES,
     MAX_VCEK_BYTES, SNP_REPORT_BYTES,
 };
+pub use link_sealing::{LinkOpener, LinkSealedJob, LinkSealer};
 pub use nonce::{MemoryNonceStore, NonceStore, NonceTake};
 pub use policy::{MeasurementPattern, Policy, SimulatedKey, SnpPolicy, TdxAllowed, TdxPolicy};
 pub use sealing::{

@@ -22,9 +22,9 @@ use crate::binding::{random_bytes, HpkePublicKey};
 use crate::error::EvidenceError;
 use crate::serde_bytes::{b64, hex_array};
 
-type Kem = hpke::kem::X25519HkdfSha256;
-type Kdf = hpke::kdf::HkdfSha256;
-type HpkeAead = hpke::aead::ChaCha20Poly1305;
+pub(crate) type Kem = hpke::kem::X25519HkdfSha256;
+pub(crate) type Kdf = hpke::kdf::HkdfSha256;
+pub(crate) type HpkeAead = hpke::aead::ChaCha20Poly1305;
 
 /// The HPKE suite, for documentation and verdicts.
 pub const HPKE_SUITE: &str = "DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305";
@@ -80,7 +80,7 @@ impl JobContext {
     }
 
     /// `JOB_INFO_TAG ‖ job id (16 bytes) ‖ u32be(len(model)) ‖ model`.
-    fn info(&self) -> Vec<u8> {
+    pub(crate) fn info(&self) -> Vec<u8> {
         let model = self.model.as_bytes();
         let len = u32::try_from(model.len()).unwrap_or(u32::MAX);
         let mut out = Vec::with_capacity(JOB_INFO_TAG.len() + 20 + model.len());
@@ -112,7 +112,7 @@ pub struct SealedChunk {
     pub ciphertext: Vec<u8>,
 }
 
-fn hpke_err(op: &'static str) -> impl Fn(hpke::HpkeError) -> SealError {
+pub(crate) fn hpke_err(op: &'static str) -> impl Fn(hpke::HpkeError) -> SealError {
     move |e| SealError::Hpke {
         op,
         detail: e.to_string(),
@@ -168,7 +168,7 @@ impl JobSealer {
 
 /// Worker side: the worker's HPKE key pair. Its public key goes into the attestation binding.
 pub struct JobOpener {
-    secret: <Kem as hpke::Kem>::PrivateKey,
+    pub(crate) secret: <Kem as hpke::Kem>::PrivateKey,
     public: HpkePublicKey,
 }
 
@@ -223,13 +223,13 @@ impl JobOpener {
 }
 
 /// Response stream keys exported from the job's HPKE context.
-struct StreamKeys {
+pub(crate) struct StreamKeys {
     cipher: ChaCha20Poly1305,
     nonce_base: [u8; 12],
 }
 
 impl StreamKeys {
-    fn export(
+    pub(crate) fn export(
         export: impl Fn(&[u8], &mut [u8]) -> Result<(), hpke::HpkeError>,
     ) -> Result<Self, SealError> {
         let mut key = [0u8; 32];
@@ -287,7 +287,7 @@ pub struct ResponseSealer {
 }
 
 impl ResponseSealer {
-    fn new(keys: StreamKeys) -> Self {
+    pub(crate) fn new(keys: StreamKeys) -> Self {
         Self {
             keys,
             next: 0,
@@ -341,7 +341,7 @@ pub struct ResponseOpener {
 }
 
 impl ResponseOpener {
-    fn new(keys: StreamKeys) -> Self {
+    pub(crate) fn new(keys: StreamKeys) -> Self {
         Self {
             keys,
             next: 0,

@@ -54,6 +54,9 @@ pub enum Payload {
     /// Sealed with HPKE (RFC 9180) to the worker's attested key; job id and model are bound
     /// into the HPKE context. The only form a production router sends.
     Sealed { enc: Bytes, ciphertext: Bytes },
+    /// Sealed with keys exported (per job: random salt, job id, model) from the link's HPKE
+    /// context, set up once per link by `RouterToWorker::Session`. What the router sends.
+    LinkSealed { salt: Bytes, ciphertext: Bytes },
     /// In clear, for measuring what sealing itself costs (`attestation.seal_jobs = false`,
     /// which production config refuses).
     Plain { body: Bytes },
@@ -173,6 +176,9 @@ pub struct Load {
 pub enum RouterToWorker {
     /// The router's first message on a connection: attest to this 32-byte nonce in `Hello`.
     Challenge { nonce: Bytes },
+    /// After admission: the encapsulated key of the link's HPKE context (to the worker's
+    /// attested key); `Payload::LinkSealed` jobs on this link are sealed under it.
+    Session { enc: Bytes },
     Job(JobEnvelope),
     /// Stop generating: the client went away or the job was given up.
     Cancel { job_id: Uuid },

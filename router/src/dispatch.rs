@@ -92,16 +92,16 @@ impl Router {
     }
 
     async fn try_worker(&self, worker: &Arc<WorkerEntry>, job: &Job) -> Result<JobStream, JobError> {
-        // Sealed to this worker's attested key, for this job id and model only: a retry on
-        // another worker seals afresh.
+        // Sealed under this link's HPKE context (to the worker's attested key) with keys bound
+        // to a fresh salt, this job id and model: a retry on another worker seals afresh.
         let (payload, opener) = match &worker.sealer {
             Some(sealer) => {
                 let (sealed, opener) = sealer
                     .seal(&JobContext::new(job.id, job.model.clone()), &job.body)
                     .map_err(|e| JobError::new(500, format!("sealing the job failed: {e}"), true))?;
                 metrics::counter!("cocoon_router_jobs_sealed_total").increment(1);
-                let payload = Payload::Sealed {
-                    enc: Bytes::copy_from_slice(&sealed.enc),
+                let payload = Payload::LinkSealed {
+                    salt: Bytes::copy_from_slice(&sealed.salt),
                     ciphertext: Bytes::from(sealed.ciphertext),
                 };
                 (payload, Some(opener))

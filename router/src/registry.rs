@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use attestation::{HpkePublicKey, JobSealer, ResponseOpener, SealedChunk, VerifiedWorker};
+use attestation::{HpkePublicKey, LinkSealer, ResponseOpener, SealedChunk, VerifiedWorker};
 use bytes::Bytes;
 use protocol::{wire, JobError, JobEvent, Load, ModelInfo, RouterToWorker, WorkerInfo, WorkerToRouter};
 use rand::Rng;
@@ -49,8 +49,9 @@ pub(crate) struct WorkerEntry {
     pub(crate) jobs: Mutex<HashMap<Uuid, JobSlot>>,
     /// The attested HPKE key jobs are sealed to (fixed for the connection).
     pub(crate) hpke_public_key: HpkePublicKey,
-    /// Seals jobs to `hpke_public_key`; `None` when the router sends jobs in clear.
-    pub(crate) sealer: Option<JobSealer>,
+    /// This link's HPKE context to `hpke_public_key` (per-job keys are exported from it);
+    /// `None` when the router sends jobs in clear.
+    pub(crate) sealer: Option<LinkSealer>,
     /// Latest verification of this worker; `expires_at` (unix seconds) mirrors it for the
     /// lock-free eligibility check.
     pub(crate) verified: Mutex<VerifiedWorker>,
@@ -198,9 +199,13 @@ impl Router {
         tx: mpsc::Sender<RouterToWorker>,
     ) -> Result<WorkerSession, AdmitError> {
         let sealer = if self.inner.attestor.seal_jobs() {
-            Some(JobSealer::new(&verified.hpke_public_key).map_err(|e| {
+            let (sealer, enc) = LinkSealer::new(&verified.hpke_public_key).map_err(|e| {
                 AdmitError::Malformed(format!("attested HPKE key unusable: {e}"))
-            })?)
+            })?;
+            // First message after admission, so it precedes every job on this link.
+            tx.try_send(RouterToWorker::Session { enc: Bytes::copy_from_slice(&enc) })
+                .map_err(|_| AdmitError::Malformed("worker link closed during admission".into()))?;
+            Some(sealer)
         } else {
             None
         };

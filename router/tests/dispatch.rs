@@ -73,7 +73,10 @@ fn spawn_worker(router: &Router, id: &str, price: u32, b: Behaviour) -> Worker {
                 RouterToWorker::Cancel { .. } => {
                     c.fetch_add(1, Ordering::SeqCst);
                 }
-                RouterToWorker::Challenge { .. } | RouterToWorker::Attest { .. } | RouterToWorker::Refused { .. } => {}
+                RouterToWorker::Challenge { .. }
+                | RouterToWorker::Attest { .. }
+                | RouterToWorker::Refused { .. }
+                | RouterToWorker::Session { .. } => {}
                 RouterToWorker::Job(job) => {
                     j.fetch_add(1, Ordering::SeqCst);
                     let s = session.clone();

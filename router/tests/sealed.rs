@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use attestation::{
-    AttestationReport, EvidenceProducer, JobContext, JobOpener, Nonce, Policy, SealedJob, Verifier,
-    WorkerAttestation,
+    AttestationReport, EvidenceProducer, JobContext, JobOpener, LinkOpener, LinkSealedJob, Nonce,
+    Policy, Verifier, WorkerAttestation,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -63,8 +63,12 @@ fn spawn(router: &Router, id: &str, mode: Mode, attest_spki: &'static [u8]) -> F
     let refused = Arc::new(tokio::sync::Mutex::new(None));
     let (tx, k, rf, id) = (to_router.clone(), keys.clone(), refused.clone(), id.to_string());
     tokio::spawn(async move {
+        let mut session: Option<LinkOpener> = None;
         while let Some(msg) = from_router.recv().await {
             match msg {
+                RouterToWorker::Session { enc } => {
+                    session = Some(k.open_link(enc.as_ref().try_into().unwrap()).unwrap());
+                }
                 RouterToWorker::Challenge { nonce } => {
                     let nonce = Nonce(nonce.as_ref().try_into().unwrap());
                     let att = tee.attest(k.public_key(), attest_spki, nonce, attestation::unix_now()).unwrap();
@@ -89,15 +93,16 @@ fn spawn(router: &Router, id: &str, mode: Mode, attest_spki: &'static [u8]) -> F
                 }
                 RouterToWorker::Cancel { .. } => {}
                 RouterToWorker::Job(env) => {
-                    let Payload::Sealed { enc, ciphertext } = env.payload else {
+                    let Payload::LinkSealed { salt, ciphertext } = env.payload else {
                         panic!("the router sent a job in clear");
                     };
                     assert!(
                         !String::from_utf8_lossy(&ciphertext).contains(MARKER),
                         "the prompt is visible in the sealed job"
                     );
-                    let sealed = SealedJob { enc: enc.as_ref().try_into().unwrap(), ciphertext: ciphertext.to_vec() };
-                    let (body, mut sealer) = k.open(&JobContext::new(env.id, env.model.clone()), &sealed).unwrap();
+                    let sealed = LinkSealedJob { salt: salt.as_ref().try_into().unwrap(), ciphertext: ciphertext.to_vec() };
+                    let link = session.as_ref().expect("the session precedes every job");
+                    let (body, mut sealer) = link.open(&JobContext::new(env.id, env.model.clone()), &sealed).unwrap();
                     assert!(String::from_utf8_lossy(&body).contains(MARKER));
                     let events = [
                         JobEvent::Chunk { data: Bytes::from_static(b"{\"n\":0}") },

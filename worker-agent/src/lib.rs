@@ -121,10 +121,17 @@ impl WorkerAgent {
         shutdown: CancellationToken,
     ) {
         let health = tokio::spawn(self.clone().health_loop(to_router.clone(), shutdown.clone()));
+        // This link's HPKE context, from the router's `Session` right after admission.
+        let mut session: Option<Arc<attestation::LinkOpener>> = None;
         loop {
             tokio::select! {
                 msg = from_router.recv() => match msg {
-                    Some(RouterToWorker::Job(job)) => self.start_job(link.link_id, job, to_router.clone()),
+                    Some(RouterToWorker::Session { enc }) => match self.tee.open_link(&enc) {
+                        Ok(o) => session = Some(Arc::new(o)),
+                        // Jobs on this link will fail to open (and be retried elsewhere).
+                        Err(e) => tracing::error!(error = %e, "cannot open the link's HPKE session"),
+                    },
+                    Some(RouterToWorker::Job(job)) => self.start_job(link.link_id, job, session.as_deref(), to_router.clone()),
                     Some(RouterToWorker::Cancel { job_id }) => self.cancel(job_id),
                     Some(RouterToWorker::Challenge { nonce }) => self.answer_challenge(&link, nonce, to_router.clone()),
                     Some(RouterToWorker::Attest { request_id, nonce }) => self.answer_attest(&link, request_id, nonce, to_router.clone()),
@@ -258,7 +265,13 @@ impl WorkerAgent {
         });
     }
 
-    fn start_job(self: &Arc<Self>, link_id: u64, envelope: JobEnvelope, to_router: mpsc::Sender<WorkerToRouter>) {
+    fn start_job(
+        self: &Arc<Self>,
+        link_id: u64,
+        envelope: JobEnvelope,
+        session: Option<&attestation::LinkOpener>,
+        to_router: mpsc::Sender<WorkerToRouter>,
+    ) {
         let job_id = envelope.id;
         if self.running() >= self.cfg.slots {
             let _ = to_router.try_send(WorkerToRouter::Event {
@@ -270,7 +283,7 @@ impl WorkerAgent {
             });
             return;
         }
-        let (job, sealer) = match self.tee.open(envelope) {
+        let (job, sealer) = match self.tee.open(envelope, session) {
             Ok(x) => x,
             Err(e) => {
                 // Not this worker's key, or altered in transit; another worker gets it sealed afresh.

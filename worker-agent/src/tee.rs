@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use attestation::{
-    EvidenceError, EvidenceProducer, JobContext, JobOpener, Nonce, ResponseSealer, SealError,
-    SealedJob,
+    EvidenceError, EvidenceProducer, JobContext, JobOpener, LinkOpener, LinkSealedJob, Nonce,
+    ResponseSealer, SealError, SealedJob,
 };
 use bytes::Bytes;
 use protocol::{Job, JobEnvelope, Payload};
@@ -79,11 +79,31 @@ impl WorkerTee {
         .map_err(|e| format!("evidence task: {e}"))?
     }
 
+    /// Opens the HPKE context the router set up for one link (`RouterToWorker::Session`).
+    pub(crate) fn open_link(&self, enc: &[u8]) -> Result<LinkOpener, SealError> {
+        let enc: [u8; 32] = enc.try_into().map_err(|_| SealError::Hpke {
+            op: "session",
+            detail: format!("encapsulated key must be 32 bytes, got {}", enc.len()),
+        })?;
+        self.keys.open_link(&enc)
+    }
+
     /// Opens a job: the body in clear for the engine and, for a sealed job, the sealer of its
-    /// response stream.
-    pub(crate) fn open(&self, env: JobEnvelope) -> Result<(Job, Option<ResponseSealer>), SealError> {
+    /// response stream. `link` is this link's context (for `Payload::LinkSealed`).
+    pub(crate) fn open(&self, env: JobEnvelope, link: Option<&LinkOpener>) -> Result<(Job, Option<ResponseSealer>), SealError> {
         let (body, sealer) = match env.payload {
             Payload::Plain { body } => (body, None),
+            Payload::LinkSealed { salt, ciphertext } => {
+                let ctx = JobContext::new(env.id, env.model.clone());
+                let fail = || SealError::JobOpen { job_id: env.id, model: env.model.clone() };
+                let link = link.ok_or_else(fail)?;
+                let sealed = LinkSealedJob {
+                    salt: salt.as_ref().try_into().map_err(|_| fail())?,
+                    ciphertext: ciphertext.to_vec(),
+                };
+                let (body, sealer) = link.open(&ctx, &sealed)?;
+                (Bytes::from(body), Some(sealer))
+            }
             Payload::Sealed { enc, ciphertext } => {
                 let ctx = JobContext::new(env.id, env.model.clone());
                 let fail = || SealError::JobOpen { job_id: env.id, model: env.model.clone() };
