@@ -11,50 +11,64 @@
 //! on their own, and [`Verifier::verify_attestation`] / [`Verifier::verify_worker`] do them all.
 //! Every rejection is its own [`AttestationError`] variant naming the rule that failed.
 //!
-//! # Worker side (inside the TEE)
+//! # Sealing: one HPKE context per link, keys per job
 //!
-//! ```no_run
+//! The router sets up one HPKE context to the worker's attested key per link
+//! ([`LinkSealer`]) and sends its encapsulated key once; every job is sealed with keys
+//! exported from it for a fresh salt, the job id and the model ([`LinkSealedJob`]), and the
+//! worker's response chunks are sealed with keys exported the same way. (Per-job HPKE,
+//! [`JobSealer`] / [`JobOpener::open`], is kept for comparison: it costs ~170 µs per job.)
+//!
+//! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use attestation::{EvidenceProducer, JobContext, JobOpener, Nonce, SealedJob};
-//! let keys = JobOpener::generate()?;                        // HPKE key pair, never leaves the TEE
-//! let producer = EvidenceProducer::detect()                 // configfs-tsm (TDX or SEV-SNP)...
-//!     .map_or_else(EvidenceProducer::simulated, Ok)?;       // ...or the simulated TEE in dev
-//! # let (tls_spki_der, nonce, now): (Vec<u8>, Nonce, u64) = (vec![], Nonce([0; 32]), 0);
-//! // For each verifier nonce (blocking ~50 ms on TDX: use spawn_blocking):
-//! let attestation = producer.attest(keys.public_key(), &tls_spki_der, nonce, now)?;
-//! // ... send `attestation` (serde) to the router / put it in the RA-TLS certificate.
-//! # let (job, sealed): (JobContext, SealedJob) = todo!();
-//! // For each job: open it, then seal every response chunk; `last = true` on the final one.
-//! let (body, mut response) = keys.open(&job, &sealed)?;
+//! use attestation::{JobContext, JobOpener, LinkSealer};
+//! let worker = JobOpener::generate()?;                  // worker's HPKE key pair (in the TEE)
+//! // Router, once per admitted link, to the attested key; `enc` goes to the worker.
+//! let (sealer, enc) = LinkSealer::new(&worker.public_key())?;
+//! // Worker, on receiving `enc`:
+//! let link = worker.open_link(&enc)?;
+//! // Per job: the router seals, the worker opens and seals every response chunk back.
+//! let job = JobContext::new(uuid::Uuid::new_v4(), "model-name");
+//! let (sealed, mut opener) = sealer.seal(&job, b"{...}")?;
+//! let (body, mut response) = link.open(&job, &sealed)?;
 //! let chunk = response.seal(b"data: {...}", false)?;
-//! let end = response.seal(b"{\"usage\":...}", true)?;
+//! let end = response.seal(b"{\"usage\":...}", true)?;  // `last` on the final one
+//! assert_eq!(opener.open(&chunk)?, b"data: {...}");     // in order; errors are final
+//! opener.open(&end)?;
+//! opener.finish()?;                                     // when the stream ends: truncation check
+//! # assert_eq!(body, b"{...}");
 //! # Ok(()) }
 //! ```
 //!
-//! # Router side
+//! # Worker side (inside the TEE): evidence
 //!
 //! ```no_run
-//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
-//! use attestation::{AttestationCache, CollateralStore, JobContext, JobSealer, MemoryNonceStore, Policy, Verifier};
-//! # let (policy_toml, now, tls_spki_sha256) = ("", 0u64, [0u8; 32]);
+//! # fn attest(tls_spki_der: &[u8], nonce: attestation::Nonce, now: u64) -> Result<(), Box<dyn std::error::Error>> {
+//! use attestation::{EvidenceProducer, JobOpener};
+//! let keys = JobOpener::generate()?;                        // HPKE key pair, never leaves the TEE
+//! let producer = EvidenceProducer::detect()                 // configfs-tsm (TDX or SEV-SNP)...
+//!     .map_or_else(EvidenceProducer::simulated, Ok)?;       // ...or the simulated TEE in dev
+//! // For each verifier nonce (blocking ~50 ms on TDX: use spawn_blocking):
+//! let attestation = producer.attest(keys.public_key(), tls_spki_der, nonce, now)?;
+//! // ... send `attestation` (serde) to the router in `Hello`.
+//! # Ok(()) }
+//! ```
+//!
+//! # Router side: admission
+//!
+//! ```no_run
+//! # async fn admit(attestation: attestation::WorkerAttestation, policy_toml: &str, now: u64, tls_spki_sha256: [u8; 32]) -> Result<(), Box<dyn std::error::Error>> {
+//! use attestation::{AttestationCache, CollateralStore, MemoryNonceStore, Policy, Verifier};
 //! let policy: Policy = toml::from_str(policy_toml)?;
 //! let verifier = Verifier::new(policy)
 //!     .with_collateral(CollateralStore::load_file("tdx-collateral.json".as_ref())?);
 //! let nonces = MemoryNonceStore::new();                    // or a Redis-backed NonceStore
 //! let cache = AttestationCache::new();
-//! let nonce = verifier.issue_nonce(&nonces, now).await?;  // send to the worker
-//! # let attestation: attestation::WorkerAttestation = todo!();
+//! let nonce = verifier.issue_nonce(&nonces, now).await?;  // send to the worker; it answers `attestation`
 //! // TLS key of this connection + nonce single use + age + evidence + policy + binding:
 //! let worker = verifier.verify_worker(&attestation, &tls_spki_sha256, &nonces, now).await?;
 //! if worker.is_insecure_simulated() { /* add header x-cocoon-tee: simulated */ }
 //! cache.insert(worker.clone());                            // valid until worker.expires_at
-//! // Per job:
-//! let sealer = JobSealer::new(&worker.hpke_public_key)?;
-//! # let (job_id, body) = (uuid::Uuid::nil(), b"{}");
-//! let (sealed, mut opener) = sealer.seal(&JobContext::new(job_id, "model-name"), body)?;
-//! # let chunk: attestation::SealedChunk = todo!();
-//! let plaintext = opener.open(&chunk)?;                    // in order; errors are final
-//! opener.finish()?;                                        // when the stream ends: truncation check
 //! # Ok(()) }
 //! ```
 //!

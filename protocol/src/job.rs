@@ -51,11 +51,9 @@ pub struct Job {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Payload {
-    /// Sealed with HPKE (RFC 9180) to the worker's attested key; job id and model are bound
-    /// into the HPKE context. The only form a production router sends.
-    Sealed { enc: Bytes, ciphertext: Bytes },
     /// Sealed with keys exported (per job: random salt, job id, model) from the link's HPKE
-    /// context, set up once per link by `RouterToWorker::Session`. What the router sends.
+    /// context to the worker's attested key, set up once per link by
+    /// `RouterToWorker::Session`. The only form a production router sends.
     LinkSealed { salt: Bytes, ciphertext: Bytes },
     /// In clear, for measuring what sealing itself costs (`attestation.seal_jobs = false`,
     /// which production config refuses).

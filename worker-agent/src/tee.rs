@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use attestation::{
     EvidenceError, EvidenceProducer, JobContext, JobOpener, LinkOpener, LinkSealedJob, Nonce,
-    ResponseSealer, SealError, SealedJob,
+    ResponseSealer, SealError,
 };
 use bytes::Bytes;
 use protocol::{Job, JobEnvelope, Payload};
@@ -102,16 +102,6 @@ impl WorkerTee {
                     ciphertext: ciphertext.to_vec(),
                 };
                 let (body, sealer) = link.open(&ctx, &sealed)?;
-                (Bytes::from(body), Some(sealer))
-            }
-            Payload::Sealed { enc, ciphertext } => {
-                let ctx = JobContext::new(env.id, env.model.clone());
-                let fail = || SealError::JobOpen { job_id: env.id, model: env.model.clone() };
-                let sealed = SealedJob {
-                    enc: enc.as_ref().try_into().map_err(|_| fail())?,
-                    ciphertext: ciphertext.to_vec(),
-                };
-                let (body, sealer) = self.keys.open(&ctx, &sealed)?;
                 (Bytes::from(body), Some(sealer))
             }
         };
