@@ -92,7 +92,7 @@ pub async fn report(State(state): State<AppState>, Query(q): Query<ReportQuery>)
     let answers = state.router.attest_workers(&model, nonce, WORKER_TIMEOUT).await;
     let mut workers: Vec<serde_json::Value> = Vec::with_capacity(answers.len());
     for (worker, answer) in answers {
-        match answer.and_then(|raw| serde_json::from_slice(&raw).map_err(|e| e.to_string())) {
+        match answer.and_then(|att| serde_json::to_value(att).map_err(|e| e.to_string())) {
             Ok(v) => workers.push(v),
             Err(e) => tracing::warn!(%worker, error = %e, "worker gave no evidence for a report"),
         }

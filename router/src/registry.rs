@@ -349,7 +349,7 @@ impl Router {
         model: &str,
         nonce: [u8; 32],
         timeout: Duration,
-    ) -> Vec<(String, Result<Bytes, String>)> {
+    ) -> Vec<(String, Result<attestation::WorkerAttestation, String>)> {
         let workers: Vec<Arc<WorkerEntry>> = self
             .read()
             .iter()
@@ -556,7 +556,7 @@ impl WorkerEntry {
     }
 
     /// Evidence in an attestation answer must be for the key this connection attested.
-    fn check_own_key(&self, raw: Bytes) -> Result<Bytes, String> {
+    fn check_own_key(&self, raw: Bytes) -> Result<attestation::WorkerAttestation, String> {
         let att: attestation::WorkerAttestation =
             serde_json::from_slice(&raw).map_err(|e| format!("malformed attestation: {e}"))?;
         if att.hpke_public_key != self.hpke_public_key {
@@ -566,7 +566,7 @@ impl WorkerEntry {
                 self.hpke_public_key.fingerprint()
             ));
         }
-        Ok(raw)
+        Ok(att)
     }
 }
 

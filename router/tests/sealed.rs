@@ -279,7 +279,7 @@ async fn attestation_report_is_fresh_and_verifiable() {
     let created = attestation::unix_now();
     let answers = r.attest_workers("m", nonce.0, Duration::from_secs(5)).await;
     assert_eq!(answers.len(), 1);
-    let att: WorkerAttestation = serde_json::from_slice(answers[0].1.as_ref().unwrap()).unwrap();
+    let att: WorkerAttestation = answers[0].1.clone().unwrap();
     let report = AttestationReport { nonce, model: Some("m".into()), policy: Policy::insecure_dev(), workers: vec![att], gateway: None };
     let verdict = attestation::verify_report(&Verifier::new(Policy::insecure_dev()), &report, &nonce, created, attestation::unix_now()).unwrap();
     assert!(verdict.all_ok() && verdict.any_simulated());
