@@ -173,6 +173,12 @@ pub struct Rejection {
     pub detail: String,
 }
 
+/// What the row of a decided transfer records.
+enum DepositRow<'a> {
+    Rejected(&'a Rejection),
+    Credited { account: AccountId, transaction: i64 },
+}
+
 /// An incoming transfer to the service wallet, as the watcher saw it on chain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DepositInput {
@@ -830,7 +836,6 @@ impl Ledger {
     /// Not credited (recorded as rejected): a `rejection` given by the caller, a zero or
     /// unparsable value, no comment, a comment that is not a known deposit code.
     pub async fn record_deposit(&self, input: &DepositInput) -> Result<DepositOutcome> {
-        let lt = lt_i64(input.lt)?;
         if let Some(d) = self.find_deposit(&input.tx_hash, input.lt).await? {
             return Ok(DepositOutcome::Duplicate(d));
         }
@@ -878,29 +883,10 @@ impl Ledger {
         match verdict {
             Err(rejection) => {
                 let inserted = self
-                    .retrying("record_deposit", || async {
-                        Ok(sqlx::query(
-                            "INSERT INTO ton_deposits (tx_hash, lt, source, value, amount, comment, \
-                               utime, status, reason, detail, created_at) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, 'rejected', $8, $9, $10) \
-                             ON CONFLICT (tx_hash, lt) DO NOTHING RETURNING id",
-                        )
-                        .bind(&input.tx_hash)
-                        .bind(lt)
-                        .bind(input.source.as_deref())
-                        .bind(truncate_chars(&input.value, 80))
-                        .bind(amount)
-                        .bind(comment.as_deref())
-                        .bind(input.utime)
-                        .bind(rejection.reason.as_str())
-                        .bind(truncate_chars(&rejection.detail, 512))
-                        .bind(now_ms())
-                        .fetch_optional(&self.write)
-                        .await?)
-                    })
+                    .insert_deposit_row(input, amount, comment.as_deref(), DepositRow::Rejected(&rejection))
                     .await?;
                 let d = self.stored_deposit(&input.tx_hash, input.lt).await?;
-                Ok(if inserted.is_some() {
+                Ok(if inserted {
                     tracing::info!(tx_hash = %input.tx_hash, lt = input.lt, reason = rejection.reason.as_str(), "TON deposit rejected for review");
                     DepositOutcome::Rejected(d)
                 } else {
@@ -921,28 +907,13 @@ impl Ledger {
                     CreditOutcome::Credited(t) | CreditOutcome::AlreadyApplied(t) => t,
                 };
                 // Either racing call may write the row; both write the same one.
-                self
-                    .retrying("record_deposit", || async {
-                        Ok(sqlx::query(
-                            "INSERT INTO ton_deposits (tx_hash, lt, source, value, amount, comment, \
-                               utime, status, account_id, transaction_id, created_at) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, 'credited', $8, $9, $10) \
-                             ON CONFLICT (tx_hash, lt) DO NOTHING RETURNING id",
-                        )
-                        .bind(&input.tx_hash)
-                        .bind(lt)
-                        .bind(input.source.as_deref())
-                        .bind(truncate_chars(&input.value, 80))
-                        .bind(amount)
-                        .bind(comment.as_deref())
-                        .bind(input.utime)
-                        .bind(account.0)
-                        .bind(tx_id)
-                        .bind(now_ms())
-                        .fetch_optional(&self.write)
-                        .await?)
-                    })
-                    .await?;
+                self.insert_deposit_row(
+                    input,
+                    Some(amount),
+                    comment.as_deref(),
+                    DepositRow::Credited { account, transaction: tx_id },
+                )
+                .await?;
                 let d = self.stored_deposit(&input.tx_hash, input.lt).await?;
                 // Money moved only if this call's credit did; a credit applied by an
                 // earlier, interrupted attempt (or a racing watcher) is a duplicate.
@@ -955,6 +926,56 @@ impl Ledger {
                 })
             }
         }
+    }
+
+    /// Writes the one row of a transfer's decision; false if a row for (tx hash, lt) was
+    /// already there.
+    async fn insert_deposit_row(
+        &self,
+        input: &DepositInput,
+        amount: Option<i64>,
+        comment: Option<&str>,
+        row: DepositRow<'_>,
+    ) -> Result<bool> {
+        let lt = lt_i64(input.lt)?;
+        let (status, reason, detail, account, transaction) = match row {
+            DepositRow::Rejected(r) => (
+                "rejected",
+                Some(r.reason.as_str()),
+                Some(truncate_chars(&r.detail, 512)),
+                None,
+                None,
+            ),
+            DepositRow::Credited { account, transaction } => {
+                ("credited", None, None, Some(account.0), Some(transaction))
+            }
+        };
+        let inserted = self
+            .retrying("record_deposit", || async {
+                Ok(sqlx::query(
+                    "INSERT INTO ton_deposits (tx_hash, lt, source, value, amount, comment, \
+                       utime, status, reason, detail, account_id, transaction_id, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                     ON CONFLICT (tx_hash, lt) DO NOTHING RETURNING id",
+                )
+                .bind(&input.tx_hash)
+                .bind(lt)
+                .bind(input.source.as_deref())
+                .bind(truncate_chars(&input.value, 80))
+                .bind(amount)
+                .bind(comment)
+                .bind(input.utime)
+                .bind(status)
+                .bind(reason)
+                .bind(detail.as_deref())
+                .bind(account)
+                .bind(transaction)
+                .bind(now_ms())
+                .fetch_optional(&self.write)
+                .await?)
+            })
+            .await?;
+        Ok(inserted.is_some())
     }
 
     async fn stored_deposit(&self, tx_hash: &str, lt: u64) -> Result<Deposit> {
