@@ -1,0 +1,47 @@
+//! `cocoon gateway`: gateway and router; networked workers connect to `router.worker_listen`.
+
+use anyhow::Context;
+use clap::Args;
+
+use super::{init_tracing, wait_for_signal, ConfigArg};
+
+#[derive(Args)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Same as `environment = "production"`: refuses the simulated TEE, unsealed jobs and
+    /// other dev-only settings.
+    #[arg(long)]
+    production: bool,
+}
+
+pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    let mut cfg = args.config.load()?;
+    if args.production {
+        cfg.environment = cocoon::config::Environment::Production;
+        cfg.validate()?;
+    }
+    init_tracing(&cfg.log);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let router = cocoon::routing::start_router(&cfg, stop.clone()).await?;
+    let listener = cocoon::roles::start_worker_listener(&cfg, router.clone(), stop.clone())
+        .await?
+        .context("cocoon gateway needs router.worker_listen (where workers connect)")?;
+    let gw = cocoon::roles::start_gateway(&cfg, router, stop.clone()).await?;
+    let settlement = match &gw.meter {
+        Some(m) => cocoon::settlement::start(&cfg, m.ledger(), stop.clone())?,
+        None => None,
+    };
+    println!("gateway:  http://{}/v1", gw.addr);
+    println!("workers:  wss://{}/v1/worker", listener.addr);
+    println!("router certificate SHA-256 (set as worker.router_cert_sha256): {}", listener.cert_sha256);
+    wait_for_signal().await;
+    eprintln!("stopping: draining in-flight requests");
+    stop.cancel();
+    let _ = gw.task.await;
+    let _ = listener.task.await;
+    if let Some(t) = settlement {
+        let _ = t.await;
+    }
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! `cocoon keys`: API keys (stored as SHA-256 hashes) and JWTs.
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use gateway::keys::KeyStore;
+use gateway::ratelimit::Limits;
+
+use super::ConfigArg;
+
+#[derive(Args)]
+pub struct KeysArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(subcommand)]
+    cmd: KeysCmd,
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Create a key and print it once.
+    Create {
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// Account billed for the key's requests.
+        #[arg(long, default_value = "default")]
+        account: String,
+        /// Requests per minute (0 = unlimited); with --tpm overrides gateway.default_limits.
+        #[arg(long)]
+        rpm: Option<u64>,
+        /// Tokens per minute (0 = unlimited).
+        #[arg(long)]
+        tpm: Option<u64>,
+    },
+    List,
+    Revoke { id: String },
+    /// Issue a JWT for an account (needs [gateway.jwt]).
+    Jwt {
+        #[arg(long)]
+        sub: String,
+    },
+}
+
+pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
+    let cfg = args.config.load()?;
+    let store = KeyStore::open(cfg.keys_file())?;
+    match args.cmd {
+        KeysCmd::Create { name, account, rpm, tpm } => {
+            let limits = match (rpm, tpm) {
+                (None, None) => None,
+                (r, t) => Some(Limits {
+                    requests_per_minute: r.unwrap_or(cfg.gateway.default_limits.requests_per_minute),
+                    tokens_per_minute: t.unwrap_or(cfg.gateway.default_limits.tokens_per_minute),
+                }),
+            };
+            let new = store.create(&name, &account, limits)?;
+            eprintln!("created key {} ({name}, account {account}); it is shown once:", new.record.id);
+            println!("{}", new.key);
+        }
+        KeysCmd::List => {
+            for k in store.list() {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    k.id,
+                    k.name,
+                    k.account,
+                    k.limits.map_or("default limits".to_string(), |l| format!(
+                        "rpm={} tpm={}",
+                        l.requests_per_minute, l.tokens_per_minute
+                    )),
+                    if k.revoked { "revoked" } else { "active" }
+                );
+            }
+        }
+        KeysCmd::Revoke { id } => {
+            store.revoke(&id)?;
+            eprintln!("revoked {id}");
+        }
+        KeysCmd::Jwt { sub } => {
+            let jwt = cfg
+                .gateway
+                .jwt
+                .as_ref()
+                .context("no [gateway.jwt] section: set gateway.jwt.secret, issuer and audience")?;
+            println!("{}", gateway::jwt::JwtAuth::new(jwt)?.issue(&sub, None)?);
+        }
+    }
+    Ok(())
+}
