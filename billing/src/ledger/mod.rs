@@ -322,3 +322,78 @@ pub(crate) fn get_u64(row: &AnyRow, col: &str) -> Result<u64> {
 pub(crate) fn tokens_i64(v: u64) -> Result<i64> {
     i64::try_from(v).map_err(|_| Error::Overflow("token count exceeds i64"))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    use sqlx::{Database, TransactionManager};
+
+    use super::*;
+
+    /// What a ledger call cancelled right after its `BEGIN` ran leaves behind: a connection
+    /// back in the pool at transaction depth 1, with no `Transaction` guard to roll it back.
+    /// Made directly rather than by racing a cancel against a timer, so the test is
+    /// deterministic and takes milliseconds.
+    async fn release_inside_transaction(pool: &AnyPool) {
+        let mut conn = pool.acquire().await.unwrap();
+        <sqlx::Any as Database>::TransactionManager::begin(&mut conn, Some("BEGIN IMMEDIATE".into()))
+            .await
+            .unwrap();
+        assert_eq!(<sqlx::Any as Database>::TransactionManager::get_transaction_depth(&conn), 1);
+        drop(conn);
+    }
+
+    async fn write(pool: &AnyPool, k: &str) -> std::result::Result<(), sqlx::Error> {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("INSERT INTO t (k) VALUES ($1)").bind(k).execute(&mut *tx).await?;
+        tx.commit().await
+    }
+
+    fn temp_url() -> (std::path::PathBuf, String) {
+        let dir = std::env::temp_dir().join(format!("ledger_pool_{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = sqlite_url(&format!("sqlite:{}", dir.join("p.db").display()));
+        (dir, url)
+    }
+
+    /// The ledger's one-writer SQLite pool survives a call cancelled inside its transaction:
+    /// the release hook drops the poisoned connection and the next write gets a fresh one.
+    #[tokio::test]
+    async fn sqlite_writer_survives_a_cancel_inside_begin() {
+        sqlx::any::install_default_drivers();
+        let (dir, url) = temp_url();
+        // A short acquire timeout: a regression fails in seconds instead of hanging.
+        let pool = sqlite_pool(&url, 1, Duration::from_secs(2)).await.unwrap();
+        sqlx::query("CREATE TABLE t (k TEXT PRIMARY KEY)").execute(&pool).await.unwrap();
+        for i in 0..20 {
+            release_inside_transaction(&pool).await;
+            let r = tokio::time::timeout(Duration::from_secs(5), write(&pool, &format!("k{i}"))).await;
+            assert!(matches!(r, Ok(Ok(()))), "write {i} after a cancelled BEGIN: {r:?}");
+        }
+        pool.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The control: the same pool without the hook is poisoned by one such cancel, so the
+    /// test above tests the hook and not luck.
+    #[tokio::test]
+    async fn without_the_hook_one_cancel_poisons_the_writer() {
+        sqlx::any::install_default_drivers();
+        let (dir, url) = temp_url();
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(2))
+            .connect(&url)
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE t (k TEXT PRIMARY KEY)").execute(&pool).await.unwrap();
+        release_inside_transaction(&pool).await;
+        let r = tokio::time::timeout(Duration::from_secs(5), write(&pool, "k")).await;
+        let err = r.expect("the write answered (an error), it did not hang").expect_err("the writer is poisoned");
+        assert!(err.to_string().contains("transaction depth"), "{err}");
+        pool.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -95,6 +95,8 @@ pub fn options() -> LedgerOptions {
     LedgerOptions {
         fee_bps: FEE_BPS,
         max_connections: 8,
+        // A pool that cannot hand out a connection fails the test in seconds, not minutes.
+        acquire_timeout: std::time::Duration::from_secs(10),
         ..LedgerOptions::default()
     }
 }
