@@ -13,18 +13,52 @@ pub use crate::engine::{EngineKind, EngineSection};
 
 pub const ENV_PREFIX: &str = "COCOON__";
 
+/// Production refuses every dev-only part (simulated TEE, jobs in clear, disabled auth, the
+/// test engine, seconds-long hold TTLs). It is the default for every command but
+/// `cocoon dev`: development behaviour must be asked for, and is announced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Environment {
-    #[default]
     Development,
+    #[default]
     Production,
+}
+
+/// Which command reads the configuration: it sets the default environment and which
+/// sections must be valid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Role {
+    /// `cocoon dev`: development unless the configuration says otherwise.
+    Dev,
+    /// `cocoon gateway`: production unless set; runs no engine.
+    Gateway,
+    /// `cocoon worker`: production unless set.
+    Worker,
+    /// Every other command (keys, ledger, …): production unless set; runs no engine.
+    #[default]
+    Tool,
+}
+
+impl Role {
+    pub fn default_environment(self) -> Environment {
+        match self {
+            Role::Dev => Environment::Development,
+            _ => Environment::Production,
+        }
+    }
+
+    fn runs_engine(self) -> bool {
+        matches!(self, Role::Dev | Role::Worker)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub environment: Environment,
+    /// The command this configuration was loaded for (not a key).
+    #[serde(skip)]
+    pub role: Role,
     /// Keys, dev state and (later) the embedded ledger live here.
     pub data_dir: PathBuf,
     /// tracing filter, e.g. "info" or "gateway=debug,info".
@@ -75,7 +109,8 @@ impl Default for BillingSection {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            environment: Environment::Development,
+            environment: Environment::Production,
+            role: Role::Tool,
             data_dir: PathBuf::from(".cocoon"),
             log: "info".into(),
             gateway: GatewayConfig::default(),
@@ -155,8 +190,19 @@ fn apply_env(table: &mut toml::Table, vars: impl IntoIterator<Item = (String, St
 }
 
 impl Config {
-    /// File (optional) + environment overrides + validation.
+    /// File (optional) + environment overrides + validation, for a command that runs no
+    /// engine (production unless set).
     pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        Self::load_for(path, env, Role::Tool)
+    }
+
+    /// As [`Config::load`], for `role`: its default environment applies when neither the
+    /// file nor the environment sets one.
+    pub fn load_for(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        role: Role,
+    ) -> Result<Self, ConfigError> {
         let mut table = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
@@ -171,18 +217,38 @@ impl Config {
             None => toml::Table::new(),
         };
         apply_env(&mut table, env)?;
-        let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        if !table.contains_key("environment") {
+            let name = match role.default_environment() {
+                Environment::Development => "development",
+                Environment::Production => "production",
+            };
+            table.insert("environment".into(), toml::Value::String(name.into()));
+        }
+        if role == Role::Dev {
+            // Several dev networks (and test runs) share a machine: an ephemeral port,
+            // printed at start and written to dev.json, unless one is configured.
+            let gw = table.entry("gateway").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(gw) = gw {
+                gw.entry("metrics_listen").or_insert_with(|| toml::Value::String("127.0.0.1:0".into()));
+            }
+        }
+        let mut cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             ConfigError::Field {
                 key: e.path().to_string(),
                 message: e.inner().to_string(),
             }
         })?;
+        cfg.role = role;
         cfg.validate()?;
         Ok(cfg)
     }
 
-    pub fn from_env_and_file(path: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::load(path, std::env::vars())
+    pub fn from_env_and_file(path: Option<&Path>, role: Role) -> Result<Self, ConfigError> {
+        Self::load_for(path, std::env::vars(), role)
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.environment == Environment::Production
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -197,7 +263,9 @@ impl Config {
                 errs.push("ton.enabled needs billing.enabled (deposits and payouts live in the ledger)".into());
             }
         }
-        errs.extend(self.engine.validate(self.environment == Environment::Production));
+        if self.role.runs_engine() {
+            errs.extend(self.engine.validate(self.environment == Environment::Production));
+        }
         if self.environment == Environment::Production && self.gateway.insecure_disable_auth {
             errs.push("gateway.insecure_disable_auth serves without authentication and is refused when environment = \"production\"".into());
         }
@@ -262,9 +330,55 @@ mod tests {
         Config::load(Some(p), no_env()).unwrap();
     }
 
+    /// Every key that has a default appears in cocoon.example.toml with exactly that default
+    /// (commented-out keys are the optional ones without a default), so the file cannot
+    /// drift from the types again.
     #[test]
-    fn defaults_are_valid() {
-        Config::load(None, no_env()).unwrap();
+    fn example_lists_every_key_with_its_default() {
+        fn flatten(prefix: &str, v: &toml::Value, out: &mut std::collections::BTreeMap<String, toml::Value>) {
+            match v {
+                toml::Value::Table(t) => {
+                    for (k, v) in t {
+                        let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                        flatten(&p, v, out);
+                    }
+                }
+                other => {
+                    out.insert(prefix.to_string(), other.clone());
+                }
+            }
+        }
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../cocoon.example.toml")).unwrap();
+        let example: toml::Value = text.parse::<toml::Table>().map(toml::Value::Table).unwrap();
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        let (mut ex, mut def) = (Default::default(), Default::default());
+        flatten("", &example, &mut ex);
+        flatten("", &defaults, &mut def);
+        let missing: Vec<&String> = def.keys().filter(|k| !ex.contains_key(*k)).collect();
+        assert!(missing.is_empty(), "keys with a default missing from cocoon.example.toml: {missing:?}");
+        let differ: Vec<String> = ex
+            .iter()
+            .filter_map(|(k, v)| match def.get(k) {
+                Some(d) if d != v => Some(format!("{k}: example {v}, default {d}")),
+                None => Some(format!("{k}: in the example but not a key with a default")),
+                _ => None,
+            })
+            .collect();
+        assert!(differ.is_empty(), "cocoon.example.toml disagrees with the defaults:\n{}", differ.join("\n"));
+    }
+
+    #[test]
+    fn defaults_are_valid_and_production_but_for_cocoon_dev() {
+        let gw = Config::load_for(None, no_env(), Role::Gateway).unwrap();
+        assert_eq!(gw.environment, Environment::Production);
+        assert_eq!(Config::load(None, no_env()).unwrap().environment, Environment::Production);
+        let dev = Config::load_for(None, no_env(), Role::Dev).unwrap();
+        assert_eq!(dev.environment, Environment::Development);
+        // A worker must name its engine in production: the default picks a dev engine.
+        let e = Config::load_for(None, no_env(), Role::Worker).unwrap_err().to_string();
+        assert!(e.contains("engine.kind"), "{e}");
+        let w = Config::load_for(None, vec![("COCOON__ENVIRONMENT".into(), "development".into())], Role::Worker).unwrap();
+        assert_eq!(w.environment, Environment::Development);
     }
 
     #[test]
@@ -312,7 +426,7 @@ mod tests {
         let f = file(
             "environment = \"production\"\n[gateway]\nlisten = \"nope\"\nmax_in_flight = 0\nredis_url = \"http://x\"\n[worker]\nslots = 0\nprice_coefficient = 9000\n[router]\nmax_attempts = 0\n",
         );
-        let e = Config::load(Some(f.path()), no_env()).unwrap_err();
+        let e = Config::load_for(Some(f.path()), no_env(), Role::Dev).unwrap_err();
         let ConfigError::Invalid(list) = e else { panic!("{e}") };
         let joined = list.join("\n");
         for needle in [
@@ -332,10 +446,7 @@ mod tests {
     fn disabling_auth_is_refused_in_production() {
         let env = |prod: bool| {
             let mut v = vec![("COCOON__GATEWAY__INSECURE_DISABLE_AUTH".to_string(), "true".to_string())];
-            if prod {
-                v.push(("COCOON__ENVIRONMENT".into(), "production".into()));
-                v.push(("COCOON__ENGINE__KIND".into(), "external".into()));
-            }
+            v.push(("COCOON__ENVIRONMENT".into(), if prod { "production" } else { "development" }.into()));
             v
         };
         assert!(Config::load(None, env(false)).unwrap().gateway.insecure_disable_auth);
@@ -347,9 +458,7 @@ mod tests {
     fn short_hold_ttls_only_outside_production() {
         let env = |prod: bool| {
             let mut v = vec![("COCOON__BILLING__HOLD_TTL_SECS".to_string(), "5".to_string())];
-            if prod {
-                v.push(("COCOON__ENVIRONMENT".into(), "production".into()));
-            }
+            v.push(("COCOON__ENVIRONMENT".into(), if prod { "production" } else { "development" }.into()));
             v
         };
         assert_eq!(Config::load(None, env(false)).unwrap().billing.hold_ttl_secs, 5);

@@ -53,6 +53,8 @@ pub struct DevNetwork {
     pub engine: Option<Arc<test_engine::TestEngine>>,
     /// Which engine serves (said at start): the built-in test engine or a real one.
     pub engine_description: String,
+    /// The gateway's `/metrics`, when `gateway.metrics_listen` is set.
+    pub gateway_metrics_addr: Option<SocketAddr>,
     /// The worker's `/metrics`, when `worker.metrics_listen` is set.
     pub worker_metrics_addr: Option<SocketAddr>,
     pub router: Router,
@@ -129,6 +131,7 @@ impl DevNetwork {
                 "base_url": base_url,
                 "api_key": api_key,
                 "engine_url": engine.url,
+                "metrics_url": gw.metrics_addr.map(|a| format!("http://{a}/metrics")),
                 "models": router.models().iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
                 "worker_url": listener.as_ref().map(|l| format!("wss://{}/v1/worker", l.addr)),
                 "router_cert_sha256": listener.as_ref().map(|l| l.cert_sha256.clone()),
@@ -137,6 +140,7 @@ impl DevNetwork {
         Ok(Self {
             base_url,
             gateway_addr: gw.addr,
+            gateway_metrics_addr: gw.metrics_addr,
             engine_url: engine.url.clone(),
             api_key,
             engine: engine.engine.clone(),

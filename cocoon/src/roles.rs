@@ -161,6 +161,8 @@ async fn wait_first_ready(sup: &EngineSupervisor, timeout: Duration) -> anyhow::
 
 pub struct GatewayHandle {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served (`gateway.metrics_listen`), if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
     pub keys: Arc<KeyStore>,
     pub meter: Option<Arc<crate::metering::LedgerMeter>>,
     pub task: JoinHandle<std::io::Result<()>>,
@@ -211,13 +213,25 @@ pub async fn start_gateway(cfg: &Config, router: Router, stop: CancellationToken
         .await
         .with_context(|| format!("binding the gateway on {}", cfg.gateway.listen))?;
     let addr = listener.local_addr()?;
+    let metrics_addr = match &cfg.gateway.metrics_listen {
+        Some(m) => {
+            let l = TcpListener::bind(m)
+                .await
+                .with_context(|| format!("binding gateway.metrics_listen {m} (set another address, or 127.0.0.1:0)"))?;
+            let a = l.local_addr()?;
+            let stop = stop.clone();
+            tokio::spawn(gateway::server::serve_metrics(l, state.clone(), async move { stop.cancelled().await }));
+            Some(a)
+        }
+        None => None,
+    };
     let task = tokio::spawn(gateway::server::serve(
         listener,
         state,
         async move { stop.cancelled().await },
         cfg.gateway.drain_timeout(),
     ));
-    Ok(GatewayHandle { addr, keys, meter, task })
+    Ok(GatewayHandle { addr, metrics_addr, keys, meter, task })
 }
 
 pub struct WorkerListener {

@@ -36,7 +36,6 @@ pub fn build(state: AppState) -> axum::Router {
         .route("/v1/attestation/report", get(crate::attest::report))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
-        .route("/metrics", get(handlers::metrics))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -44,6 +43,14 @@ pub fn build(state: AppState) -> axum::Router {
         .layer(middleware::from_fn(request_id))
         .layer(SetSensitiveRequestHeadersLayer::new([axum::http::header::AUTHORIZATION]))
         .layer(CatchPanicLayer::custom(panic_response))
+}
+
+/// The metrics listener's app: `/metrics` only (`gateway.metrics_listen`).
+pub fn metrics_app(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", get(handlers::metrics))
+        .fallback(unknown_route)
+        .with_state(state)
 }
 
 async fn unknown_route(method: Method, uri: Uri) -> ApiError {

@@ -3,13 +3,21 @@
 //! client (`cocoon verify`) can check everything itself before it sends a prompt.
 //!
 //! Public (no API key): evidence is not secret, and a client should be able to verify a
-//! network before it trusts it with a key. Each request makes every worker of the model
-//! produce evidence (tens of milliseconds on TDX), so at most a few run at once; the rest
-//! get 503 at once.
+//! network before it trusts it with a key. A fresh report makes every worker of the model
+//! produce evidence (tens of milliseconds on TDX), so nobody may monopolise it:
+//! - fresh reports (the client sends its own `nonce`) are limited per client address
+//!   (`gateway.attestation_reports_per_minute`, 429 beyond it) and at most a few run at once
+//!   (503 beyond that);
+//! - without a nonce, the answer is the model's most recent report, bound to a nonce the
+//!   gateway chose, at most `gateway.attestation_cache_secs` old (its `generated_at` says
+//!   when): enough for a client that only wants to see which workers serve and what they
+//!   run, and it costs the workers nothing.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -27,7 +35,9 @@ pub struct ReportQuery {
     /// The model whose serving workers must attest.
     pub model: Option<String>,
     /// 32 random bytes as 64 hex digits, chosen by the client; every evidence in the
-    /// answer binds it.
+    /// answer binds it (limited per client per minute). Without it: the model's most recent
+    /// report, bound to a nonce the gateway chose, at most `gateway.attestation_cache_secs`
+    /// old.
     pub nonce: Option<String>,
 }
 
@@ -35,9 +45,11 @@ pub struct ReportQuery {
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct AttestationReportDoc {
-    /// The client's nonce, hex.
+    /// The client's nonce (or, for a cached report, the gateway's), hex.
     nonce: String,
     model: Option<String>,
+    /// Unix seconds when the evidence was gathered.
+    generated_at: u64,
     /// The attestation policy this network applies (informational: verify against your own).
     #[schema(value_type = Object)]
     policy: serde_json::Value,
@@ -70,26 +82,77 @@ pub struct WorkerAttestationDoc {
         (status = 200, body = AttestationReportDoc, description = "Fresh evidence of the workers serving the model, bound to the nonce"),
         (status = 400, body = protocol::ErrorBody),
         (status = 404, body = protocol::ErrorBody),
+        (status = 429, body = protocol::ErrorBody, description = "Too many fresh reports from this client; omit `nonce` for the cached one"),
         (status = 503, body = protocol::ErrorBody)
     )
 )]
-pub async fn report(State(state): State<AppState>, Query(q): Query<ReportQuery>) -> Result<Response, ApiError> {
+pub async fn report(
+    State(state): State<AppState>,
+    peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    Query(q): Query<ReportQuery>,
+) -> Result<Response, ApiError> {
     let model = q
         .model
         .filter(|m| !m.is_empty())
         .ok_or_else(|| ApiError::invalid("model", "Missing required parameter: 'model'."))?;
-    let nonce_hex = q
-        .nonce
-        .ok_or_else(|| ApiError::invalid("nonce", "Missing required parameter: 'nonce' (64 hex digits)."))?;
+    if !state.router.knows_model(&model) {
+        return Err(ApiError::ModelNotFound(model));
+    }
+    let Some(nonce_hex) = q.nonce else {
+        return cached_report(&state, &model).await;
+    };
     let nonce: [u8; 32] = hex::decode(nonce_hex.trim())
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| ApiError::invalid("nonce", "'nonce' must be 32 bytes as 64 hex digits."))?;
-    if !state.router.knows_model(&model) {
-        return Err(ApiError::ModelNotFound(model));
+    limit_per_client(&state, peer.map(|axum::Extension(ConnectInfo(a))| a)).await?;
+    Ok(Json(fresh_report(&state, &model, nonce).await?).into_response())
+}
+
+/// Fresh reports per client address and minute.
+async fn limit_per_client(state: &AppState, peer: Option<SocketAddr>) -> Result<(), ApiError> {
+    let per_minute = state.cfg.attestation_reports_per_minute;
+    let Some(peer) = peer else { return Ok(()) };
+    let limits = crate::ratelimit::Limits { requests_per_minute: per_minute, tokens_per_minute: 0 };
+    match state.limiter.check(&format!("attest:{}", peer.ip()), limits, 0).await {
+        Ok(d) if d.allowed => Ok(()),
+        Ok(d) => {
+            metrics::counter!("cocoon_gateway_attestation_reports_limited_total").increment(1);
+            Err(ApiError::RateLimited {
+                message: format!(
+                    "Rate limit reached for fresh attestation reports: {per_minute} per minute per client. \
+                     Omit `nonce` for the recent cached report, or retry later."
+                ),
+                decision: Box::new(d),
+            })
+        }
+        Err(_) if state.cfg.rate_limit_fail_open => Ok(()),
+        Err(_) => Err(ApiError::LimiterUnavailable),
     }
+}
+
+/// The model's most recent report, refreshed (with a gateway nonce) when older than
+/// `gateway.attestation_cache_secs`; concurrent callers share one refresh.
+async fn cached_report(state: &AppState, model: &str) -> Result<Response, ApiError> {
+    let max_age = Duration::from_secs(state.cfg.attestation_cache_secs);
+    let mut cache = state.report_cache.lock().await;
+    if let Some((at, body)) = cache.get(model) {
+        if at.elapsed() <= max_age {
+            return Ok(Json(body.clone()).into_response());
+        }
+    }
+    let nonce: [u8; 32] = rand::random();
+    let body = fresh_report(state, model, nonce).await?;
+    cache.insert(model.to_string(), (Instant::now(), body.clone()));
+    Ok(Json(body).into_response())
+}
+
+/// The models' last reports served without a nonce, with when they were made.
+pub type ReportCache = tokio::sync::Mutex<HashMap<String, (Instant, serde_json::Value)>>;
+
+async fn fresh_report(state: &AppState, model: &str, nonce: [u8; 32]) -> Result<serde_json::Value, ApiError> {
     let _slot = REPORT_SLOTS.try_acquire().map_err(|_| ApiError::Overloaded)?;
-    let answers = state.router.attest_workers(&model, nonce, WORKER_TIMEOUT).await;
+    let answers = state.router.attest_workers(model, nonce, WORKER_TIMEOUT).await;
     let mut workers: Vec<serde_json::Value> = Vec::with_capacity(answers.len());
     for (worker, answer) in answers {
         match answer.and_then(|att| serde_json::to_value(att).map_err(|e| e.to_string())) {
@@ -98,13 +161,13 @@ pub async fn report(State(state): State<AppState>, Query(q): Query<ReportQuery>)
         }
     }
     if workers.is_empty() {
-        return Err(ApiError::NoCapacity(model));
+        return Err(ApiError::no_capacity(model));
     }
-    let body = serde_json::json!({
+    Ok(serde_json::json!({
         "nonce": hex::encode(nonce),
         "model": model,
+        "generated_at": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         "policy": state.router.attestor().policy(),
         "workers": workers,
-    });
-    Ok(Json(body).into_response())
+    }))
 }

@@ -15,6 +15,44 @@ use async_trait::async_trait;
 use protocol::Usage;
 use uuid::Uuid;
 
+/// What a worker may report for one request. Usage above it is a worker fault, never a
+/// charge: the report is clamped, the alarm `cocoon_gateway_usage_over_bounds_total` counts
+/// it and the worker is named in the log.
+#[derive(Clone, Copy, Debug)]
+pub struct UsageBounds {
+    /// The generation cap the engine was sent, times the choices.
+    pub completion_tokens: u64,
+    /// Generous: one token per byte of the request body plus the chat template's.
+    pub prompt_tokens: u64,
+}
+
+impl UsageBounds {
+    pub fn clamp(&self, u: &Usage, worker: &str) -> Usage {
+        let mut out = *u;
+        let mut over = Vec::new();
+        if u.completion_tokens > self.completion_tokens {
+            over.push(format!("completion_tokens {} > {}", u.completion_tokens, self.completion_tokens));
+            out.completion_tokens = self.completion_tokens;
+        }
+        if u.prompt_tokens > self.prompt_tokens {
+            over.push(format!("prompt_tokens {} > {}", u.prompt_tokens, self.prompt_tokens));
+            out.prompt_tokens = self.prompt_tokens;
+        }
+        if let Some(d) = out.completion_tokens_details.as_mut() {
+            d.reasoning_tokens = d.reasoning_tokens.min(out.completion_tokens);
+        }
+        if let Some(d) = out.prompt_tokens_details.as_mut() {
+            d.cached_tokens = d.cached_tokens.min(out.prompt_tokens);
+        }
+        out.total_tokens = out.prompt_tokens.saturating_add(out.completion_tokens);
+        if !over.is_empty() {
+            metrics::counter!("cocoon_gateway_usage_over_bounds_total", "worker" => worker.to_string()).increment(1);
+            tracing::error!(%worker, over = %over.join(", "), "worker reported usage beyond the request's bounds; charging at most the bounds");
+        }
+        out
+    }
+}
+
 /// What a request may cost at most, for the hold.
 #[derive(Clone, Debug)]
 pub struct HoldRequest {
@@ -149,6 +187,11 @@ impl Bill {
 
     pub fn set_worker(&mut self, worker: &str, coefficient: u32) {
         self.worker = Some((worker.to_string(), coefficient));
+    }
+
+    /// The serving worker's id, once dispatched.
+    pub fn worker(&self) -> Option<&str> {
+        self.worker.as_ref().map(|(w, _)| w.as_str())
     }
 
     /// One content chunk reached the client: about one completion token.
@@ -339,6 +382,23 @@ mod tests {
         assert!(g.1 .0.lock().unwrap().is_empty());
         g.0.add_permits(1);
         assert_eq!(settled(&g.1).await, vec![format!("capture {id} w 1000 3 4")]);
+    }
+
+    #[test]
+    fn usage_beyond_the_bounds_is_clamped_never_charged() {
+        let b = UsageBounds { completion_tokens: 10, prompt_tokens: 100 };
+        let u = Usage {
+            prompt_tokens: 5000,
+            completion_tokens: 1_000_000,
+            total_tokens: 1,
+            completion_tokens_details: Some(protocol::openai::CompletionTokensDetails { reasoning_tokens: 900 }),
+            ..Default::default()
+        };
+        let c = b.clamp(&u, "w");
+        assert_eq!((c.prompt_tokens, c.completion_tokens, c.total_tokens), (100, 10, 110));
+        assert_eq!(c.reasoning_tokens(), 10);
+        let fine = Usage { prompt_tokens: 7, completion_tokens: 3, total_tokens: 10, ..Default::default() };
+        assert_eq!(b.clamp(&fine, "w"), fine);
     }
 
     #[tokio::test]

@@ -22,12 +22,31 @@ pub struct GatewayConfig {
     pub keys_file: Option<PathBuf>,
     /// Limits for keys and tokens that carry none of their own.
     pub default_limits: Limits,
-    /// Completion tokens assumed for the per-minute token budget when a request sets no max.
-    pub default_max_tokens_estimate: u64,
+    /// Per-choice generation cap for a chat request that sets none: the hold covers it and
+    /// the engine is sent it, so no generation runs past what was reserved. (Text
+    /// completions default to 16, as OpenAI's API does.)
+    pub default_max_tokens: u64,
     /// On SIGTERM, how long in-flight streams may run before the process exits anyway.
     pub drain_timeout_ms: u64,
-    /// Serve requests when the rate-limit store (Redis) is down, rather than refusing them.
+    /// Serve requests when the rate-limit store (Redis) is down, rather than refusing them
+    /// (503 with `Retry-After`). Off by default: limits that fail open are not limits.
     pub rate_limit_fail_open: bool,
+    /// Streams: an SSE comment (`: keep-alive`) after this long without a byte (queued, in
+    /// prefill, or a slow engine), so clients and proxies see the stream is alive. SDKs
+    /// ignore comments.
+    pub sse_keepalive_ms: u64,
+    /// A request body must arrive within this long of its headers (408 otherwise).
+    pub body_read_timeout_ms: u64,
+    /// A client must send a request's headers within this long of connecting or of its
+    /// previous request (the connection is closed otherwise).
+    pub header_read_timeout_ms: u64,
+    /// Where `/metrics` (Prometheus) is served: its own listener, loopback by default, so
+    /// it is not public. Unset: no metrics endpoint.
+    pub metrics_listen: Option<String>,
+    /// Fresh attestation reports (with a client nonce) per client address per minute.
+    pub attestation_reports_per_minute: u64,
+    /// Reports without a nonce are served from evidence at most this old.
+    pub attestation_cache_secs: u64,
     pub jwt: Option<JwtConfig>,
     /// Benchmarks only: skip authentication and bill every request to the account
     /// [`crate::auth::ANONYMOUS_ACCOUNT`] under `default_limits`, so the cost of auth can be
@@ -47,9 +66,15 @@ impl Default for GatewayConfig {
                 requests_per_minute: 600,
                 tokens_per_minute: 2_000_000,
             },
-            default_max_tokens_estimate: 256,
+            default_max_tokens: 4096,
             drain_timeout_ms: 30_000,
-            rate_limit_fail_open: true,
+            rate_limit_fail_open: false,
+            sse_keepalive_ms: 3_000,
+            body_read_timeout_ms: 30_000,
+            header_read_timeout_ms: 10_000,
+            metrics_listen: Some("127.0.0.1:9464".into()),
+            attestation_reports_per_minute: 30,
+            attestation_cache_secs: 60,
             jwt: None,
             insecure_disable_auth: false,
         }
@@ -59,6 +84,27 @@ impl Default for GatewayConfig {
 impl GatewayConfig {
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    /// The generation cap for a request to `endpoint` that sets none.
+    pub fn default_cap(&self, endpoint: protocol::Endpoint) -> u64 {
+        match endpoint {
+            // OpenAI's documented default for /v1/completions (vLLM's too).
+            protocol::Endpoint::Completions => 16,
+            _ => self.default_max_tokens,
+        }
+    }
+
+    pub fn sse_keepalive(&self) -> Duration {
+        Duration::from_millis(self.sse_keepalive_ms)
+    }
+
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {
@@ -78,6 +124,23 @@ impl GatewayConfig {
                 "gateway.max_body_bytes must be at least 1024, got {}",
                 self.max_body_bytes
             ));
+        }
+        if !(1..=10_000_000).contains(&self.default_max_tokens) {
+            errs.push(format!("gateway.default_max_tokens must be in 1..=10000000, got {}", self.default_max_tokens));
+        }
+        for (k, v) in [
+            ("sse_keepalive_ms", self.sse_keepalive_ms),
+            ("body_read_timeout_ms", self.body_read_timeout_ms),
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+        ] {
+            if v < 10 {
+                errs.push(format!("gateway.{k} must be at least 10 ms, got {v}"));
+            }
+        }
+        if let Some(m) = &self.metrics_listen {
+            if m.parse::<SocketAddr>().is_err() {
+                errs.push(format!("gateway.metrics_listen {m:?} is not an address like 127.0.0.1:9464"));
+            }
         }
         if self.max_in_flight == 0 {
             errs.push("gateway.max_in_flight must be > 0".into());

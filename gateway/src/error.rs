@@ -34,8 +34,15 @@ pub enum ApiError {
     InsufficientQuota(String),
     #[error("The gateway is at its in-flight request limit; retry shortly")]
     Overloaded,
-    #[error("No worker can serve model `{0}` right now; retry shortly")]
-    NoCapacity(String),
+    /// No worker can take the request now (none available, the model's queue is full, or
+    /// the request waited its full turn); `retry_after` seconds go in `Retry-After`.
+    #[error("{message}")]
+    NoCapacity { message: String, retry_after: u64 },
+    /// The rate-limit store is down and limits fail closed (`gateway.rate_limit_fail_open`).
+    #[error("Rate limits cannot be checked right now; retry shortly")]
+    LimiterUnavailable,
+    #[error("The request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
     /// An engine or worker error, relayed with its status (and the engine's body when it had one).
     #[error("{message}")]
     Upstream {
@@ -76,12 +83,15 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::InsufficientQuota(_) => StatusCode::PAYMENT_REQUIRED,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Overloaded | ApiError::NoCapacity(_) | ApiError::NotReady(_) => {
+            ApiError::Overloaded | ApiError::NoCapacity { .. } | ApiError::NotReady(_) | ApiError::LimiterUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::Upstream { status, .. } => {
-                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
-            }
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            // A worker says what status it wants; only error statuses are believed.
+            ApiError::Upstream { status, .. } => match StatusCode::from_u16(*status) {
+                Ok(s) if s.is_client_error() || s.is_server_error() => s,
+                _ => StatusCode::BAD_GATEWAY,
+            },
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -96,13 +106,14 @@ impl ApiError {
             | ApiError::MethodNotAllowed { .. }
             | ApiError::PayloadTooLarge { .. }
             | ApiError::BillingDisabled
+            | ApiError::BodyTimeout(_)
             | ApiError::WorkerNotFound(_) => "invalid_request_error",
             ApiError::RateLimited { .. } => "requests",
             ApiError::InsufficientQuota(_) => "insufficient_quota",
-            ApiError::Overloaded | ApiError::NoCapacity(_) | ApiError::NotReady(_) => {
+            ApiError::Overloaded | ApiError::NoCapacity { .. } | ApiError::NotReady(_) | ApiError::LimiterUnavailable => {
                 "service_unavailable_error"
             }
-            ApiError::Upstream { status, .. } if *status < 500 => "invalid_request_error",
+            ApiError::Upstream { .. } if self.status().is_client_error() => "invalid_request_error",
             ApiError::Upstream { .. } | ApiError::Internal(_) => "server_error",
         }
     }
@@ -118,7 +129,9 @@ impl ApiError {
             ApiError::RateLimited { .. } => Some("rate_limit_exceeded"),
             ApiError::InsufficientQuota(_) => Some("insufficient_quota"),
             ApiError::Overloaded => Some("server_overloaded"),
-            ApiError::NoCapacity(_) => Some("no_capacity"),
+            ApiError::NoCapacity { .. } => Some("no_capacity"),
+            ApiError::LimiterUnavailable => Some("rate_limiter_unavailable"),
+            ApiError::BodyTimeout(_) => Some("request_timeout"),
             ApiError::NotReady(_) => Some("not_ready"),
             ApiError::BillingDisabled => Some("billing_disabled"),
             ApiError::WorkerNotFound(_) => Some("worker_not_found"),
@@ -140,9 +153,14 @@ impl ApiError {
         match self {
             ApiError::RateLimited { .. }
             | ApiError::Overloaded
-            | ApiError::NoCapacity(_)
+            | ApiError::NoCapacity { .. }
+            | ApiError::LimiterUnavailable
+            | ApiError::BodyTimeout(_)
             | ApiError::NotReady(_) => true,
-            ApiError::Upstream { status, .. } => *status >= 500 || *status == 429,
+            ApiError::Upstream { .. } => {
+                let s = self.status();
+                s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS
+            }
             _ => false,
         }
     }
@@ -211,8 +229,11 @@ impl ApiError {
     fn headers(&self, headers: &mut HeaderMap) {
         match self {
             ApiError::RateLimited { decision, .. } => decision.apply_headers(headers),
-            ApiError::Overloaded | ApiError::NoCapacity(_) | ApiError::NotReady(_) => {
+            ApiError::Overloaded | ApiError::NotReady(_) | ApiError::LimiterUnavailable => {
                 headers.insert("retry-after", HeaderValue::from_static("1"));
+            }
+            ApiError::NoCapacity { retry_after, .. } => {
+                headers.insert("retry-after", HeaderValue::from(*retry_after));
             }
             _ => {}
         }
@@ -236,6 +257,39 @@ impl IntoResponse for ApiError {
         self.headers(resp.headers_mut());
         resp.extensions_mut().insert(ErrorLabel(self.metric_label()));
         resp
+    }
+}
+
+impl ApiError {
+    /// A worker's or engine's error, relayed with its status and body.
+    pub fn upstream(e: protocol::JobError) -> Self {
+        ApiError::Upstream {
+            status: e.status,
+            message: e.message,
+            body: e.body,
+        }
+    }
+
+    /// No worker can take a request for `model` now.
+    pub fn no_capacity(model: &str) -> Self {
+        ApiError::NoCapacity {
+            message: format!("No worker can serve model `{model}` right now; retry shortly"),
+            retry_after: 1,
+        }
+    }
+}
+
+impl From<router::RouteError> for ApiError {
+    fn from(e: router::RouteError) -> Self {
+        let retry_after = e.retry_after_secs();
+        match e {
+            router::RouteError::ModelNotFound(m) => ApiError::ModelNotFound(m),
+            router::RouteError::Job(j) => ApiError::upstream(j),
+            other => ApiError::NoCapacity {
+                message: other.to_string(),
+                retry_after: retry_after.unwrap_or(1),
+            },
+        }
     }
 }
 
@@ -279,5 +333,13 @@ mod tests {
         assert_eq!(v["error"]["param"], "stop");
         assert!(v["error"].as_object().unwrap().contains_key("code"));
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn a_worker_cannot_make_an_error_look_like_success() {
+        for (given, want) in [(200, 502), (101, 502), (302, 502), (0, 502), (999, 502), (429, 429), (503, 503), (418, 418)] {
+            let e = ApiError::Upstream { status: given, message: "x".into(), body: None };
+            assert_eq!(e.status().as_u16(), want, "worker said {given}");
+        }
     }
 }

@@ -13,6 +13,7 @@ pub mod billing;
 pub mod config;
 pub mod error;
 pub mod handlers;
+mod inference;
 pub mod jwt;
 pub mod keys;
 pub mod metrics;

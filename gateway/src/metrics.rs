@@ -19,6 +19,7 @@ pub const INFLIGHT_REQUESTS: &str = "cocoon_inflight_requests";
 pub const INFLIGHT_STREAMS: &str = "cocoon_inflight_streams";
 pub const STREAMS_CUT: &str = "cocoon_streams_cut_total";
 pub const ERRORS: &str = "cocoon_http_errors_total";
+pub const SSE_KEEPALIVES: &str = "cocoon_sse_keepalives_total";
 
 /// The model label of a response: set by inference handlers to a model the router knows, so
 /// label cardinality stays bounded by what workers serve.

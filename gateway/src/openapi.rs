@@ -25,7 +25,6 @@ use crate::handlers;
         crate::attest::report,
         handlers::healthz,
         handlers::readyz,
-        handlers::metrics,
     ),
     components(schemas(protocol::ErrorBody, protocol::ErrorObject, protocol::Usage)),
     modifiers(&BearerAuth),
@@ -34,7 +33,7 @@ use crate::handlers;
         (name = "models", description = "Models served by attested workers"),
         (name = "account", description = "Balances, usage and worker earnings in nanoTON"),
         (name = "attestation", description = "Evidence that workers run the approved image in a TEE"),
-        (name = "ops", description = "Health, readiness and metrics")
+        (name = "ops", description = "Health and readiness (Prometheus metrics are served on their own listener, `gateway.metrics_listen`)")
     )
 )]
 pub struct ApiDoc;

@@ -5,10 +5,11 @@
 //! records the stream as cut. Frames are `data: {chunk}\n\n`, ending with `data: [DONE]\n\n`;
 //! a worker failure mid-stream becomes one `data: {"error": …}` event and the stream ends.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::Stream;
@@ -16,7 +17,7 @@ use protocol::{JobEvent, Usage};
 use router::JobStream;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::billing::Bill;
+use crate::billing::{Bill, UsageBounds};
 use crate::error::ApiError;
 use crate::metrics as m;
 use crate::ratelimit::{Limits, RateLimiter};
@@ -54,26 +55,52 @@ pub fn record_usage(model: &str, usage: Option<&Usage>) {
     }
 }
 
-pub struct SseRelay {
-    job: JobStream,
+type Dispatch = Pin<Box<dyn Future<Output = Result<JobStream, router::RouteError>> + Send>>;
+type Capture = Pin<Box<dyn Future<Output = Result<i64, crate::billing::MeterError>> + Send>>;
+
+/// What a relay is made of (see [`crate::inference`]).
+pub struct RelayParts {
+    /// Waits for a slot and the worker's first event (queue and prefill).
+    pub dispatch: Dispatch,
     /// The client asked for the usage chunk; if not, the gateway-requested one is dropped.
+    pub include_usage: bool,
+    pub model: String,
+    pub started: Instant,
+    /// An SSE comment after this long without a byte.
+    pub keepalive: Duration,
+    pub settle: TokenSettle,
+    pub bill: Option<Bill>,
+    pub bounds: UsageBounds,
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// The body of a streaming answer. Its headers went out when the job was admitted; it then
+/// waits for dispatch (keep-alive comments meanwhile), relays the job's events as SSE, and
+/// captures before `[DONE]`.
+pub struct SseRelay {
+    phase: Phase,
     include_usage: bool,
     model: String,
     started: Instant,
     first_chunk_seen: bool,
-    state: State,
     settle: Option<TokenSettle>,
     bill: Option<Bill>,
-    /// The capture that must commit before `[DONE]` reaches the client.
-    capturing: Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+    bounds: UsageBounds,
+    keepalive_every: Duration,
+    /// Fires when the client has had no byte for `keepalive_every`.
+    keepalive: Pin<Box<tokio::time::Sleep>>,
     _permit: OwnedSemaphorePermit,
 }
 
-#[derive(PartialEq, Eq)]
-enum State {
-    Streaming,
+enum Phase {
+    Dispatching(Dispatch),
+    Streaming(JobStream),
+    /// The capture that must be durable before `[DONE]` reaches the client.
+    Capturing(Capture),
     Finished,
 }
+
+const KEEPALIVE: &[u8] = b": keep-alive\n\n";
 
 fn frame(data: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(data.len() + 8);
@@ -81,6 +108,10 @@ fn frame(data: &[u8]) -> Bytes {
     b.put_slice(data);
     b.put_slice(b"\n\n");
     b.freeze()
+}
+
+fn error_frame(err: &ApiError) -> Bytes {
+    frame(&err.into_body_json())
 }
 
 /// A usage-only chunk: `"choices": []` with `usage` set. Only parsed when the client did not ask
@@ -100,35 +131,147 @@ fn is_usage_only(data: &[u8]) -> bool {
 }
 
 impl SseRelay {
-    pub fn new(
-        job: JobStream,
-        include_usage: bool,
-        model: String,
-        started: Instant,
-        settle: TokenSettle,
-        bill: Option<Bill>,
-        permit: OwnedSemaphorePermit,
-    ) -> Self {
+    pub fn new(p: RelayParts) -> Self {
         metrics::gauge!(m::INFLIGHT_STREAMS).increment(1.0);
         Self {
-            job,
-            include_usage,
-            model,
-            started,
+            phase: Phase::Dispatching(p.dispatch),
+            include_usage: p.include_usage,
+            model: p.model,
+            started: p.started,
             first_chunk_seen: false,
-            state: State::Streaming,
-            settle: Some(settle),
-            bill,
-            capturing: None,
-            _permit: permit,
+            settle: Some(p.settle),
+            bill: p.bill,
+            bounds: p.bounds,
+            keepalive_every: p.keepalive,
+            keepalive: Box::pin(tokio::time::sleep(p.keepalive)),
+            _permit: p.permit,
         }
     }
 
     fn finish(&mut self, usage: Option<&Usage>) {
-        self.state = State::Finished;
+        self.phase = Phase::Finished;
         record_usage(&self.model, usage);
         if let Some(s) = self.settle.take() {
             s.settle(usage);
+        }
+    }
+
+    fn worker(&self) -> String {
+        self.bill.as_ref().and_then(Bill::worker).unwrap_or("?").to_string()
+    }
+
+    /// One job event to at most one SSE frame (`None`: nothing to send for it).
+    fn on_event(&mut self, ev: JobEvent, cx: &mut Context<'_>) -> Option<Bytes> {
+        match ev {
+            JobEvent::Chunk { data } => {
+                if !self.include_usage && is_usage_only(&data) {
+                    return None;
+                }
+                if let Some(b) = self.bill.as_mut() {
+                    b.count_chunk();
+                }
+                if !self.first_chunk_seen {
+                    self.first_chunk_seen = true;
+                    metrics::histogram!(m::TTFT, "model" => self.model.clone()).record(self.started.elapsed().as_secs_f64());
+                }
+                Some(frame(&data))
+            }
+            JobEvent::Done { usage } => {
+                let usage = usage.map(|u| self.bounds.clamp(&u, &self.worker()));
+                self.finish(usage.as_ref());
+                match self.bill.take() {
+                    Some(bill) => {
+                        let u = usage;
+                        self.phase = Phase::Capturing(Box::pin(async move { bill.capture(u.as_ref()).await }));
+                        // Polled right away by the caller; [DONE] follows once it is durable.
+                        cx.waker().wake_by_ref();
+                        None
+                    }
+                    None => Some(Bytes::from_static(b"data: [DONE]\n\n")),
+                }
+            }
+            JobEvent::Failed { error, usage } => {
+                let usage = usage.map(|u| self.bounds.clamp(&u, &self.worker()));
+                self.finish(usage.as_ref());
+                if let Some(bill) = self.bill.take() {
+                    bill.settle_later(usage);
+                }
+                metrics::counter!(m::STREAMS_CUT, "reason" => "worker").increment(1);
+                tracing::warn!(error = %error.message, "stream failed mid-way");
+                let err = ApiError::Upstream {
+                    status: error.status,
+                    message: format!("The worker failed mid-stream: {}", error.message),
+                    body: error.body,
+                };
+                Some(error_frame(&err))
+            }
+            JobEvent::Response { body, usage } => {
+                // A worker answering a stream request with a whole body: relay it as one chunk.
+                let usage = usage.map(|u| self.bounds.clamp(&u, &self.worker()));
+                self.finish(usage.as_ref());
+                if let Some(bill) = self.bill.take() {
+                    bill.settle_later(usage);
+                }
+                Some(frame(&body))
+            }
+        }
+    }
+
+    fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        loop {
+            match &mut self.phase {
+                Phase::Finished => return Poll::Ready(None),
+                Phase::Dispatching(fut) => match fut.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(job)) => {
+                        tracing::Span::current().record("worker", job.worker_id());
+                        if let Some(b) = self.bill.as_mut() {
+                            b.set_worker(job.worker_id(), job.price_coefficient());
+                        }
+                        self.phase = Phase::Streaming(job);
+                    }
+                    Poll::Ready(Err(e)) => {
+                        // The headers are out: the failure becomes one error event. Nothing
+                        // was produced, so the bill (dropped here) releases the hold.
+                        self.finish(None);
+                        metrics::counter!(m::STREAMS_CUT, "reason" => "dispatch").increment(1);
+                        return Poll::Ready(Some(error_frame(&ApiError::from(e))));
+                    }
+                },
+                Phase::Streaming(job) => {
+                    let ev = match Pin::new(job).poll_next(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Some(ev)) => ev,
+                        Poll::Ready(None) => {
+                            // JobStream always ends with a terminal event; a bare end is a failure.
+                            self.finish(None);
+                            metrics::counter!(m::STREAMS_CUT, "reason" => "worker").increment(1);
+                            let err = ApiError::Upstream { status: 502, message: "stream ended unexpectedly".into(), body: None };
+                            return Poll::Ready(Some(error_frame(&err)));
+                        }
+                    };
+                    if let Some(bytes) = self.on_event(ev, cx) {
+                        return Poll::Ready(Some(bytes));
+                    }
+                }
+                Phase::Capturing(fut) => {
+                    let r = match fut.as_mut().poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(r) => r,
+                    };
+                    self.phase = Phase::Finished;
+                    return Poll::Ready(Some(match r {
+                        Ok(_) => Bytes::from_static(b"data: [DONE]\n\n"),
+                        Err(e) => {
+                            // Neither committed nor journalled: the stream does not end as a
+                            // success. (Its content is out; the hold stays for the reaper.)
+                            tracing::error!(model = %self.model, error = %e, "capture failed and could not be journalled");
+                            metrics::counter!(m::STREAMS_CUT, "reason" => "capture").increment(1);
+                            error_frame(&ApiError::Internal(format!("capture failed: {e}")))
+                        }
+                    }));
+                }
+            }
         }
     }
 }
@@ -138,79 +281,22 @@ impl Stream for SseRelay {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if let Some(fut) = this.capturing.as_mut() {
-            if fut.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
+        match this.poll_step(cx) {
+            Poll::Ready(Some(b)) => {
+                let next = tokio::time::Instant::now() + this.keepalive_every;
+                this.keepalive.as_mut().reset(next);
+                Poll::Ready(Some(Ok(b)))
             }
-            this.capturing = None;
-            return Poll::Ready(Some(Ok(Bytes::from_static(b"data: [DONE]\n\n"))));
-        }
-        loop {
-            if this.state == State::Finished {
-                return Poll::Ready(None);
-            }
-            let ev = match Pin::new(&mut this.job).poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(ev)) => ev,
-                Poll::Ready(None) => {
-                    // JobStream always ends with a terminal event; treat a bare end as a failure.
-                    this.finish(None);
-                    metrics::counter!(m::STREAMS_CUT, "reason" => "worker").increment(1);
-                    let err = ApiError::Upstream { status: 502, message: "stream ended unexpectedly".into(), body: None };
-                    return Poll::Ready(Some(Ok(frame(&err.into_body_json()))));
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                // Nothing to send: a comment once the client has waited a keep-alive period.
+                if this.keepalive.as_mut().poll(cx).is_ready() {
+                    let next = tokio::time::Instant::now() + this.keepalive_every;
+                    this.keepalive.as_mut().reset(next);
+                    metrics::counter!(m::SSE_KEEPALIVES).increment(1);
+                    return Poll::Ready(Some(Ok(Bytes::from_static(KEEPALIVE))));
                 }
-            };
-            match ev {
-                JobEvent::Chunk { data } => {
-                    if !this.include_usage && is_usage_only(&data) {
-                        continue;
-                    }
-                    if let Some(b) = this.bill.as_mut() {
-                        b.count_chunk();
-                    }
-                    if !this.first_chunk_seen {
-                        this.first_chunk_seen = true;
-                        metrics::histogram!(m::TTFT, "model" => this.model.clone())
-                            .record(this.started.elapsed().as_secs_f64());
-                    }
-                    return Poll::Ready(Some(Ok(frame(&data))));
-                }
-                JobEvent::Done { usage } => {
-                    this.finish(usage.as_ref());
-                    if let Some(bill) = this.bill.take() {
-                        let job = this.model.clone();
-                        this.capturing = Some(Box::pin(async move {
-                            if let Err(e) = bill.capture(usage.as_ref()).await {
-                                tracing::warn!(model = %job, error = %e, "capture failed; the hold will expire");
-                            }
-                        }));
-                        // Poll the capture right away; [DONE] follows once it committed.
-                        return Pin::new(this).poll_next(cx);
-                    }
-                    return Poll::Ready(Some(Ok(Bytes::from_static(b"data: [DONE]\n\n"))));
-                }
-                JobEvent::Failed { error, usage } => {
-                    this.finish(usage.as_ref());
-                    if let Some(bill) = this.bill.take() {
-                        bill.settle_later(usage);
-                    }
-                    metrics::counter!(m::STREAMS_CUT, "reason" => "worker").increment(1);
-                    tracing::warn!(error = %error.message, "stream failed mid-way");
-                    let err = ApiError::Upstream {
-                        status: error.status,
-                        message: format!("The worker failed mid-stream: {}", error.message),
-                        body: error.body,
-                    };
-                    return Poll::Ready(Some(Ok(frame(&err.into_body_json()))));
-                }
-                JobEvent::Response { body, usage } => {
-                    // A worker answering a stream request with a whole body: relay it as one chunk.
-                    this.finish(usage.as_ref());
-                    if let Some(bill) = this.bill.take() {
-                        bill.settle_later(usage);
-                    }
-                    return Poll::Ready(Some(Ok(frame(&body))));
-                }
+                Poll::Pending
             }
         }
     }
@@ -219,8 +305,9 @@ impl Stream for SseRelay {
 impl Drop for SseRelay {
     fn drop(&mut self) {
         metrics::gauge!(m::INFLIGHT_STREAMS).decrement(1.0);
-        if self.state != State::Finished {
-            // The client went away: dropping `job` right after this cancels it at the worker.
+        metrics::gauge!(m::INFLIGHT_REQUESTS).decrement(1.0);
+        if !matches!(self.phase, Phase::Finished) {
+            // The client went away: dropping the job (or the dispatch) cancels it at the worker.
             metrics::counter!(m::STREAMS_CUT, "reason" => "client").increment(1);
             tracing::debug!(model = %self.model, "client disconnected mid-stream");
         }

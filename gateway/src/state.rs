@@ -22,6 +22,8 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// The ledger; `None` serves without charging (no billing configured).
     pub meter: Option<Arc<dyn Meter>>,
+    /// Attestation reports served without a client nonce.
+    pub report_cache: Arc<crate::attest::ReportCache>,
 }
 
 impl AppState {
@@ -42,6 +44,7 @@ impl AppState {
             inflight,
             metrics: crate::metrics::handle(),
             meter: None,
+            report_cache: Arc::default(),
         }
     }
 

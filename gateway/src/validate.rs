@@ -21,21 +21,39 @@ pub struct ValidRequest {
     pub include_usage: bool,
     /// Rough prompt size, for token rate limits before the engine has counted.
     pub prompt_tokens_estimate: u64,
-    /// Worst-case completion tokens (max tokens x n), when bounded by the request.
-    pub max_completion_tokens: Option<u64>,
+    /// The client's own per-choice cap (`max_completion_tokens`, else `max_tokens`).
+    pub max_tokens: Option<u64>,
+    /// Choices generated per request (`n`, or `best_of` when larger): each may use the cap.
+    pub choices: u64,
+    /// Whether the endpoint generates tokens (embeddings do not).
+    pub generates: bool,
     pub max_price_coefficient: Option<u32>,
 }
 
 impl ValidRequest {
+    /// The per-choice cap the engine gets: the client's, or `default_cap` when it set none.
+    /// Forwarded explicitly either way, so no generation can run past what the hold covers.
+    pub fn cap_per_choice(&self, default_cap: u64) -> u64 {
+        self.max_tokens.unwrap_or(default_cap)
+    }
+
+    /// Worst-case completion tokens: the cap for every choice (0 for embeddings).
+    pub fn max_completion_tokens(&self, default_cap: u64) -> u64 {
+        if self.generates {
+            self.cap_per_choice(default_cap).saturating_mul(self.choices)
+        } else {
+            0
+        }
+    }
+
     /// Tokens charged against the per-minute budget up front; corrected when usage arrives.
-    pub fn token_estimate(&self, default_max_tokens: u64) -> u64 {
-        self.prompt_tokens_estimate
-            .saturating_add(self.max_completion_tokens.unwrap_or(default_max_tokens))
+    pub fn token_estimate(&self, default_cap: u64) -> u64 {
+        self.prompt_tokens_estimate.saturating_add(self.max_completion_tokens(default_cap))
     }
 
     /// Whether the body must be rewritten before forwarding (otherwise it goes byte for byte).
     pub fn needs_rewrite(&self) -> bool {
-        (self.stream && !self.include_usage) || self.max_price_coefficient.is_some()
+        (self.stream && !self.include_usage) || self.max_price_coefficient.is_some() || (self.generates && self.max_tokens.is_none())
     }
 }
 
@@ -59,12 +77,17 @@ pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
 }
 
 /// Gives the body to forward: the original bytes, or a rewrite that asks the engine for usage
-/// (the gateway meters every stream) and drops Cocoon's own routing field.
-pub fn forward_body(original: bytes::Bytes, mut obj: Map<String, Value>, req: &ValidRequest) -> bytes::Bytes {
+/// (the gateway meters every stream), sets the generation cap the hold covers when the
+/// client set none (`max_tokens`, which every engine reads), and drops Cocoon's own routing
+/// field.
+pub fn forward_body(original: bytes::Bytes, mut obj: Map<String, Value>, req: &ValidRequest, default_cap: u64) -> bytes::Bytes {
     if !req.needs_rewrite() {
         return original;
     }
     obj.remove(MAX_PRICE_FIELD);
+    if req.generates && req.max_tokens.is_none() {
+        obj.insert("max_tokens".into(), Value::from(default_cap));
+    }
     if req.stream {
         let opts = obj
             .entry("stream_options")
@@ -362,10 +385,11 @@ fn validate_response_format(f: &Fields<'_>) -> Result<(), ApiError> {
     }
 }
 
-fn max_tokens(f: &Fields<'_>, n: u64) -> Result<Option<u64>, ApiError> {
+/// The client's per-choice cap: `max_completion_tokens` wins over the older `max_tokens`.
+fn max_tokens(f: &Fields<'_>) -> Result<Option<u64>, ApiError> {
     let a = f.int("max_tokens", 1, 10_000_000)?;
     let b = f.int("max_completion_tokens", 1, 10_000_000)?;
-    Ok(b.or(a).map(|m| (m as u64).saturating_mul(n)))
+    Ok(b.or(a).map(|m| m as u64))
 }
 
 pub fn chat(obj: &Map<String, Value>) -> Result<ValidRequest, ApiError> {
@@ -391,7 +415,9 @@ pub fn chat(obj: &Map<String, Value>) -> Result<ValidRequest, ApiError> {
         stream,
         include_usage,
         prompt_tokens_estimate: prompt,
-        max_completion_tokens: max_tokens(&f, n)?,
+        max_tokens: max_tokens(&f)?,
+        choices: n,
+        generates: true,
         max_price_coefficient: f.max_price()?,
     })
 }
@@ -402,7 +428,11 @@ pub fn completion(obj: &Map<String, Value>) -> Result<ValidRequest, ApiError> {
     let prompt = estimate_inputs(&f, "prompt", "a string, an array of strings or an array of token arrays")?;
     let (stream, include_usage) = f.stream()?;
     let n = f.int("n", 1, 128)?.unwrap_or(1) as u64;
-    f.int("best_of", 1, 128)?;
+    // The engine generates best_of candidates and returns n of them: all are paid for.
+    let best_of = f.int("best_of", 1, 128)?.map_or(n, |b| b as u64);
+    if best_of < n {
+        return Err(ApiError::invalid("best_of", format!("`best_of` ({best_of}) must be at least `n` ({n}).")));
+    }
     f.int("logprobs", 0, 5)?;
     f.bool("echo")?;
     f.common_sampling()?;
@@ -412,7 +442,9 @@ pub fn completion(obj: &Map<String, Value>) -> Result<ValidRequest, ApiError> {
         stream,
         include_usage,
         prompt_tokens_estimate: prompt,
-        max_completion_tokens: max_tokens(&f, n)?,
+        max_tokens: max_tokens(&f)?,
+        choices: best_of.max(n),
+        generates: true,
         max_price_coefficient: f.max_price()?,
     })
 }
@@ -438,7 +470,9 @@ pub fn embeddings(obj: &Map<String, Value>) -> Result<ValidRequest, ApiError> {
         stream: false,
         include_usage: false,
         prompt_tokens_estimate: tokens,
-        max_completion_tokens: Some(0),
+        max_tokens: None,
+        choices: 1,
+        generates: false,
         max_price_coefficient: f.max_price()?,
     })
 }
@@ -485,7 +519,7 @@ mod tests {
         })))
         .unwrap();
         assert!(r.stream && r.include_usage);
-        assert_eq!(r.max_completion_tokens, Some(20));
+        assert_eq!(r.max_completion_tokens(999), 20);
         assert!(!r.needs_rewrite());
     }
 
@@ -531,7 +565,7 @@ mod tests {
         o.insert(MAX_PRICE_FIELD.into(), json!(1500));
         let r = chat(&o).unwrap();
         assert_eq!(r.max_price_coefficient, Some(1500));
-        let out = forward_body(bytes::Bytes::from_static(b"orig"), o, &r);
+        let out = forward_body(bytes::Bytes::from_static(b"orig"), o, &r, 64);
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["stream_options"]["include_usage"], json!(true));
         assert!(v.get(MAX_PRICE_FIELD).is_none());
@@ -540,9 +574,27 @@ mod tests {
 
     #[test]
     fn untouched_bodies_are_forwarded_byte_for_byte() {
-        let o = obj(base());
+        let o = with("max_tokens", json!(5));
         let r = chat(&o).unwrap();
         let orig = bytes::Bytes::from_static(b"{ \"model\" : \"m\" }");
-        assert_eq!(forward_body(orig.clone(), o, &r), orig);
+        assert_eq!(forward_body(orig.clone(), o, &r, 64), orig);
+    }
+
+    #[test]
+    fn without_a_cap_the_engine_gets_the_one_the_hold_covers() {
+        let o = with("n", json!(3));
+        let r = chat(&o).unwrap();
+        assert_eq!(r.max_completion_tokens(64), 192, "every choice may use the cap");
+        let out = forward_body(bytes::Bytes::from_static(b"orig"), o, &r, 64);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["max_tokens"], json!(64));
+        // best_of candidates are generated (and paid for) too.
+        let c = completion(&obj(json!({"model": "m", "prompt": "x", "n": 2, "best_of": 5, "max_tokens": 10}))).unwrap();
+        assert_eq!(c.max_completion_tokens(64), 50);
+        assert_eq!(param_of(completion(&obj(json!({"model": "m", "prompt": "x", "n": 3, "best_of": 2})))), "best_of");
+        // Embeddings generate nothing and get no cap.
+        let e = embeddings(&obj(json!({"model": "m", "input": "x"}))).unwrap();
+        assert_eq!(e.max_completion_tokens(64), 0);
+        assert!(!e.needs_rewrite());
     }
 }

@@ -70,6 +70,10 @@ pub struct JobEnvelope {
     pub payload: Payload,
 }
 
+/// Events a worker may send for one job before the router grants more with
+/// [`RouterToWorker::Credit`]. The terminal event is always allowed (it ends the window).
+pub const JOB_EVENT_WINDOW: u32 = 256;
+
 /// What a worker reports back for a job, in order. A job ends with exactly one of
 /// `Response`, `Done` or `Failed`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -180,6 +184,11 @@ pub enum RouterToWorker {
     Job(JobEnvelope),
     /// Stop generating: the client went away or the job was given up.
     Cancel { job_id: Uuid },
+    /// Flow control: the worker may send `events` more events of this job. Each job starts
+    /// with [`JOB_EVENT_WINDOW`]; the router grants more as its client consumes them, so a
+    /// client that stops reading stops its own job's engine stream (and only that one)
+    /// instead of growing memory anywhere on the path.
+    Credit { job_id: Uuid, events: u32 },
     /// Fresh evidence bound to a client's nonce (`GET /v1/attestation/report`); answered by
     /// `WorkerToRouter::Attestation` with the same `request_id`.
     Attest { request_id: u64, nonce: Bytes },

@@ -6,8 +6,18 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RouterConfig {
-    /// Give up on a worker that has sent nothing for this long and retry elsewhere.
+    /// Streams: give up on a worker that has sent no event for this long after taking the
+    /// job (prefill included) and retry elsewhere.
     pub first_token_timeout_ms: u64,
+    /// Non-streaming requests: the whole answer's bound (a long generation on a large model
+    /// takes minutes; it is not held to the first-token timeout).
+    pub non_stream_timeout_ms: u64,
+    /// How long a request may wait in its model's queue for a free slot before it gets 503
+    /// with `Retry-After`.
+    pub queue_timeout_ms: u64,
+    /// Requests that may wait per model on this replica; beyond it, 503 with `Retry-After`
+    /// at once.
+    pub max_queued_per_model: usize,
     /// Workers tried per job, the first included.
     pub max_attempts: u32,
     /// Consecutive failures that open a worker's circuit.
@@ -39,6 +49,9 @@ impl Default for RouterConfig {
     fn default() -> Self {
         Self {
             first_token_timeout_ms: 30_000,
+            non_stream_timeout_ms: 600_000,
+            queue_timeout_ms: 30_000,
+            max_queued_per_model: 1024,
             max_attempts: 3,
             circuit_failure_threshold: 3,
             circuit_open_ms: 10_000,
@@ -59,6 +72,12 @@ impl RouterConfig {
     pub fn first_token_timeout(&self) -> Duration {
         Duration::from_millis(self.first_token_timeout_ms)
     }
+    pub fn non_stream_timeout(&self) -> Duration {
+        Duration::from_millis(self.non_stream_timeout_ms)
+    }
+    pub fn queue_timeout(&self) -> Duration {
+        Duration::from_millis(self.queue_timeout_ms)
+    }
     pub fn worker_liveness(&self) -> Duration {
         Duration::from_millis(self.worker_liveness_ms)
     }
@@ -71,6 +90,12 @@ impl RouterConfig {
         let mut errs = Vec::new();
         if self.first_token_timeout_ms == 0 {
             errs.push("router.first_token_timeout_ms must be > 0".to_string());
+        }
+        if self.non_stream_timeout_ms == 0 {
+            errs.push("router.non_stream_timeout_ms must be > 0".to_string());
+        }
+        if self.max_queued_per_model == 0 {
+            errs.push("router.max_queued_per_model must be > 0 (it bounds the queue; use a small number to refuse early)".to_string());
         }
         if self.max_attempts == 0 || self.max_attempts > 10 {
             errs.push(format!(

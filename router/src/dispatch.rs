@@ -1,57 +1,134 @@
-//! Sending one job to a worker, with retries before the first event, and the stream of its
-//! events with cancel-on-drop.
+//! Sending one job to a worker: admission (at once: a slot, a place in the queue, or a
+//! refusal), waiting in the model's queue, retries before the first event, and the stream of
+//! the job's events with flow control and cancel-on-drop.
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use attestation::JobContext;
 use bytes::Bytes;
 use futures::Stream;
-use protocol::{Job, JobEnvelope, JobError, JobEvent, Payload, RouterToWorker};
+use protocol::{Job, JobEnvelope, JobError, JobEvent, Payload, RouterToWorker, JOB_EVENT_WINDOW};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::circuit::Admission;
+use crate::queue::Waiter;
 use crate::registry::{JobSlot, Router, WorkerEntry};
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct DispatchOptions {
     /// Highest worker price coefficient (thousandths) the client accepts.
     pub max_price_coefficient: Option<u32>,
+    /// Whose request it is: the queue takes turns across accounts.
+    pub account: String,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
     #[error("The model `{0}` does not exist or no worker serves it")]
     ModelNotFound(String),
+    /// No worker could take the job even once a slot frees (all unavailable, or all above
+    /// the client's price cap).
     #[error("No worker can take model `{0}` right now; retry shortly")]
     NoCapacity(String),
+    #[error("Too many requests are waiting for model `{model}` (queue limit {limit}); retry shortly")]
+    QueueFull { model: String, limit: usize },
+    #[error("No worker for model `{model}` became free within {waited:?}; retry shortly")]
+    QueueTimeout { model: String, waited: Duration },
     /// Every attempt failed; the last worker's error.
     #[error("{0}")]
     Job(JobError),
 }
 
+impl RouteError {
+    /// Seconds a client should wait before retrying, for errors that are about capacity.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            RouteError::NoCapacity(_) | RouteError::QueueFull { .. } => Some(1),
+            RouteError::QueueTimeout { .. } => Some(2),
+            _ => None,
+        }
+    }
+}
+
+/// A job admitted for a model: it either has a place in the model's queue or may take a
+/// free slot at once. Admission answers immediately, so a streaming client gets its response
+/// headers before any waiting; [`Ticket::dispatch`] then does the waiting.
+pub struct Ticket {
+    router: Router,
+    model: String,
+    opts: DispatchOptions,
+    waiter: Option<Waiter>,
+    admitted: Instant,
+}
+
+impl Ticket {
+    /// Whether the job had to queue at admission.
+    pub fn queued(&self) -> bool {
+        self.waiter.is_some()
+    }
+}
+
 impl Router {
-    /// Sends `job` to a worker and waits for its first event, retrying on other workers while
-    /// nothing has been produced. On success the stream yields that first event and the rest.
+    /// Admits a job for `model`: refuses at once when no worker serves it, none could take it,
+    /// or the model's queue is full; otherwise the job may take a free slot or wait its turn.
+    pub fn admit(&self, model: &str, opts: DispatchOptions) -> Result<Ticket, RouteError> {
+        if !self.knows_model(model) {
+            return Err(RouteError::ModelNotFound(model.to_string()));
+        }
+        let queues = &self.inner.queues;
+        let waiter = if queues.has_waiters(model) || !self.has_free_slot(model, opts.max_price_coefficient, &[]) {
+            if !self.could_serve(model, opts.max_price_coefficient, &[]) {
+                return Err(RouteError::NoCapacity(model.to_string()));
+            }
+            let limit = self.inner.cfg.max_queued_per_model;
+            let w = queues.join(model, &opts.account, limit).map_err(|f| {
+                metrics::counter!("cocoon_router_queue_rejected_total", "reason" => "full").increment(1);
+                RouteError::QueueFull { model: model.to_string(), limit: f.limit }
+            })?;
+            Some(w)
+        } else {
+            None
+        };
+        Ok(Ticket {
+            router: self.clone(),
+            model: model.to_string(),
+            opts,
+            waiter,
+            admitted: Instant::now(),
+        })
+    }
+
+    /// Admits and dispatches in one call (non-streaming callers and tests).
     pub async fn dispatch(&self, job: Job, opts: DispatchOptions) -> Result<JobStream, RouteError> {
-        let cfg = &self.inner.cfg;
+        self.admit(&job.model, opts)?.dispatch(job).await
+    }
+}
+
+impl Ticket {
+    /// Sends `job` to a worker, waiting in the model's queue for a slot if needed (up to
+    /// `router.queue_timeout_ms` from admission), and waits for its first event, retrying
+    /// on other workers while nothing has been produced. On success the stream yields that
+    /// first event and the rest.
+    pub async fn dispatch(mut self, job: Job) -> Result<JobStream, RouteError> {
+        let router = self.router.clone();
+        let cfg = &router.inner.cfg;
         let mut tried: Vec<u64> = Vec::new();
         let mut last_err: Option<JobError> = None;
         for attempt in 0..cfg.max_attempts {
-            let Some((worker, admission)) =
-                self.pick(&job.model, opts.max_price_coefficient, &tried)
-            else {
-                break;
+            let (worker, admission) = match self.acquire(&tried).await {
+                Ok(w) => w,
+                Err(e) => return Err(last_err.map_or(e, RouteError::Job)),
             };
             tried.push(worker.conn_id);
             if attempt > 0 {
                 metrics::counter!("cocoon_router_retries_total").increment(1);
             }
-            match self.try_worker(&worker, &job).await {
+            match router.try_worker(&worker, &job).await {
                 Ok(stream) => {
                     if admission == Admission::Probe {
                         tracing::info!(worker = %worker.info.worker_id, "half-open probe succeeded");
@@ -59,11 +136,7 @@ impl Router {
                     return Ok(stream);
                 }
                 Err(e) => {
-                    let opened = worker.circuit.on_failure(
-                        Instant::now(),
-                        cfg.circuit_failure_threshold,
-                        cfg.circuit_open(),
-                    );
+                    let opened = worker.circuit.on_failure(Instant::now(), cfg.circuit_failure_threshold, cfg.circuit_open());
                     if opened {
                         metrics::counter!("cocoon_router_circuit_opened_total").increment(1);
                         tracing::warn!(worker = %worker.info.worker_id, "circuit opened");
@@ -84,13 +157,57 @@ impl Router {
                 }
             }
         }
-        match last_err {
-            Some(e) => Err(RouteError::Job(e)),
-            None if !self.knows_model(&job.model) => Err(RouteError::ModelNotFound(job.model)),
-            None => Err(RouteError::NoCapacity(job.model)),
-        }
+        Err(match last_err {
+            Some(e) => RouteError::Job(e),
+            None => RouteError::NoCapacity(job.model),
+        })
     }
 
+    /// A worker with a free slot for this job: at once when the job needs not queue, else
+    /// when it is the job's turn in the queue and a slot is free.
+    async fn acquire(&mut self, tried: &[u64]) -> Result<(Arc<WorkerEntry>, Admission), RouteError> {
+        let router = self.router.clone();
+        let cfg = &router.inner.cfg;
+        let (model, price) = (self.model.clone(), self.opts.max_price_coefficient);
+        let deadline = self.admitted + cfg.queue_timeout();
+        loop {
+            let my_turn = match &self.waiter {
+                Some(w) => w.is_turn(),
+                None => !router.inner.queues.has_waiters(&model),
+            };
+            if my_turn {
+                if let Some(found) = router.pick(&model, price, tried) {
+                    if let Some(w) = self.waiter.take() {
+                        w.served();
+                        metrics::histogram!("cocoon_router_queue_wait_seconds").record(self.admitted.elapsed().as_secs_f64());
+                    }
+                    return Ok(found);
+                }
+            }
+            if !router.could_serve(&model, price, tried) {
+                return Err(RouteError::NoCapacity(model));
+            }
+            if self.waiter.is_none() {
+                let w = router.inner.queues.join(&model, &self.opts.account, cfg.max_queued_per_model).map_err(|f| {
+                    metrics::counter!("cocoon_router_queue_rejected_total", "reason" => "full").increment(1);
+                    RouteError::QueueFull { model: model.clone(), limit: f.limit }
+                })?;
+                self.waiter = Some(w);
+                continue;
+            }
+            let Some(w) = &self.waiter else { continue };
+            tokio::select! {
+                () = w.woken() => {}
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    metrics::counter!("cocoon_router_queue_rejected_total", "reason" => "timeout").increment(1);
+                    return Err(RouteError::QueueTimeout { model, waited: self.admitted.elapsed() });
+                }
+            }
+        }
+    }
+}
+
+impl Router {
     async fn try_worker(&self, worker: &Arc<WorkerEntry>, job: &Job) -> Result<JobStream, JobError> {
         // Sealed under this link's HPKE context (to the worker's attested key) with keys bound
         // to a fresh salt, this job id and model: a retry on another worker seals afresh.
@@ -115,11 +232,15 @@ impl Router {
             stream: job.stream,
             payload,
         };
-        let (tx, rx) = mpsc::unbounded_channel();
-        worker.register_job(job.id, JobSlot { tx, opener });
+        // Bounded: the worker may send at most the window (plus the terminal event) before
+        // the router grants more, so this never holds more than that.
+        let (tx, rx) = mpsc::channel(JOB_EVENT_WINDOW as usize + 1);
+        let closed = Arc::new(Mutex::new(None));
+        worker.register_job(job.id, JobSlot { tx, opener, closed: closed.clone() });
         worker.running.fetch_add(1, Ordering::Relaxed);
         // From here on the guard undoes the registration, whatever happens.
         let mut guard = JobGuard {
+            router: self.clone(),
             worker: worker.clone(),
             job_id: job.id,
             finished: false,
@@ -129,16 +250,24 @@ impl Router {
             guard.finished = true;
             return Err(JobError::new(503, "worker queue full or closed", true));
         }
+        // A stream's first event is its first token; a non-streaming job's only event is the
+        // whole answer, which on a large model may take minutes: separate bounds.
+        let (limit, what) = if job.stream {
+            (self.inner.cfg.first_token_timeout(), "before the first token")
+        } else {
+            (self.inner.cfg.non_stream_timeout(), "before finishing the answer")
+        };
         let mut rx = rx;
-        let first = match tokio::time::timeout(self.inner.cfg.first_token_timeout(), rx.recv()).await {
+        let first = match tokio::time::timeout(limit, rx.recv()).await {
             Ok(Some(ev)) => ev,
             Ok(None) => {
                 guard.finished = true;
-                return Err(JobError::new(502, "worker went away before answering", true));
+                let e = take_closed(&closed).unwrap_or_else(|| JobError::new(502, "worker went away before answering", true));
+                return Err(e);
             }
             Err(_) => {
                 // Guard drop sends the cancel.
-                return Err(JobError::new(504, "worker timed out before the first token", true));
+                return Err(JobError::new(504, format!("worker timed out {what} ({limit:?})"), true));
             }
         };
         if let JobEvent::Failed { error, .. } = first {
@@ -153,7 +282,9 @@ impl Router {
         Ok(JobStream {
             first: Some(first),
             rx,
+            closed,
             guard,
+            consumed: 1,
             worker_id: worker.info.worker_id.clone(),
             circuit_threshold: self.inner.cfg.circuit_failure_threshold,
             circuit_open: self.inner.cfg.circuit_open(),
@@ -164,8 +295,14 @@ impl Router {
     }
 }
 
-/// Undoes a job's registration on drop; cancels it at the worker if it had not ended.
+fn take_closed(closed: &Mutex<Option<JobError>>) -> Option<JobError> {
+    closed.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
+/// Undoes a job's registration on drop; cancels it at the worker if it had not ended, and
+/// tells the queue that a slot freed.
 struct JobGuard {
+    router: Router,
     worker: Arc<WorkerEntry>,
     job_id: Uuid,
     finished: bool,
@@ -177,11 +314,9 @@ impl Drop for JobGuard {
         self.worker.running.fetch_sub(1, Ordering::Relaxed);
         if !self.finished {
             metrics::counter!("cocoon_router_cancels_total").increment(1);
-            let _ = self
-                .worker
-                .tx
-                .try_send(RouterToWorker::Cancel { job_id: self.job_id });
+            let _ = self.worker.tx.try_send(RouterToWorker::Cancel { job_id: self.job_id });
         }
+        self.router.capacity_changed(&self.worker);
     }
 }
 
@@ -189,8 +324,13 @@ impl Drop for JobGuard {
 /// Dropping it early cancels the job at the worker.
 pub struct JobStream {
     first: Option<JobEvent>,
-    rx: mpsc::UnboundedReceiver<JobEvent>,
+    rx: mpsc::Receiver<JobEvent>,
+    /// Why the router closed this job's channel, when it did (e.g. a broken flow-control
+    /// window); read when the channel ends without a terminal event.
+    closed: Arc<Mutex<Option<JobError>>>,
     guard: JobGuard,
+    /// Events taken since the last credit sent to the worker.
+    consumed: u32,
     worker_id: String,
     circuit_threshold: u32,
     circuit_open: std::time::Duration,
@@ -219,6 +359,18 @@ impl JobStream {
     pub fn price_coefficient(&self) -> u32 {
         self.price_coefficient
     }
+
+    /// Gives the worker back the window this stream's consumer has emptied, in batches of a
+    /// quarter window so credits cost one small message per 64 events.
+    fn credit(&mut self) {
+        self.consumed += 1;
+        if self.consumed >= JOB_EVENT_WINDOW / 4 && !self.guard.finished {
+            let msg = RouterToWorker::Credit { job_id: self.guard.job_id, events: self.consumed };
+            if self.guard.worker.tx.try_send(msg).is_ok() {
+                self.consumed = 0;
+            }
+        }
+    }
 }
 
 impl Stream for JobStream {
@@ -233,10 +385,15 @@ impl Stream for JobStream {
             Some(ev) => ev,
             None => match this.rx.poll_recv(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(ev)) => ev,
-                // Sender gone without a terminal event: the worker vanished mid-stream.
+                Poll::Ready(Some(ev)) => {
+                    this.credit();
+                    ev
+                }
+                // Sender gone without a terminal event: the worker vanished mid-stream, or the
+                // router closed the job (the reason is then recorded).
                 Poll::Ready(None) => JobEvent::Failed {
-                    error: JobError::new(502, "worker disconnected mid-stream", false),
+                    error: take_closed(&this.closed)
+                        .unwrap_or_else(|| JobError::new(502, "worker disconnected mid-stream", false)),
                     usage: None,
                 },
             },
@@ -245,11 +402,7 @@ impl Stream for JobStream {
             this.guard.finished = true;
             if matches!(ev, JobEvent::Failed { .. }) {
                 // A mid-stream failure counts against the worker like an early one.
-                this.guard.worker.circuit.on_failure(
-                    Instant::now(),
-                    this.circuit_threshold,
-                    this.circuit_open,
-                );
+                this.guard.worker.circuit.on_failure(Instant::now(), this.circuit_threshold, this.circuit_open);
             }
         }
         Poll::Ready(Some(ev))

@@ -30,13 +30,30 @@ pub(crate) struct Inner {
     next_attest_request: AtomicU64,
     /// The whole fleet as of the last Redis sync (`None` without `router.redis_url`).
     fleet: RwLock<Option<crate::fleet::FleetView>>,
+    /// Jobs waiting for a free slot, per model.
+    pub(crate) queues: Arc<crate::queue::Queues>,
 }
 
 /// A job in flight on one worker: where its events go and, for a sealed job, the opener of
 /// its response stream (authenticated, in order, truncation-checked).
 pub(crate) struct JobSlot {
-    pub(crate) tx: mpsc::UnboundedSender<JobEvent>,
+    /// Bounded by the job's flow-control window (see [`protocol::JOB_EVENT_WINDOW`]).
+    pub(crate) tx: mpsc::Sender<JobEvent>,
     pub(crate) opener: Option<ResponseOpener>,
+    /// Set when the router ends the job itself and could not queue the failure event.
+    pub(crate) closed: Arc<Mutex<Option<JobError>>>,
+}
+
+impl JobSlot {
+    /// Ends the job with `error`: as its terminal event if the channel has room, else (the
+    /// consumer is behind) as the reason the stream reads when the channel closes.
+    fn fail(&self, error: JobError) {
+        if let Err(e) = self.tx.try_send(JobEvent::Failed { error, usage: None }) {
+            if let JobEvent::Failed { error, .. } = e.into_inner() {
+                *self.closed.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+            }
+        }
+    }
 }
 
 type AttestReply = oneshot::Sender<Result<Bytes, String>>;
@@ -136,7 +153,7 @@ impl WorkerEntry {
         running * ttft
     }
 
-    fn attested(&self) -> bool {
+    pub(crate) fn attested(&self) -> bool {
         attestation::unix_now() < self.expires_at.load(Ordering::Relaxed)
     }
 
@@ -162,6 +179,7 @@ impl Router {
                 next_conn: AtomicU64::new(1),
                 next_attest_request: AtomicU64::new(1),
                 fleet: RwLock::new(None),
+                queues: Arc::new(crate::queue::Queues::default()),
             }),
         }
     }
@@ -246,6 +264,7 @@ impl Router {
             .unwrap_or_else(|p| p.into_inner())
             .push(entry.clone());
         metrics::gauge!("cocoon_router_workers").increment(1.0);
+        self.capacity_changed(&entry);
         Ok(WorkerSession {
             router: self.clone(),
             entry,
@@ -265,10 +284,7 @@ impl Router {
         // Pending attestation requests see their sender dropped: "worker went away".
         entry.lock_attest().clear();
         for (_, slot) in jobs {
-            let _ = slot.tx.send(JobEvent::Failed {
-                error: protocol::JobError::new(502, "worker disconnected", true),
-                usage: None,
-            });
+            slot.fail(JobError::new(502, "worker disconnected", true));
         }
         metrics::gauge!("cocoon_router_workers").decrement(1.0);
         tracing::warn!(worker = %entry.info.worker_id, "worker detached");
@@ -290,6 +306,13 @@ impl Router {
 
     pub fn knows_model(&self, model: &str) -> bool {
         self.read().iter().any(|w| w.serves(model))
+    }
+
+    /// Whether a job for `model` may be served by a worker in the insecure simulated TEE
+    /// (some connected worker serving it is one). A stream's headers go out before its
+    /// worker is chosen, so they carry this, the conservative answer.
+    pub fn serves_simulated(&self, model: &str) -> bool {
+        self.read().iter().any(|w| w.serves(model) && w.insecure_simulated)
     }
 
     /// Workers that would take a job now (any model).
@@ -330,6 +353,42 @@ impl Router {
         for w in self.read().iter() {
             w.remote_running.store(remote(&w.info.worker_id), Ordering::Relaxed);
         }
+        self.inner.queues.wake_all();
+    }
+
+    /// A slot may have freed on `worker` (a job ended, it attached or became available):
+    /// the queues of its models get a look.
+    pub(crate) fn capacity_changed(&self, worker: &WorkerEntry) {
+        for m in &worker.info.models {
+            self.inner.queues.wake(&m.id);
+        }
+    }
+
+    /// Some worker could take a job for `model` now.
+    pub(crate) fn has_free_slot(&self, model: &str, max_price: Option<u32>, exclude: &[u64]) -> bool {
+        let now = Instant::now();
+        self.read().iter().any(|w| !exclude.contains(&w.conn_id) && w.eligible(model, max_price, now))
+    }
+
+    /// Some worker could take a job for `model` once it has a free slot: the job may wait
+    /// in the queue rather than be refused. A worker whose circuit is open does not count
+    /// (it is failing; the client hears so at once and may retry).
+    pub(crate) fn could_serve(&self, model: &str, max_price: Option<u32>, exclude: &[u64]) -> bool {
+        let now = Instant::now();
+        self.read().iter().any(|w| {
+            !exclude.contains(&w.conn_id)
+                && w.connected.load(Ordering::Relaxed)
+                && w.attested()
+                && w.available.load(Ordering::Relaxed)
+                && w.serves(model)
+                && max_price.is_none_or(|cap| w.info.price_coefficient <= cap)
+                && w.circuit.would_admit(now)
+        })
+    }
+
+    /// Jobs waiting for a slot for `model` on this replica.
+    pub fn queued(&self, model: &str) -> usize {
+        self.inner.queues.waiting(model)
     }
 
     pub(crate) fn set_fleet(&self, view: crate::fleet::FleetView) {
@@ -507,8 +566,11 @@ impl WorkerSession {
                 }
             }
             WorkerToRouter::Load(load) => {
-                self.entry.available.store(load.available, Ordering::Relaxed);
+                let was = self.entry.available.swap(load.available, Ordering::Relaxed);
                 *self.entry.last_load.lock().unwrap_or_else(|p| p.into_inner()) = load;
+                if load.available && !was {
+                    self.router.capacity_changed(&self.entry);
+                }
             }
             WorkerToRouter::Hello(info) => {
                 // Re-attestation is handled by the link (it is async); here it is out of place.
@@ -519,9 +581,23 @@ impl WorkerSession {
 
     fn deliver(&self, jobs: &mut HashMap<Uuid, JobSlot>, job_id: Uuid, event: JobEvent) {
         let terminal = event.is_terminal();
-        if let Some(slot) = jobs.get(&job_id) {
+        let Some(slot) = jobs.get(&job_id) else { return };
+        match slot.tx.try_send(event) {
             // A closed receiver means the client is gone; the cancel is already on its way.
-            let _ = slot.tx.send(event);
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // The worker sent more than its window allows: end the job rather than buffer.
+                metrics::counter!("cocoon_router_flow_control_violations_total").increment(1);
+                tracing::error!(worker = %self.entry.info.worker_id, %job_id, "worker exceeded the job's flow-control window");
+                *slot.closed.lock().unwrap_or_else(|p| p.into_inner()) = Some(JobError::new(
+                    502,
+                    "worker exceeded the job's flow-control window",
+                    false,
+                ));
+                let _ = self.entry.tx.try_send(RouterToWorker::Cancel { job_id });
+                jobs.remove(&job_id);
+                return;
+            }
         }
         if terminal {
             jobs.remove(&job_id);

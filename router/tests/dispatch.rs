@@ -74,6 +74,7 @@ fn spawn_worker(router: &Router, id: &str, price: u32, b: Behaviour) -> Worker {
                     c.fetch_add(1, Ordering::SeqCst);
                 }
                 RouterToWorker::Challenge { .. }
+                | RouterToWorker::Credit { .. }
                 | RouterToWorker::Attest { .. }
                 | RouterToWorker::Refused { .. }
                 | RouterToWorker::Session { .. } => {}
@@ -167,7 +168,7 @@ async fn never_retries_after_the_first_event() {
     let w = spawn_worker(&r, "mid", 1000, Behaviour::FailMidStream);
     let _good = spawn_worker(&r, "good", 1000, Behaviour::Good);
     // Route to "mid" by making "good" unavailable for price reasons.
-    let s = r.dispatch(job(), DispatchOptions { max_price_coefficient: None }).await;
+    let s = r.dispatch(job(), DispatchOptions::default()).await;
     let s = match s {
         Ok(s) if s.worker_id() == "mid" => s,
         // p2c may pick "good"; keep trying until "mid" is chosen.
@@ -223,14 +224,14 @@ async fn price_cap_excludes_expensive_workers() {
     let _cheap = spawn_worker(&r, "cheap", 1000, Behaviour::Good);
     let _dear = spawn_worker(&r, "dear", 3000, Behaviour::Good);
     for _ in 0..10 {
-        let s = r.dispatch(job(), DispatchOptions { max_price_coefficient: Some(1500) }).await.unwrap();
+        let s = r.dispatch(job(), DispatchOptions { max_price_coefficient: Some(1500), ..Default::default() }).await.unwrap();
         assert_eq!(s.worker_id(), "cheap");
         drain(s).await;
     }
     let r2 = router(cfg());
     let _d = spawn_worker(&r2, "dear", 3000, Behaviour::Good);
     assert!(matches!(
-        r2.dispatch(job(), DispatchOptions { max_price_coefficient: Some(1500) }).await,
+        r2.dispatch(job(), DispatchOptions { max_price_coefficient: Some(1500), ..Default::default() }).await,
         Err(RouteError::NoCapacity(_))
     ));
 }

@@ -91,7 +91,7 @@ fn spawn(router: &Router, id: &str, mode: Mode, attest_spki: &'static [u8]) -> F
                 RouterToWorker::Refused { reason } => {
                     *rf.lock().await = Some(reason);
                 }
-                RouterToWorker::Cancel { .. } => {}
+                RouterToWorker::Cancel { .. } | RouterToWorker::Credit { .. } => {}
                 RouterToWorker::Job(env) => {
                     let Payload::LinkSealed { salt, ciphertext } = env.payload else {
                         panic!("the router sent a job in clear");

@@ -575,6 +575,8 @@ struct StreamState {
     completion_tokens: u64,
     choices: Vec<ChoiceState>,
     role_sent: bool,
+    /// The first token's slot was already waited for (with the role chunk).
+    first_paced: bool,
     done: bool,
 }
 
@@ -607,6 +609,13 @@ impl StreamState {
         }
         let mut buf = Vec::with_capacity(256 * self.choices.len());
         if !self.role_sent {
+            // The role chunk comes after prefill, with the first token, as vLLM's does
+            // (serving_chat.py sends it on the engine's first output): a worker that never
+            // gets its first token sends nothing at all.
+            if !self.pacer.before_token().await {
+                return None;
+            }
+            self.first_paced = true;
             self.role_sent = true;
             for c in &self.choices {
                 let delta = Delta {
@@ -626,7 +635,9 @@ impl StreamState {
             }
             return Some((Bytes::from(buf), self));
         }
-        if !self.pacer.before_token().await {
+        if std::mem::take(&mut self.first_paced) {
+            // This token's slot was waited for before the role chunk.
+        } else if !self.pacer.before_token().await {
             return None; // shutting down: end without [DONE]; the guard counts it cancelled
         }
         let mut emitted = 0u64;
@@ -767,6 +778,7 @@ fn stream(engine: Arc<TestEngine>, plan: Plan) -> Response {
             })
             .collect(),
         role_sent: false,
+        first_paced: false,
         done: false,
     };
     sse::drive(state, StreamState::step)

@@ -83,8 +83,22 @@ def _assert_forwarded(engine: httpx.Client, expected: dict[str, Any]) -> None:
     )
 
 
-def _upstream_stream_body(sent: dict[str, Any]) -> dict[str, Any]:
+# The generation cap the gateway holds for, and sends, when a request sets none
+# (gateway.default_max_tokens; text completions default to 16, as OpenAI's do).
+DEFAULT_CHAT_CAP = 4096
+
+
+def _upstream_body(sent: dict[str, Any]) -> dict[str, Any]:
+    """What the engine must receive for `sent`: the same, except that through the gateway a
+    chat request without a cap gets the one its hold covers."""
     expected = copy.deepcopy(sent)
+    if helpers.GATEWAY and "max_tokens" not in sent and "max_completion_tokens" not in sent:
+        expected["max_tokens"] = DEFAULT_CHAT_CAP
+    return expected
+
+
+def _upstream_stream_body(sent: dict[str, Any]) -> dict[str, Any]:
+    expected = _upstream_body(sent)
     if helpers.GATEWAY:
         expected.setdefault("stream_options", {})
         expected["stream_options"]["include_usage"] = True
@@ -98,7 +112,7 @@ def test_chat_body_is_forwarded_unchanged(client: openai.OpenAI, model: str, eng
     raw.parse()
     sent = _sent_json(raw)
     assert sent["model"] == model
-    _assert_forwarded(engine, sent)
+    _assert_forwarded(engine, _upstream_body(sent))
 
 
 @pytest.mark.parametrize(

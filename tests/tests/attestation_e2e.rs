@@ -40,7 +40,7 @@ async fn dev_network_seals_jobs_and_marks_simulated_answers() {
 
     // Both jobs travelled sealed (HPKE) to the worker's attested key.
     let metrics = common::http()
-        .get(net.base_url.replace("/v1", "/metrics"))
+        .get(format!("http://{}/metrics", net.gateway_metrics_addr.unwrap()))
         .send()
         .await
         .unwrap()
@@ -191,6 +191,14 @@ fn production_refuses_the_simulated_tee_and_clear_jobs() {
     let (ok, err) = run(&["gateway", "--production"], &[sim]);
     assert!(!ok);
     assert!(err.contains("allow_insecure_simulated_tee") && err.contains("production"), "{err}");
+    // Production is the default: without `environment = "development"` a gateway refuses the
+    // simulated TEE, and a worker refuses to pick a dev engine on its own.
+    let (ok, err) = run(&["gateway"], &[sim]);
+    assert!(!ok);
+    assert!(err.contains("allow_insecure_simulated_tee") && err.contains("production"), "{err}");
+    let (ok, err) = run(&["worker"], &[]);
+    assert!(!ok);
+    assert!(err.contains("engine.kind"), "{err}");
     let (ok, err) = run(&["config-check"], &[("COCOON__ENVIRONMENT", "production"), ("COCOON__ATTESTATION__SEAL_JOBS", "false")]);
     assert!(!ok);
     assert!(err.contains("attestation.seal_jobs"), "{err}");

@@ -414,7 +414,9 @@ async fn sigkilled_gateway_and_worker_never_lose_or_double_a_charge() {
     let gateway_env = vec![
         (s("COCOON__DATA_DIR"), gw_dir.display().to_string()),
         (s("COCOON__LOG"), s("warn")),
+        (s("COCOON__ENVIRONMENT"), s("development")),
         (s("COCOON__GATEWAY__LISTEN"), format!("127.0.0.1:{gw_port}")),
+        (s("COCOON__GATEWAY__METRICS_LISTEN"), s("127.0.0.1:0")),
         (
             s("COCOON__ROUTER__WORKER_LISTEN"),
             format!("127.0.0.1:{wk_port}"),
@@ -449,6 +451,7 @@ async fn sigkilled_gateway_and_worker_never_lose_or_double_a_charge() {
             format!("wss://127.0.0.1:{wk_port}/v1/worker"),
         ),
         (s("COCOON__WORKER__ROUTER_CERT_SHA256"), pin),
+        (s("COCOON__ENVIRONMENT"), s("development")),
         (s("COCOON__ENGINE__KIND"), s("builtin")),
         (s("COCOON__ENGINE__LISTEN"), s("127.0.0.1:0")),
     ];

@@ -156,7 +156,13 @@ fn service_config(name: &str, vars: &HashMap<&str, &str>) -> Result<(Config, Vec
         Value::Null => vec!["worker".into()],
         other => panic!("{name}: command must be a list, got {other:?}"),
     };
-    let mut cfg = Config::load(None, cocoon_env).map_err(|e| e.to_string())?;
+    let role = match command.first().map(String::as_str) {
+        Some("dev") => cocoon::config::Role::Dev,
+        Some("gateway") => cocoon::config::Role::Gateway,
+        Some("worker") => cocoon::config::Role::Worker,
+        _ => cocoon::config::Role::Tool,
+    };
+    let mut cfg = Config::load_for(None, cocoon_env, role).map_err(|e| e.to_string())?;
     // `cocoon dev --listen ADDR` overrides gateway.listen, as main.rs does.
     if let Some(i) = command.iter().position(|a| a == "--listen") {
         cfg.gateway.listen = command[i + 1].clone();

@@ -128,7 +128,7 @@ async fn metrics_count_requests_tokens_and_ttft() {
     let r = common::post_chat(&net, &net.api_key, &slow_stream_body(5, 0.0)).await;
     let _ = r.text().await.unwrap();
     let text = common::http()
-        .get(format!("http://{}/metrics", net.gateway_addr))
+        .get(format!("http://{}/metrics", net.gateway_metrics_addr.unwrap()))
         .send()
         .await
         .unwrap()

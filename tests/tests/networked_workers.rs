@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 struct Gateway {
     base: String,
+    metrics: String,
     key: String,
     worker_url: String,
     pin: String,
@@ -29,8 +30,10 @@ async fn gateway(first_token_timeout_ms: u64) -> Gateway {
 async fn gateway_with(first_token_timeout_ms: u64, allow_simulated: bool) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = cocoon::Config::default();
+    cfg.environment = cocoon::config::Environment::Development;
     cfg.data_dir = dir.path().into();
     cfg.gateway.listen = "127.0.0.1:0".into();
+    cfg.gateway.metrics_listen = Some("127.0.0.1:0".into());
     cfg.router.worker_listen = Some("127.0.0.1:0".into());
     cfg.router.first_token_timeout_ms = first_token_timeout_ms;
     cfg.router.worker_liveness_ms = 2_000;
@@ -44,6 +47,7 @@ async fn gateway_with(first_token_timeout_ms: u64, allow_simulated: bool) -> Gat
     let key = gw.keys.create("t", "acct", None).unwrap().key;
     Gateway {
         base: format!("http://{}/v1", gw.addr),
+        metrics: format!("http://{}/metrics", gw.metrics_addr.unwrap()),
         key,
         worker_url: format!("wss://{}/v1/worker", l.addr),
         pin: l.cert_sha256,
@@ -150,15 +154,37 @@ async fn stalled_worker_is_skipped_for_the_healthy_one() {
     let _stalled = worker(&gw, "stalled", 60_000, &gw.pin).await;
     let healthy = worker(&gw, "healthy", 0, &gw.pin).await;
     wait_workers(&gw, 2).await;
+    // Streams: the first-token timeout is what moves a job off a worker that stays silent.
+    let mut body = simple();
+    body["stream"] = json!(true);
     for _ in 0..6 {
-        let r = chat(&gw, simple()).await;
+        let r = chat(&gw, body.clone()).await;
         assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
     }
     assert_eq!(healthy.engine.stats().requests_completed.load(std::sync::atomic::Ordering::Relaxed), 6);
     // After its failures the stalled worker's circuit is open.
     let snap = gw.router.snapshot();
     let s = snap.iter().find(|w| w.worker_id == "stalled").unwrap();
     assert!(s.circuit_open || s.ewma_ttft_us == 0, "{snap:?}");
+    gw.stop.cancel();
+}
+
+/// A non-streaming answer is one event, at the end: a generation longer than the first-token
+/// timeout must succeed (it is bound by `router.non_stream_timeout_ms` instead).
+#[tokio::test]
+async fn a_long_non_streaming_generation_is_not_cut_by_the_first_token_timeout() {
+    let gw = gateway(300).await;
+    let _w = worker(&gw, "slow", 0, &gw.pin).await;
+    wait_workers(&gw, 1).await;
+    // 30 tokens at 20/s: about 1.5 s, five times the first-token timeout.
+    let body = json!({"model": "cocoon-test", "messages": [{"role": "user", "content": "long"}],
+        "max_tokens": 30, "test_engine": {"tokens_per_second": 20, "completion_tokens": 30}});
+    let started = std::time::Instant::now();
+    let r = chat(&gw, body).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert!(started.elapsed() > Duration::from_millis(1200), "the generation really took longer than the timeout");
     gw.stop.cancel();
 }
 
@@ -181,7 +207,7 @@ async fn a_worker_without_acceptable_evidence_is_refused_over_mutual_tls() {
     let w = worker(&gw, "no-tee", 0, &gw.pin).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(gw.router.snapshot().is_empty(), "{:?}", gw.router.snapshot());
-    let metrics = client().get(gw.base.replace("/v1", "/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = client().get(&gw.metrics).send().await.unwrap().text().await.unwrap();
     assert!(
         metrics.lines().any(|l| l.starts_with("cocoon_router_workers_refused_total") && !l.ends_with(" 0")),
         "the refusal is counted"

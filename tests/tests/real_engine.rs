@@ -95,7 +95,9 @@ impl Gateway {
         let env = [
             ("COCOON__DATA_DIR", dir.path().display().to_string()),
             ("COCOON__LOG", "warn".into()),
+            ("COCOON__ENVIRONMENT", "development".into()),
             ("COCOON__GATEWAY__LISTEN", format!("127.0.0.1:{gw_port}")),
+            ("COCOON__GATEWAY__METRICS_LISTEN", "127.0.0.1:0".into()),
             ("COCOON__ROUTER__WORKER_LISTEN", format!("127.0.0.1:{wk_port}")),
             (
                 "COCOON__ROUTER__FIRST_TOKEN_TIMEOUT_MS",
@@ -219,6 +221,7 @@ impl Worker {
             .arg("worker")
             .env("COCOON__DATA_DIR", &dir)
             .env("COCOON__LOG", "warn")
+            .env("COCOON__ENVIRONMENT", "development")
             .env("COCOON__WORKER__WORKER_ID", id)
             .env("COCOON__WORKER__ROUTER_URL", &gw.worker_url)
             .env("COCOON__WORKER__ROUTER_CERT_SHA256", &gw.pin)

@@ -63,15 +63,18 @@ async fn two_gateway_processes_share_the_fleet_and_its_load_through_redis() {
     let s = |v: &str| v.to_string();
     let mut procs = Kill(Vec::new());
     let mut gateways = Vec::new();
+    let mut metrics_urls = Vec::new();
     let mut worker_urls = Vec::new();
     for g in ["g1", "g2"] {
-        let (http_port, wss_port) = (common::free_port(), common::free_port());
+        let (http_port, wss_port, metrics_port) = (common::free_port(), common::free_port(), common::free_port());
         let data = dir.join(g);
         std::fs::create_dir_all(&data).unwrap();
         let env = vec![
             (s("COCOON__DATA_DIR"), data.display().to_string()),
             (s("COCOON__LOG"), s("warn")),
+            (s("COCOON__ENVIRONMENT"), s("development")),
             (s("COCOON__GATEWAY__LISTEN"), format!("127.0.0.1:{http_port}")),
+            (s("COCOON__GATEWAY__METRICS_LISTEN"), format!("127.0.0.1:{metrics_port}")),
             (s("COCOON__GATEWAY__KEYS_FILE"), keys_file.display().to_string()),
             (s("COCOON__BILLING__ENABLED"), s("false")),
             (s("COCOON__ROUTER__WORKER_LISTEN"), format!("127.0.0.1:{wss_port}")),
@@ -86,6 +89,7 @@ async fn two_gateway_processes_share_the_fleet_and_its_load_through_redis() {
         ];
         procs.0.push(spawn(dir, g, "gateway", &env));
         gateways.push(format!("http://127.0.0.1:{http_port}"));
+        metrics_urls.push(format!("http://127.0.0.1:{metrics_port}"));
         worker_urls.push(format!("wss://127.0.0.1:{wss_port}/v1/worker"));
     }
     for w in ["a", "b"] {
@@ -94,6 +98,7 @@ async fn two_gateway_processes_share_the_fleet_and_its_load_through_redis() {
         let env = vec![
             (s("COCOON__DATA_DIR"), data.display().to_string()),
             (s("COCOON__LOG"), s("warn")),
+            (s("COCOON__ENVIRONMENT"), s("development")),
             (s("COCOON__WORKER__WORKER_ID"), s(w)),
             // One slot: a worker busy with one job has no room for another from any replica.
             (s("COCOON__WORKER__SLOTS"), s("1")),
@@ -111,14 +116,14 @@ async fn two_gateway_processes_share_the_fleet_and_its_load_through_redis() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let mut ok = true;
-        for g in &gateways {
+        for (g, m) in gateways.iter().zip(&metrics_urls) {
             let ready = match http.get(format!("{g}/readyz")).send().await {
                 Ok(r) if r.status() == 200 => r.json::<serde_json::Value>().await.unwrap()["workers"] == 2,
                 _ => false,
             };
             ok &= ready
-                && metric(&http, g, "cocoon_router_fleet_replicas").await == 2.0
-                && metric(&http, g, "cocoon_router_fleet_workers").await == 2.0;
+                && metric(&http, m, "cocoon_router_fleet_replicas").await == 2.0
+                && metric(&http, m, "cocoon_router_fleet_workers").await == 2.0;
         }
         if ok {
             break;
@@ -145,13 +150,13 @@ async fn two_gateway_processes_share_the_fleet_and_its_load_through_redis() {
     tokio::time::sleep(Duration::from_millis(400)).await;
 
     // g2 never tries the busy worker: no refusal, no retry, every request served first time.
-    let before = metric(&http, &gateways[1], "cocoon_router_retries_total").await;
+    let before = metric(&http, &metrics_urls[1], "cocoon_router_retries_total").await;
     for i in 0..8 {
         let body = json!({"model": "cocoon-test", "messages": [{"role": "user", "content": format!("quick {i}")}], "max_tokens": 4});
         let r = http.post(format!("{}/v1/chat/completions", gateways[1])).bearer_auth(&api_key).json(&body).send().await.unwrap();
         assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     }
-    let after = metric(&http, &gateways[1], "cocoon_router_retries_total").await;
+    let after = metric(&http, &metrics_urls[1], "cocoon_router_retries_total").await;
     assert_eq!(after, before, "g2 routed to the worker g1 had filled (it had to retry)");
     drop(stream);
 }

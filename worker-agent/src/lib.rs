@@ -30,12 +30,19 @@ pub use tee::WorkerTee;
 
 use crate::sink::EventSink;
 
+/// A job this worker runs: the link it came on, its task, and its flow-control credit.
+struct RunningJob {
+    link: u64,
+    task: AbortHandle,
+    credits: Arc<tokio::sync::Semaphore>,
+}
+
 pub struct WorkerAgent {
     cfg: WorkerConfig,
     engine: EngineClient,
     tee: Arc<WorkerTee>,
     /// Running jobs, with the link they came on.
-    jobs: Mutex<HashMap<Uuid, (u64, AbortHandle)>>,
+    jobs: Mutex<HashMap<Uuid, RunningJob>>,
     running: AtomicU32,
 }
 
@@ -105,7 +112,7 @@ impl WorkerAgent {
         })
     }
 
-    fn lock_jobs(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, (u64, AbortHandle)>> {
+    fn lock_jobs(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, RunningJob>> {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -133,6 +140,7 @@ impl WorkerAgent {
                     },
                     Some(RouterToWorker::Job(job)) => self.start_job(link.link_id, job, session.as_deref(), to_router.clone()),
                     Some(RouterToWorker::Cancel { job_id }) => self.cancel(job_id),
+                    Some(RouterToWorker::Credit { job_id, events }) => self.credit(job_id, events),
                     Some(RouterToWorker::Challenge { nonce }) => self.answer_challenge(&link, nonce, to_router.clone()),
                     Some(RouterToWorker::Attest { request_id, nonce }) => self.answer_attest(&link, request_id, nonce, to_router.clone()),
                     Some(RouterToWorker::Refused { reason }) => {
@@ -169,13 +177,14 @@ impl WorkerAgent {
                         }).await;
                     }
                     Some(RouterToWorker::Cancel { job_id }) => self.cancel(job_id),
+                    Some(RouterToWorker::Credit { job_id, events }) => self.credit(job_id, events),
                     Some(_) => {}
                     None => break,
                 },
                 () = tokio::time::sleep(Duration::from_millis(20)) => {}
                 () = tokio::time::sleep_until(deadline) => {
                     tracing::warn!(running = self.running(), "drain timeout; aborting remaining jobs");
-                    for (_, (_, h)) in self.lock_jobs().drain() { h.abort(); }
+                    for (_, j) in self.lock_jobs().drain() { j.task.abort(); }
                     break;
                 }
             }
@@ -216,9 +225,9 @@ impl WorkerAgent {
     /// Aborts the running jobs of one link (it dropped; the router already failed them over).
     pub fn abort_link(&self, link_id: u64) {
         let mut jobs = self.lock_jobs();
-        jobs.retain(|_, (link, h)| {
-            if *link == link_id {
-                h.abort();
+        jobs.retain(|_, j| {
+            if j.link == link_id {
+                j.task.abort();
                 self.running.fetch_sub(1, Ordering::Relaxed);
                 false
             } else {
@@ -228,12 +237,22 @@ impl WorkerAgent {
     }
 
     fn cancel(&self, job_id: Uuid) {
-        if let Some((_, h)) = self.lock_jobs().remove(&job_id) {
+        if let Some(j) = self.lock_jobs().remove(&job_id) {
             // Aborting drops the engine response, which closes its connection: the engine
             // sees the client go away and stops generating.
-            h.abort();
+            j.task.abort();
             self.running.fetch_sub(1, Ordering::Relaxed);
             tracing::debug!(%job_id, "job cancelled");
+        }
+    }
+
+    /// The router's client read more of this job's events: it may send that many more.
+    fn credit(&self, job_id: Uuid, events: u32) {
+        if let Some(j) = self.lock_jobs().get(&job_id) {
+            // Bounded so a misbehaving router cannot overflow the semaphore.
+            let room = protocol::JOB_EVENT_WINDOW as usize * 4;
+            let add = (events as usize).min(room.saturating_sub(j.credits.available_permits()));
+            j.credits.add_permits(add);
         }
     }
 
@@ -295,7 +314,8 @@ impl WorkerAgent {
                 return;
             }
         };
-        let mut sink = EventSink::new(job_id, to_router, sealer);
+        let credits = Arc::new(tokio::sync::Semaphore::new(protocol::JOB_EVENT_WINDOW as usize));
+        let mut sink = EventSink::new(job_id, to_router, sealer, credits.clone());
         self.running.fetch_add(1, Ordering::Relaxed);
         let this = self.clone();
         // Hold the map lock across spawn so a fast job cannot finish before it is registered.
@@ -307,6 +327,6 @@ impl WorkerAgent {
                 this.running.fetch_sub(1, Ordering::Relaxed);
             }
         });
-        jobs.insert(job_id, (link_id, handle.abort_handle()));
+        jobs.insert(job_id, RunningJob { link: link_id, task: handle.abort_handle(), credits });
     }
 }

@@ -14,7 +14,7 @@ pub struct DevArgs {
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    let mut cfg = args.config.load()?;
+    let mut cfg = args.config.load_for(cocoon::config::Role::Dev)?;
     if let Some(l) = args.listen {
         cfg.gateway.listen = l;
         cfg.validate()?;
@@ -49,6 +49,7 @@ Cocoon-rs dev network is up.
   base URL: {base}
   API key:  {key}
   model:    {model}
+  metrics:  {metrics}
 
 Try it (pip install openai):
 
@@ -74,5 +75,6 @@ or: curl {base}/chat/completions -H "Authorization: Bearer {key}" -H "Content-Ty
 Ctrl-C stops it (in-flight streams finish first)."#,
         base = net.base_url,
         key = net.api_key,
+        metrics = net.gateway_metrics_addr.map_or("off".to_string(), |a| format!("http://{a}/metrics")),
     );
 }

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::Args;
 
-use super::{init_tracing, wait_for_signal, ConfigArg};
+use super::{announce_environment, init_tracing, wait_for_signal, ConfigArg};
 
 #[derive(Args)]
 pub struct GatewayArgs {
@@ -16,12 +16,13 @@ pub struct GatewayArgs {
 }
 
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
-    let mut cfg = args.config.load()?;
+    let mut cfg = args.config.load_for(cocoon::config::Role::Gateway)?;
     if args.production {
         cfg.environment = cocoon::config::Environment::Production;
         cfg.validate()?;
     }
     init_tracing(&cfg.log);
+    announce_environment(&cfg, "cocoon gateway");
     let stop = tokio_util::sync::CancellationToken::new();
     let router = cocoon::routing::start_router(&cfg, stop.clone()).await?;
     let listener = cocoon::roles::start_worker_listener(&cfg, router.clone(), stop.clone())
@@ -33,6 +34,9 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         None => None,
     };
     println!("gateway:  http://{}/v1", gw.addr);
+    if let Some(m) = gw.metrics_addr {
+        println!("metrics:  http://{m}/metrics");
+    }
     println!("workers:  wss://{}/v1/worker", listener.addr);
     println!("router certificate SHA-256 (set as worker.router_cert_sha256): {}", listener.cert_sha256);
     wait_for_signal().await;

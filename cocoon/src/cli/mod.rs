@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use cocoon::config::Config;
+use cocoon::config::{Config, Environment, Role};
 
 #[derive(Args, Clone)]
 pub struct ConfigArg {
@@ -27,8 +27,13 @@ pub struct ConfigArg {
 }
 
 impl ConfigArg {
+    /// For commands that run no network role (keys, ledger, …): production unless set.
     pub fn load(&self) -> anyhow::Result<Config> {
-        Ok(Config::from_env_and_file(self.config.as_deref())?)
+        self.load_for(Role::Tool)
+    }
+
+    pub fn load_for(&self, role: Role) -> anyhow::Result<Config> {
+        Ok(Config::from_env_and_file(self.config.as_deref(), role)?)
     }
 
     /// The ledger this configuration names; an error when billing is off.
@@ -37,6 +42,17 @@ impl ConfigArg {
         cocoon::roles::open_ledger(&cfg)
             .await?
             .context("billing is disabled (billing.enabled = false)")
+    }
+}
+
+/// A gateway or worker started outside production says so, loudly, once.
+pub fn announce_environment(cfg: &Config, what: &str) {
+    if cfg.environment == Environment::Development {
+        eprintln!(
+            "WARNING: {what} runs with environment = \"development\": dev-only behaviour (the simulated TEE, \
+             jobs in clear, disabled auth, the test engine) is allowed. Never serve real users like this."
+        );
+        tracing::warn!(role = what, "environment = development: dev-only behaviour allowed");
     }
 }
 

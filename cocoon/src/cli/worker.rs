@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::Args;
 
-use super::{init_tracing, wait_for_signal, ConfigArg};
+use super::{announce_environment, init_tracing, wait_for_signal, ConfigArg};
 
 #[derive(Args)]
 pub struct WorkerArgs {
@@ -12,8 +12,9 @@ pub struct WorkerArgs {
 }
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
-    let cfg = args.config.load()?;
+    let cfg = args.config.load_for(cocoon::config::Role::Worker)?;
     init_tracing(&cfg.log);
+    announce_environment(&cfg, "cocoon worker");
     let (Some(url), Some(pin)) = (cfg.worker.router_url.clone(), cfg.worker.router_cert_sha256.clone()) else {
         anyhow::bail!("cocoon worker needs worker.router_url and worker.router_cert_sha256");
     };

@@ -23,8 +23,10 @@ impl std::ops::Deref for Net {
 pub async fn start(tweak: impl FnOnce(&mut Config)) -> Net {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::default();
+    cfg.environment = cocoon::config::Environment::Development;
     cfg.data_dir = dir.path().to_path_buf();
     cfg.gateway.listen = "127.0.0.1:0".into();
+    cfg.gateway.metrics_listen = Some("127.0.0.1:0".into());
     cfg.gateway.drain_timeout_ms = 10_000;
     cfg.log = "warn".into();
     // These tests assert the deterministic engine's exact behaviour, even where a real one is installed.

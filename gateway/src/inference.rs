@@ -1,0 +1,406 @@
+//! The path of every inference call, as small named steps:
+//!
+//! validate → limit → shed → hold → admit → dispatch → relay (stream) or capture (whole answer)
+//!
+//! - **validate**: read the body (bounded size and time), parse, check the fields, know the
+//!   model.
+//! - **limit**: the key's requests and tokens per minute.
+//! - **shed**: the in-flight limit, before the ledger is touched, so an overload costs no
+//!   ledger write.
+//! - **hold**: reserve the worst case (prompt estimate + the generation cap the engine is sent).
+//! - **admit**: the router answers at once: a free slot, a place in the model's queue, or 503.
+//! - **dispatch**: wait for a slot and the worker's first event. For a stream this happens
+//!   inside the response body, after the headers went out, with SSE keep-alives meanwhile.
+//! - **relay / capture**: a stream is relayed and captured before `[DONE]`; a whole answer is
+//!   captured before the client gets it. A capture that cannot be made durable withholds the
+//!   answer: no answer is free.
+//!
+//! Each step owns what it needs and returns what the next needs; [`Call`] keeps only what
+//! every response carries (job id, rate-limit headers, model label) and the request's span.
+
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use protocol::{Endpoint, Job, JobEvent};
+use router::{DispatchOptions, Ticket};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::auth::Principal;
+use crate::billing::{Bill, HoldRequest, MeterError, UsageBounds};
+use crate::error::ApiError;
+use crate::metrics::{ModelLabel, INFLIGHT_REQUESTS};
+use crate::ratelimit::Decision;
+use crate::relay::{record_usage, SseRelay, TokenSettle};
+use crate::state::AppState;
+use crate::validate::{self, ValidRequest};
+
+/// The highest worker price multiplier (thousandths) there is: a hold at it covers any worker.
+pub const MAX_PRICE_COEFFICIENT: u32 = 4000;
+
+/// Set to `simulated` on every answer from a worker in the insecure simulated TEE.
+pub const TEE_HEADER: &str = "x-cocoon-tee";
+
+/// Runs one inference call and answers it; every answer (error or not) carries `x-request-id`
+/// (the job id) and, once the key was checked, the rate-limit headers.
+pub(crate) async fn run(state: AppState, principal: Principal, endpoint: Endpoint, req: Request) -> Response {
+    let job_id = Uuid::now_v7();
+    let span = tracing::info_span!(
+        "inference",
+        %job_id,
+        endpoint = endpoint.label(),
+        account = %principal.account,
+        model = tracing::field::Empty,
+        worker = tracing::field::Empty,
+    );
+    let mut call = Call {
+        state,
+        principal,
+        endpoint,
+        job_id,
+        started: Instant::now(),
+        decision: None,
+        model: None,
+    };
+    async move {
+        let result = call.execute(req).await;
+        call.respond(result)
+    }
+    .instrument(span)
+    .await
+}
+
+/// One inference call: what every response needs, filled in as the steps learn it.
+struct Call {
+    state: AppState,
+    principal: Principal,
+    endpoint: Endpoint,
+    job_id: Uuid,
+    started: Instant,
+    /// The rate-limit verdict, for the `x-ratelimit-*` headers (errors included).
+    decision: Option<Decision>,
+    /// The model, for the metrics label.
+    model: Option<String>,
+}
+
+/// A request that passed validation: its parsed fields and the bytes to forward.
+struct Validated {
+    valid: ValidRequest,
+    raw: Bytes,
+    obj: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Call {
+    async fn execute(&mut self, req: Request) -> Result<Response, ApiError> {
+        let v = self.validate(req).await?;
+        self.limit(&v.valid).await?;
+        let permit = self.shed()?;
+        let bill = self.hold(&v.valid).await?;
+        let ticket = self.admit(&v.valid)?;
+        let bounds = self.bounds(&v);
+        let job = self.job(v.raw, v.obj, &v.valid);
+        let settle = self.token_settle(&v.valid);
+        if v.valid.stream {
+            Ok(self.stream(ticket, job, v.valid, bill, bounds, settle, permit))
+        } else {
+            self.answer(ticket, job, &v.valid, bill, bounds, settle, permit).await
+        }
+    }
+
+    /// Reads (bounded in size and time), parses and validates the body.
+    async fn validate(&mut self, req: Request) -> Result<Validated, ApiError> {
+        let raw = read_json_body(&self.state, req).await?;
+        let obj = validate::parse_object(&raw)?;
+        let valid = match self.endpoint {
+            Endpoint::ChatCompletions => validate::chat(&obj)?,
+            Endpoint::Completions => validate::completion(&obj)?,
+            Endpoint::Embeddings => validate::embeddings(&obj)?,
+        };
+        if !self.state.router.knows_model(&valid.model) {
+            return Err(ApiError::ModelNotFound(valid.model));
+        }
+        tracing::Span::current().record("model", valid.model.as_str());
+        self.model = Some(valid.model.clone());
+        Ok(Validated { valid, raw, obj })
+    }
+
+    /// The key's per-minute budgets. With the limiter's store down, refuse (503) unless
+    /// `gateway.rate_limit_fail_open`.
+    async fn limit(&mut self, valid: &ValidRequest) -> Result<(), ApiError> {
+        let estimated = valid.token_estimate(self.state.cfg.default_cap(self.endpoint));
+        let p = &self.principal;
+        match self.state.limiter.check(&p.rate_key, p.limits, estimated).await {
+            Ok(d) if d.allowed => {
+                self.decision = Some(d);
+                Ok(())
+            }
+            Ok(d) => {
+                let what = match d.exceeded {
+                    Some(crate::ratelimit::LimitKind::Tokens) => format!(
+                        "Rate limit reached for tokens per minute: limit {}, remaining {}, requested {}.",
+                        d.limit_tokens, d.remaining_tokens, estimated
+                    ),
+                    _ => format!(
+                        "Rate limit reached for requests per minute: limit {}, remaining {}.",
+                        d.limit_requests, d.remaining_requests
+                    ),
+                };
+                let retry = d.retry_after.map_or(1, |r| r.as_millis().div_ceil(1000).max(1));
+                Err(ApiError::RateLimited {
+                    message: format!("{what} Please try again in {retry}s."),
+                    decision: Box::new(d),
+                })
+            }
+            Err(e) if self.state.cfg.rate_limit_fail_open => {
+                metrics::counter!("cocoon_gateway_ratelimit_unavailable_total", "policy" => "open").increment(1);
+                tracing::warn!(error = %e, "rate limiter unavailable; serving without it (rate_limit_fail_open)");
+                Ok(())
+            }
+            Err(e) => {
+                metrics::counter!("cocoon_gateway_ratelimit_unavailable_total", "policy" => "closed").increment(1);
+                tracing::warn!(error = %e, "rate limiter unavailable; refusing (fail closed)");
+                Err(ApiError::LimiterUnavailable)
+            }
+        }
+    }
+
+    /// The in-flight limit: an immediate 503 rather than a queue without bound. Before the
+    /// hold, so shedding costs no ledger write. The permit lives until the last byte.
+    fn shed(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.state.inflight.clone().try_acquire_owned().map_err(|_| ApiError::Overloaded)
+    }
+
+    /// Reserves the worst case: the prompt estimate plus the generation cap the engine will
+    /// be sent, at the highest coefficient the client accepts. 402 when it does not fit.
+    async fn hold(&self, valid: &ValidRequest) -> Result<Option<Bill>, ApiError> {
+        let Some(meter) = &self.state.meter else { return Ok(None) };
+        let hold = HoldRequest {
+            job_id: self.job_id,
+            account: self.principal.account.clone(),
+            model: valid.model.clone(),
+            prompt_tokens: valid.prompt_tokens_estimate,
+            completion_tokens: valid.max_completion_tokens(self.state.cfg.default_cap(self.endpoint)),
+            max_coefficient: valid.max_price_coefficient.unwrap_or(MAX_PRICE_COEFFICIENT),
+        };
+        meter.hold(&hold).await.map_err(|e| match e {
+            MeterError::InsufficientFunds { .. } => {
+                ApiError::InsufficientQuota(format!("You exceeded your current quota: {e}. Top up the account's balance."))
+            }
+            MeterError::Unpriced(_) => ApiError::Upstream {
+                status: 503,
+                message: e.to_string(),
+                body: None,
+            },
+            MeterError::Unavailable(m) => ApiError::Internal(m),
+        })?;
+        Ok(Some(Bill::new(meter.clone(), self.job_id, valid.prompt_tokens_estimate)))
+    }
+
+    /// The router's answer, at once: a slot or a place in the queue, or 503 with
+    /// `Retry-After` (queue full, no worker could take it).
+    fn admit(&self, valid: &ValidRequest) -> Result<Ticket, ApiError> {
+        let opts = DispatchOptions {
+            max_price_coefficient: valid.max_price_coefficient,
+            account: self.principal.account.clone(),
+        };
+        Ok(self.state.router.admit(&valid.model, opts)?)
+    }
+
+    /// What the serving worker may bill at most, whatever it reports.
+    fn bounds(&self, v: &Validated) -> UsageBounds {
+        UsageBounds {
+            completion_tokens: v.valid.max_completion_tokens(self.state.cfg.default_cap(self.endpoint)),
+            // No tokenizer makes more tokens than the prompt has bytes; the chat template
+            // adds its own, bounded here generously.
+            prompt_tokens: (v.raw.len() as u64).saturating_add(PROMPT_TEMPLATE_TOKENS),
+        }
+    }
+
+    fn job(&self, raw: Bytes, obj: serde_json::Map<String, serde_json::Value>, valid: &ValidRequest) -> Job {
+        let cap = self.state.cfg.default_cap(self.endpoint);
+        Job {
+            id: self.job_id,
+            endpoint: self.endpoint,
+            model: valid.model.clone(),
+            stream: valid.stream,
+            body: validate::forward_body(raw, obj, valid, cap),
+        }
+    }
+
+    fn token_settle(&self, valid: &ValidRequest) -> TokenSettle {
+        TokenSettle {
+            limiter: self.state.limiter.clone(),
+            rate_key: self.principal.rate_key.clone(),
+            limits: self.principal.limits,
+            estimated: valid.token_estimate(self.state.cfg.default_cap(self.endpoint)),
+        }
+    }
+
+    /// A stream: the headers go out now; the body waits for a slot and the first token
+    /// (with keep-alives), then relays, and captures before `[DONE]`.
+    #[allow(clippy::too_many_arguments)]
+    fn stream(
+        &self,
+        ticket: Ticket,
+        job: Job,
+        valid: ValidRequest,
+        bill: Option<Bill>,
+        bounds: UsageBounds,
+        settle: TokenSettle,
+        permit: OwnedSemaphorePermit,
+    ) -> Response {
+        metrics::gauge!(INFLIGHT_REQUESTS).increment(1.0);
+        let relay = SseRelay::new(crate::relay::RelayParts {
+            dispatch: Box::pin(ticket.dispatch(job).in_current_span()),
+            include_usage: valid.include_usage,
+            model: valid.model,
+            started: self.started,
+            keepalive: self.state.cfg.sse_keepalive(),
+            settle,
+            bill,
+            bounds,
+            permit,
+        });
+        let mut resp = Response::new(Body::from_stream(relay));
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        // Whether the serving worker is simulated is known only once it is chosen: every
+        // worker of a `cocoon dev` network is, so the flag is read from the fleet here.
+        if self.state.router.serves_simulated(self.model.as_deref().unwrap_or_default()) {
+            h.insert(TEE_HEADER, HeaderValue::from_static("simulated"));
+        }
+        resp
+    }
+
+    /// A whole answer: dispatched (queue wait included), captured, then given to the client.
+    #[allow(clippy::too_many_arguments)]
+    async fn answer(
+        &self,
+        ticket: Ticket,
+        job: Job,
+        valid: &ValidRequest,
+        mut bill: Option<Bill>,
+        bounds: UsageBounds,
+        settle: TokenSettle,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Response, ApiError> {
+        metrics::gauge!(INFLIGHT_REQUESTS).increment(1.0);
+        let _inflight = scopeguard(|| metrics::gauge!(INFLIGHT_REQUESTS).decrement(1.0));
+        let _permit = permit;
+        use futures::StreamExt;
+        let mut events = ticket.dispatch(job).await?;
+        tracing::Span::current().record("worker", events.worker_id());
+        if let Some(b) = bill.as_mut() {
+            b.set_worker(events.worker_id(), events.price_coefficient());
+        }
+        let simulated = events.insecure_simulated();
+        match events.next().await {
+            Some(JobEvent::Response { body, usage }) => {
+                let usage = usage.map(|u| bounds.clamp(&u, events.worker_id()));
+                record_usage(&valid.model, usage.as_ref());
+                settle.settle(usage.as_ref());
+                // Charged (or durably journalled) before the client has the answer: an
+                // answer the ledger cannot account for is not released.
+                let cost = match bill {
+                    Some(b) => Some(b.capture(usage.as_ref()).await.map_err(|e| {
+                        tracing::error!(error = %e, "capture failed and could not be journalled; withholding the answer");
+                        ApiError::Internal(format!("capture failed: {e}"))
+                    })?),
+                    None => None,
+                };
+                let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+                if let Some(c) = cost.and_then(|c| HeaderValue::from_str(&c.to_string()).ok()) {
+                    resp.headers_mut().insert("x-cocoon-cost-nanoton", c);
+                }
+                if simulated {
+                    resp.headers_mut().insert(TEE_HEADER, HeaderValue::from_static("simulated"));
+                }
+                Ok(resp)
+            }
+            Some(JobEvent::Failed { error, .. }) => Err(ApiError::upstream(error)),
+            _ => Err(ApiError::Upstream {
+                status: 502,
+                message: "The worker answered a non-streaming request with a stream".into(),
+                body: None,
+            }),
+        }
+    }
+
+    /// The response, with what every answer of this call carries.
+    fn respond(self, result: Result<Response, ApiError>) -> Response {
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+        let h = resp.headers_mut();
+        h.insert("x-request-id", request_id_header(&self.job_id));
+        if let Some(d) = &self.decision {
+            d.apply_headers(h);
+        }
+        if let Some(m) = self.model {
+            resp.extensions_mut().insert(ModelLabel(m));
+        }
+        resp
+    }
+}
+
+/// Chat-template tokens a prompt may have beyond one per body byte.
+const PROMPT_TEMPLATE_TOKENS: u64 = 4096;
+
+/// Reads the body as JSON bytes: content type checked, size bounded (413) and time bounded
+/// (408: a body that never finishes arriving does not hold a task forever).
+async fn read_json_body(state: &AppState, req: Request) -> Result<Bytes, ApiError> {
+    let limit = state.cfg.max_body_bytes;
+    let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    if !(essence.eq_ignore_ascii_case("application/json") || essence.ends_with("+json")) {
+        return Err(ApiError::InvalidRequest {
+            message: format!(
+                "Invalid Content-Type header ({}), expected application/json.",
+                if ct.is_empty() { "none" } else { ct }
+            ),
+            param: None,
+            code: Some("invalid_content_type"),
+        });
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let wait = state.cfg.body_read_timeout();
+    match tokio::time::timeout(wait, axum::body::to_bytes(req.into_body(), limit)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(_)) => Err(ApiError::PayloadTooLarge { limit }),
+        Err(_) => {
+            metrics::counter!("cocoon_gateway_body_timeouts_total").increment(1);
+            Err(ApiError::BodyTimeout(wait))
+        }
+    }
+}
+
+fn request_id_header(id: &Uuid) -> HeaderValue {
+    HeaderValue::from_str(&id.to_string()).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// Runs `f` on drop (a tiny scope guard, to keep gauges right on every exit path).
+pub(crate) fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct G<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for G<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    G(Some(f))
+}
