@@ -271,7 +271,9 @@ pub async fn worker_earnings(
 ) -> Result<Json<EarningsResponse>, ApiError> {
     let Path(worker_id) = path.map_err(|e| ApiError::invalid("worker_id", e.body_text()))?;
     let meter = meter(&state)?;
-    if principal.account != worker_id {
+    // Worker operators hold keys in their own namespace (`worker:<id>`): a client account
+    // that happens to share a worker's name reads nothing of it.
+    if principal.worker() != Some(worker_id.as_str()) {
         return Err(ApiError::WorkerNotFound(worker_id));
     }
     let e = meter

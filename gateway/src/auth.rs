@@ -10,6 +10,10 @@ use crate::keys::KEY_PREFIX;
 use crate::ratelimit::Limits;
 use crate::state::AppState;
 
+/// Accounts of worker operators: `worker:<worker id>`. Such a key reads its worker's
+/// earnings and buys no inference; client accounts never carry the prefix.
+pub const WORKER_ACCOUNT_PREFIX: &str = "worker:";
+
 /// The account billed when `gateway.insecure_disable_auth` is on (benchmarks only).
 pub const ANONYMOUS_ACCOUNT: &str = "anonymous";
 
@@ -49,6 +53,11 @@ fn redact(token: &str) -> String {
 }
 
 impl Principal {
+    /// The worker this principal operates, for a worker operator's key.
+    pub fn worker(&self) -> Option<&str> {
+        self.account.strip_prefix(WORKER_ACCOUNT_PREFIX)
+    }
+
     pub fn authenticate(state: &AppState, parts: &Parts) -> Result<Self, ApiError> {
         if state.cfg.insecure_disable_auth {
             return Ok(Principal {

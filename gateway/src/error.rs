@@ -17,6 +17,10 @@ pub enum ApiError {
     },
     #[error("{0}")]
     InvalidApiKey(String),
+    /// Authenticated, but this key may not do that (e.g. a worker operator's key buying
+    /// inference).
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
     #[error("Invalid URL ({method} {path})")]
@@ -75,6 +79,7 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::InvalidApiKey(_) => StatusCode::UNAUTHORIZED,
+            ApiError::PermissionDenied(_) => StatusCode::FORBIDDEN,
             ApiError::ModelNotFound(_)
             | ApiError::UnknownUrl { .. }
             | ApiError::BillingDisabled
@@ -101,6 +106,7 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest { .. }
             | ApiError::InvalidApiKey(_)
+            | ApiError::PermissionDenied(_)
             | ApiError::ModelNotFound(_)
             | ApiError::UnknownUrl { .. }
             | ApiError::MethodNotAllowed { .. }
@@ -122,6 +128,7 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest { code, .. } => *code,
             ApiError::InvalidApiKey(_) => Some("invalid_api_key"),
+            ApiError::PermissionDenied(_) => Some("permission_denied"),
             ApiError::ModelNotFound(_) => Some("model_not_found"),
             ApiError::UnknownUrl { .. } => Some("unknown_url"),
             ApiError::MethodNotAllowed { .. } => Some("method_not_allowed"),

@@ -20,6 +20,7 @@ pub use crate::inference::{MAX_PRICE_COEFFICIENT, TEE_HEADER};
         (status = 200, description = "A chat.completion object, or with `stream: true` a text/event-stream of chat.completion.chunk objects ending with `data: [DONE]`", body = protocol::openai::CompletionResponseDoc),
         (status = 400, description = "Invalid request; `param` names the field", body = ErrorBody),
         (status = 401, description = "Missing or invalid API key / JWT", body = ErrorBody),
+        (status = 403, description = "A worker operator's key (`worker:` account) buys no inference (`permission_denied`)", body = ErrorBody),
         (status = 404, description = "Unknown model", body = ErrorBody),
         (status = 402, description = "The account's balance cannot cover the request's worst case (`insufficient_quota`)", body = ErrorBody),
         (status = 413, description = "Body over the configured limit", body = ErrorBody),

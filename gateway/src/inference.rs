@@ -96,6 +96,11 @@ struct Validated {
 
 impl Call {
     async fn execute(&mut self, req: Request) -> Result<Response, ApiError> {
+        if self.principal.worker().is_some() {
+            return Err(ApiError::PermissionDenied(
+                "This key belongs to a worker operator (account `worker:…`): it reads earnings and buys no inference. Use a client key.".into(),
+            ));
+        }
         let v = self.validate(req).await?;
         self.limit(&v.valid).await?;
         let permit = self.shed()?;

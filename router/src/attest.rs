@@ -27,6 +27,10 @@ pub enum AdmitError {
     },
     #[error("re-attestation presented another HPKE key ({got}) than the connection's ({had})")]
     KeyChanged { had: String, got: String },
+    /// The worker's self-description breaks a rule the router enforces (price above the
+    /// network's maximum, no slots, too many models).
+    #[error("worker refused ({rule}): {message}")]
+    Declared { rule: &'static str, message: String },
 }
 
 impl From<AttestationError> for AdmitError {

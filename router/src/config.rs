@@ -43,6 +43,16 @@ pub struct RouterConfig {
     pub instance_id: Option<String>,
     /// How often the replica publishes its workers' load and reads the others'.
     pub fleet_sync_ms: u64,
+    /// The highest price coefficient (thousandths) a worker may declare; a worker above it
+    /// is refused at admission, whatever its clients would accept.
+    pub max_price_coefficient: u32,
+    /// Worker connections that have not been admitted yet (TLS, WebSocket, challenge and
+    /// verification in progress); beyond it new connections are closed at once, so a flood
+    /// cannot crowd out the workers that attest.
+    pub max_unattested_links: usize,
+    /// Bytes a connection may send before it is admitted (its hello with evidence fits
+    /// many times over); a connection past it is closed.
+    pub pre_auth_bytes: u64,
 }
 
 impl Default for RouterConfig {
@@ -64,6 +74,9 @@ impl Default for RouterConfig {
             redis_prefix: "cocoon".into(),
             instance_id: None,
             fleet_sync_ms: 200,
+            max_price_coefficient: 4000,
+            max_unattested_links: 64,
+            pre_auth_bytes: 1 << 20,
         }
     }
 }
@@ -127,6 +140,15 @@ impl RouterConfig {
         }
         if self.redis_prefix.is_empty() {
             errs.push("router.redis_prefix must not be empty".to_string());
+        }
+        if !(1000..=1_000_000).contains(&self.max_price_coefficient) {
+            errs.push(format!("router.max_price_coefficient must be in 1000..=1000000, got {}", self.max_price_coefficient));
+        }
+        if self.max_unattested_links == 0 {
+            errs.push("router.max_unattested_links must be > 0".to_string());
+        }
+        if self.pre_auth_bytes < 64 * 1024 {
+            errs.push(format!("router.pre_auth_bytes must be at least 65536 (a hello with evidence), got {}", self.pre_auth_bytes));
         }
         if self.worker_queue == 0 {
             errs.push("router.worker_queue must be > 0".to_string());

@@ -21,6 +21,6 @@ mod session;
 
 pub use attest::{AdmitError, Attestor};
 pub use config::RouterConfig;
-pub use session::LinkError;
+pub use session::{LinkError, PreAuth};
 pub use dispatch::{DispatchOptions, JobStream, RouteError, Ticket};
 pub use registry::{Router, WorkerSession, WorkerSnapshot};

@@ -16,6 +16,7 @@
 //! fresh router nonce, which needs a round trip first; a certificate made before the
 //! handshake could only bind a stale one. Evidence is still checked once per connection.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -144,7 +145,54 @@ impl ClientCertVerifier for AttestedClientCert {
     }
 }
 
-/// Accepts worker connections until `shutdown`.
+/// A TCP stream that may deliver at most `budget` bytes (shared, so admission can lift it):
+/// an unadmitted peer cannot make the router buffer more than that, whatever it sends.
+struct Budgeted<S> {
+    inner: S,
+    budget: Arc<AtomicU64>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Budgeted<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            let left = self.budget.load(Ordering::Relaxed);
+            if left != u64::MAX {
+                if n > left {
+                    metrics::counter!("cocoon_router_pre_auth_budget_exceeded_total").increment(1);
+                    return std::task::Poll::Ready(Err(std::io::Error::other(
+                        "worker sent more than router.pre_auth_bytes before it was admitted",
+                    )));
+                }
+                self.budget.fetch_sub(n, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Budgeted<S> {
+    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Accepts worker connections until `shutdown`. Before admission a connection is held to
+/// `router.max_unattested_links` (beyond it, new connections are closed at once), a handshake
+/// deadline, and `router.pre_auth_bytes`: a flood of connections or bytes costs bounded
+/// memory and cannot starve the links of workers that attest.
 pub async fn serve_workers(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -153,6 +201,7 @@ pub async fn serve_workers(
     shutdown: CancellationToken,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let unattested = Arc::new(tokio::sync::Semaphore::new(router.config().max_unattested_links));
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -165,10 +214,19 @@ pub async fn serve_workers(
             },
             () = shutdown.cancelled() => return,
         };
+        let Ok(permit) = unattested.clone().try_acquire_owned() else {
+            metrics::counter!("cocoon_router_links_refused_total", "reason" => "unattested_limit").increment(1);
+            tracing::debug!(%peer, "too many unattested worker connections; closing");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
+        let budget = Arc::new(AtomicU64::new(router.config().pre_auth_bytes));
+        let tcp = Budgeted { inner: tcp, budget: budget.clone() };
+        let pre_auth = crate::PreAuth { permit: Some(permit), budget: Some(budget) };
         let (acceptor, router, shutdown) = (acceptor.clone(), router.clone(), shutdown.clone());
         tokio::spawn(async move {
-            if let Err(e) = handle_worker(acceptor, tcp, router, liveness, shutdown).await {
+            if let Err(e) = handle_worker(acceptor, tcp, router, liveness, shutdown, pre_auth).await {
                 tracing::warn!(%peer, error = %e, "worker connection ended");
             }
         });
@@ -177,10 +235,11 @@ pub async fn serve_workers(
 
 async fn handle_worker(
     acceptor: tokio_rustls::TlsAcceptor,
-    tcp: tokio::net::TcpStream,
+    tcp: Budgeted<tokio::net::TcpStream>,
     router: Router,
     liveness: Duration,
     shutdown: CancellationToken,
+    pre_auth: crate::PreAuth,
 ) -> Result<(), String> {
     let handshake = Duration::from_secs(10);
     let tls = tokio::time::timeout(handshake, acceptor.accept(tcp))
@@ -226,7 +285,7 @@ async fn handle_worker(
             })
         });
     let result = router
-        .serve_link(out, Box::pin(incoming), tls_spki_sha256, Some(liveness), shutdown)
+        .serve_link_with(out, Box::pin(incoming), tls_spki_sha256, Some(liveness), shutdown, pre_auth)
         .await;
     // serve_link dropped the session (its sender clone); give a refusal time to be written.
     let _ = tokio::time::timeout(Duration::from_secs(1), &mut writer).await;

@@ -89,6 +89,9 @@ pub(crate) struct WorkerEntry {
 
 const TTFT_FLOOR_US: u64 = 1_000;
 
+/// Models one worker may declare (label cardinality and routing cost stay bounded).
+const MAX_MODELS_PER_WORKER: usize = 256;
+
 /// What the registry knows about one worker (for `/readyz`, logs and tests).
 #[derive(Clone, Debug)]
 pub struct WorkerSnapshot {
@@ -216,6 +219,7 @@ impl Router {
         verified: VerifiedWorker,
         tx: mpsc::Sender<RouterToWorker>,
     ) -> Result<WorkerSession, AdmitError> {
+        self.check_declared(&info)?;
         let sealer = if self.inner.attestor.seal_jobs() {
             let (sealer, enc) = LinkSealer::new(&verified.hpke_public_key).map_err(|e| {
                 AdmitError::Malformed(format!("attested HPKE key unusable: {e}"))
@@ -269,6 +273,34 @@ impl Router {
             router: self.clone(),
             entry,
         })
+    }
+
+    /// What a worker says about itself is believed only within the network's rules: its price
+    /// coefficient is what its jobs are billed at, so it must not exceed the maximum.
+    fn check_declared(&self, info: &WorkerInfo) -> Result<(), AdmitError> {
+        let max = self.inner.cfg.max_price_coefficient;
+        if info.price_coefficient == 0 || info.price_coefficient > max {
+            return Err(AdmitError::Declared {
+                rule: "price_coefficient",
+                message: format!("price coefficient {} is outside 1..={max} (router.max_price_coefficient)", info.price_coefficient),
+            });
+        }
+        if info.slots == 0 {
+            return Err(AdmitError::Declared { rule: "slots", message: "a worker with no slots can take no job".into() });
+        }
+        if info.models.is_empty() || info.models.len() > MAX_MODELS_PER_WORKER {
+            return Err(AdmitError::Declared {
+                rule: "models",
+                message: format!("a worker must serve 1..={MAX_MODELS_PER_WORKER} models, it declared {}", info.models.len()),
+            });
+        }
+        if let Some(m) = info.models.iter().find(|m| m.id.is_empty() || m.id.len() > 256) {
+            return Err(AdmitError::Declared { rule: "models", message: format!("model id {:?} is empty or over 256 bytes", m.id) });
+        }
+        if info.worker_id.is_empty() || info.worker_id.len() > 128 {
+            return Err(AdmitError::Declared { rule: "worker_id", message: "worker id must be 1..=128 bytes".into() });
+        }
+        Ok(())
     }
 
     fn detach(&self, entry: &Arc<WorkerEntry>) {

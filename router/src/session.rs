@@ -17,6 +17,23 @@ use crate::Router;
 /// How long a worker has to answer a challenge.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What a link holds until the router admits its worker: its place among the unattested
+/// links (`router.max_unattested_links`) and its pre-authentication byte budget
+/// (`router.pre_auth_bytes`). Admission frees the place and lifts the budget.
+#[derive(Default)]
+pub struct PreAuth {
+    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    pub budget: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+}
+
+impl PreAuth {
+    fn admitted(self) {
+        if let Some(b) = self.budget {
+            b.store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     #[error("worker not admitted: {0}")]
@@ -41,10 +58,27 @@ impl Router {
     pub async fn serve_link<S>(
         &self,
         out: mpsc::Sender<RouterToWorker>,
+        incoming: S,
+        tls_spki_sha256: [u8; 32],
+        liveness: Option<Duration>,
+        shutdown: CancellationToken,
+    ) -> Result<(), LinkError>
+    where
+        S: Stream<Item = Result<WorkerToRouter, String>> + Unpin,
+    {
+        self.serve_link_with(out, incoming, tls_spki_sha256, liveness, shutdown, PreAuth::default())
+            .await
+    }
+
+    /// [`Router::serve_link`] for a link that holds `pre_auth` until it is admitted.
+    pub async fn serve_link_with<S>(
+        &self,
+        out: mpsc::Sender<RouterToWorker>,
         mut incoming: S,
         tls_spki_sha256: [u8; 32],
         liveness: Option<Duration>,
         shutdown: CancellationToken,
+        pre_auth: PreAuth,
     ) -> Result<(), LinkError>
     where
         S: Stream<Item = Result<WorkerToRouter, String>> + Unpin,
@@ -59,6 +93,7 @@ impl Router {
             Ok(s) => s,
             Err(e) => return Err(refuse(&out, &worker, e).await),
         };
+        pre_auth.admitted();
         let liveness = liveness.unwrap_or(Duration::from_secs(u64::from(u32::MAX)));
         let mut expires_at = session.attestation_expires_at();
         let mut challenged = false;

@@ -242,7 +242,7 @@ async fn account_endpoints_need_a_key_and_workers_see_only_their_own_earnings() 
 
     // The dev worker has not served anything yet: its operator sees zeros.
     let keys = gateway::keys::KeyStore::open(net._dir.path().join("keys.json")).unwrap();
-    let operator = keys.create("operator", "worker-1", None).unwrap().key;
+    let operator = keys.create("operator", "worker:worker-1", None).unwrap().key;
     let e = get_json(&net, "/workers/worker-1/earnings", &operator).await;
     assert_eq!((int(&e, "balance"), int(&e, "earned"), int(&e, "jobs")), (0, 0, 0), "{e}");
 
@@ -283,13 +283,24 @@ async fn account_endpoints_need_a_key_and_workers_see_only_their_own_earnings() 
     assert_eq!(payouts[0]["address"], address.as_str());
     assert_eq!(payouts[0]["tx_hash"], Value::Null);
 
-    // A client key cannot read a worker's earnings, nor one worker another's.
-    for (key, path) in [(&net.api_key, "/workers/worker-1/earnings"), (&operator, "/workers/worker-2/earnings")] {
+    // A client key cannot read a worker's earnings, not even one whose account has the
+    // worker's name, nor one worker another's.
+    let namesake = keys.create("namesake", "worker-1", None).unwrap().key;
+    for (key, path) in [
+        (&net.api_key, "/workers/worker-1/earnings"),
+        (&namesake, "/workers/worker-1/earnings"),
+        (&operator, "/workers/worker-2/earnings"),
+    ] {
         let r = get(&net, path, Some(key)).await;
         assert_eq!(r.status(), 404, "{path}");
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["error"]["code"], "worker_not_found", "{v}");
     }
+    // An operator's key buys no inference.
+    let r = common::post_chat(&net, &operator, &json!({"model": "cocoon-test", "messages": [{"role": "user", "content": "hi"}]})).await;
+    assert_eq!(r.status(), 403);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "permission_denied", "{v}");
     net.net.shutdown().await;
 }
 

@@ -28,6 +28,10 @@ async fn gateway(first_token_timeout_ms: u64) -> Gateway {
 }
 
 async fn gateway_with(first_token_timeout_ms: u64, allow_simulated: bool) -> Gateway {
+    gateway_cfg(first_token_timeout_ms, allow_simulated, |_| {}).await
+}
+
+async fn gateway_cfg(first_token_timeout_ms: u64, allow_simulated: bool, tweak: impl FnOnce(&mut cocoon::Config)) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = cocoon::Config::default();
     cfg.environment = cocoon::config::Environment::Development;
@@ -40,6 +44,7 @@ async fn gateway_with(first_token_timeout_ms: u64, allow_simulated: bool) -> Gat
     cfg.billing.enabled = false; // routing under test; billing has its own tests
     // No TEE on a CI machine: workers attest with the simulated one, which must be allowed.
     cfg.attestation.policy.allow_insecure_simulated_tee = allow_simulated;
+    tweak(&mut cfg);
     let stop = CancellationToken::new();
     let router = router::Router::new(cfg.router.clone(), cfg.attestation.attestor(None).unwrap());
     let l = cocoon::roles::start_worker_listener(&cfg, router.clone(), stop.clone()).await.unwrap().unwrap();
@@ -64,6 +69,10 @@ struct Worker {
 }
 
 async fn worker(gw: &Gateway, id: &str, ttft_ms: u64, pin: &str) -> Worker {
+    worker_with(gw, id, ttft_ms, pin, 1000).await
+}
+
+async fn worker_with(gw: &Gateway, id: &str, ttft_ms: u64, pin: &str, price_coefficient: u32) -> Worker {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let engine = test_engine::TestEngine::new(test_engine::EngineConfig {
@@ -77,6 +86,7 @@ async fn worker(gw: &Gateway, id: &str, ttft_ms: u64, pin: &str) -> Worker {
         worker_id: id.into(),
         engine_url: url,
         health_interval_ms: 200,
+        price_coefficient,
         ..Default::default()
     }, worker_agent::WorkerTee::simulated().unwrap())
     .unwrap();
@@ -214,6 +224,80 @@ async fn a_worker_without_acceptable_evidence_is_refused_over_mutual_tls() {
     );
     let r = chat(&gw, simple()).await;
     assert_eq!(r.status(), 404, "no admitted worker serves the model");
+    w.stop.cancel();
+    gw.stop.cancel();
+}
+
+/// The worker port before admission: a flood of idle connections and of garbage bytes is
+/// held to `router.max_unattested_links` and `router.pre_auth_bytes`; the attested worker
+/// keeps serving throughout, and a new worker can join once the flood lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooded_worker_port_keeps_serving_attested_workers() {
+    let gw = gateway_cfg(5_000, true, |c| {
+        c.router.max_unattested_links = 4;
+        c.router.pre_auth_bytes = 64 * 1024;
+    })
+    .await;
+    let _w = worker(&gw, "steady", 0, &gw.pin).await;
+    wait_workers(&gw, 1).await;
+    let addr: std::net::SocketAddr = gw.worker_url.trim_start_matches("wss://").trim_end_matches("/v1/worker").parse().unwrap();
+
+    // Idle connections beyond the limit are closed at once; garbage past the budget too.
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let mut garbage = Vec::new();
+    for _ in 0..4 {
+        garbage.push(tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return 0usize };
+            let junk = vec![0x16u8; 16 * 1024];
+            let mut sent = 0;
+            while s.write_all(&junk).await.is_ok() && sent < 8 << 20 {
+                sent += junk.len();
+            }
+            sent
+        }));
+    }
+    for _ in 0..10 {
+        let r = chat(&gw, simple()).await;
+        assert_eq!(r.status(), 200, "the attested worker serves during the flood");
+    }
+    for g in garbage {
+        let sent = tokio::time::timeout(Duration::from_secs(20), g).await.expect("garbage connections are cut").unwrap();
+        assert!(sent < 8 << 20, "a garbage connection was allowed to send {sent} bytes");
+    }
+    let metrics = client().get(&gw.metrics).send().await.unwrap().text().await.unwrap();
+    let refused: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("cocoon_router_links_refused_total"))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum();
+    assert!(refused >= 30.0, "connections past the unattested limit are refused:\n{metrics}");
+    drop(idle);
+    // The flood gone, a new worker attests and joins.
+    let _late = worker(&gw, "late", 0, &gw.pin).await;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while gw.router.snapshot().len() < 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a new worker joins after the flood");
+    gw.stop.cancel();
+}
+
+/// A worker's price coefficient is what its jobs are billed at: above the network's maximum
+/// it is refused, whatever it says.
+#[tokio::test]
+async fn a_worker_declaring_a_price_above_the_maximum_is_refused() {
+    let gw = gateway_cfg(5_000, true, |c| c.router.max_price_coefficient = 2000).await;
+    let w = worker_with(&gw, "greedy", 0, &gw.pin, 3000).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(gw.router.snapshot().is_empty(), "{:?}", gw.router.snapshot());
+    let _ok = worker_with(&gw, "fair", 0, &gw.pin, 2000).await;
+    wait_workers(&gw, 1).await;
     w.stop.cancel();
     gw.stop.cancel();
 }

@@ -24,6 +24,10 @@ enum KeysCmd {
         /// Account billed for the key's requests.
         #[arg(long, default_value = "default")]
         account: String,
+        /// A worker operator's key instead: reads this worker's earnings (account
+        /// `worker:<id>`) and buys no inference.
+        #[arg(long, conflicts_with = "account")]
+        worker: Option<String>,
         /// Requests per minute (0 = unlimited); with --tpm overrides gateway.default_limits.
         #[arg(long)]
         rpm: Option<u64>,
@@ -44,7 +48,14 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
     let cfg = args.config.load()?;
     let store = KeyStore::open(cfg.keys_file())?;
     match args.cmd {
-        KeysCmd::Create { name, account, rpm, tpm } => {
+        KeysCmd::Create { name, account, worker, rpm, tpm } => {
+            let account = match worker {
+                Some(w) => format!("{}{w}", gateway::auth::WORKER_ACCOUNT_PREFIX),
+                None if account.starts_with(gateway::auth::WORKER_ACCOUNT_PREFIX) => {
+                    anyhow::bail!("client accounts cannot start with `worker:`; use --worker ID for an operator key")
+                }
+                None => account,
+            };
             let limits = match (rpm, tpm) {
                 (None, None) => None,
                 (r, t) => Some(Limits {
