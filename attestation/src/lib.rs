@@ -106,11 +106,13 @@
 mod binding;
 mod cache;
 mod claims;
+pub mod e2e;
 mod error;
 mod evidence;
 mod link_sealing;
 mod nonce;
 mod policy;
+pub mod receipt;
 mod sealing;
 mod serde_bytes;
 mod simulated;
