@@ -20,6 +20,9 @@ pub struct VerifiedWorker {
     pub hpke_public_key: HpkePublicKey,
     #[serde(with = "hex_array")]
     pub tls_spki_sha256: [u8; 32],
+    /// The worker's identity key (signs its receipts), when its evidence binds one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_key: Option<crate::receipt::IdentityPublicKey>,
     /// Unix seconds.
     pub verified_at: u64,
     /// Unix seconds after which the worker must attest again (cache TTL, capped by the expiry
@@ -179,6 +182,7 @@ impl Verifier {
             claims,
             hpke_public_key: att.hpke_public_key,
             tls_spki_sha256: att.tls_spki_sha256,
+            identity_key: None,
             verified_at: now,
             expires_at,
         })

@@ -211,6 +211,7 @@ impl Call {
         let opts = DispatchOptions {
             max_price_coefficient: valid.max_price_coefficient,
             account: self.principal.account.clone(),
+            worker: None,
         };
         Ok(self.state.router.admit(&valid.model, opts)?)
     }
@@ -233,6 +234,7 @@ impl Call {
             model: valid.model.clone(),
             stream: valid.stream,
             body: validate::forward_body(raw, obj, valid, cap),
+            e2e: None,
         }
     }
 

@@ -163,6 +163,8 @@ impl SseRelay {
     /// One job event to at most one SSE frame (`None`: nothing to send for it).
     fn on_event(&mut self, ev: JobEvent, cx: &mut Context<'_>) -> Option<Bytes> {
         match ev {
+            // The router checks receipts and never passes them on.
+            JobEvent::Receipt { .. } => None,
             JobEvent::Chunk { data } => {
                 if !self.include_usage && is_usage_only(&data) {
                     return None;

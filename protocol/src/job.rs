@@ -43,8 +43,29 @@ pub struct Job {
     pub endpoint: Endpoint,
     pub model: String,
     pub stream: bool,
-    /// The request body exactly as the engine must receive it (JSON).
+    /// The request body exactly as the engine must receive it (JSON), or for an
+    /// end-to-end sealed request the client's HPKE ciphertext.
     pub body: Bytes,
+    /// Set for an end-to-end sealed request (docs/e2e.md): its clear facts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2e: Option<E2eRoute>,
+}
+
+/// The clear facts of an end-to-end sealed request (`cocoon-e2e/1`, docs/e2e.md) besides
+/// model, endpoint and stream: the client bound all of them into the seal, so the worker
+/// opens the body only if they are exactly what the client sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct E2eRoute {
+    /// The client's id for the request (in its receipt).
+    pub request_id: Uuid,
+    pub max_prompt_tokens: u64,
+    pub max_output_tokens: u64,
+    /// The worker the client sealed the body for.
+    pub worker_id: String,
+    /// That worker's HPKE key (32 bytes).
+    pub worker_key: Bytes,
+    /// The HPKE encapsulated key (32 bytes).
+    pub enc: Bytes,
 }
 
 /// How a job's body travels to the worker.
@@ -68,6 +89,10 @@ pub struct JobEnvelope {
     pub model: String,
     pub stream: bool,
     pub payload: Payload,
+    /// An end-to-end sealed request's facts; the payload then holds the client's
+    /// ciphertext (itself sealed again on the link).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2e: Option<E2eRoute>,
 }
 
 /// Events a worker may send for one job before the router grants more with
@@ -93,11 +118,14 @@ pub enum JobEvent {
         error: JobError,
         usage: Option<Usage>,
     },
+    /// Just before the terminal event: the worker's signed receipt for the job (JSON of
+    /// `attestation::receipt::SignedReceipt`), covering the usage the terminal event reports.
+    Receipt { receipt: Bytes },
 }
 
 impl JobEvent {
     pub fn is_terminal(&self) -> bool {
-        !matches!(self, JobEvent::Chunk { .. })
+        !matches!(self, JobEvent::Chunk { .. } | JobEvent::Receipt { .. })
     }
 }
 

@@ -10,7 +10,7 @@ pub mod openai;
 pub mod wire;
 
 pub use job::{
-    Endpoint, Job, JobEnvelope, JobError, JobEvent, Load, ModelInfo, Payload, RouterToWorker, WorkerInfo, JOB_EVENT_WINDOW,
+    E2eRoute, Endpoint, Job, JobEnvelope, JobError, JobEvent, Load, ModelInfo, Payload, RouterToWorker, WorkerInfo, JOB_EVENT_WINDOW,
     WorkerToRouter,
 };
 pub use openai::{ErrorBody, ErrorObject, Usage};

@@ -25,6 +25,9 @@ pub struct DispatchOptions {
     pub max_price_coefficient: Option<u32>,
     /// Whose request it is: the queue takes turns across accounts.
     pub account: String,
+    /// Only this worker (an end-to-end sealed request can be opened by no other): no
+    /// retry on another worker, and its own queue.
+    pub worker: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +42,9 @@ pub enum RouteError {
     QueueFull { model: String, limit: usize },
     #[error("No worker for model `{model}` became free within {waited:?}; retry shortly")]
     QueueTimeout { model: String, waited: Duration },
+    /// The worker a sealed request names is not connected (or does not serve the model).
+    #[error("Worker `{worker}` is not available for model `{model}`: fetch a fresh attestation report and seal to another worker")]
+    WorkerUnavailable { worker: String, model: String },
     /// Every attempt failed; the last worker's error.
     #[error("{0}")]
     Job(JobError),
@@ -80,13 +86,23 @@ impl Router {
         if !self.knows_model(model) {
             return Err(RouteError::ModelNotFound(model.to_string()));
         }
+        let only = opts.worker.as_deref();
+        if let Some(w) = only {
+            if !self.worker_serves(w, model) {
+                return Err(RouteError::WorkerUnavailable { worker: w.to_string(), model: model.to_string() });
+            }
+        }
         let queues = &self.inner.queues;
-        let waiter = if queues.has_waiters(model) || !self.has_free_slot(model, opts.max_price_coefficient, &[]) {
-            if !self.could_serve(model, opts.max_price_coefficient, &[]) {
-                return Err(RouteError::NoCapacity(model.to_string()));
+        let key = crate::registry::queue_key(model, only);
+        let waiter = if queues.has_waiters(&key) || !self.has_free_slot(model, opts.max_price_coefficient, &[], only) {
+            if !self.could_serve(model, opts.max_price_coefficient, &[], only) {
+                return Err(match only {
+                    Some(w) => RouteError::WorkerUnavailable { worker: w.to_string(), model: model.to_string() },
+                    None => RouteError::NoCapacity(model.to_string()),
+                });
             }
             let limit = self.inner.cfg.max_queued_per_model;
-            let w = queues.join(model, &opts.account, limit).map_err(|f| {
+            let w = queues.join(&key, &opts.account, limit).map_err(|f| {
                 metrics::counter!("cocoon_router_queue_rejected_total", "reason" => "full").increment(1);
                 RouteError::QueueFull { model: model.to_string(), limit: f.limit }
             })?;
@@ -119,7 +135,9 @@ impl Ticket {
         let cfg = &router.inner.cfg;
         let mut tried: Vec<u64> = Vec::new();
         let mut last_err: Option<JobError> = None;
-        for attempt in 0..cfg.max_attempts {
+        // A job for one named worker has nowhere else to go.
+        let attempts = if self.opts.worker.is_some() { 1 } else { cfg.max_attempts };
+        for attempt in 0..attempts {
             let (worker, admission) = match self.acquire(&tried).await {
                 Ok(w) => w,
                 Err(e) => return Err(last_err.map_or(e, RouteError::Job)),
@@ -169,14 +187,16 @@ impl Ticket {
         let router = self.router.clone();
         let cfg = &router.inner.cfg;
         let (model, price) = (self.model.clone(), self.opts.max_price_coefficient);
+        let only = self.opts.worker.clone();
+        let key = crate::registry::queue_key(&model, only.as_deref());
         let deadline = self.admitted + cfg.queue_timeout();
         loop {
             let my_turn = match &self.waiter {
                 Some(w) => w.is_turn(),
-                None => !router.inner.queues.has_waiters(&model),
+                None => !router.inner.queues.has_waiters(&key),
             };
             if my_turn {
-                if let Some(found) = router.pick(&model, price, tried) {
+                if let Some(found) = router.pick(&model, price, tried, only.as_deref()) {
                     if let Some(w) = self.waiter.take() {
                         w.served();
                         metrics::histogram!("cocoon_router_queue_wait_seconds").record(self.admitted.elapsed().as_secs_f64());
@@ -184,11 +204,14 @@ impl Ticket {
                     return Ok(found);
                 }
             }
-            if !router.could_serve(&model, price, tried) {
-                return Err(RouteError::NoCapacity(model));
+            if !router.could_serve(&model, price, tried, only.as_deref()) {
+                return Err(match only {
+                    Some(worker) => RouteError::WorkerUnavailable { worker, model },
+                    None => RouteError::NoCapacity(model),
+                });
             }
             if self.waiter.is_none() {
-                let w = router.inner.queues.join(&model, &self.opts.account, cfg.max_queued_per_model).map_err(|f| {
+                let w = router.inner.queues.join(&key, &self.opts.account, cfg.max_queued_per_model).map_err(|f| {
                     metrics::counter!("cocoon_router_queue_rejected_total", "reason" => "full").increment(1);
                     RouteError::QueueFull { model: model.clone(), limit: f.limit }
                 })?;
@@ -231,6 +254,7 @@ impl Router {
             model: job.model.clone(),
             stream: job.stream,
             payload,
+            e2e: job.e2e.clone(),
         };
         // Bounded: the worker may send at most the window (plus the terminal event) before
         // the router grants more, so this never holds more than that.
@@ -258,16 +282,23 @@ impl Router {
             (self.inner.cfg.non_stream_timeout(), "before finishing the answer")
         };
         let mut rx = rx;
-        let first = match tokio::time::timeout(limit, rx.recv()).await {
-            Ok(Some(ev)) => ev,
-            Ok(None) => {
-                guard.finished = true;
-                let e = take_closed(&closed).unwrap_or_else(|| JobError::new(502, "worker went away before answering", true));
-                return Err(e);
-            }
-            Err(_) => {
-                // Guard drop sends the cancel.
-                return Err(JobError::new(504, format!("worker timed out {what} ({limit:?})"), true));
+        let deadline = tokio::time::Instant::now() + limit;
+        // A receipt comes just before a terminal event: look past it to see whether the job
+        // failed before producing anything (and may be retried elsewhere).
+        let mut early_receipt = None;
+        let first = loop {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(JobEvent::Receipt { receipt })) => early_receipt = Some(receipt),
+                Ok(Some(ev)) => break ev,
+                Ok(None) => {
+                    guard.finished = true;
+                    let e = take_closed(&closed).unwrap_or_else(|| JobError::new(502, "worker went away before answering", true));
+                    return Err(e);
+                }
+                Err(_) => {
+                    // Guard drop sends the cancel.
+                    return Err(JobError::new(504, format!("worker timed out {what} ({limit:?})"), true));
+                }
             }
         };
         if let JobEvent::Failed { error, .. } = first {
@@ -279,19 +310,26 @@ impl Router {
         if first.is_terminal() {
             guard.finished = true;
         }
-        Ok(JobStream {
+        let mut stream = JobStream {
             first: Some(first),
             rx,
             closed,
             guard,
             consumed: 1,
+            model: job.model.clone(),
+            identity_key: worker.identity_key,
+            receipt: None,
             worker_id: worker.info.worker_id.clone(),
             circuit_threshold: self.inner.cfg.circuit_failure_threshold,
             circuit_open: self.inner.cfg.circuit_open(),
             price_coefficient: worker.info.price_coefficient,
             insecure_simulated: worker.insecure_simulated,
             sealed: worker.sealer.is_some(),
-        })
+        };
+        if let Some(r) = early_receipt {
+            stream.on_receipt(&r);
+        }
+        Ok(stream)
     }
 }
 
@@ -331,6 +369,12 @@ pub struct JobStream {
     guard: JobGuard,
     /// Events taken since the last credit sent to the worker.
     consumed: u32,
+    model: String,
+    /// The identity the worker attested; its receipts must be signed by it.
+    identity_key: Option<attestation::receipt::IdentityPublicKey>,
+    /// The router's verdict on the job's receipt, once it arrived (checked against the
+    /// terminal event's usage when that arrives).
+    receipt: Option<crate::ReceiptCheck>,
     worker_id: String,
     circuit_threshold: u32,
     circuit_open: std::time::Duration,
@@ -360,6 +404,37 @@ impl JobStream {
         self.price_coefficient
     }
 
+    /// The verdict on the job's receipt, once the job ended: valid (signed by the worker's
+    /// attested identity, for this job, with the usage the job reported) or why not.
+    pub fn receipt(&self) -> Option<&crate::ReceiptCheck> {
+        self.receipt.as_ref()
+    }
+
+    fn on_receipt(&mut self, raw: &[u8]) {
+        let want = crate::receipts::Expected {
+            job_id: self.guard.job_id,
+            worker_id: &self.worker_id,
+            model: &self.model,
+            coefficient: self.price_coefficient,
+            identity: self.identity_key,
+        };
+        self.receipt = Some(crate::receipts::check(raw, &want));
+    }
+
+    /// At the terminal event: the receipt must state its usage (a missing receipt is
+    /// recorded as such).
+    fn settle_receipt(&mut self, ev: &JobEvent) {
+        let usage = match ev {
+            JobEvent::Response { usage, .. } | JobEvent::Done { usage } | JobEvent::Failed { usage, .. } => usage.as_ref(),
+            _ => return,
+        };
+        let check = match self.receipt.take() {
+            Some(c) => crate::receipts::check_usage(c, usage, &self.worker_id),
+            None => crate::ReceiptCheck::invalid("no receipt came with the job".into(), &self.worker_id),
+        };
+        self.receipt = Some(check);
+    }
+
     /// Gives the worker back the window this stream's consumer has emptied, in batches of a
     /// quarter window so credits cost one small message per 64 events.
     fn credit(&mut self) {
@@ -381,24 +456,32 @@ impl Stream for JobStream {
         if this.guard.finished && this.first.is_none() {
             return Poll::Ready(None);
         }
-        let ev = match this.first.take() {
-            Some(ev) => ev,
-            None => match this.rx.poll_recv(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(ev)) => {
-                    this.credit();
-                    ev
-                }
-                // Sender gone without a terminal event: the worker vanished mid-stream, or the
-                // router closed the job (the reason is then recorded).
-                Poll::Ready(None) => JobEvent::Failed {
-                    error: take_closed(&this.closed)
-                        .unwrap_or_else(|| JobError::new(502, "worker disconnected mid-stream", false)),
-                    usage: None,
+        let ev = loop {
+            let ev = match this.first.take() {
+                Some(ev) => ev,
+                None => match this.rx.poll_recv(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(ev)) => {
+                        this.credit();
+                        ev
+                    }
+                    // Sender gone without a terminal event: the worker vanished mid-stream, or the
+                    // router closed the job (the reason is then recorded).
+                    Poll::Ready(None) => JobEvent::Failed {
+                        error: take_closed(&this.closed)
+                            .unwrap_or_else(|| JobError::new(502, "worker disconnected mid-stream", false)),
+                        usage: None,
+                    },
                 },
-            },
+            };
+            // Receipts are the router's to check; the consumer reads the verdict.
+            match ev {
+                JobEvent::Receipt { receipt } => this.on_receipt(&receipt),
+                ev => break ev,
+            }
         };
         if ev.is_terminal() {
+            this.settle_receipt(&ev);
             this.guard.finished = true;
             if matches!(ev, JobEvent::Failed { .. }) {
                 // A mid-stream failure counts against the worker like an early one.

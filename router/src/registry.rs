@@ -74,6 +74,8 @@ pub(crate) struct WorkerEntry {
     pub(crate) verified: Mutex<VerifiedWorker>,
     pub(crate) expires_at: AtomicU64,
     pub(crate) insecure_simulated: bool,
+    /// The identity key the worker attested (signs its receipts).
+    pub(crate) identity_key: Option<attestation::receipt::IdentityPublicKey>,
     /// The worker's last heartbeat (engine queue, slots, KV-cache use where reported).
     pub(crate) last_load: Mutex<Load>,
     attest_requests: Mutex<HashMap<u64, AttestReply>>,
@@ -88,6 +90,20 @@ pub(crate) struct WorkerEntry {
 }
 
 const TTFT_FLOOR_US: u64 = 1_000;
+
+/// `w` is the worker named, or none is.
+fn named(w: &WorkerEntry, only: Option<&str>) -> bool {
+    only.is_none_or(|id| w.info.worker_id == id)
+}
+
+/// The queue a job waits in: its model's, or for a job sealed to one worker, that worker's
+/// own for the model (so it never holds up jobs any worker could take).
+pub(crate) fn queue_key(model: &str, only: Option<&str>) -> String {
+    match only {
+        Some(w) => format!("{model}\u{0}{w}"),
+        None => model.to_string(),
+    }
+}
 
 /// Models one worker may declare (label cardinality and routing cost stay bounded).
 const MAX_MODELS_PER_WORKER: usize = 256;
@@ -161,13 +177,16 @@ impl WorkerEntry {
     }
 
     fn eligible(&self, model: &str, max_price: Option<u32>, now: Instant) -> bool {
+        self.candidate(model, max_price) && self.load() < self.info.slots && self.circuit.would_admit(now)
+    }
+
+    /// Could take a job for `model` at this price (free slot and circuit aside).
+    fn candidate(&self, model: &str, max_price: Option<u32>) -> bool {
         self.connected.load(Ordering::Relaxed)
             && self.attested()
             && self.available.load(Ordering::Relaxed)
             && self.serves(model)
-            && self.load() < self.info.slots
             && max_price.is_none_or(|cap| self.info.price_coefficient <= cap)
-            && self.circuit.would_admit(now)
     }
 }
 
@@ -240,6 +259,7 @@ impl Router {
             sealer,
             expires_at: AtomicU64::new(verified.expires_at),
             insecure_simulated: verified.is_insecure_simulated(),
+            identity_key: verified.identity_key,
             verified: Mutex::new(verified),
             last_load: Mutex::new(Load::default()),
             attest_requests: Mutex::new(HashMap::new()),
@@ -389,31 +409,36 @@ impl Router {
     }
 
     /// A slot may have freed on `worker` (a job ended, it attached or became available):
-    /// the queues of its models get a look.
+    /// the queues of its models get a look, and those of jobs sealed to it.
     pub(crate) fn capacity_changed(&self, worker: &WorkerEntry) {
         for m in &worker.info.models {
             self.inner.queues.wake(&m.id);
+            self.inner.queues.wake(&queue_key(&m.id, Some(&worker.info.worker_id)));
         }
     }
 
-    /// Some worker could take a job for `model` now.
-    pub(crate) fn has_free_slot(&self, model: &str, max_price: Option<u32>, exclude: &[u64]) -> bool {
+    /// Some worker (`only` that one, when named) could take a job for `model` now.
+    pub(crate) fn has_free_slot(&self, model: &str, max_price: Option<u32>, exclude: &[u64], only: Option<&str>) -> bool {
         let now = Instant::now();
-        self.read().iter().any(|w| !exclude.contains(&w.conn_id) && w.eligible(model, max_price, now))
+        self.read()
+            .iter()
+            .any(|w| named(w, only) && !exclude.contains(&w.conn_id) && w.eligible(model, max_price, now))
+    }
+
+    /// Whether worker `id` is connected and serves `model` (for a job sealed to it).
+    pub fn worker_serves(&self, id: &str, model: &str) -> bool {
+        self.read().iter().any(|w| w.info.worker_id == id && w.connected.load(Ordering::Relaxed) && w.serves(model))
     }
 
     /// Some worker could take a job for `model` once it has a free slot: the job may wait
     /// in the queue rather than be refused. A worker whose circuit is open does not count
     /// (it is failing; the client hears so at once and may retry).
-    pub(crate) fn could_serve(&self, model: &str, max_price: Option<u32>, exclude: &[u64]) -> bool {
+    pub(crate) fn could_serve(&self, model: &str, max_price: Option<u32>, exclude: &[u64], only: Option<&str>) -> bool {
         let now = Instant::now();
         self.read().iter().any(|w| {
-            !exclude.contains(&w.conn_id)
-                && w.connected.load(Ordering::Relaxed)
-                && w.attested()
-                && w.available.load(Ordering::Relaxed)
-                && w.serves(model)
-                && max_price.is_none_or(|cap| w.info.price_coefficient <= cap)
+            named(w, only)
+                && !exclude.contains(&w.conn_id)
+                && w.candidate(model, max_price)
                 && w.circuit.would_admit(now)
         })
     }
@@ -477,12 +502,13 @@ impl Router {
         model: &str,
         max_price: Option<u32>,
         exclude: &[u64],
+        only: Option<&str>,
     ) -> Option<(Arc<WorkerEntry>, Admission)> {
         let now = Instant::now();
         let candidates: Vec<Arc<WorkerEntry>> = self
             .read()
             .iter()
-            .filter(|w| !exclude.contains(&w.conn_id) && w.eligible(model, max_price, now))
+            .filter(|w| named(w, only) && !exclude.contains(&w.conn_id) && w.eligible(model, max_price, now))
             .cloned()
             .collect();
         let chosen = match candidates.len() {

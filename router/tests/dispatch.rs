@@ -117,7 +117,7 @@ fn spawn_worker(router: &Router, id: &str, price: u32, b: Behaviour) -> Worker {
 }
 
 fn job() -> Job {
-    Job { id: Uuid::new_v4(), endpoint: Endpoint::ChatCompletions, model: "m".into(), stream: true, body: Bytes::new() }
+    Job { id: Uuid::new_v4(), endpoint: Endpoint::ChatCompletions, model: "m".into(), stream: true, body: Bytes::new(), e2e: None }
 }
 
 fn cfg() -> RouterConfig {

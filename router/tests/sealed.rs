@@ -150,7 +150,7 @@ fn router(policy: Policy) -> Router {
 
 fn job() -> Job {
     let body = format!("{{\"model\":\"m\",\"messages\":[{{\"role\":\"user\",\"content\":\"{MARKER}\"}}]}}");
-    Job { id: Uuid::new_v4(), endpoint: Endpoint::ChatCompletions, model: "m".into(), stream: true, body: Bytes::from(body) }
+    Job { id: Uuid::new_v4(), endpoint: Endpoint::ChatCompletions, model: "m".into(), stream: true, body: Bytes::from(body), e2e: None }
 }
 
 async fn admitted(r: &Router, id: &str) {

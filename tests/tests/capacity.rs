@@ -133,6 +133,7 @@ async fn a_consumer_that_stops_reading_pushes_back_to_the_engine() {
                 "stream": true, "max_tokens": TOKENS, "test_engine": {"completion_tokens": TOKENS}}))
             .unwrap(),
         ),
+        e2e: None,
     };
     let mut events = net.router.dispatch(job, router::DispatchOptions::default()).await.unwrap();
     events.next().await.unwrap();

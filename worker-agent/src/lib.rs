@@ -7,7 +7,9 @@ pub mod engine;
 pub mod engine_load;
 pub mod metrics;
 pub mod net;
+mod e2e;
 mod normalize;
+mod receipts;
 mod sink;
 mod sse;
 pub mod supervisor;
@@ -315,7 +317,37 @@ impl WorkerAgent {
             }
         };
         let credits = Arc::new(tokio::sync::Semaphore::new(protocol::JOB_EVENT_WINDOW as usize));
-        let mut sink = EventSink::new(job_id, to_router, sealer, credits.clone());
+        let request_body = job.body.clone();
+        let (job, e2e) = match job.e2e {
+            None => (job, None),
+            Some(_) => match e2e::open(job, &self.cfg.worker_id, &self.tee.openers()) {
+                Ok(o) => {
+                    let answer = sink::E2eAnswer { writer: o.writer, client_wants_usage: o.client_wants_usage, header_sent: false };
+                    (o.job, Some((answer, o.request_id)))
+                }
+                Err(error) => {
+                    tracing::warn!(%job_id, error = %error.message, "refused an end-to-end request");
+                    let _ = to_router.try_send(WorkerToRouter::Event { job_id, event: JobEvent::Failed { error, usage: None } });
+                    return;
+                }
+            },
+        };
+        let receipt = receipts::ReceiptBuilder::new(
+            self.tee.identity(),
+            receipts::JobFacts {
+                job_id,
+                request_id: e2e.as_ref().map(|(_, id)| *id),
+                worker_id: &self.cfg.worker_id,
+                model: &job.model,
+                endpoint: job.endpoint.path(),
+                request_body: &request_body,
+                price_coefficient: self.cfg.price_coefficient,
+            },
+        );
+        let mut sink = EventSink::new(job_id, to_router, sealer, credits.clone()).with_receipt(receipt);
+        if let Some((answer, _)) = e2e {
+            sink = sink.with_e2e(answer);
+        }
         self.running.fetch_add(1, Ordering::Relaxed);
         let this = self.clone();
         // Hold the map lock across spawn so a fast job cannot finish before it is registered.

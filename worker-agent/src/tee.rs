@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use attestation::receipt::IdentityKey;
 use attestation::{
     EvidenceError, EvidenceProducer, JobContext, JobOpener, LinkOpener, LinkSealedJob, Nonce,
     ResponseSealer, SealError,
@@ -13,6 +14,8 @@ use protocol::{Job, JobEnvelope, Payload};
 pub struct WorkerTee {
     producer: EvidenceProducer,
     keys: JobOpener,
+    /// Signs receipts; its public half is bound into the evidence.
+    identity: Arc<IdentityKey>,
 }
 
 impl std::fmt::Debug for WorkerTee {
@@ -26,10 +29,28 @@ impl std::fmt::Debug for WorkerTee {
 
 impl WorkerTee {
     pub fn new(producer: EvidenceProducer) -> Result<Self, EvidenceError> {
+        let identity = IdentityKey::generate().map_err(|e| EvidenceError::Random(e.to_string()))?;
         Ok(Self {
             producer,
             keys: JobOpener::generate()?,
+            identity: Arc::new(identity),
         })
+    }
+
+    /// Uses `identity` (the worker's persistent key, from its data directory) to sign
+    /// receipts instead of a key made for this process.
+    pub fn with_identity(mut self, identity: IdentityKey) -> Self {
+        self.identity = Arc::new(identity);
+        self
+    }
+
+    pub fn identity(&self) -> Arc<IdentityKey> {
+        self.identity.clone()
+    }
+
+    /// The HPKE keys end-to-end requests may be sealed to.
+    pub(crate) fn openers(&self) -> Vec<&JobOpener> {
+        vec![&self.keys]
     }
 
     /// The insecure simulated TEE (dev and tests only; a production router refuses it).
@@ -111,6 +132,7 @@ impl WorkerTee {
             model: env.model,
             stream: env.stream,
             body,
+            e2e: env.e2e,
         };
         Ok((job, sealer))
     }
