@@ -1,6 +1,10 @@
 //! The binding between evidence and a worker's keys:
-//! `report_data = SHA-512(REPORT_DATA_DOMAIN_TAG ‖ hpke_pk ‖ SHA-256(tls_spki) ‖ nonce)`.
-//! Every input has a fixed length, so the concatenation is unambiguous.
+//! `report_data = SHA-512(REPORT_DATA_DOMAIN_TAG_V2 ‖ hpke_pk ‖ SHA-256(tls_spki) ‖ nonce ‖
+//! identity_pk ‖ models_digest)` for a worker (its identity key signs its receipts; the
+//! models digest commits to the model ids and weight digests it serves), or the v1 layout
+//! `SHA-512(REPORT_DATA_DOMAIN_TAG ‖ hpke_pk ‖ SHA-256(tls_spki) ‖ nonce)` for evidence that
+//! binds no identity (a gateway's own, older workers). Every input has a fixed length and
+//! the tags differ, so neither concatenation is ambiguous.
 
 use rand_core::{OsRng, TryRngCore};
 use serde::{Deserialize, Serialize};
@@ -12,6 +16,27 @@ use crate::serde_bytes::{hex_array, parse_hex_array};
 
 /// Domain separation tag hashed first into `report_data`.
 pub const REPORT_DATA_DOMAIN_TAG: &[u8] = b"cocoon-rs/attestation/report-data/v1\0";
+
+/// Domain tag of the worker layout (with identity key and models digest).
+pub const REPORT_DATA_DOMAIN_TAG_V2: &[u8] = b"cocoon-rs/attestation/report-data/v2\0";
+const MODELS_TAG: &[u8] = b"cocoon-rs/attestation/models/v1\0";
+
+/// SHA-256 over the models a worker serves: id and weights digest (hex, or empty when not
+/// measured) of each, sorted by id, length-prefixed. The router recomputes it from the
+/// worker's hello, so the list it routes by is the list the evidence commits to.
+pub fn models_digest<'a>(models: impl IntoIterator<Item = (&'a str, Option<&'a str>)>) -> [u8; 32] {
+    let mut list: Vec<(&str, &str)> = models.into_iter().map(|(id, d)| (id, d.unwrap_or(""))).collect();
+    list.sort_unstable();
+    let mut h = Sha256::new();
+    h.update(MODELS_TAG);
+    for (id, digest) in list {
+        for part in [id, digest] {
+            h.update(u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+    }
+    h.finalize().into()
+}
 
 /// A verifier's challenge: 32 random bytes, hex in JSON and URLs.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -93,6 +118,8 @@ pub struct ReportDataBinding {
     pub hpke_public_key: HpkePublicKey,
     pub tls_spki_sha256: [u8; 32],
     pub nonce: Nonce,
+    /// A worker's identity key and models digest (the v2 layout); `None`: v1.
+    pub worker: Option<(crate::receipt::IdentityPublicKey, [u8; 32])>,
 }
 
 impl ReportDataBinding {
@@ -102,16 +129,27 @@ impl ReportDataBinding {
             hpke_public_key,
             tls_spki_sha256: spki_sha256(tls_spki_der),
             nonce,
+            worker: None,
         }
+    }
+
+    /// The worker layout: also binds its identity key and the digest of its models.
+    pub fn with_worker(mut self, identity: crate::receipt::IdentityPublicKey, models_digest: [u8; 32]) -> Self {
+        self.worker = Some((identity, models_digest));
+        self
     }
 
     /// The 64 bytes to place in the TEE report's `report_data`.
     pub fn report_data(&self) -> [u8; 64] {
         let mut h = Sha512::new();
-        h.update(REPORT_DATA_DOMAIN_TAG);
+        h.update(if self.worker.is_some() { REPORT_DATA_DOMAIN_TAG_V2 } else { REPORT_DATA_DOMAIN_TAG });
         h.update(self.hpke_public_key.0);
         h.update(self.tls_spki_sha256);
         h.update(self.nonce.0);
+        if let Some((identity, models)) = &self.worker {
+            h.update(identity.0);
+            h.update(models);
+        }
         h.finalize().into()
     }
 
@@ -165,6 +203,22 @@ mod tests {
         other.nonce.0[5] ^= 1;
         assert_ne!(other.report_data(), rd);
         assert!(base.check(&rd).is_ok());
+        // The worker layout: identity and models each change it, and differ from v1.
+        let id = crate::receipt::IdentityPublicKey([7; 32]);
+        let w = base.with_worker(id, [8; 32]);
+        assert_ne!(w.report_data(), rd);
+        assert_ne!(base.with_worker(crate::receipt::IdentityPublicKey([9; 32]), [8; 32]).report_data(), w.report_data());
+        assert_ne!(base.with_worker(id, [0; 32]).report_data(), w.report_data());
+    }
+
+    #[test]
+    fn models_digest_is_order_free_and_commits_to_ids_and_weights() {
+        let a = models_digest([("m1", Some("aa")), ("m2", None)]);
+        assert_eq!(a, models_digest([("m2", None), ("m1", Some("aa"))]));
+        assert_ne!(a, models_digest([("m1", Some("ab")), ("m2", None)]));
+        assert_ne!(a, models_digest([("m1", Some("aa"))]));
+        // Length prefixes: moving bytes between id and digest changes it.
+        assert_ne!(models_digest([("ab", Some("c"))]), models_digest([("a", Some("bc"))]));
     }
 
     #[test]

@@ -93,6 +93,28 @@ pub struct WorkerAttestation {
     pub tls_spki_sha256: [u8; 32],
     /// The verifier's nonce the evidence answers.
     pub nonce: Nonce,
+    /// A worker's identity key (signs its receipts), bound with `models_digest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_key: Option<crate::receipt::IdentityPublicKey>,
+    /// [`crate::models_digest`] of the models the worker serves.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_hex32")]
+    pub models_digest: Option<[u8; 32]>,
+}
+
+pub(crate) mod opt_hex32 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_str(&hex::encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
+        let Some(s) = Option::<String>::deserialize(d)? else { return Ok(None) };
+        crate::serde_bytes::parse_hex_array(&s).map(Some).map_err(serde::de::Error::custom)
+    }
 }
 
 impl WorkerAttestation {
@@ -102,6 +124,10 @@ impl WorkerAttestation {
             hpke_public_key: self.hpke_public_key,
             tls_spki_sha256: self.tls_spki_sha256,
             nonce: self.nonce,
+            worker: match (self.identity_key, self.models_digest) {
+                (Some(i), Some(m)) => Some((i, m)),
+                _ => None,
+            },
         }
     }
 }

@@ -122,7 +122,8 @@ mod tsm;
 mod verifier;
 
 pub use binding::{
-    cert_spki_der, check_report_data, spki_sha256, HpkePublicKey, Nonce, ReportDataBinding, REPORT_DATA_DOMAIN_TAG,
+    cert_spki_der, check_report_data, models_digest, spki_sha256, HpkePublicKey, Nonce, ReportDataBinding, REPORT_DATA_DOMAIN_TAG,
+    REPORT_DATA_DOMAIN_TAG_V2,
 };
 pub use cache::AttestationCache;
 pub use claims::{Measurement, SnpProduct, SnpTcb, TdxMeasurements, TeeClaims, TeeDetails};

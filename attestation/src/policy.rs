@@ -53,6 +53,11 @@ pub struct Policy {
     pub cache_ttl_secs: u64,
     pub tdx: TdxPolicy,
     pub snp: SnpPolicy,
+    /// Allowed weight digests (SHA-256 hex, as the worker measures them) per model id. A
+    /// worker serving a listed id must have measured one of its digests, or it is refused;
+    /// ids not listed are not pinned.
+    #[serde(default)]
+    pub models: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Default for Policy {
@@ -64,6 +69,7 @@ impl Default for Policy {
             cache_ttl_secs: 3600,
             tdx: TdxPolicy::default(),
             snp: SnpPolicy::default(),
+            models: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -212,6 +218,22 @@ impl Policy {
     pub fn ensure_production_safe(&self) -> Result<(), String> {
         if self.allow_insecure_simulated_tee {
             return Err("allow_insecure_simulated_tee = true is refused in production: simulated evidence is not backed by any hardware".into());
+        }
+        Ok(())
+    }
+
+    /// A worker's served models against the pins in [`Policy::models`]: `(id, digest)` pairs
+    /// as its hello (which its evidence commits to) lists them.
+    pub fn check_models<'a>(&self, models: impl IntoIterator<Item = (&'a str, Option<&'a str>)>) -> Result<(), String> {
+        for (id, digest) in models {
+            let Some(allowed) = self.models.get(id) else { continue };
+            match digest {
+                None => return Err(format!("model {id:?} is pinned by policy but the worker measured no digest for it")),
+                Some(d) if !allowed.iter().any(|a| a.eq_ignore_ascii_case(d)) => {
+                    return Err(format!("model {id:?} is served with weights {d}, which the policy does not allow for it"))
+                }
+                Some(_) => {}
+            }
         }
         Ok(())
     }

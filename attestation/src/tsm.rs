@@ -230,13 +230,32 @@ impl EvidenceProducer {
         nonce: Nonce,
         now: u64,
     ) -> Result<WorkerAttestation, EvidenceError> {
-        let binding = ReportDataBinding::new(hpke_public_key, tls_spki_der, nonce);
+        self.attest_binding(ReportDataBinding::new(hpke_public_key, tls_spki_der, nonce), now)
+    }
+
+    /// A worker's evidence: binds its identity key and models digest too (the v2 layout).
+    pub fn attest_worker(
+        &self,
+        hpke_public_key: HpkePublicKey,
+        tls_spki_der: &[u8],
+        nonce: Nonce,
+        identity: crate::receipt::IdentityPublicKey,
+        models_digest: [u8; 32],
+        now: u64,
+    ) -> Result<WorkerAttestation, EvidenceError> {
+        let binding = ReportDataBinding::new(hpke_public_key, tls_spki_der, nonce).with_worker(identity, models_digest);
+        self.attest_binding(binding, now)
+    }
+
+    fn attest_binding(&self, binding: ReportDataBinding, now: u64) -> Result<WorkerAttestation, EvidenceError> {
         let evidence = self.produce(&binding.report_data(), now)?;
         Ok(WorkerAttestation {
             evidence,
-            hpke_public_key,
+            hpke_public_key: binding.hpke_public_key,
             tls_spki_sha256: binding.tls_spki_sha256,
-            nonce,
+            nonce: binding.nonce,
+            identity_key: binding.worker.map(|(i, _)| i),
+            models_digest: binding.worker.map(|(_, m)| m),
         })
     }
 }

@@ -23,6 +23,9 @@ pub struct VerifiedWorker {
     /// The worker's identity key (signs its receipts), when its evidence binds one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity_key: Option<crate::receipt::IdentityPublicKey>,
+    /// What its evidence commits to about its models ([`crate::models_digest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::evidence::opt_hex32")]
+    pub models_digest: Option<[u8; 32]>,
     /// Unix seconds.
     pub verified_at: u64,
     /// Unix seconds after which the worker must attest again (cache TTL, capped by the expiry
@@ -182,7 +185,8 @@ impl Verifier {
             claims,
             hpke_public_key: att.hpke_public_key,
             tls_spki_sha256: att.tls_spki_sha256,
-            identity_key: None,
+            identity_key: att.binding().worker.map(|(i, _)| i),
+            models_digest: att.binding().worker.map(|(_, m)| m),
             verified_at: now,
             expires_at,
         })

@@ -150,6 +150,8 @@ fn debug_foreign_measurements_old_and_untrusted_keys_are_rejected() {
         hpke_public_key: keys.public_key(),
         tls_spki_sha256: binding.tls_spki_sha256,
         nonce,
+        identity_key: None,
+        models_digest: None,
     };
     let good = SimulatedReport {
         measurements: SIMULATED_MEASUREMENTS,

@@ -342,6 +342,8 @@ fn report_data_not_matching_the_keys_is_rejected() {
         hpke_public_key: worker.public_key(),
         tls_spki_sha256: attestation::spki_sha256(b"some TLS key"),
         nonce,
+        identity_key: None,
+        models_digest: None,
     };
     let err = v.verify_attestation(&att, &nonce, s.now()).unwrap_err();
     println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
@@ -373,6 +375,8 @@ async fn replayed_nonce_is_rejected() {
         hpke_public_key: HpkePublicKey([3; 32]),
         tls_spki_sha256: [4; 32],
         nonce,
+        identity_key: None,
+        models_digest: None,
     };
     // First use spends the nonce (the sample's report_data cannot bind our keys)...
     let first = v

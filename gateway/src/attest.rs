@@ -73,6 +73,12 @@ pub struct WorkerAttestationDoc {
     tls_spki_sha256: String,
     /// The nonce, hex.
     nonce: String,
+    /// The worker's id, to name in an end-to-end sealed request (a routing hint: not
+    /// attested; a wrong one only makes the worker refuse).
+    worker_id: String,
+    /// Jobs running on the worker and its slots, when the report was made.
+    #[schema(value_type = Object)]
+    load: serde_json::Value,
 }
 
 #[utoipa::path(
@@ -153,10 +159,21 @@ pub type ReportCache = tokio::sync::Mutex<HashMap<String, (Instant, serde_json::
 async fn fresh_report(state: &AppState, model: &str, nonce: [u8; 32]) -> Result<serde_json::Value, ApiError> {
     let _slot = REPORT_SLOTS.try_acquire().map_err(|_| ApiError::Overloaded)?;
     let answers = state.router.attest_workers(model, nonce, WORKER_TIMEOUT).await;
+    let load: HashMap<String, (u32, u32)> =
+        state.router.snapshot().into_iter().map(|w| (w.worker_id, (w.running + w.remote_running, w.slots))).collect();
     let mut workers: Vec<serde_json::Value> = Vec::with_capacity(answers.len());
     for (worker, answer) in answers {
         match answer.and_then(|att| serde_json::to_value(att).map_err(|e| e.to_string())) {
-            Ok(v) => workers.push(v),
+            Ok(mut v) => {
+                // Routing hints next to the evidence: which worker to name in a sealed
+                // request, and how busy it is (not attested; a client may ignore them).
+                if let serde_json::Value::Object(o) = &mut v {
+                    let (running, slots) = load.get(&worker).copied().unwrap_or_default();
+                    o.insert("worker_id".into(), worker.clone().into());
+                    o.insert("load".into(), serde_json::json!({"running": running, "slots": slots}));
+                }
+                workers.push(v)
+            }
             Err(e) => tracing::warn!(%worker, error = %e, "worker gave no evidence for a report"),
         }
     }

@@ -7,6 +7,19 @@ use serde::{Deserialize, Serialize};
 use crate::jwt::JwtConfig;
 use crate::ratelimit::Limits;
 
+/// End-to-end sealed requests (docs/e2e.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum E2eMode {
+    /// Refuse sealed requests.
+    Off,
+    /// Accept sealed and clear requests.
+    #[default]
+    Allow,
+    /// Accept only sealed requests: the gateway never receives a prompt in clear.
+    Require,
+}
+
 /// `[gateway]` in cocoon.toml.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -47,6 +60,8 @@ pub struct GatewayConfig {
     pub attestation_reports_per_minute: u64,
     /// Reports without a nonce are served from evidence at most this old.
     pub attestation_cache_secs: u64,
+    /// End-to-end sealed requests: `off`, `allow` or `require`.
+    pub e2e: E2eMode,
     pub jwt: Option<JwtConfig>,
     /// Benchmarks only: skip authentication and bill every request to the account
     /// [`crate::auth::ANONYMOUS_ACCOUNT`] under `default_limits`, so the cost of auth can be
@@ -75,6 +90,7 @@ impl Default for GatewayConfig {
             metrics_listen: Some("127.0.0.1:9464".into()),
             attestation_reports_per_minute: 30,
             attestation_cache_secs: 60,
+            e2e: E2eMode::Allow,
             jwt: None,
             insecure_disable_auth: false,
         }

@@ -47,6 +47,10 @@ pub enum ApiError {
     LimiterUnavailable,
     #[error("The request body did not arrive within {0:?}")]
     BodyTimeout(std::time::Duration),
+    /// The worker a sealed request names is gone, or refused the key as stale, before
+    /// anything ran: the client picks again from a fresh report.
+    #[error("{0}")]
+    E2eWorkerUnavailable(String),
     /// An engine or worker error, relayed with its status (and the engine's body when it had one).
     #[error("{message}")]
     Upstream {
@@ -92,6 +96,7 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::E2eWorkerUnavailable(_) => StatusCode::CONFLICT,
             // A worker says what status it wants; only error statuses are believed.
             ApiError::Upstream { status, .. } => match StatusCode::from_u16(*status) {
                 Ok(s) if s.is_client_error() || s.is_server_error() => s,
@@ -113,6 +118,7 @@ impl ApiError {
             | ApiError::PayloadTooLarge { .. }
             | ApiError::BillingDisabled
             | ApiError::BodyTimeout(_)
+            | ApiError::E2eWorkerUnavailable(_)
             | ApiError::WorkerNotFound(_) => "invalid_request_error",
             ApiError::RateLimited { .. } => "requests",
             ApiError::InsufficientQuota(_) => "insufficient_quota",
@@ -139,6 +145,7 @@ impl ApiError {
             ApiError::NoCapacity { .. } => Some("no_capacity"),
             ApiError::LimiterUnavailable => Some("rate_limiter_unavailable"),
             ApiError::BodyTimeout(_) => Some("request_timeout"),
+            ApiError::E2eWorkerUnavailable(_) => Some("e2e_worker_unavailable"),
             ApiError::NotReady(_) => Some("not_ready"),
             ApiError::BillingDisabled => Some("billing_disabled"),
             ApiError::WorkerNotFound(_) => Some("worker_not_found"),

@@ -94,6 +94,46 @@ struct Validated {
     obj: serde_json::Map<String, serde_json::Value>,
 }
 
+/// What a request asks of the network, whatever its form (clear JSON, or sealed end to end
+/// with declared bounds): every step after validation works from this.
+pub(crate) struct Demand {
+    pub model: String,
+    pub stream: bool,
+    /// Prompt tokens: the estimate, or the client's declared bound.
+    pub prompt_tokens: u64,
+    /// Generated tokens at most (the cap the engine gets, times the choices).
+    pub completion_tokens: u64,
+    pub max_price_coefficient: Option<u32>,
+    /// Sealed to this worker alone.
+    pub worker: Option<String>,
+    /// What the serving worker may report at most.
+    pub bounds: UsageBounds,
+}
+
+impl Demand {
+    fn from_valid(v: &Validated, default_cap: u64) -> Self {
+        Demand {
+            model: v.valid.model.clone(),
+            stream: v.valid.stream,
+            prompt_tokens: v.valid.prompt_tokens_estimate,
+            completion_tokens: v.valid.max_completion_tokens(default_cap),
+            max_price_coefficient: v.valid.max_price_coefficient,
+            worker: None,
+            bounds: UsageBounds {
+                completion_tokens: v.valid.max_completion_tokens(default_cap),
+                // No tokenizer makes more tokens than the prompt has bytes; the chat
+                // template adds its own, bounded here generously.
+                prompt_tokens: (v.raw.len() as u64).saturating_add(PROMPT_TEMPLATE_TOKENS),
+            },
+        }
+    }
+
+    /// Tokens charged against the per-minute budget up front; settled when usage arrives.
+    pub fn tokens(&self) -> u64 {
+        self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
+}
+
 impl Call {
     async fn execute(&mut self, req: Request) -> Result<Response, ApiError> {
         if self.principal.worker().is_some() {
@@ -101,19 +141,50 @@ impl Call {
                 "This key belongs to a worker operator (account `worker:…`): it reads earnings and buys no inference. Use a client key.".into(),
             ));
         }
-        let v = self.validate(req).await?;
-        self.limit(&v.valid).await?;
-        let permit = self.shed()?;
-        let bill = self.hold(&v.valid).await?;
-        let ticket = self.admit(&v.valid)?;
-        let bounds = self.bounds(&v);
-        let job = self.job(v.raw, v.obj, &v.valid);
-        let settle = self.token_settle(&v.valid);
-        if v.valid.stream {
-            Ok(self.stream(ticket, job, v.valid, bill, bounds, settle, permit))
-        } else {
-            self.answer(ticket, job, &v.valid, bill, bounds, settle, permit).await
+        if let Some(sealed) = crate::e2e::SealedCall::from_headers(req.headers(), self.endpoint, &self.state.cfg)? {
+            return self.execute_sealed(sealed, req).await;
         }
+        if self.state.cfg.e2e == crate::config::E2eMode::Require {
+            return Err(crate::e2e::required());
+        }
+        let v = self.validate(req).await?;
+        let demand = Demand::from_valid(&v, self.state.cfg.default_cap(self.endpoint));
+        self.limit(&demand).await?;
+        let permit = self.shed()?;
+        let bill = self.hold(&demand).await?;
+        let ticket = self.admit(&demand)?;
+        let job = self.job(v.raw, v.obj, &v.valid);
+        let settle = self.token_settle(&demand);
+        if v.valid.stream {
+            Ok(self.stream(ticket, job, v.valid, bill, demand.bounds, settle, permit))
+        } else {
+            self.answer(ticket, job, &v.valid, bill, demand.bounds, settle, permit).await
+        }
+    }
+
+    /// An end-to-end sealed request: the same steps from the declared facts, never reading
+    /// the body; the answer is the worker's sealed frames, billed only from its receipt.
+    async fn execute_sealed(&mut self, sealed: crate::e2e::SealedCall, req: Request) -> Result<Response, ApiError> {
+        if !self.state.router.knows_model(&sealed.demand.model) {
+            return Err(ApiError::ModelNotFound(sealed.demand.model));
+        }
+        tracing::Span::current().record("model", sealed.demand.model.as_str());
+        self.model = Some(sealed.demand.model.clone());
+        let body = read_body(&self.state, req).await?;
+        self.limit(&sealed.demand).await?;
+        let permit = self.shed()?;
+        let bill = self.hold(&sealed.demand).await?;
+        let ticket = self.admit(&sealed.demand)?;
+        let settle = self.token_settle(&sealed.demand);
+        let job = Job {
+            id: self.job_id,
+            endpoint: self.endpoint,
+            model: sealed.demand.model.clone(),
+            stream: sealed.demand.stream,
+            body,
+            e2e: Some(sealed.route),
+        };
+        crate::e2e::relay(ticket, job, bill, sealed.demand.bounds, settle, permit).await
     }
 
     /// Reads (bounded in size and time), parses and validates the body.
@@ -135,8 +206,8 @@ impl Call {
 
     /// The key's per-minute budgets. With the limiter's store down, refuse (503) unless
     /// `gateway.rate_limit_fail_open`.
-    async fn limit(&mut self, valid: &ValidRequest) -> Result<(), ApiError> {
-        let estimated = valid.token_estimate(self.state.cfg.default_cap(self.endpoint));
+    async fn limit(&mut self, demand: &Demand) -> Result<(), ApiError> {
+        let estimated = demand.tokens();
         let p = &self.principal;
         match self.state.limiter.check(&p.rate_key, p.limits, estimated).await {
             Ok(d) if d.allowed => {
@@ -181,15 +252,15 @@ impl Call {
 
     /// Reserves the worst case: the prompt estimate plus the generation cap the engine will
     /// be sent, at the highest coefficient the client accepts. 402 when it does not fit.
-    async fn hold(&self, valid: &ValidRequest) -> Result<Option<Bill>, ApiError> {
+    async fn hold(&self, demand: &Demand) -> Result<Option<Bill>, ApiError> {
         let Some(meter) = &self.state.meter else { return Ok(None) };
         let hold = HoldRequest {
             job_id: self.job_id,
             account: self.principal.account.clone(),
-            model: valid.model.clone(),
-            prompt_tokens: valid.prompt_tokens_estimate,
-            completion_tokens: valid.max_completion_tokens(self.state.cfg.default_cap(self.endpoint)),
-            max_coefficient: valid.max_price_coefficient.unwrap_or(MAX_PRICE_COEFFICIENT),
+            model: demand.model.clone(),
+            prompt_tokens: demand.prompt_tokens,
+            completion_tokens: demand.completion_tokens,
+            max_coefficient: demand.max_price_coefficient.unwrap_or(MAX_PRICE_COEFFICIENT),
         };
         meter.hold(&hold).await.map_err(|e| match e {
             MeterError::InsufficientFunds { .. } => {
@@ -202,28 +273,18 @@ impl Call {
             },
             MeterError::Unavailable(m) => ApiError::Internal(m),
         })?;
-        Ok(Some(Bill::new(meter.clone(), self.job_id, valid.prompt_tokens_estimate)))
+        Ok(Some(Bill::new(meter.clone(), self.job_id, demand.prompt_tokens)))
     }
 
     /// The router's answer, at once: a slot or a place in the queue, or 503 with
     /// `Retry-After` (queue full, no worker could take it).
-    fn admit(&self, valid: &ValidRequest) -> Result<Ticket, ApiError> {
+    fn admit(&self, demand: &Demand) -> Result<Ticket, ApiError> {
         let opts = DispatchOptions {
-            max_price_coefficient: valid.max_price_coefficient,
+            max_price_coefficient: demand.max_price_coefficient,
             account: self.principal.account.clone(),
-            worker: None,
+            worker: demand.worker.clone(),
         };
-        Ok(self.state.router.admit(&valid.model, opts)?)
-    }
-
-    /// What the serving worker may bill at most, whatever it reports.
-    fn bounds(&self, v: &Validated) -> UsageBounds {
-        UsageBounds {
-            completion_tokens: v.valid.max_completion_tokens(self.state.cfg.default_cap(self.endpoint)),
-            // No tokenizer makes more tokens than the prompt has bytes; the chat template
-            // adds its own, bounded here generously.
-            prompt_tokens: (v.raw.len() as u64).saturating_add(PROMPT_TEMPLATE_TOKENS),
-        }
+        Ok(self.state.router.admit(&demand.model, opts)?)
     }
 
     fn job(&self, raw: Bytes, obj: serde_json::Map<String, serde_json::Value>, valid: &ValidRequest) -> Job {
@@ -238,12 +299,12 @@ impl Call {
         }
     }
 
-    fn token_settle(&self, valid: &ValidRequest) -> TokenSettle {
+    fn token_settle(&self, demand: &Demand) -> TokenSettle {
         TokenSettle {
             limiter: self.state.limiter.clone(),
             rate_key: self.principal.rate_key.clone(),
             limits: self.principal.limits,
-            estimated: valid.token_estimate(self.state.cfg.default_cap(self.endpoint)),
+            estimated: demand.tokens(),
         }
     }
 
@@ -363,7 +424,6 @@ const PROMPT_TEMPLATE_TOKENS: u64 = 4096;
 /// Reads the body as JSON bytes: content type checked, size bounded (413) and time bounded
 /// (408: a body that never finishes arriving does not hold a task forever).
 async fn read_json_body(state: &AppState, req: Request) -> Result<Bytes, ApiError> {
-    let limit = state.cfg.max_body_bytes;
     let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let essence = ct.split(';').next().unwrap_or("").trim();
     if !(essence.eq_ignore_ascii_case("application/json") || essence.ends_with("+json")) {
@@ -376,6 +436,12 @@ async fn read_json_body(state: &AppState, req: Request) -> Result<Bytes, ApiErro
             code: Some("invalid_content_type"),
         });
     }
+    read_body(state, req).await
+}
+
+/// Reads a body of any type, bounded in size (413) and time (408).
+pub(crate) async fn read_body(state: &AppState, req: Request) -> Result<Bytes, ApiError> {
+    let limit = state.cfg.max_body_bytes;
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

@@ -163,6 +163,10 @@ pub struct ModelInfo {
     pub created: u64,
     #[serde(default)]
     pub owned_by: String,
+    /// SHA-256 (hex) of the weights the worker serves under this id (of the file, or of a
+    /// directory's manifest), measured by the worker and committed to by its evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// A worker's self-description at registration.

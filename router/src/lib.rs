@@ -16,6 +16,7 @@ mod dispatch;
 mod queue;
 mod receipts;
 pub mod fleet;
+pub mod identities;
 pub mod net;
 mod registry;
 mod session;

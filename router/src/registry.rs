@@ -32,6 +32,8 @@ pub(crate) struct Inner {
     fleet: RwLock<Option<crate::fleet::FleetView>>,
     /// Jobs waiting for a free slot, per model.
     pub(crate) queues: Arc<crate::queue::Queues>,
+    /// Which identity key holds which worker id.
+    identities: RwLock<Arc<dyn crate::identities::IdentityRegistry>>,
 }
 
 /// A job in flight on one worker: where its events go and, for a sealed job, the opener of
@@ -202,8 +204,24 @@ impl Router {
                 next_attest_request: AtomicU64::new(1),
                 fleet: RwLock::new(None),
                 queues: Arc::new(crate::queue::Queues::default()),
+                identities: RwLock::new(Arc::new(crate::identities::MemoryIdentities::default())),
             }),
         }
+    }
+
+    /// Where worker-id bindings live (shared by replicas: the ledger database).
+    pub fn set_identity_registry(&self, r: Arc<dyn crate::identities::IdentityRegistry>) {
+        *self.inner.identities.write().unwrap_or_else(|p| p.into_inner()) = r;
+    }
+
+    /// A worker id belongs to the first identity key that attested under it.
+    pub(crate) async fn bind_identity(&self, info: &WorkerInfo, verified: &VerifiedWorker) -> Result<(), AdmitError> {
+        let Some(identity) = verified.identity_key else { return Ok(()) };
+        let registry = self.inner.identities.read().unwrap_or_else(|p| p.into_inner()).clone();
+        registry.bind(&info.worker_id, &identity).await.map_err(|e| AdmitError::Declared {
+            rule: "worker_id",
+            message: e.to_string(),
+        })
     }
 
     pub fn config(&self) -> &RouterConfig {
@@ -239,6 +257,7 @@ impl Router {
         tx: mpsc::Sender<RouterToWorker>,
     ) -> Result<WorkerSession, AdmitError> {
         self.check_declared(&info)?;
+        self.check_attested_models(&info, &verified)?;
         let sealer = if self.inner.attestor.seal_jobs() {
             let (sealer, enc) = LinkSealer::new(&verified.hpke_public_key).map_err(|e| {
                 AdmitError::Malformed(format!("attested HPKE key unusable: {e}"))
@@ -321,6 +340,35 @@ impl Router {
             return Err(AdmitError::Declared { rule: "worker_id", message: "worker id must be 1..=128 bytes".into() });
         }
         Ok(())
+    }
+
+    /// The models a worker routes by are the ones its evidence commits to, and a model id
+    /// the policy pins is served with allowed weights. Evidence with no identity (the layout
+    /// without one) is accepted only where the policy allows the insecure simulated TEE, for
+    /// tests of the older layout; a real worker of this version always binds one.
+    fn check_attested_models(&self, info: &WorkerInfo, verified: &VerifiedWorker) -> Result<(), AdmitError> {
+        let listed = || info.models.iter().map(|m| (m.id.as_str(), m.digest.as_deref()));
+        match verified.models_digest {
+            Some(d) if d == attestation::models_digest(listed()) => {}
+            Some(_) => {
+                return Err(AdmitError::Declared {
+                    rule: "models_digest",
+                    message: "the models in the hello are not the ones the evidence commits to".into(),
+                })
+            }
+            None if self.inner.attestor.policy().allow_insecure_simulated_tee => {}
+            None => {
+                return Err(AdmitError::Declared {
+                    rule: "identity",
+                    message: "the evidence binds no identity key and models digest".into(),
+                })
+            }
+        }
+        self.inner
+            .attestor
+            .policy()
+            .check_models(listed())
+            .map_err(|message| AdmitError::Declared { rule: "model_digest", message })
     }
 
     fn detach(&self, entry: &Arc<WorkerEntry>) {

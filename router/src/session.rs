@@ -83,12 +83,19 @@ impl Router {
     where
         S: Stream<Item = Result<WorkerToRouter, String>> + Unpin,
     {
-        let info = self.challenge(&out, &mut incoming).await?;
+        let (info, sent) = self.challenge(&out, &mut incoming).await?;
         let worker = info.worker_id.clone();
-        let verified = match self.attestor().admit(&info, &tls_spki_sha256).await {
+        let admitted = match check_nonce(&info, &sent) {
+            Ok(()) => self.attestor().admit(&info, &tls_spki_sha256).await,
+            Err(e) => Err(e),
+        };
+        let verified = match admitted {
             Ok(v) => v,
             Err(e) => return Err(refuse(&out, &worker, e).await),
         };
+        if let Err(e) = self.bind_identity(&info, &verified).await {
+            return Err(refuse(&out, &worker, e).await);
+        }
         let session = match self.attach_with(info, verified, out.clone()) {
             Ok(s) => s,
             Err(e) => return Err(refuse(&out, &worker, e).await),
@@ -97,6 +104,8 @@ impl Router {
         let liveness = liveness.unwrap_or(Duration::from_secs(u64::from(u32::MAX)));
         let mut expires_at = session.attestation_expires_at();
         let mut challenged = false;
+        // The nonce of the re-challenge in flight: its answer must use exactly that one.
+        let mut pending: Option<attestation::Nonce> = None;
         let rechallenge = tokio::time::sleep_until(rechallenge_at(expires_at));
         let expiry = tokio::time::sleep_until(instant_at(expires_at));
         tokio::pin!(rechallenge, expiry);
@@ -108,7 +117,15 @@ impl Router {
                     Ok(Some(Err(e))) => break Err(LinkError::Closed(e)),
                     Ok(Some(Ok(WorkerToRouter::Hello(info)))) => {
                         // The answer to a re-challenge: same checks as at admission.
-                        match self.attestor().admit(&info, &tls_spki_sha256).await.and_then(|v| session.reverified(v)) {
+                        let checked = match pending.take() {
+                            Some(n) => check_nonce(&info, &n),
+                            None => Err(AdmitError::Malformed("a hello that answers no challenge".into())),
+                        };
+                        let reverified = match checked {
+                            Ok(()) => self.attestor().admit(&info, &tls_spki_sha256).await,
+                            Err(e) => Err(e),
+                        };
+                        match reverified.and_then(|v| session.reverified(v)) {
                             Ok(()) => {
                                 expires_at = session.attestation_expires_at();
                                 challenged = false;
@@ -128,6 +145,7 @@ impl Router {
                     challenged = true;
                     match self.attestor().challenge().await {
                         Ok(nonce) => {
+                            pending = Some(nonce);
                             let msg = RouterToWorker::Challenge { nonce: Bytes::copy_from_slice(&nonce.0) };
                             if out.send(msg).await.is_err() {
                                 break Err(LinkError::Closed("worker queue closed".into()));
@@ -149,7 +167,7 @@ impl Router {
         &self,
         out: &mpsc::Sender<RouterToWorker>,
         incoming: &mut S,
-    ) -> Result<WorkerInfo, LinkError>
+    ) -> Result<(WorkerInfo, attestation::Nonce), LinkError>
     where
         S: Stream<Item = Result<WorkerToRouter, String>> + Unpin,
     {
@@ -174,7 +192,7 @@ impl Router {
                 }
                 Ok(None) => return Err(LinkError::Closed("before hello".into())),
                 Ok(Some(Err(e))) => return Err(LinkError::Closed(e)),
-                Ok(Some(Ok(WorkerToRouter::Hello(info)))) => return Ok(info),
+                Ok(Some(Ok(WorkerToRouter::Hello(info)))) => return Ok((info, nonce)),
                 // Load reports may race ahead of the hello (the evidence takes a moment).
                 Ok(Some(Ok(WorkerToRouter::Load(_)))) => {}
                 Ok(Some(Ok(_))) => {
@@ -185,6 +203,23 @@ impl Router {
             }
         }
     }
+}
+
+/// A hello must answer the nonce sent on this connection, not any other unspent one.
+fn check_nonce(info: &WorkerInfo, sent: &attestation::Nonce) -> Result<(), AdmitError> {
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        nonce: attestation::Nonce,
+    }
+    let raw = info.attestation.as_ref().ok_or(AdmitError::Missing)?;
+    let peek: Peek = serde_json::from_slice(raw).map_err(|e| AdmitError::Malformed(e.to_string()))?;
+    if peek.nonce != *sent {
+        return Err(AdmitError::Rejected {
+            rule: "nonce",
+            source: attestation::AttestationError::NonceMismatch { expected: sent.to_hex(), got: peek.nonce.to_hex() },
+        });
+    }
+    Ok(())
 }
 
 async fn refuse(out: &mpsc::Sender<RouterToWorker>, worker: &str, e: AdmitError) -> LinkError {

@@ -74,7 +74,7 @@ fn spawn(router: &Router, id: &str, mode: Mode, attest_spki: &'static [u8]) -> F
                     let att = tee.attest(k.public_key(), attest_spki, nonce, attestation::unix_now()).unwrap();
                     let info = WorkerInfo {
                         worker_id: id.clone(),
-                        models: vec![ModelInfo { id: "m".into(), created: 0, owned_by: String::new() }],
+                        models: vec![ModelInfo { id: "m".into(), created: 0, owned_by: String::new(), digest: None }],
                         gpu: "test".into(),
                         slots: 8,
                         price_coefficient: 1000,
@@ -256,7 +256,8 @@ async fn a_replayed_hello_is_refused() {
     drop(to_router);
     // That link admits the worker; closing it detaches it again.
     let _ = serve.await.unwrap();
-    // Same evidence on a fresh link: the nonce was issued for the other link and is used.
+    // Same evidence on a fresh link: it answers the other link's nonce, not the one this
+    // link sent, so it is refused before the nonce store is even asked.
     let (to_worker, mut from_router) = mpsc::channel::<RouterToWorker>(8);
     let (to_router, events) = mpsc::channel::<WorkerToRouter>(8);
     let r3 = r.clone();
@@ -266,7 +267,7 @@ async fn a_replayed_hello_is_refused() {
     let _ = from_router.recv().await;
     to_router.send(hello(&att)).await.unwrap();
     let err = serve.await.unwrap().unwrap_err().to_string();
-    assert!(err.contains("nonce_replayed"), "{err}");
+    assert!(err.contains("(nonce)") && err.contains("was asked for"), "{err}");
     drop(first.to_router);
 }
 

@@ -133,6 +133,8 @@ impl EngineClient {
                 id: m.id,
                 created: m.created,
                 owned_by: m.owned_by,
+                // Set by the worker from its own measurement (`measure`), never the engine's word.
+                digest: None,
             })
             .collect())
     }

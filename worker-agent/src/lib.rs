@@ -5,6 +5,7 @@
 pub mod config;
 pub mod engine;
 pub mod engine_load;
+pub mod measure;
 pub mod metrics;
 pub mod net;
 mod e2e;
@@ -39,7 +40,14 @@ struct RunningJob {
     credits: Arc<tokio::sync::Semaphore>,
 }
 
+/// What this worker's evidence commits to about its models (ids and weight digests).
+pub fn models_digest(info: &WorkerInfo) -> [u8; 32] {
+    attestation::models_digest(info.models.iter().map(|m| (m.id.as_str(), m.digest.as_deref())))
+}
+
 pub struct WorkerAgent {
+    /// Weight digests by model id, measured by this worker (see [`measure`]).
+    model_digests: std::sync::RwLock<HashMap<String, String>>,
     cfg: WorkerConfig,
     engine: EngineClient,
     tee: Arc<WorkerTee>,
@@ -81,12 +89,19 @@ impl WorkerAgent {
 
     fn with_engine(cfg: WorkerConfig, tee: WorkerTee, engine: EngineClient) -> Arc<Self> {
         Arc::new(Self {
+            model_digests: std::sync::RwLock::new(HashMap::new()),
             cfg,
             engine,
             tee: Arc::new(tee),
             jobs: Mutex::new(HashMap::new()),
             running: AtomicU32::new(0),
         })
+    }
+
+    /// Records the digest of the weights served as `model` (measured by the caller, see
+    /// [`measure::digest_cached`]); it goes into the hello and the evidence.
+    pub fn set_model_digest(&self, model: &str, digest: String) {
+        self.model_digests.write().unwrap_or_else(|p| p.into_inner()).insert(model.to_string(), digest);
     }
 
     pub fn engine(&self) -> &EngineClient {
@@ -103,7 +118,13 @@ impl WorkerAgent {
 
     /// Waits until the engine answers and describes this worker with the models it serves.
     pub async fn info(&self, wait: Duration) -> Result<WorkerInfo, EngineError> {
-        let models = self.engine.wait_for_models(wait).await?;
+        let mut models = self.engine.wait_for_models(wait).await?;
+        {
+            let digests = self.model_digests.read().unwrap_or_else(|p| p.into_inner());
+            for m in &mut models {
+                m.digest = digests.get(&m.id).cloned();
+            }
+        }
         Ok(WorkerInfo {
             worker_id: self.cfg.worker_id.clone(),
             models,
@@ -135,7 +156,7 @@ impl WorkerAgent {
         loop {
             tokio::select! {
                 msg = from_router.recv() => match msg {
-                    Some(RouterToWorker::Session { enc }) => match self.tee.open_link(&enc) {
+                    Some(RouterToWorker::Session { enc }) => match self.tee.open_link(link.link_id, &enc) {
                         Ok(o) => session = Some(Arc::new(o)),
                         // Jobs on this link will fail to open (and be retried elsewhere).
                         Err(e) => tracing::error!(error = %e, "cannot open the link's HPKE session"),
@@ -159,6 +180,8 @@ impl WorkerAgent {
             }
         }
         health.abort();
+        // The link is over: its HPKE key goes (jobs on it were already failed over).
+        self.tee.drop_link(link.link_id);
     }
 
     /// Finishes running jobs; new jobs are refused (retryable, so the router goes elsewhere).
@@ -261,7 +284,8 @@ impl WorkerAgent {
     fn answer_challenge(&self, link: &LinkIdentity, nonce: bytes::Bytes, to_router: mpsc::Sender<WorkerToRouter>) {
         let (tee, link) = (self.tee.clone(), link.clone());
         tokio::spawn(async move {
-            match tee.attest(link.tls_spki_der.clone(), &nonce).await {
+            let models = models_digest(&link.info);
+            match tee.attest(link.link_id, models, link.tls_spki_der.clone(), &nonce).await {
                 Ok(att) => {
                     let mut info = link.info;
                     info.attestation = Some(att);
@@ -274,9 +298,9 @@ impl WorkerAgent {
     }
 
     fn answer_attest(&self, link: &LinkIdentity, request_id: u64, nonce: bytes::Bytes, to_router: mpsc::Sender<WorkerToRouter>) {
-        let (tee, spki) = (self.tee.clone(), link.tls_spki_der.clone());
+        let (tee, spki, link_id, models) = (self.tee.clone(), link.tls_spki_der.clone(), link.link_id, models_digest(&link.info));
         tokio::spawn(async move {
-            let (attestation, error) = match tee.attest(spki, &nonce).await {
+            let (attestation, error) = match tee.attest(link_id, models, spki, &nonce).await {
                 Ok(a) => (Some(a), None),
                 Err(e) => (None, Some(e)),
             };
@@ -320,7 +344,7 @@ impl WorkerAgent {
         let request_body = job.body.clone();
         let (job, e2e) = match job.e2e {
             None => (job, None),
-            Some(_) => match e2e::open(job, &self.cfg.worker_id, &self.tee.openers()) {
+            Some(_) => match e2e::open(job, &self.cfg.worker_id, &self.tee.openers().iter().map(|k| &**k).collect::<Vec<_>>()) {
                 Ok(o) => {
                     let answer = sink::E2eAnswer { writer: o.writer, client_wants_usage: o.client_wants_usage, header_sent: false };
                     (o.job, Some((answer, o.request_id)))

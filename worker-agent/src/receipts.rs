@@ -21,6 +21,8 @@ pub(crate) struct ReceiptBuilder {
     price_coefficient: u32,
     started_at_ms: u64,
     response: Sha256,
+    /// For an end-to-end answer: the transcript of its frames, which replaces `response`.
+    response_digest: Option<[u8; 32]>,
     produced: bool,
 }
 
@@ -55,6 +57,7 @@ impl ReceiptBuilder {
             price_coefficient: f.price_coefficient,
             started_at_ms: now_ms(),
             response: Sha256::new(),
+            response_digest: None,
             produced: false,
         }
     }
@@ -66,10 +69,17 @@ impl ReceiptBuilder {
         self.produced = true;
     }
 
-    /// A whole answer's body, or an end-to-end answer's frames as sent.
+    /// A whole answer's body.
     pub(crate) fn bytes(&mut self, data: &[u8]) {
         self.response.update(data);
         self.produced = true;
+    }
+
+    /// An end-to-end answer: the digest of its frames before the final one (what the final
+    /// frame's transcript hash covers, so the client can match the two).
+    pub(crate) fn frames(&mut self, transcript: [u8; 32], any: bool) {
+        self.response_digest = Some(transcript);
+        self.produced |= any;
     }
 
     /// The signed receipt for a job that ends with `usage`; `None` when it produced
@@ -87,7 +97,7 @@ impl ReceiptBuilder {
             model: self.model,
             endpoint: self.endpoint.to_string(),
             request_sha256: hex::encode(self.request_sha256),
-            response_sha256: hex::encode(self.response.finalize()),
+            response_sha256: hex::encode(self.response_digest.unwrap_or_else(|| self.response.finalize().into())),
             usage: ReceiptUsage {
                 prompt_tokens: u.prompt_tokens,
                 cached_prompt_tokens: u.cached_prompt_tokens(),

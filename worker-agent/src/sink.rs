@@ -132,10 +132,8 @@ impl EventSink {
             tracing::error!(job_id = %self.job_id, error = %err, "sealing an end-to-end frame failed");
             return false;
         }
-        if let Some(r) = self.receipt.as_mut() {
-            if !out.is_empty() {
-                r.bytes(&out);
-            }
+        if let (Some(r), Some(e)) = (self.receipt.as_mut(), self.e2e.as_ref()) {
+            r.frames(e.writer.transcript(), e.header_sent);
         }
         let Some(usage) = end else {
             return out.is_empty() || self.send(JobEvent::Chunk { data: Bytes::from(out) }).await;

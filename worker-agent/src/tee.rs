@@ -1,5 +1,11 @@
-//! The worker's TEE identity: where its evidence comes from and the HPKE key jobs are sealed
-//! to. The private key never leaves this process (inside the confidential VM).
+//! The worker's TEE identity: where its evidence comes from, its identity key (signs
+//! receipts) and the HPKE keys jobs are sealed to: one per router link, made when the link
+//! is challenged and forgotten when it ends, so a key compromised later cannot open the
+//! traffic of links that are gone (forward secrecy per link). Private keys never leave this
+//! process (inside the confidential VM).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use std::sync::Arc;
 
@@ -13,7 +19,8 @@ use protocol::{Job, JobEnvelope, Payload};
 
 pub struct WorkerTee {
     producer: EvidenceProducer,
-    keys: JobOpener,
+    /// The HPKE key of each live router link, by link id.
+    links: Mutex<HashMap<u64, Arc<JobOpener>>>,
     /// Signs receipts; its public half is bound into the evidence.
     identity: Arc<IdentityKey>,
 }
@@ -22,7 +29,7 @@ impl std::fmt::Debug for WorkerTee {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkerTee")
             .field("simulated", &self.is_insecure_simulated())
-            .field("hpke_public_key", &self.keys.public_key().fingerprint())
+            .field("identity", &self.identity.public().fingerprint())
             .finish()
     }
 }
@@ -32,7 +39,7 @@ impl WorkerTee {
         let identity = IdentityKey::generate().map_err(|e| EvidenceError::Random(e.to_string()))?;
         Ok(Self {
             producer,
-            keys: JobOpener::generate()?,
+            links: Mutex::new(HashMap::new()),
             identity: Arc::new(identity),
         })
     }
@@ -48,9 +55,29 @@ impl WorkerTee {
         self.identity.clone()
     }
 
-    /// The HPKE keys end-to-end requests may be sealed to.
-    pub(crate) fn openers(&self) -> Vec<&JobOpener> {
-        vec![&self.keys]
+    fn lock_links(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<JobOpener>>> {
+        self.links.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The HPKE key of link `link_id`, made on first use (its first challenge).
+    pub(crate) fn link_key(&self, link_id: u64) -> Result<Arc<JobOpener>, EvidenceError> {
+        let mut links = self.lock_links();
+        if let Some(k) = links.get(&link_id) {
+            return Ok(k.clone());
+        }
+        let k = Arc::new(JobOpener::generate()?);
+        links.insert(link_id, k.clone());
+        Ok(k)
+    }
+
+    /// The link ended: its key is forgotten.
+    pub(crate) fn drop_link(&self, link_id: u64) {
+        self.lock_links().remove(&link_id);
+    }
+
+    /// The HPKE keys end-to-end requests may be sealed to (every live link's).
+    pub(crate) fn openers(&self) -> Vec<Arc<JobOpener>> {
+        self.lock_links().values().cloned().collect()
     }
 
     /// The insecure simulated TEE (dev and tests only; a production router refuses it).
@@ -78,21 +105,25 @@ impl WorkerTee {
         self.producer.is_insecure_simulated()
     }
 
-    pub fn hpke_public_key(&self) -> attestation::HpkePublicKey {
-        self.keys.public_key()
-    }
-
-    /// Evidence binding the HPKE key, `tls_spki_der` and `nonce`, as JSON for the wire.
-    /// Producing a TDX quote takes tens of milliseconds, so it runs on the blocking pool.
-    pub(crate) async fn attest(self: &Arc<Self>, tls_spki_der: Arc<Vec<u8>>, nonce: &[u8]) -> Result<Bytes, String> {
+    /// Evidence binding link `link_id`'s HPKE key, `tls_spki_der`, `nonce`, this worker's
+    /// identity key and `models_digest`, as JSON for the wire. Producing a TDX quote takes
+    /// tens of milliseconds, so it runs on the blocking pool.
+    pub(crate) async fn attest(
+        self: &Arc<Self>,
+        link_id: u64,
+        models_digest: [u8; 32],
+        tls_spki_der: Arc<Vec<u8>>,
+        nonce: &[u8],
+    ) -> Result<Bytes, String> {
         let nonce: [u8; 32] = nonce
             .try_into()
             .map_err(|_| format!("nonce must be 32 bytes, got {}", nonce.len()))?;
+        let key = self.link_key(link_id).map_err(|e| e.to_string())?.public_key();
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let att = this
                 .producer
-                .attest(this.keys.public_key(), &tls_spki_der, Nonce(nonce), attestation::unix_now())
+                .attest_worker(key, &tls_spki_der, Nonce(nonce), this.identity.public(), models_digest, attestation::unix_now())
                 .map_err(|e| e.to_string())?;
             serde_json::to_vec(&att).map(Bytes::from).map_err(|e| e.to_string())
         })
@@ -100,13 +131,14 @@ impl WorkerTee {
         .map_err(|e| format!("evidence task: {e}"))?
     }
 
-    /// Opens the HPKE context the router set up for one link (`RouterToWorker::Session`).
-    pub(crate) fn open_link(&self, enc: &[u8]) -> Result<LinkOpener, SealError> {
+    /// Opens the HPKE context the router set up for link `link_id` (`RouterToWorker::Session`).
+    pub(crate) fn open_link(&self, link_id: u64, enc: &[u8]) -> Result<LinkOpener, SealError> {
         let enc: [u8; 32] = enc.try_into().map_err(|_| SealError::Hpke {
             op: "session",
             detail: format!("encapsulated key must be 32 bytes, got {}", enc.len()),
         })?;
-        self.keys.open_link(&enc)
+        let key = self.link_key(link_id).map_err(|e| SealError::Hpke { op: "session", detail: e.to_string() })?;
+        key.open_link(&enc)
     }
 
     /// Opens a job: the body in clear for the engine and, for a sealed job, the sealer of its
