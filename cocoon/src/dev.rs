@@ -61,6 +61,8 @@ pub struct DevNetwork {
     pub state_file: PathBuf,
     /// The ledger behind the gateway, when billing is enabled.
     pub ledger: Option<billing::Ledger>,
+    /// The gateway's API keys (in its database).
+    pub keys: std::sync::Arc<gateway::keys::KeyStore>,
     shutdown: CancellationToken,
     worker_shutdown: CancellationToken,
     gateway_task: JoinHandle<std::io::Result<()>>,
@@ -113,10 +115,16 @@ impl DevNetwork {
         let listener = roles::start_worker_listener(&cfg, router.clone(), worker_shutdown.clone()).await?;
 
         let gw = roles::start_gateway(&cfg, router.clone(), shutdown.clone()).await?;
-        for old in gw.keys.list().into_iter().filter(|k| k.name == DEV_KEY_NAME && !k.revoked) {
-            gw.keys.revoke(&old.id)?;
+        for old in gw
+            .keys
+            .list(Some(DEV_ACCOUNT))
+            .await?
+            .into_iter()
+            .filter(|k| k.name == DEV_KEY_NAME && k.created_by == "dev" && !k.revoked)
+        {
+            gw.keys.revoke(&old.id, None).await?;
         }
-        let api_key = gw.keys.create(DEV_KEY_NAME, DEV_ACCOUNT, None)?.key;
+        let api_key = gw.keys.create_by(DEV_KEY_NAME, DEV_ACCOUNT, None, "dev").await?.key;
         if let Some(meter) = &gw.meter {
             seed_dev_ledger(meter.ledger(), &cfg, &router.models().iter().map(|m| m.id.clone()).collect::<Vec<_>>()).await?;
         }
@@ -146,6 +154,7 @@ impl DevNetwork {
             worker_listener: listener.as_ref().map(|l| (l.addr, l.cert_sha256.clone())),
             state_file,
             ledger: gw.meter.as_ref().map(|m| m.ledger().clone()),
+            keys: gw.keys.clone(),
             shutdown,
             worker_shutdown,
             gateway_task: gw.task,

@@ -11,6 +11,7 @@ pub mod attest;
 pub mod auth;
 pub mod billing;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod handlers;
 pub mod jwt;

@@ -22,6 +22,8 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// The ledger; `None` serves without charging (no billing configured).
     pub meter: Option<Arc<dyn Meter>>,
+    /// The web dashboard and its API; `None` answers them 404 `dashboard_disabled`.
+    pub dashboard: Option<Arc<crate::dashboard::Dashboard>>,
 }
 
 impl AppState {
@@ -42,11 +44,17 @@ impl AppState {
             inflight,
             metrics: crate::metrics::handle(),
             meter: None,
+            dashboard: None,
         }
     }
 
     pub fn with_meter(mut self, meter: Arc<dyn Meter>) -> Self {
         self.meter = Some(meter);
+        self
+    }
+
+    pub fn with_dashboard(mut self, dashboard: Arc<crate::dashboard::Dashboard>) -> Self {
+        self.dashboard = Some(dashboard);
         self
     }
 }
