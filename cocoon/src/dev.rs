@@ -120,7 +120,7 @@ impl DevNetwork {
             .list(Some(DEV_ACCOUNT))
             .await?
             .into_iter()
-            .filter(|k| k.name == DEV_KEY_NAME && k.created_by == "dev" && !k.revoked)
+            .filter(|k| k.name == DEV_KEY_NAME && matches!(k.created_by.as_str(), "dev" | "import") && !k.revoked)
         {
             gw.keys.revoke(&old.id, None).await?;
         }
