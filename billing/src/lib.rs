@@ -39,6 +39,17 @@
 //! receipt(&self, job_id: Uuid) -> Option<Receipt>
 //! usage(&self, client: AccountId, limit: u32) -> Vec<Receipt>   // newest first
 //!
+//! // API keys (gateway::keys caches them; every change bumps one version counter)
+//! insert_api_key(&self, &NewApiKey) -> Option<ApiKeyRow>  // None: id taken
+//! revoke_api_key / rename_api_key(&self, id, account: Option<&str>, ..) -> Option<ApiKeyRow>
+//! api_key(&self, id) / api_keys(&self, account: Option<&str>) / api_keys_since(&self, version)
+//!
+//! // dashboard: sign-in identities, single-use nonces, usage by day, workers by address
+//! sign_in_identity(&self, provider, subject, new_account, label) -> Identity
+//! use_nonce(&self, nonce, purpose, expires_at_ms) -> bool      // true the first time only
+//! daily_usage(&self, client, since_ms) -> Vec<DailyUsage>
+//! workers_paid_to(&self, raw_address) -> Vec<String>
+//!
 //! // books
 //! check(&self) -> Vec<Violation>               // empty = every invariant holds
 //!
@@ -73,6 +84,8 @@ pub use ledger::ton::{
     PayoutAddress, PayoutBatch, PayoutFilter, PayoutStatus, PrepareOutcome, RejectReason,
     Rejection, TonCursor, TonViolation, DEPOSIT_CODE_LEN, MAX_BATCH_PAYOUTS,
 };
+pub use ledger::dashboard::{DailyUsage, Identity, IdentityProvider};
+pub use ledger::keys::{ApiKeyRow, KeyControls, NewApiKey};
 pub use ledger::{Backend, Ledger, LedgerOptions};
 pub use money::{cost, split, Breakdown, Price, Usage};
 pub use types::{

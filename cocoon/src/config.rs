@@ -247,6 +247,15 @@ impl Config {
         Self::load_for(path, std::env::vars(), role)
     }
 
+    /// The worker's TEE, with its identity key kept in `<data_dir>/worker-identity.key` so a
+    /// restarted worker keeps its identity (and with it its worker id and earnings).
+    pub fn worker_tee(&self) -> anyhow::Result<worker_agent::WorkerTee> {
+        let tee = self.attestation.worker_tee(self.is_production())?;
+        let path = self.data_dir.join("worker-identity.key");
+        let identity = attestation::receipt::IdentityKey::load_or_create(&path)?;
+        Ok(tee.with_identity(identity))
+    }
+
     pub fn is_production(&self) -> bool {
         self.environment == Environment::Production
     }

@@ -63,6 +63,8 @@ pub struct DevNetwork {
     pub state_file: PathBuf,
     /// The ledger behind the gateway, when billing is enabled.
     pub ledger: Option<billing::Ledger>,
+    /// The gateway's API keys (in its database).
+    pub keys: std::sync::Arc<gateway::keys::KeyStore>,
     shutdown: CancellationToken,
     worker_shutdown: CancellationToken,
     gateway_task: JoinHandle<std::io::Result<()>>,
@@ -93,8 +95,7 @@ impl DevNetwork {
 
         // Router and the worker next to the engine, linked in-process.
         let router = crate::routing::start_router(&cfg, worker_shutdown.clone()).await?;
-        let production = cfg.environment == crate::config::Environment::Production;
-        let agent = engine.agent(cfg.worker.clone(), cfg.attestation.worker_tee(production)?)?;
+        let agent = engine.agent(cfg.worker.clone(), cfg.worker_tee()?)?;
         let worker_metrics_addr = match &cfg.worker.metrics_listen {
             Some(listen) => Some(
                 worker_agent::metrics::spawn(listen, agent.engine().metrics().clone(), cfg.worker.worker_id.clone(), worker_shutdown.clone())
@@ -115,10 +116,16 @@ impl DevNetwork {
         let listener = roles::start_worker_listener(&cfg, router.clone(), worker_shutdown.clone()).await?;
 
         let gw = roles::start_gateway(&cfg, router.clone(), shutdown.clone()).await?;
-        for old in gw.keys.list().into_iter().filter(|k| k.name == DEV_KEY_NAME && !k.revoked) {
-            gw.keys.revoke(&old.id)?;
+        for old in gw
+            .keys
+            .list(Some(DEV_ACCOUNT))
+            .await?
+            .into_iter()
+            .filter(|k| k.name == DEV_KEY_NAME && matches!(k.created_by.as_str(), "dev" | "import") && !k.revoked)
+        {
+            gw.keys.revoke(&old.id, None).await?;
         }
-        let api_key = gw.keys.create(DEV_KEY_NAME, DEV_ACCOUNT, None)?.key;
+        let api_key = gw.keys.create_by(DEV_KEY_NAME, DEV_ACCOUNT, None, "dev").await?.key;
         if let Some(meter) = &gw.meter {
             seed_dev_ledger(meter.ledger(), &cfg, &router.models().iter().map(|m| m.id.clone()).collect::<Vec<_>>()).await?;
         }
@@ -150,6 +157,7 @@ impl DevNetwork {
             worker_listener: listener.as_ref().map(|l| (l.addr, l.cert_sha256.clone())),
             state_file,
             ledger: gw.meter.as_ref().map(|m| m.ledger().clone()),
+            keys: gw.keys.clone(),
             shutdown,
             worker_shutdown,
             gateway_task: gw.task,

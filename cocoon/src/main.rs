@@ -25,7 +25,7 @@ enum Cmd {
     /// Verify a network's workers yourself: fetch `/v1/attestation/report` with a random nonce
     /// and check every worker's evidence locally. Exits non-zero on any failure.
     Verify(cli::verify::VerifyArgs),
-    /// Manage API keys (stored as SHA-256 hashes in the keys file).
+    /// Manage API keys (stored as SHA-256 hashes in the database every gateway reads).
     Keys(cli::keys::KeysArgs),
     /// Client and worker accounts in the ledger.
     Accounts(cli::accounts::AccountsArgs),

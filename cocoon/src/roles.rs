@@ -165,7 +165,60 @@ pub struct GatewayHandle {
     pub metrics_addr: Option<SocketAddr>,
     pub keys: Arc<KeyStore>,
     pub meter: Option<Arc<crate::metering::LedgerMeter>>,
+    /// The database behind the keys, the dashboard and (with billing on) the meter.
+    pub database: billing::Ledger,
     pub task: JoinHandle<std::io::Result<()>>,
+}
+
+/// The gateway's database (migrated): the ledger's, `billing.database_url` or
+/// `sqlite:<data_dir>/ledger.db`. API keys and dashboard sign-ins live there whether or not
+/// billing charges requests.
+pub async fn open_database(cfg: &Config) -> anyhow::Result<billing::Ledger> {
+    let url = cfg.ledger_url();
+    if url.starts_with("sqlite:") {
+        // A first `cocoon keys create` on a fresh host: the data dir may not exist yet.
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    }
+    let opts = billing::LedgerOptions {
+        fee_bps: cfg.billing.fee_bps,
+        ..Default::default()
+    };
+    billing::Ledger::connect(&url, opts)
+        .await
+        .with_context(|| format!("opening the database at {url}"))
+}
+
+/// The API key store on `db`, with the `keys.json` of older versions imported once.
+pub async fn open_key_store(cfg: &Config, db: billing::Ledger) -> anyhow::Result<Arc<KeyStore>> {
+    let keys = KeyStore::open(db).await.context("loading API keys")?;
+    let file = cfg.keys_file();
+    let report = keys.import_legacy_file(&file).await?;
+    if report.imported > 0 {
+        tracing::info!(
+            file = %file.display(),
+            imported = report.imported,
+            "imported API keys from the old keys file into the database; manage them with `cocoon keys` (the file is not read for changes any more)"
+        );
+    }
+    Ok(keys)
+}
+
+/// What the dashboard shows about deposits: the service wallet (or the watched address) when
+/// TON settlement is on.
+pub fn dashboard_context(cfg: &Config) -> anyhow::Result<gateway::dashboard::DashboardContext> {
+    let testnet = cfg.ton.network.is_testnet();
+    let deposit_address = if cfg.ton.enabled {
+        let address = match &cfg.ton.deposits.address {
+            Some(a) => ton::parse_address(a, cfg.ton.network)?.address,
+            None => ton::ServiceWallet::load(&cfg.ton.mnemonic_source(), cfg.ton.wallet, cfg.ton.network)?.address(),
+        };
+        // The service wallet is deployed: the bounceable form is the right one to pay.
+        Some(address.to_friendly(true, testnet))
+    } else {
+        None
+    };
+    Ok(gateway::dashboard::DashboardContext { deposit_address, testnet })
 }
 
 /// Opens the ledger (migrating it) when billing is enabled.
@@ -173,19 +226,19 @@ pub async fn open_ledger(cfg: &Config) -> anyhow::Result<Option<billing::Ledger>
     if !cfg.billing.enabled {
         return Ok(None);
     }
-    let url = cfg.ledger_url();
-    let opts = billing::LedgerOptions {
-        fee_bps: cfg.billing.fee_bps,
-        ..Default::default()
-    };
-    let ledger = billing::Ledger::connect(&url, opts)
-        .await
-        .with_context(|| format!("opening the ledger at {url}"))?;
-    Ok(Some(ledger))
+    Ok(Some(open_database(cfg).await?))
 }
 
 pub async fn start_gateway(cfg: &Config, router: Router, stop: CancellationToken) -> anyhow::Result<GatewayHandle> {
-    let keys = Arc::new(KeyStore::open(cfg.keys_file())?);
+    let dash = &cfg.gateway.dashboard;
+    if cfg.environment == crate::config::Environment::Production && dash.enabled && dash.session_secret.is_none() {
+        anyhow::bail!(
+            "gateway.dashboard.session_secret must be set in production (every replica signs and checks dashboard sessions with it), or set gateway.dashboard.enabled = false"
+        );
+    }
+    let database = open_database(cfg).await?;
+    let keys = open_key_store(cfg, database.clone()).await?;
+    keys.spawn_poller(cfg.gateway.keys_poll_interval(), stop.clone());
     let limiter = Arc::new(match &cfg.gateway.redis_url {
         Some(url) => RateLimiter::redis(url, "cocoon")
             .await
@@ -196,19 +249,23 @@ pub async fn start_gateway(cfg: &Config, router: Router, stop: CancellationToken
         Some(j) => Some(Arc::new(JwtAuth::new(j)?)),
         None => None,
     };
-    let mut state = gateway::AppState::new(cfg.gateway.clone(), router, keys.clone(), jwt, limiter);
-    let meter = match open_ledger(cfg).await? {
-        Some(ledger) => {
-            let meter = Arc::new(crate::metering::LedgerMeter::new(
-                ledger,
-                Duration::from_secs(cfg.billing.hold_ttl_secs),
-            ));
-            meter.spawn_reaper(Duration::from_secs(cfg.billing.reap_interval_secs.max(1)), stop.clone());
-            state = state.with_meter(meter.clone());
-            Some(meter)
-        }
-        None => None,
+    let mut state = gateway::AppState::new(cfg.gateway.clone(), router.clone(), keys.clone(), jwt, limiter);
+    let meter = if cfg.billing.enabled {
+        let meter = Arc::new(crate::metering::LedgerMeter::new(
+            database.clone(),
+            Duration::from_secs(cfg.billing.hold_ttl_secs),
+        ));
+        meter.spawn_reaper(Duration::from_secs(cfg.billing.reap_interval_secs.max(1)), stop.clone());
+        state = state.with_meter(meter.clone());
+        Some(meter)
+    } else {
+        None
     };
+    if dash.enabled {
+        let d = Arc::new(gateway::dashboard::Dashboard::new(dash.clone(), database.clone(), dashboard_context(cfg)?));
+        d.spawn_tracker(router, stop.clone());
+        state = state.with_dashboard(d);
+    }
     let listener = TcpListener::bind(&cfg.gateway.listen)
         .await
         .with_context(|| format!("binding the gateway on {}", cfg.gateway.listen))?;
@@ -231,7 +288,14 @@ pub async fn start_gateway(cfg: &Config, router: Router, stop: CancellationToken
         async move { stop.cancelled().await },
         cfg.gateway.drain_timeout(),
     ));
-    Ok(GatewayHandle { addr, metrics_addr, keys, meter, task })
+    Ok(GatewayHandle {
+        addr,
+        metrics_addr,
+        keys,
+        meter,
+        database,
+        task,
+    })
 }
 
 pub struct WorkerListener {

@@ -42,11 +42,11 @@ pub fn ton_string(nanoton: i64) -> String {
 }
 
 /// The ledger, or 404 `billing_disabled` when this gateway runs without one.
-fn meter(state: &AppState) -> Result<&dyn Meter, ApiError> {
+pub(crate) fn meter(state: &AppState) -> Result<&dyn Meter, ApiError> {
     state.meter.as_deref().ok_or(ApiError::BillingDisabled)
 }
 
-fn ledger_error(e: MeterError) -> ApiError {
+pub(crate) fn ledger_error(e: MeterError) -> ApiError {
     // Reads fail only when the ledger cannot be reached; the detail is logged, not shown.
     ApiError::Internal(e.to_string())
 }
@@ -188,31 +188,33 @@ pub async fn usage(
         .map_err(ledger_error)?;
     let has_more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
-    let data = rows
-        .into_iter()
-        .map(|r| UsageRecordResponse {
-            object: "account.usage".into(),
-            job_id: r.job_id,
-            model: r.model,
-            usage: BilledTokens {
-                prompt_tokens: r.prompt_tokens,
-                cached_prompt_tokens: r.cached_prompt_tokens,
-                completion_tokens: r.completion_tokens,
-                reasoning_tokens: r.reasoning_tokens,
-            },
-            worker_coefficient: r.coefficient,
-            charge: r.charge,
-            charge_ton: ton_string(r.charge),
-            cost: r.cost,
-            created_at: r.at_ms.div_euclid(1000),
-            created_at_ms: r.at_ms,
-        })
-        .collect();
+    let data = rows.into_iter().map(usage_record).collect();
     Ok(Json(UsageList {
         object: "list".into(),
         data,
         has_more,
     }))
+}
+
+/// The response shape of one charged request.
+pub(crate) fn usage_record(r: crate::billing::UsageRecord) -> UsageRecordResponse {
+    UsageRecordResponse {
+        object: "account.usage".into(),
+        job_id: r.job_id,
+        model: r.model,
+        usage: BilledTokens {
+            prompt_tokens: r.prompt_tokens,
+            cached_prompt_tokens: r.cached_prompt_tokens,
+            completion_tokens: r.completion_tokens,
+            reasoning_tokens: r.reasoning_tokens,
+        },
+        worker_coefficient: r.coefficient,
+        charge: r.charge,
+        charge_ton: ton_string(r.charge),
+        cost: r.cost,
+        created_at: r.at_ms.div_euclid(1000),
+        created_at_ms: r.at_ms,
+    }
 }
 
 /// One payout of a worker's balance to its TON wallet.
@@ -280,7 +282,12 @@ pub async fn worker_earnings(
         .worker_earnings(&worker_id)
         .await
         .map_err(ledger_error)?;
-    Ok(Json(EarningsResponse {
+    Ok(Json(earnings_response(worker_id, e)))
+}
+
+/// The response shape of a worker's earnings (also shown on the dashboard).
+pub fn earnings_response(worker_id: String, e: crate::billing::WorkerEarnings) -> EarningsResponse {
+    EarningsResponse {
         object: "worker.earnings".into(),
         balance: e.balance,
         earned: e.earned,
@@ -304,7 +311,7 @@ pub async fn worker_earnings(
             })
             .collect(),
         worker_id,
-    }))
+    }
 }
 
 #[cfg(test)]

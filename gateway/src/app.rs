@@ -5,7 +5,10 @@
 //! 2. `SetSensitiveRequestHeaders(Authorization)`: keys never reach logs.
 //! 3. `request_id`: every response carries `x-request-id` (inference sets it to the job id).
 //! 4. `metrics::track`: counts by matched route, model (from the `ModelLabel` extension) and status.
+//! 5. CORS (`[gateway.cors]`, only when origins are configured): answers preflights and adds
+//!    the headers to every response, errors included.
 //!
+//! The dashboard's pages and API are merged in from [`crate::dashboard::routes`].
 //! Unknown routes and wrong methods answer in the OpenAI error shape too.
 
 use std::any::Any;
@@ -24,6 +27,7 @@ use crate::handlers;
 use crate::state::AppState;
 
 pub fn build(state: AppState) -> axum::Router {
+    let cors = crate::dashboard::cors_layer(&state.cfg.cors);
     axum::Router::new()
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/completions", post(handlers::completions))
@@ -36,10 +40,12 @@ pub fn build(state: AppState) -> axum::Router {
         .route("/v1/attestation/report", get(crate::attest::report))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
+        .merge(crate::dashboard::routes())
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(middleware::from_fn(crate::metrics::track))
+        .layer(tower::util::option_layer(cors))
         .layer(middleware::from_fn(request_id))
         .layer(SetSensitiveRequestHeadersLayer::new([axum::http::header::AUTHORIZATION]))
         .layer(CatchPanicLayer::custom(panic_response))

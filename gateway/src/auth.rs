@@ -58,7 +58,7 @@ impl Principal {
         self.account.strip_prefix(WORKER_ACCOUNT_PREFIX)
     }
 
-    pub fn authenticate(state: &AppState, parts: &Parts) -> Result<Self, ApiError> {
+    pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Self, ApiError> {
         if state.cfg.insecure_disable_auth {
             return Ok(Principal {
                 account: ANONYMOUS_ACCOUNT.to_string(),
@@ -68,14 +68,14 @@ impl Principal {
         }
         let token = bearer(parts)?;
         if token.starts_with(KEY_PREFIX) {
-            return match state.keys.verify(token) {
+            return match state.keys.verify(token).await {
                 Some(rec) => Ok(Principal {
                     account: rec.account.clone(),
                     rate_key: format!("key:{}", rec.id),
                     limits: rec.limits.unwrap_or(state.cfg.default_limits),
                 }),
                 None => Err(ApiError::InvalidApiKey(format!(
-                    "Incorrect API key provided: {}. You can create one with `cocoon keys create`.",
+                    "Incorrect API key provided: {}. You can create one with `cocoon keys create` or in the dashboard.",
                     redact(token)
                 ))),
             };
@@ -103,6 +103,6 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        Principal::authenticate(state, parts)
+        Principal::authenticate(state, parts).await
     }
 }

@@ -31,8 +31,13 @@ pub struct GatewayConfig {
     pub max_in_flight: usize,
     /// Shared rate-limit state for several gateway replicas; in-memory when unset.
     pub redis_url: Option<String>,
-    /// Where API key hashes live. Defaults to `<data_dir>/keys.json`.
+    /// The `keys.json` older versions kept API key hashes in (default `<data_dir>/keys.json`):
+    /// imported into the database at start if present (keys already there are left alone).
+    /// Keys now live in the ledger's database.
     pub keys_file: Option<PathBuf>,
+    /// How often each gateway re-reads changed API keys from the database: a key revoked on
+    /// any replica or by the CLI stops working everywhere within about this long.
+    pub keys_poll_ms: u64,
     /// Limits for keys and tokens that carry none of their own.
     pub default_limits: Limits,
     /// Per-choice generation cap for a chat request that sets none: the hold covers it and
@@ -67,6 +72,8 @@ pub struct GatewayConfig {
     /// [`crate::auth::ANONYMOUS_ACCOUNT`] under `default_limits`, so the cost of auth can be
     /// measured. Refused when `environment = "production"`; logged loudly at start.
     pub insecure_disable_auth: bool,
+    pub dashboard: crate::dashboard::DashboardConfig,
+    pub cors: crate::dashboard::CorsConfig,
 }
 
 impl Default for GatewayConfig {
@@ -77,6 +84,7 @@ impl Default for GatewayConfig {
             max_in_flight: 4096,
             redis_url: None,
             keys_file: None,
+            keys_poll_ms: 250,
             default_limits: Limits {
                 requests_per_minute: 600,
                 tokens_per_minute: 2_000_000,
@@ -93,11 +101,17 @@ impl Default for GatewayConfig {
             e2e: E2eMode::Allow,
             jwt: None,
             insecure_disable_auth: false,
+            dashboard: crate::dashboard::DashboardConfig::default(),
+            cors: crate::dashboard::CorsConfig::default(),
         }
     }
 }
 
 impl GatewayConfig {
+    pub fn keys_poll_interval(&self) -> Duration {
+        Duration::from_millis(self.keys_poll_ms)
+    }
+
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
     }
@@ -168,6 +182,11 @@ impl GatewayConfig {
                 ));
             }
         }
+        if !(10..=60_000).contains(&self.keys_poll_ms) {
+            errs.push(format!("gateway.keys_poll_ms must be within 10..=60000, got {}", self.keys_poll_ms));
+        }
+        errs.extend(self.dashboard.validate());
+        errs.extend(self.cors.validate());
         if let Some(jwt) = &self.jwt {
             if jwt.secret.len() < 32 {
                 errs.push("gateway.jwt.secret must be at least 32 bytes".into());

@@ -66,6 +66,13 @@ pub enum ApiError {
     /// Unknown worker, or one the caller does not operate (the two are not told apart).
     #[error("The worker `{0}` does not exist or you do not have access to it.")]
     WorkerNotFound(String),
+    /// A dashboard sign-in whose proof did not verify (Telegram `initData`, TON `ton_proof`),
+    /// or a missing or expired dashboard session; `code` names which.
+    #[error("{message}")]
+    SignInFailed { message: String, code: &'static str },
+    /// A dashboard resource that does not exist or is not the caller's (not told apart).
+    #[error("{message}")]
+    NotFound { message: String, code: &'static str },
     #[error("Internal server error")]
     Internal(String),
 }
@@ -82,8 +89,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
-            ApiError::InvalidApiKey(_) => StatusCode::UNAUTHORIZED,
             ApiError::PermissionDenied(_) => StatusCode::FORBIDDEN,
+            ApiError::InvalidApiKey(_) | ApiError::SignInFailed { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::ModelNotFound(_)
             | ApiError::UnknownUrl { .. }
             | ApiError::BillingDisabled
@@ -119,7 +127,9 @@ impl ApiError {
             | ApiError::BillingDisabled
             | ApiError::BodyTimeout(_)
             | ApiError::E2eWorkerUnavailable(_)
-            | ApiError::WorkerNotFound(_) => "invalid_request_error",
+            | ApiError::WorkerNotFound(_)
+            | ApiError::SignInFailed { .. }
+            | ApiError::NotFound { .. } => "invalid_request_error",
             ApiError::RateLimited { .. } => "requests",
             ApiError::InsufficientQuota(_) => "insufficient_quota",
             ApiError::Overloaded | ApiError::NoCapacity { .. } | ApiError::NotReady(_) | ApiError::LimiterUnavailable => {
@@ -150,6 +160,7 @@ impl ApiError {
             ApiError::BillingDisabled => Some("billing_disabled"),
             ApiError::WorkerNotFound(_) => Some("worker_not_found"),
             ApiError::Upstream { .. } => Some("upstream_error"),
+            ApiError::SignInFailed { code, .. } | ApiError::NotFound { code, .. } => Some(code),
             ApiError::Internal(_) => None,
         }
     }

@@ -1,21 +1,37 @@
 //! API keys: `sk-cocoon-` + 12-char lookup id + 40-char secret (base62).
 //!
-//! Only the SHA-256 of the full key is stored. The id is public within the
-//! store (it names the key in listings and lets us find the record without
-//! scanning); the secret part carries ~238 bits of entropy, so a fast hash is
-//! sufficient (no password-style stretching needed).
+//! Only the SHA-256 of the full key is stored, in the ledger's database (`api_keys`, see
+//! `billing::Ledger::insert_api_key`), so every gateway replica and the `cocoon keys` CLI see
+//! the same keys. The id is public within the store (it names the key in listings and finds
+//! the record without scanning); the secret carries ~238 bits of entropy, so a fast hash is
+//! enough (no password-style stretching). Presented keys are compared in constant time.
+//!
+//! # Caching and how fast a change reaches every replica
+//! Each [`KeyStore`] keeps every key in memory, so checking a key costs no database round
+//! trip. It catches up with the database by asking for the rows changed since the last
+//! version it saw (one indexed query):
+//! - every `gateway.keys_poll_ms` (default 250 ms) in the background: a revocation made on
+//!   any replica or by the CLI stops the key everywhere within that interval plus one query;
+//! - at once when a key with an unknown id is presented (a key just created elsewhere), with
+//!   concurrent misses sharing one query and at most one such query per 50 ms, so a flood of
+//!   made-up keys cannot turn into a flood of queries.
+//!
+//! If the database cannot be reached the store keeps serving the keys it has and logs it;
+//! a revocation made meanwhile takes effect once it is back.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::{PoisonError, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use billing::{ApiKeyRow, Ledger, NewApiKey};
 use rand::distributions::{Alphanumeric, DistString};
 use rand::rngs::OsRng;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
 
 use crate::ratelimit::Limits;
 
@@ -23,24 +39,41 @@ pub const KEY_PREFIX: &str = "sk-cocoon-";
 const ID_LEN: usize = 12;
 const SECRET_LEN: usize = 40;
 const KEY_LEN: usize = KEY_PREFIX.len() + ID_LEN + SECRET_LEN;
+/// Longest key label, in characters.
+pub const MAX_NAME_CHARS: usize = 100;
 
-/// Minimum spacing between disk checks triggered by unknown ids or by
-/// hits, so a flood of bogus keys cannot turn into a flood of syscalls.
-const RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Shortest spacing between two catch-up queries caused by unknown key ids.
+const MISS_REFRESH_SPACING: Duration = Duration::from_millis(50);
 
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+/// Per-key controls stored with the key (model allow-list, budgets, price cap). They are
+/// kept and shown but NOT enforced yet. `None` = no restriction.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeyControls {
+    pub allowed_models: Option<Vec<String>>,
+    pub daily_budget_nanoton: Option<i64>,
+    pub monthly_budget_nanoton: Option<i64>,
+    pub max_price_coefficient: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyRecord {
     /// The 12-char lookup id (public part of the key).
     pub id: String,
     /// Hex of sha256(full key).
     pub sha256: String,
+    /// The label.
     pub name: String,
+    /// The client account the key bills and manages.
     pub account: String,
+    /// `cli`, `dashboard`, `import`, `dev`.
+    pub created_by: String,
     /// Unix seconds.
     pub created_at: u64,
     pub limits: Option<Limits>,
-    #[serde(default)]
     pub revoked: bool,
+    /// Unix seconds.
+    pub revoked_at: Option<u64>,
+    pub controls: KeyControls,
 }
 
 /// A freshly created key. `key` is shown once and never stored.
@@ -60,80 +93,78 @@ impl fmt::Debug for NewKey {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyStoreError {
-    #[error("key store {}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("key store {}: invalid JSON: {source}", path.display())]
-    Parse {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    #[error("key store: {0}")]
+    Db(#[from] billing::Error),
     #[error("no such key: {0}")]
     NotFound(String),
+    #[error("invalid key name: {0}")]
+    InvalidName(String),
+    #[error("reading {path}: {message}")]
+    Import { path: String, message: String },
 }
 
-/// Identifies one version of the key file. The inode changes on every
-/// atomic replace, so this catches updates even within one mtime tick.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Fingerprint {
-    mtime: Option<SystemTime>,
-    len: u64,
-    #[cfg(unix)]
-    ino: u64,
+fn to_secs(ms: i64) -> u64 {
+    u64::try_from(ms.div_euclid(1000)).unwrap_or(0)
 }
 
-impl Fingerprint {
-    fn of(meta: &fs::Metadata) -> Self {
-        #[cfg(unix)]
-        use std::os::unix::fs::MetadataExt;
-        Fingerprint {
-            mtime: meta.modified().ok(),
-            len: meta.len(),
-            #[cfg(unix)]
-            ino: meta.ino(),
-        }
-    }
-}
-
-struct State {
-    records: Vec<KeyRecord>,
-    /// Version of the file `records` was loaded from (None: file absent).
-    loaded: Option<Fingerprint>,
-    /// Last disk check caused by an unknown id that found nothing new.
-    miss_checked: Option<Instant>,
-    /// Last disk check caused by a successful lookup (revocation pickup).
-    hit_checked: Option<Instant>,
-}
-
-/// A set of API keys, optionally persisted to a JSON file shared with the
-/// `cocoon keys` CLI. Send + Sync.
-pub struct KeyStore {
-    path: Option<PathBuf>,
-    state: RwLock<State>,
-}
-
-impl fmt::Debug for KeyStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyStore")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
-}
-
-fn now_unix() -> u64 {
+fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl KeyRecord {
+    fn from_row(r: ApiKeyRow) -> Self {
+        let allowed_models = r
+            .controls
+            .allowed_models
+            .as_deref()
+            .and_then(|s| serde_json::from_str::<Vec<String>>(s).ok());
+        KeyRecord {
+            id: r.id,
+            sha256: r.sha256,
+            name: r.name,
+            account: r.account,
+            created_by: r.created_by,
+            created_at: to_secs(r.created_at_ms),
+            limits: r.limits.map(|(rpm, tpm)| Limits {
+                requests_per_minute: rpm,
+                tokens_per_minute: tpm,
+            }),
+            revoked: r.revoked_at_ms.is_some(),
+            revoked_at: r.revoked_at_ms.map(to_secs),
+            controls: KeyControls {
+                allowed_models,
+                daily_budget_nanoton: r.controls.daily_budget_nanoton,
+                monthly_budget_nanoton: r.controls.monthly_budget_nanoton,
+                max_price_coefficient: r
+                    .controls
+                    .max_price_coefficient
+                    .and_then(|c| u32::try_from(c).ok()),
+            },
+        }
+    }
 }
 
 fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
+/// A fresh key: its lookup id and the whole key `sk-cocoon-<id><secret>`.
+pub fn generate() -> (String, String) {
+    let id = Alphanumeric.sample_string(&mut OsRng, ID_LEN);
+    let secret = Alphanumeric.sample_string(&mut OsRng, SECRET_LEN);
+    let key = format!("{KEY_PREFIX}{id}{secret}");
+    (id, key)
+}
+
+/// Hex SHA-256 of a whole key: what the store keeps.
+pub fn hash_hex(key: &str) -> String {
+    hex::encode(sha256(key.as_bytes()))
+}
+
 /// Returns the lookup id if `presented` has the exact key shape.
-fn parse_key(presented: &str) -> Option<&str> {
+pub fn parse_key(presented: &str) -> Option<&str> {
     if presented.len() != KEY_LEN {
         return None;
     }
@@ -145,288 +176,339 @@ fn parse_key(presented: &str) -> Option<&str> {
     body.get(..ID_LEN)
 }
 
-fn io_err(path: &Path, source: std::io::Error) -> KeyStoreError {
-    KeyStoreError::Io {
-        path: path.to_owned(),
-        source,
+/// A label: 1 to 100 characters, no control characters, trimmed.
+pub fn check_name(name: &str) -> Result<String, KeyStoreError> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(KeyStoreError::InvalidName("a key name must not be empty".into()));
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(KeyStoreError::InvalidName(format!(
+            "a key name has at most {MAX_NAME_CHARS} characters, got {}",
+            name.chars().count()
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(KeyStoreError::InvalidName(
+            "a key name must not contain control characters".into(),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+#[derive(Default)]
+struct Cache {
+    by_id: HashMap<String, KeyRecord>,
+    /// The highest change version applied.
+    version: i64,
+}
+
+/// When the last catch-up query started (whoever ran it).
+struct RefreshState {
+    last_started: Option<Instant>,
+}
+
+/// What importing a `keys.json` of an older version did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    /// Keys written to the database.
+    pub imported: usize,
+    /// Keys whose id was in the database already (imported before).
+    pub present: usize,
+}
+
+/// The key store: the database behind an in-memory copy. Send + Sync; share one per process.
+pub struct KeyStore {
+    db: Ledger,
+    cache: RwLock<Cache>,
+    refresh: tokio::sync::Mutex<RefreshState>,
+    /// Catch-up queries that failed (for `/metrics`-style inspection and tests).
+    failures: AtomicU64,
+}
+
+impl fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyStore")
+            .field("keys", &self.read().by_id.len())
+            .field("version", &self.read().version)
+            .finish_non_exhaustive()
     }
 }
 
-/// Reads the file; a missing file is an empty store.
-fn read_file(path: &Path) -> Result<(Vec<KeyRecord>, Option<Fingerprint>), KeyStoreError> {
-    let file = match fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), None)),
-        Err(e) => return Err(io_err(path, e)),
-    };
-    // Fingerprint the handle we read, so a concurrent replace is noticed next time.
-    let meta = file.metadata().map_err(|e| io_err(path, e))?;
-    warn_if_permissive(path, &meta);
-    let records: Vec<KeyRecord> =
-        serde_json::from_reader(std::io::BufReader::new(file)).map_err(|source| {
-            KeyStoreError::Parse {
-                path: path.to_owned(),
-                source,
-            }
-        })?;
-    Ok((records, Some(Fingerprint::of(&meta))))
-}
-
-fn warn_if_permissive(path: &Path, meta: &fs::Metadata) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(path = %path.display(), "API key file is readable by group/others; expected mode 0600");
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = (path, meta);
-}
-
-fn fingerprint(path: &Path) -> Option<Fingerprint> {
-    fs::metadata(path).ok().map(|m| Fingerprint::of(&m))
-}
-
-/// Atomically replaces `path` with `records`: write a 0600 temp file in the
-/// same directory, fsync, rename over. Readers never see a partial file.
-fn write_file(path: &Path, records: &[KeyRecord]) -> Result<Option<Fingerprint>, KeyStoreError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let file_name = path
-        .file_name()
-        .map_or_else(|| "keys".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(
-        ".{file_name}.tmp-{}-{}",
-        std::process::id(),
-        Alphanumeric.sample_string(&mut OsRng, 8)
-    ));
-
-    // First `cocoon keys create` on a fresh host: the data dir may not exist yet.
-    if !dir.exists() {
-        let mut b = fs::DirBuilder::new();
-        b.recursive(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            b.mode(0o700);
-        }
-        b.create(&dir).map_err(|e| io_err(&dir, e))?;
-    }
-    let json = serde_json::to_vec_pretty(records).map_err(|source| KeyStoreError::Parse {
-        path: path.to_owned(),
-        source,
-    })?;
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let result = (|| -> std::io::Result<()> {
-        let mut f = opts.open(&tmp)?;
-        f.write_all(&json)?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        // Persist the rename itself; best effort (not all filesystems allow it).
-        if let Ok(d) = fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err(path, e));
-    }
-    Ok(fingerprint(path))
+/// The shape of one record in the `keys.json` file older versions kept.
+#[derive(serde::Deserialize)]
+struct LegacyRecord {
+    id: String,
+    sha256: String,
+    name: String,
+    account: String,
+    created_at: u64,
+    limits: Option<Limits>,
+    #[serde(default)]
+    revoked: bool,
 }
 
 impl KeyStore {
-    /// A JSON file (array of KeyRecord). Missing file = empty store; the file
-    /// is created (mode 0600) by the first `create`.
-    pub fn open(path: impl Into<PathBuf>) -> Result<Self, KeyStoreError> {
-        let path = path.into();
-        let (records, loaded) = read_file(&path)?;
-        Ok(KeyStore {
-            path: Some(path),
-            state: RwLock::new(State {
-                records,
-                loaded,
-                miss_checked: None,
-                hit_checked: None,
-            }),
-        })
+    /// The store over `db` (migrated by `Ledger::connect`), with every key loaded.
+    pub async fn open(db: Ledger) -> Result<Arc<Self>, KeyStoreError> {
+        let store = Arc::new(KeyStore {
+            db,
+            cache: RwLock::new(Cache::default()),
+            refresh: tokio::sync::Mutex::new(RefreshState { last_started: None }),
+            failures: AtomicU64::new(0),
+        });
+        store.refresh().await?;
+        Ok(store)
     }
 
-    pub fn in_memory() -> Self {
-        KeyStore {
-            path: None,
-            state: RwLock::new(State {
-                records: Vec::new(),
-                loaded: None,
-                miss_checked: None,
-                hit_checked: None,
-            }),
+    /// A store on a fresh in-memory SQLite database (tests).
+    pub async fn in_memory() -> Result<Arc<Self>, KeyStoreError> {
+        let db = Ledger::connect("sqlite::memory:", billing::LedgerOptions::default()).await?;
+        Self::open(db).await
+    }
+
+    pub fn database(&self) -> &Ledger {
+        &self.db
+    }
+
+    /// Lock helpers: a poisoned lock still guards a consistent map (every mutation is a
+    /// single insert), so keep serving.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Cache> {
+        self.cache.read().unwrap_or_else(PoisonError::into_inner)
+    }
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Cache> {
+        self.cache.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn apply(&self, rows: Vec<ApiKeyRow>) {
+        if rows.is_empty() {
+            return;
+        }
+        let mut cache = self.write();
+        for row in rows {
+            let version = row.version;
+            let rec = KeyRecord::from_row(row);
+            cache.version = cache.version.max(version);
+            cache.by_id.insert(rec.id.clone(), rec);
         }
     }
 
-    /// Lock helpers: a poisoned lock still guards a consistent Vec (every
-    /// mutation is a single push/assignment), so keep serving.
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(PoisonError::into_inner)
-    }
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    /// Applies one row this process just wrote, without moving the catch-up version (changes
+    /// of other processes with lower versions may still be unseen).
+    fn apply_own(&self, row: ApiKeyRow) {
+        let rec = KeyRecord::from_row(row);
+        self.write().by_id.insert(rec.id.clone(), rec);
     }
 
-    /// Runs `f` on the freshest records and persists the result. Re-reading
-    /// first keeps us from overwriting keys another process (the CLI) added.
-    fn mutate<T>(
-        &self,
-        f: impl FnOnce(&mut Vec<KeyRecord>) -> Result<T, KeyStoreError>,
-    ) -> Result<T, KeyStoreError> {
-        let mut st = self.write();
-        let Some(path) = &self.path else {
-            return f(&mut st.records);
-        };
-        let (mut records, _) = read_file(path)?;
-        let out = f(&mut records)?;
-        let fp = write_file(path, &records)?;
-        st.records = records;
-        st.loaded = fp;
-        Ok(out)
+    /// Catches up with the database: the rows changed since the last version seen.
+    pub async fn refresh(&self) -> Result<(), KeyStoreError> {
+        let mut state = self.refresh.lock().await;
+        self.refresh_locked(&mut state).await
     }
 
-    /// Creates and persists a new key. The plaintext is only in the result.
-    pub fn create(
-        &self,
-        name: &str,
-        account: &str,
-        limits: Option<Limits>,
-    ) -> Result<NewKey, KeyStoreError> {
-        self.mutate(|records| {
-            let (id, key) = loop {
-                let id = Alphanumeric.sample_string(&mut OsRng, ID_LEN);
-                // 62^12 ids make a clash practically impossible; checking is cheap.
-                if records.iter().all(|r| r.id != id) {
-                    let secret = Alphanumeric.sample_string(&mut OsRng, SECRET_LEN);
-                    break (id.clone(), format!("{KEY_PREFIX}{id}{secret}"));
-                }
-            };
-            let record = KeyRecord {
-                id,
-                sha256: hex::encode(sha256(key.as_bytes())),
-                name: name.to_owned(),
-                account: account.to_owned(),
-                created_at: now_unix(),
-                limits,
-                revoked: false,
-            };
-            records.push(record.clone());
-            Ok(NewKey { key, record })
-        })
-    }
-
-    /// Marks a key revoked (idempotent). The record stays for auditing.
-    pub fn revoke(&self, id: &str) -> Result<(), KeyStoreError> {
-        self.mutate(|records| {
-            let rec = records
-                .iter_mut()
-                .find(|r| r.id == id)
-                .ok_or_else(|| KeyStoreError::NotFound(id.to_owned()))?;
-            rec.revoked = true;
-            Ok(())
-        })
-    }
-
-    pub fn list(&self) -> Vec<KeyRecord> {
-        self.read().records.clone()
-    }
-
-    /// Reloads from disk if the file changed since we loaded it, at most once
-    /// per RELOAD_INTERVAL per trigger kind. Returns whether records changed.
-    fn refresh(&self, on_miss: bool) -> bool {
-        let Some(path) = &self.path else { return false };
-        let due = |last: Option<Instant>| last.is_none_or(|t| t.elapsed() >= RELOAD_INTERVAL);
-        {
-            let st = self.read();
-            if !due(if on_miss {
-                st.miss_checked
-            } else {
-                st.hit_checked
-            }) {
-                return false;
-            }
-        }
-        let mut st = self.write();
-        // Re-check under the write lock: another thread may have just done it.
-        let last = if on_miss {
-            &mut st.miss_checked
-        } else {
-            &mut st.hit_checked
-        };
-        if !due(*last) {
-            return false;
-        }
-        *last = Some(Instant::now());
-        let current = fingerprint(path);
-        if current == st.loaded {
-            return false;
-        }
-        match read_file(path) {
-            Ok((records, fp)) => {
-                st.records = records;
-                st.loaded = fp;
-                if on_miss {
-                    // Something did change; don't make the next new key wait a second.
-                    st.miss_checked = None;
-                }
-                true
+    async fn refresh_locked(&self, state: &mut RefreshState) -> Result<(), KeyStoreError> {
+        state.last_started = Some(Instant::now());
+        let since = self.read().version;
+        match self.db.api_keys_since(since).await {
+            Ok(rows) => {
+                self.apply(rows);
+                Ok(())
             }
             Err(e) => {
-                // Keep serving the last good set (e.g. a hand edit in progress).
-                tracing::warn!(error = %e, "failed to reload API key file; keeping previous keys");
-                false
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                Err(e.into())
             }
         }
+    }
+
+    /// A catch-up for a key id not in memory, started after `arrived`: shares a query another
+    /// caller started after `arrived`, and keeps such queries at least 50 ms apart.
+    async fn refresh_for_miss(&self, arrived: Instant) {
+        let mut state = self.refresh.lock().await;
+        if let Some(last) = state.last_started {
+            if last >= arrived {
+                return; // A query that started after this key was presented has run.
+            }
+            let next = last + MISS_REFRESH_SPACING;
+            if next > Instant::now() {
+                tokio::time::sleep_until(next.into()).await;
+            }
+        }
+        if let Err(e) = self.refresh_locked(&mut state).await {
+            tracing::warn!(error = %e, "API key catch-up failed; serving the keys already loaded");
+        }
+    }
+
+    /// Catch-up queries that failed since start.
+    pub fn refresh_failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Polls the database every `every` until `stop`.
+    pub fn spawn_poller(self: &Arc<Self>, every: Duration, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failing = false;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = stop.cancelled() => return,
+                }
+                match this.refresh().await {
+                    Ok(()) if failing => {
+                        failing = false;
+                        tracing::info!("API key store reachable again");
+                    }
+                    Ok(()) => {}
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e, "API key store unreachable; serving the keys already loaded");
+                    }
+                    Err(_) => {}
+                }
+            }
+        })
     }
 
     fn lookup(&self, id: &str, digest: &[u8; 32]) -> Option<Option<KeyRecord>> {
-        let st = self.read();
-        let rec = st.records.iter().find(|r| r.id == id)?;
+        let cache = self.read();
+        let rec = cache.by_id.get(id)?;
         let mut stored = [0u8; 32];
         let matches = hex::decode_to_slice(&rec.sha256, &mut stored).is_ok()
             && bool::from(stored.ct_eq(digest));
         Some((matches && !rec.revoked).then(|| rec.clone()))
     }
 
-    /// Returns the record for a valid, unrevoked key. The hash comparison is
-    /// constant time. On an unknown id the file is reloaded if it changed
-    /// (another process ran `cocoon keys create`), at most once per second.
-    /// Hits also re-check the file at most once per second so revocations
-    /// made by other processes take effect promptly.
-    pub fn verify(&self, presented: &str) -> Option<KeyRecord> {
+    /// The record of a valid, unrevoked key; `None` for anything else. The hash comparison
+    /// is constant time. An unknown id triggers a catch-up (see the module docs).
+    pub async fn verify(&self, presented: &str) -> Option<KeyRecord> {
+        let arrived = Instant::now();
         let id = parse_key(presented)?;
         let digest = sha256(presented.as_bytes());
-        match self.lookup(id, &digest) {
-            Some(found) => {
-                if self.refresh(false) {
-                    return self.lookup(id, &digest).flatten();
-                }
-                found
-            }
-            None => {
-                if self.refresh(true) {
-                    self.lookup(id, &digest).flatten()
-                } else {
-                    None
-                }
+        if let Some(found) = self.lookup(id, &digest) {
+            return found;
+        }
+        self.refresh_for_miss(arrived).await;
+        self.lookup(id, &digest).flatten()
+    }
+
+    /// Creates and stores a new key; the plaintext is only in the result.
+    pub async fn create(&self, name: &str, account: &str, limits: Option<Limits>) -> Result<NewKey, KeyStoreError> {
+        self.create_by(name, account, limits, "cli").await
+    }
+
+    /// [`Self::create`], recording who created it (`cli`, `dashboard`, `dev`).
+    pub async fn create_by(
+        &self,
+        name: &str,
+        account: &str,
+        limits: Option<Limits>,
+        created_by: &str,
+    ) -> Result<NewKey, KeyStoreError> {
+        let name = check_name(name)?;
+        // 62^12 ids make a clash practically impossible; the insert reports one anyway.
+        for _ in 0..8 {
+            let (id, key) = generate();
+            let row = NewApiKey {
+                id,
+                sha256: hash_hex(&key),
+                account: account.to_owned(),
+                name: name.clone(),
+                created_by: created_by.to_owned(),
+                created_at_ms: now_ms(),
+                revoked_at_ms: None,
+                limits: limits.map(|l| (l.requests_per_minute, l.tokens_per_minute)),
+                controls: billing::KeyControls::default(),
+            };
+            if let Some(stored) = self.db.insert_api_key(&row).await? {
+                let record = KeyRecord::from_row(stored.clone());
+                self.apply_own(stored);
+                return Ok(NewKey { key, record });
             }
         }
+        Err(KeyStoreError::Db(billing::Error::Corrupt("no free key id after 8 tries".into())))
+    }
+
+    /// Revokes a key (idempotent); with `account`, only that account's key. The record stays.
+    pub async fn revoke(&self, id: &str, account: Option<&str>) -> Result<KeyRecord, KeyStoreError> {
+        let row = self
+            .db
+            .revoke_api_key(id, account)
+            .await?
+            .ok_or_else(|| KeyStoreError::NotFound(id.to_owned()))?;
+        let rec = KeyRecord::from_row(row.clone());
+        self.apply_own(row);
+        Ok(rec)
+    }
+
+    /// Renames a key; with `account`, only that account's key.
+    pub async fn rename(&self, id: &str, account: Option<&str>, name: &str) -> Result<KeyRecord, KeyStoreError> {
+        let name = check_name(name)?;
+        let row = self
+            .db
+            .rename_api_key(id, account, &name)
+            .await?
+            .ok_or_else(|| KeyStoreError::NotFound(id.to_owned()))?;
+        let rec = KeyRecord::from_row(row.clone());
+        self.apply_own(row);
+        Ok(rec)
+    }
+
+    /// The keys of `account` (every key when `None`), oldest first, read from the database.
+    pub async fn list(&self, account: Option<&str>) -> Result<Vec<KeyRecord>, KeyStoreError> {
+        Ok(self
+            .db
+            .api_keys(account)
+            .await?
+            .into_iter()
+            .map(KeyRecord::from_row)
+            .collect())
+    }
+
+    /// Imports the `keys.json` file older versions kept the keys in (an array of records
+    /// with `id`, `sha256`, `name`, `account`, `created_at`, `limits`, `revoked`). Keys whose
+    /// id is stored already are left alone, so running it at every start imports a file once
+    /// and later edits of the file change nothing. A missing file imports nothing.
+    pub async fn import_legacy_file(&self, path: &Path) -> Result<ImportReport, KeyStoreError> {
+        let import_err = |message: String| KeyStoreError::Import {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ImportReport::default()),
+            Err(e) => return Err(import_err(e.to_string())),
+        };
+        let records: Vec<LegacyRecord> =
+            serde_json::from_str(&text).map_err(|e| import_err(format!("invalid JSON: {e}")))?;
+        let mut report = ImportReport::default();
+        for r in records {
+            if r.id.len() != ID_LEN || !r.id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return Err(import_err(format!("key id {:?} is not 12 letters or digits", r.id)));
+            }
+            let created_at_ms = i64::try_from(r.created_at).unwrap_or(0).saturating_mul(1000);
+            let row = NewApiKey {
+                id: r.id,
+                sha256: r.sha256,
+                account: r.account,
+                name: r.name,
+                created_by: "import".into(),
+                created_at_ms,
+                revoked_at_ms: r.revoked.then(now_ms),
+                limits: r.limits.map(|l| (l.requests_per_minute, l.tokens_per_minute)),
+                controls: billing::KeyControls::default(),
+            };
+            match self.db.insert_api_key(&row).await? {
+                Some(stored) => {
+                    report.imported += 1;
+                    self.apply_own(stored);
+                }
+                None => report.present += 1,
+            }
+        }
+        Ok(report)
     }
 }
 
@@ -435,32 +517,21 @@ impl KeyStore {
 mod tests {
     use super::*;
 
-    fn tmp_path(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "cocoon-keys-test-{tag}-{}",
-            Alphanumeric.sample_string(&mut OsRng, 10)
-        ));
-        fs::create_dir_all(&dir).unwrap();
-        dir.join("keys.json")
-    }
-
     const LIM: Limits = Limits {
         requests_per_minute: 10,
         tokens_per_minute: 1000,
     };
 
-    #[test]
-    fn key_format() {
-        let s = KeyStore::in_memory();
-        let k = s.create("n", "acct", None).unwrap();
+    #[tokio::test]
+    async fn key_format() {
+        let s = KeyStore::in_memory().await.unwrap();
+        let k = s.create("n", "acct", None).await.unwrap();
         assert_eq!(k.key.len(), 62);
         assert!(k.key.starts_with(KEY_PREFIX));
-        assert!(k.key[KEY_PREFIX.len()..]
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric()));
+        assert!(k.key[KEY_PREFIX.len()..].bytes().all(|b| b.is_ascii_alphanumeric()));
         assert_eq!(&k.key[10..22], k.record.id);
         assert_eq!(k.record.sha256.len(), 64);
-        let k2 = s.create("n", "acct", None).unwrap();
+        let k2 = s.create("n", "acct", None).await.unwrap();
         assert_ne!(k.key, k2.key);
         assert_ne!(k.record.id, k2.record.id);
         // Debug never shows the key.
@@ -469,203 +540,154 @@ mod tests {
         assert!(dbg.contains("redacted"));
     }
 
-    #[test]
-    fn create_and_verify() {
-        let s = KeyStore::in_memory();
-        let k = s.create("laptop", "alice", Some(LIM)).unwrap();
-        let rec = s.verify(&k.key).unwrap();
+    #[tokio::test]
+    async fn create_and_verify() {
+        let s = KeyStore::in_memory().await.unwrap();
+        let k = s.create("laptop", "alice", Some(LIM)).await.unwrap();
+        let rec = s.verify(&k.key).await.unwrap();
         assert_eq!(rec, k.record);
         assert_eq!(rec.account, "alice");
         assert_eq!(rec.limits, Some(LIM));
-        assert_eq!(s.list(), vec![k.record.clone()]);
+        assert_eq!(s.list(None).await.unwrap(), vec![k.record.clone()]);
     }
 
-    #[test]
-    fn wrong_secret_with_right_id_rejected() {
-        let s = KeyStore::in_memory();
-        let k = s.create("n", "a", None).unwrap();
+    #[tokio::test]
+    async fn wrong_secret_with_right_id_rejected() {
+        let s = KeyStore::in_memory().await.unwrap();
+        let k = s.create("n", "a", None).await.unwrap();
         let mut bad = k.key.clone();
         let last = if bad.ends_with('A') { "B" } else { "A" };
         bad.replace_range(61.., last);
         assert_eq!(bad.len(), 62);
-        assert!(s.verify(&bad).is_none());
+        assert!(s.verify(&bad).await.is_none());
         // Another valid key's secret with this id also fails.
-        let k2 = s.create("n", "a", None).unwrap();
+        let k2 = s.create("n", "a", None).await.unwrap();
         let mixed = format!("{}{}", &k.key[..22], &k2.key[22..]);
-        assert!(s.verify(&mixed).is_none());
+        assert!(s.verify(&mixed).await.is_none());
     }
 
-    #[test]
-    fn malformed_keys_rejected() {
-        let s = KeyStore::in_memory();
-        let k = s.create("n", "a", None).unwrap();
-        assert!(s.verify(&k.key[..61]).is_none());
-        assert!(s.verify(&format!("{}x", k.key)).is_none());
-        assert!(s
-            .verify(&k.key.replacen("sk-cocoon-", "sk-cocoom-", 1))
-            .is_none());
-        assert!(s
-            .verify(&k.key.replacen("sk-cocoon-", "sk-COCOON-", 1))
-            .is_none());
-        assert!(s.verify(&format!(" {}", &k.key[1..])).is_none());
-        assert!(s.verify("").is_none());
-        assert!(s.verify("sk-cocoon-").is_none());
+    #[tokio::test]
+    async fn malformed_keys_rejected() {
+        let s = KeyStore::in_memory().await.unwrap();
+        let k = s.create("n", "a", None).await.unwrap();
+        assert!(s.verify(&k.key[..61]).await.is_none());
+        assert!(s.verify(&format!("{}x", k.key)).await.is_none());
+        assert!(s.verify(&k.key.replacen("sk-cocoon-", "sk-cocoom-", 1)).await.is_none());
+        assert!(s.verify(&k.key.replacen("sk-cocoon-", "sk-COCOON-", 1)).await.is_none());
+        assert!(s.verify(&format!(" {}", &k.key[1..])).await.is_none());
+        assert!(s.verify("").await.is_none());
+        assert!(s.verify("sk-cocoon-").await.is_none());
         // Non-alphanumeric / multi-byte characters of the right byte length.
         let mut odd = k.key.clone();
         odd.replace_range(30..32, "é");
         assert_eq!(odd.len(), 62);
-        assert!(s.verify(&odd).is_none());
+        assert!(s.verify(&odd).await.is_none());
         let mut dash = k.key.clone();
         dash.replace_range(15..16, "-");
-        assert!(s.verify(&dash).is_none());
+        assert!(s.verify(&dash).await.is_none());
     }
 
-    #[test]
-    fn revoked_rejected() {
-        let s = KeyStore::in_memory();
-        let k = s.create("n", "a", None).unwrap();
-        let k2 = s.create("n", "a", None).unwrap();
-        s.revoke(&k.record.id).unwrap();
-        assert!(s.verify(&k.key).is_none());
-        assert!(s.verify(&k2.key).is_some());
-        assert!(s.list().iter().any(|r| r.id == k.record.id && r.revoked));
-        s.revoke(&k.record.id).unwrap(); // idempotent
-        assert!(matches!(s.revoke("nope"), Err(KeyStoreError::NotFound(_))));
+    #[tokio::test]
+    async fn revoked_rejected_and_accounts_are_separate() {
+        let s = KeyStore::in_memory().await.unwrap();
+        let k = s.create("n", "a", None).await.unwrap();
+        let k2 = s.create("n", "a", None).await.unwrap();
+        assert!(matches!(s.revoke(&k.record.id, Some("b")).await, Err(KeyStoreError::NotFound(_))));
+        assert!(s.verify(&k.key).await.is_some());
+        s.revoke(&k.record.id, Some("a")).await.unwrap();
+        assert!(s.verify(&k.key).await.is_none());
+        assert!(s.verify(&k2.key).await.is_some());
+        assert!(s.list(Some("a")).await.unwrap().iter().any(|r| r.id == k.record.id && r.revoked));
+        s.revoke(&k.record.id, None).await.unwrap(); // idempotent
+        assert!(matches!(s.revoke("nope", None).await, Err(KeyStoreError::NotFound(_))));
+        let renamed = s.rename(&k2.record.id, Some("a"), "  ci  ").await.unwrap();
+        assert_eq!(renamed.name, "ci");
+        assert!(matches!(s.rename(&k2.record.id, Some("a"), "\u{7}").await, Err(KeyStoreError::InvalidName(_))));
+        assert!(matches!(s.create("", "a", None).await, Err(KeyStoreError::InvalidName(_))));
+        assert!(matches!(s.create(&"x".repeat(101), "a", None).await, Err(KeyStoreError::InvalidName(_))));
     }
 
-    #[test]
-    fn file_persistence_mode_and_no_plaintext() {
-        let path = tmp_path("persist");
-        let s = KeyStore::open(&path).unwrap();
-        assert!(s.list().is_empty());
-        assert!(!path.exists()); // missing file is an empty store
-        let k = s.create("ci", "bob", Some(LIM)).unwrap();
-        let raw = fs::read_to_string(&path).unwrap();
-        assert!(!raw.contains(&k.key));
-        assert!(!raw.contains(&k.key[22..]));
-        assert!(raw.contains(&k.record.sha256));
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode, 0o600);
+    /// Two stores on one database (two replicas): a key made on one works on the other at
+    /// once (catch-up on the unknown id); a revocation reaches the other at its next poll.
+    #[tokio::test]
+    async fn replicas_share_keys_through_the_database() {
+        let dir = tempfile_dir("replicas");
+        let url = format!("sqlite:{}", dir.join("ledger.db").display());
+        let opts = billing::LedgerOptions::default();
+        let a = KeyStore::open(Ledger::connect(&url, opts).await.unwrap()).await.unwrap();
+        let b = KeyStore::open(Ledger::connect(&url, opts).await.unwrap()).await.unwrap();
+        let k = a.create("n", "acct", None).await.unwrap();
+        assert_eq!(b.verify(&k.key).await.unwrap().id, k.record.id);
+        a.revoke(&k.record.id, None).await.unwrap();
+        // Still cached on b until it catches up.
+        assert!(b.verify(&k.key).await.is_some());
+        b.refresh().await.unwrap();
+        assert!(b.verify(&k.key).await.is_none());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Made-up keys share catch-up queries: a burst of 50 unknown ids costs a handful.
+    #[tokio::test]
+    async fn unknown_ids_share_catch_up_queries() {
+        let s = KeyStore::in_memory().await.unwrap();
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                let bogus = format!("{KEY_PREFIX}{:0>52}", i);
+                s.verify(&bogus).await
+            }));
         }
-        // No temp files left behind.
-        let entries: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().collect();
-        assert_eq!(entries.len(), 1);
-
-        s.revoke(&k.record.id).unwrap();
-        let k2 = s.create("ci2", "bob", None).unwrap();
-        let reopened = KeyStore::open(&path).unwrap();
-        assert_eq!(reopened.list(), s.list());
-        assert!(reopened.verify(&k.key).is_none());
-        assert_eq!(reopened.verify(&k2.key).unwrap().name, "ci2");
-        fs::remove_dir_all(path.parent().unwrap()).unwrap();
+        for t in tasks {
+            assert!(t.await.unwrap().is_none());
+        }
+        let versions_seen = s.read().version;
+        assert_eq!(versions_seen, 0);
+        // Queries are >= 50 ms apart unless shared: 50 callers in well under 50 x 50 ms.
+        assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
     }
 
-    #[test]
-    fn creates_missing_parent_directory() {
-        let path = tmp_path("mkdir");
-        let root = path.parent().unwrap().to_owned();
-        let nested = root.join("a/b/keys.json");
-        let s = KeyStore::open(&nested).unwrap();
-        let k = s.create("n", "a", None).unwrap();
-        assert!(KeyStore::open(&nested).unwrap().verify(&k.key).is_some());
-        fs::remove_dir_all(root).unwrap();
-    }
-
-    #[test]
-    fn second_instance_sees_new_keys_on_miss() {
-        let path = tmp_path("shared");
-        let gateway = KeyStore::open(&path).unwrap();
-        let cli = KeyStore::open(&path).unwrap();
-        let k1 = cli.create("one", "a", None).unwrap();
-        assert_eq!(gateway.verify(&k1.key).unwrap().id, k1.record.id);
-        // A second key right away is also picked up (a reload that found a
-        // change does not start the one-second throttle).
-        let k2 = cli.create("two", "a", None).unwrap();
-        assert_eq!(gateway.verify(&k2.key).unwrap().id, k2.record.id);
-        // The gateway creating a key must not drop keys the CLI added.
-        let k3 = gateway.create("three", "a", None).unwrap();
-        let k4 = cli.create("four", "a", None).unwrap();
-        let ids: Vec<_> = KeyStore::open(&path)
-            .unwrap()
-            .list()
-            .into_iter()
-            .map(|r| r.id)
-            .collect();
-        assert_eq!(
-            ids,
-            vec![
-                k1.record.id.clone(),
-                k2.record.id,
-                k3.record.id,
-                k4.record.id
-            ]
+    #[tokio::test]
+    async fn imports_an_old_keys_json_once() {
+        let dir = tempfile_dir("import");
+        let path = dir.join("keys.json");
+        // Written by the file-based store of earlier versions (gateway/src/keys.rs before the
+        // database): a key "sk-cocoon-abcdefghijklSECRET..." and a revoked one.
+        let key = format!("{KEY_PREFIX}abcdefghijkl{}", "s".repeat(40));
+        let revoked = format!("{KEY_PREFIX}mnopqrstuvwx{}", "t".repeat(40));
+        let json = format!(
+            r#"[{{"id":"abcdefghijkl","sha256":"{}","name":"ci","account":"bob","created_at":1700000000,"limits":{{"requests_per_minute":5,"tokens_per_minute":0}}}},
+               {{"id":"mnopqrstuvwx","sha256":"{}","name":"old","account":"bob","created_at":1700000001,"limits":null,"revoked":true}}]"#,
+            hex::encode(sha256(key.as_bytes())),
+            hex::encode(sha256(revoked.as_bytes()))
         );
-        fs::remove_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, json).unwrap();
+        let s = KeyStore::in_memory().await.unwrap();
+        let r = s.import_legacy_file(&path).await.unwrap();
+        assert_eq!(r, ImportReport { imported: 2, present: 0 });
+        let rec = s.verify(&key).await.unwrap();
+        assert_eq!((rec.account.as_str(), rec.name.as_str(), rec.created_at), ("bob", "ci", 1_700_000_000));
+        assert_eq!(rec.limits, Some(Limits { requests_per_minute: 5, tokens_per_minute: 0 }));
+        assert_eq!(rec.created_by, "import");
+        assert!(s.verify(&revoked).await.is_none());
+        // Again: nothing new; a revocation made since is not undone.
+        s.revoke("abcdefghijkl", None).await.unwrap();
+        assert_eq!(s.import_legacy_file(&path).await.unwrap(), ImportReport { imported: 0, present: 2 });
+        assert!(s.verify(&key).await.is_none());
+        assert_eq!(s.import_legacy_file(&dir.join("absent.json")).await.unwrap(), ImportReport::default());
+        std::fs::write(&path, "not json").unwrap();
+        assert!(matches!(s.import_legacy_file(&path).await, Err(KeyStoreError::Import { .. })));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
-    #[test]
-    fn unknown_ids_throttle_disk_checks() {
-        let path = tmp_path("throttle");
-        let gateway = KeyStore::open(&path).unwrap();
-        let cli = KeyStore::open(&path).unwrap();
-        let bogus = format!("{KEY_PREFIX}{}", "a".repeat(52));
-        assert!(gateway.verify(&bogus).is_none()); // checks disk: nothing new
-        let k = cli.create("n", "a", None).unwrap();
-        // Within the same second a miss does not hit the disk again...
-        assert!(gateway.verify(&k.key).is_none());
-        std::thread::sleep(RELOAD_INTERVAL);
-        // ...but after it, the new key is found.
-        assert!(gateway.verify(&k.key).is_some());
-        fs::remove_dir_all(path.parent().unwrap()).unwrap();
-    }
-
-    #[test]
-    fn revocation_by_other_process_is_picked_up() {
-        let path = tmp_path("revoke");
-        let cli = KeyStore::open(&path).unwrap();
-        let k = cli.create("n", "a", None).unwrap();
-        let gateway = KeyStore::open(&path).unwrap();
-        assert!(gateway.verify(&k.key).is_some());
-        cli.revoke(&k.record.id).unwrap();
-        std::thread::sleep(RELOAD_INTERVAL);
-        assert!(gateway.verify(&k.key).is_none());
-        fs::remove_dir_all(path.parent().unwrap()).unwrap();
-    }
-
-    #[test]
-    fn corrupt_file_is_an_error_and_reload_keeps_last_good() {
-        let path = tmp_path("corrupt");
-        fs::write(&path, "not json").unwrap();
-        assert!(matches!(
-            KeyStore::open(&path),
-            Err(KeyStoreError::Parse { .. })
+    fn tempfile_dir(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "cocoon-keys-test-{tag}-{}",
+            Alphanumeric.sample_string(&mut OsRng, 10)
         ));
-
-        fs::remove_file(&path).unwrap();
-        let s = KeyStore::open(&path).unwrap();
-        let k = s.create("n", "a", None).unwrap();
-        let gateway = KeyStore::open(&path).unwrap();
-        fs::write(&path, "[ broken").unwrap();
-        assert!(gateway
-            .verify(&format!("{KEY_PREFIX}{}", "b".repeat(52)))
-            .is_none());
-        assert!(gateway.verify(&k.key).is_some());
-        // Mutations refuse to clobber a file they cannot parse.
-        assert!(matches!(
-            s.create("x", "a", None),
-            Err(KeyStoreError::Parse { .. })
-        ));
-        fs::remove_dir_all(path.parent().unwrap()).unwrap();
-    }
-
-    #[test]
-    fn records_without_revoked_field_parse() {
-        let json = r#"[{"id":"abcdefghijkl","sha256":"00","name":"n","account":"a","created_at":1,"limits":null}]"#;
-        let recs: Vec<KeyRecord> = serde_json::from_str(json).unwrap();
-        assert!(!recs[0].revoked);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     #[test]

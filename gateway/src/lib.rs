@@ -12,6 +12,7 @@ pub mod auth;
 pub mod billing;
 pub mod config;
 pub mod e2e;
+pub mod dashboard;
 pub mod error;
 pub mod handlers;
 pub(crate) mod inference;

@@ -23,6 +23,19 @@ use crate::handlers;
         crate::account::usage,
         crate::account::worker_earnings,
         crate::attest::report,
+        crate::dashboard::api::config,
+        crate::dashboard::api::sign_in_telegram,
+        crate::dashboard::api::ton_payload,
+        crate::dashboard::api::sign_in_ton,
+        crate::dashboard::api::me,
+        crate::dashboard::api::list_keys,
+        crate::dashboard::api::create_key,
+        crate::dashboard::api::rename_key,
+        crate::dashboard::api::revoke_key,
+        crate::dashboard::api::balance,
+        crate::dashboard::api::usage,
+        crate::dashboard::api::workers,
+        crate::dashboard::api::set_payout_address,
         handlers::healthz,
         handlers::readyz,
     ),
@@ -33,6 +46,7 @@ use crate::handlers;
         (name = "models", description = "Models served by attested workers"),
         (name = "account", description = "Balances, usage and worker earnings in nanoTON"),
         (name = "attestation", description = "Evidence that workers run the approved image in a TEE"),
+        (name = "dashboard", description = "The web dashboard's API: sign-in (Telegram Mini App initData, TON Connect ton_proof), the caller's API keys, balance and deposits, usage by day, and the workers it operates. Authenticated by a dashboard session token or an API key; everything is the caller's own account."),
         (name = "ops", description = "Health and readiness (Prometheus metrics are served on their own listener, `gateway.metrics_listen`)")
     )
 )]
@@ -48,7 +62,7 @@ impl Modify for BearerAuth {
                 SecurityScheme::Http(
                     HttpBuilder::new()
                         .scheme(HttpAuthScheme::Bearer)
-                        .description(Some("An API key `sk-cocoon-…` or a JWT issued by this network"))
+                        .description(Some("An API key `sk-cocoon-…`, a JWT issued by this network, or (dashboard endpoints) a dashboard session token"))
                         .build(),
                 ),
             );

@@ -24,6 +24,8 @@ pub struct AppState {
     pub meter: Option<Arc<dyn Meter>>,
     /// Attestation reports served without a client nonce.
     pub report_cache: Arc<crate::attest::ReportCache>,
+    /// The web dashboard and its API; `None` answers them 404 `dashboard_disabled`.
+    pub dashboard: Option<Arc<crate::dashboard::Dashboard>>,
 }
 
 impl AppState {
@@ -45,11 +47,17 @@ impl AppState {
             metrics: crate::metrics::handle(),
             meter: None,
             report_cache: Arc::default(),
+            dashboard: None,
         }
     }
 
     pub fn with_meter(mut self, meter: Arc<dyn Meter>) -> Self {
         self.meter = Some(meter);
+        self
+    }
+
+    pub fn with_dashboard(mut self, dashboard: Arc<crate::dashboard::Dashboard>) -> Self {
+        self.dashboard = Some(dashboard);
         self
     }
 }

@@ -127,6 +127,9 @@ pub struct WorkerSnapshot {
     pub insecure_simulated: bool,
     /// Unix seconds when the worker's verified attestation expires.
     pub attestation_expires_at: u64,
+    /// The launch measurement its evidence proved, hex: MRTD (TDX, simulated) or the
+    /// SEV-SNP MEASUREMENT.
+    pub measurement: String,
     /// The worker's last heartbeat as it reported it.
     pub last_load: Load,
 }
@@ -443,6 +446,7 @@ impl Router {
                 tee: w.tee_label(),
                 insecure_simulated: w.insecure_simulated,
                 attestation_expires_at: w.expires_at.load(Ordering::Relaxed),
+                measurement: w.measurement_hex(),
                 last_load: *w.last_load.lock().unwrap_or_else(|p| p.into_inner()),
             })
             .collect()
@@ -724,6 +728,14 @@ impl WorkerSession {
 }
 
 impl WorkerEntry {
+    pub(crate) fn measurement_hex(&self) -> String {
+        match &self.verified.lock().unwrap_or_else(|p| p.into_inner()).claims.details {
+            attestation::TeeDetails::Tdx { measurements, .. }
+            | attestation::TeeDetails::Simulated { measurements, .. } => measurements.mrtd.to_hex(),
+            attestation::TeeDetails::SevSnp { measurement, .. } => measurement.to_hex(),
+        }
+    }
+
     pub(crate) fn tee_label(&self) -> String {
         if self.insecure_simulated {
             "simulated".to_string()

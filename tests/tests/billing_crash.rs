@@ -385,9 +385,11 @@ async fn sigkilled_gateway_and_worker_never_lose_or_double_a_charge() {
         requests_per_minute: 0,
         tokens_per_minute: 0,
     };
-    let key = gateway::keys::KeyStore::open(gw_dir.join("keys.json"))
+    let key = gateway::keys::KeyStore::open(ledger.clone())
+        .await
         .unwrap()
         .create("crash", ACCOUNT, Some(unlimited))
+        .await
         .unwrap()
         .key;
     let pool = sqlx::postgres::PgPoolOptions::new()

@@ -241,8 +241,7 @@ async fn account_endpoints_need_a_key_and_workers_see_only_their_own_earnings() 
     }
 
     // The dev worker has not served anything yet: its operator sees zeros.
-    let keys = gateway::keys::KeyStore::open(net._dir.path().join("keys.json")).unwrap();
-    let operator = keys.create("operator", "worker:worker-1", None).unwrap().key;
+    let operator = net.keys.create("operator", "worker:worker-1", None).await.unwrap().key;
     let e = get_json(&net, "/workers/worker-1/earnings", &operator).await;
     assert_eq!((int(&e, "balance"), int(&e, "earned"), int(&e, "jobs")), (0, 0, 0), "{e}");
 
@@ -285,7 +284,7 @@ async fn account_endpoints_need_a_key_and_workers_see_only_their_own_earnings() 
 
     // A client key cannot read a worker's earnings, not even one whose account has the
     // worker's name, nor one worker another's.
-    let namesake = keys.create("namesake", "worker-1", None).unwrap().key;
+    let namesake = net.keys.create("namesake", "worker-1", None).await.unwrap().key;
     for (key, path) in [
         (&net.api_key, "/workers/worker-1/earnings"),
         (&namesake, "/workers/worker-1/earnings"),

@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
-use gateway::keys::KeyStore;
 use gateway::ratelimit::Limits;
 use serde_json::{json, Value};
 
@@ -154,11 +153,7 @@ async fn metrics_count_requests_tokens_and_ttft() {
 async fn rate_limits_are_shared_between_replicas_through_redis() {
     let keys_dir = tempfile::tempdir().unwrap();
     let keys_file = keys_dir.path().join("keys.json");
-    let limited = KeyStore::open(&keys_file)
-        .unwrap()
-        .create("limited", cocoon::dev::DEV_ACCOUNT, Some(Limits { requests_per_minute: 3, tokens_per_minute: 0 }))
-        .unwrap()
-        .key;
+    let limited = common::legacy_keys_file(&keys_file, cocoon::dev::DEV_ACCOUNT, Some(Limits { requests_per_minute: 3, tokens_per_minute: 0 }));
     let setup = |c: &mut cocoon::Config| {
         c.gateway.redis_url = Some("redis://127.0.0.1:6379".into());
         c.gateway.keys_file = Some(keys_file.clone());

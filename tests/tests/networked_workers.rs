@@ -49,7 +49,7 @@ async fn gateway_cfg(first_token_timeout_ms: u64, allow_simulated: bool, tweak: 
     let router = router::Router::new(cfg.router.clone(), cfg.attestation.attestor(None).unwrap());
     let l = cocoon::roles::start_worker_listener(&cfg, router.clone(), stop.clone()).await.unwrap().unwrap();
     let gw = cocoon::roles::start_gateway(&cfg, router.clone(), stop.clone()).await.unwrap();
-    let key = gw.keys.create("t", "acct", None).unwrap().key;
+    let key = gw.keys.create("t", "acct", None).await.unwrap().key;
     Gateway {
         base: format!("http://{}/v1", gw.addr),
         metrics: format!("http://{}/metrics", gw.metrics_addr.unwrap()),

@@ -54,11 +54,8 @@ async fn two_gateway_processes_share_the_fleet_and_its_load_through_redis() {
     std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
     let pin = router::net::RouterIdentity::from_pem_files(cert.to_str().unwrap(), key.to_str().unwrap()).unwrap().fingerprint;
     let keys_file = dir.join("keys.json");
-    let api_key = gateway::keys::KeyStore::open(&keys_file)
-        .unwrap()
-        .create("t", "acct", Some(gateway::ratelimit::Limits { requests_per_minute: 0, tokens_per_minute: 0 }))
-        .unwrap()
-        .key;
+    // Each replica has its own database here; both import this file at start.
+    let api_key = common::legacy_keys_file(&keys_file, "acct", Some(gateway::ratelimit::Limits { requests_per_minute: 0, tokens_per_minute: 0 }));
 
     let s = |v: &str| v.to_string();
     let mut procs = Kill(Vec::new());

@@ -4,7 +4,9 @@
 mod accounts;
 mod capture;
 mod check;
+pub(crate) mod dashboard;
 mod holds;
+pub(crate) mod keys;
 mod prices;
 mod rows;
 pub(crate) mod ton;

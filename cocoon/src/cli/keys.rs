@@ -1,8 +1,12 @@
-//! `cocoon keys`: API keys (stored as SHA-256 hashes) and JWTs.
+//! `cocoon keys`: API keys (stored as SHA-256 hashes in the gateway's database) and JWTs.
+//!
+//! The keys live in the database `billing.database_url` names (default
+//! `sqlite:<data_dir>/ledger.db`), the one every gateway replica reads: a key created or
+//! revoked here works or stops on every replica within `gateway.keys_poll_ms`. A `keys.json`
+//! of an older version is imported first.
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use gateway::keys::KeyStore;
 use gateway::ratelimit::Limits;
 
 use super::ConfigArg;
@@ -35,8 +39,16 @@ enum KeysCmd {
         #[arg(long)]
         tpm: Option<u64>,
     },
-    List,
+    /// List keys: id, name, account, limits, created by, state.
+    List {
+        /// Only this account's keys.
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Revoke a key by id (every replica refuses it within gateway.keys_poll_ms).
     Revoke { id: String },
+    /// Rename a key.
+    Rename { id: String, name: String },
     /// Issue a JWT for an account (needs [gateway.jwt]).
     Jwt {
         #[arg(long)]
@@ -46,7 +58,17 @@ enum KeysCmd {
 
 pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
     let cfg = args.config.load()?;
-    let store = KeyStore::open(cfg.keys_file())?;
+    if let KeysCmd::Jwt { sub } = &args.cmd {
+        let jwt = cfg
+            .gateway
+            .jwt
+            .as_ref()
+            .context("no [gateway.jwt] section: set gateway.jwt.secret, issuer and audience")?;
+        println!("{}", gateway::jwt::JwtAuth::new(jwt)?.issue(sub, None)?);
+        return Ok(());
+    }
+    let db = cocoon::roles::open_database(&cfg).await?;
+    let store = cocoon::roles::open_key_store(&cfg, db.clone()).await?;
     match args.cmd {
         KeysCmd::Create { name, account, worker, rpm, tpm } => {
             let account = match worker {
@@ -63,14 +85,14 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
                     tokens_per_minute: t.unwrap_or(cfg.gateway.default_limits.tokens_per_minute),
                 }),
             };
-            let new = store.create(&name, &account, limits)?;
+            let new = store.create_by(&name, &account, limits, "cli").await?;
             eprintln!("created key {} ({name}, account {account}); it is shown once:", new.record.id);
             println!("{}", new.key);
         }
-        KeysCmd::List => {
-            for k in store.list() {
+        KeysCmd::List { account } => {
+            for k in store.list(account.as_deref()).await? {
                 println!(
-                    "{}\t{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}\t{}",
                     k.id,
                     k.name,
                     k.account,
@@ -78,22 +100,21 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
                         "rpm={} tpm={}",
                         l.requests_per_minute, l.tokens_per_minute
                     )),
+                    k.created_by,
                     if k.revoked { "revoked" } else { "active" }
                 );
             }
         }
         KeysCmd::Revoke { id } => {
-            store.revoke(&id)?;
+            store.revoke(&id, None).await?;
             eprintln!("revoked {id}");
         }
-        KeysCmd::Jwt { sub } => {
-            let jwt = cfg
-                .gateway
-                .jwt
-                .as_ref()
-                .context("no [gateway.jwt] section: set gateway.jwt.secret, issuer and audience")?;
-            println!("{}", gateway::jwt::JwtAuth::new(jwt)?.issue(&sub, None)?);
+        KeysCmd::Rename { id, name } => {
+            let k = store.rename(&id, None, &name).await?;
+            eprintln!("renamed {id} to {:?}", k.name);
         }
+        KeysCmd::Jwt { .. } => {}
     }
+    db.close().await;
     Ok(())
 }

@@ -21,8 +21,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let engine_stop = tokio_util::sync::CancellationToken::new();
     let engine = cocoon::roles::start_engine(&cfg, engine_stop.clone()).await?;
     eprintln!("engine: {}", engine.description);
-    let production = cfg.environment == cocoon::config::Environment::Production;
-    let agent = engine.agent(cfg.worker.clone(), cfg.attestation.worker_tee(production)?)?;
+    let agent = engine.agent(cfg.worker.clone(), cfg.worker_tee()?)?;
     let stop = tokio_util::sync::CancellationToken::new();
     if let Some(listen) = &cfg.worker.metrics_listen {
         let (addr, _) = worker_agent::metrics::spawn(listen, agent.engine().metrics().clone(), cfg.worker.worker_id.clone(), stop.clone())

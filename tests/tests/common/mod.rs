@@ -19,6 +19,26 @@ impl std::ops::Deref for Net {
     }
 }
 
+/// Writes a `keys.json` in the format gateways before the key database used (an array of
+/// `{id, sha256, name, account, created_at, limits, revoked}`, gateway/src/keys.rs of that
+/// time) holding one new key, and returns the key. A gateway started with
+/// `gateway.keys_file` pointing at it imports it into its database: the way replicas with
+/// separate databases get the same key in these tests.
+pub fn legacy_keys_file(path: &std::path::Path, account: &str, limits: Option<gateway::ratelimit::Limits>) -> String {
+    let (id, key) = gateway::keys::generate();
+    let record = serde_json::json!([{
+        "id": id,
+        "sha256": gateway::keys::hash_hex(&key),
+        "name": "test",
+        "account": account,
+        "created_at": 1_700_000_000u64,
+        "limits": limits,
+        "revoked": false,
+    }]);
+    std::fs::write(path, serde_json::to_vec(&record).unwrap()).unwrap();
+    key
+}
+
 /// `tweak` adjusts the config (limits, engine timing) before start.
 pub async fn start(tweak: impl FnOnce(&mut Config)) -> Net {
     let dir = tempfile::tempdir().unwrap();
