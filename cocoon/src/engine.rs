@@ -529,6 +529,43 @@ mod tests {
         assert!(e.iter().any(|l| l.contains("engine.model")), "{e:?}");
     }
 
+    /// #22 item 6: production refuses engine flags and variables that make vLLM log prompts
+    /// or outputs (or lock the worker out), in engine.args and engine.env; development allows
+    /// them (the engine log still withholds those lines).
+    #[test]
+    fn production_refuses_prompt_logging_settings() {
+        let s = EngineSection {
+            kind: EngineKind::Vllm,
+            model: Some("Qwen/Qwen2.5-7B-Instruct".into()),
+            args: vec!["--enable-log-requests".into(), "--enable_log_outputs".into(), "--api-key=k".into()],
+            env: [
+                ("VLLM_DEBUG_LOG_API_SERVER_RESPONSE".to_string(), "true".to_string()),
+                ("VLLM_SERVER_DEV_MODE".to_string(), "1".to_string()),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let e = s.validate_with_worker(256, true).join("\n");
+        for needle in [
+            "--enable-log-requests",
+            "--enable_log_outputs",
+            "--api-key=k",
+            "VLLM_DEBUG_LOG_API_SERVER_RESPONSE",
+            "VLLM_SERVER_DEV_MODE",
+        ] {
+            assert!(e.contains(needle), "{needle} not refused:\n{e}");
+        }
+        assert!(s.validate_with_worker(256, false).is_empty(), "{:?}", s.validate_with_worker(256, false));
+        let bad_parser = EngineSection {
+            kind: EngineKind::LlamaServer,
+            tool_call_parser: Some("hermes".into()),
+            progress_timeout_ms: 10,
+            ..Default::default()
+        };
+        let e = bad_parser.validate(false).join("\n");
+        assert!(e.contains("engine.tool_call_parser") && e.contains("engine.progress_timeout_ms"), "{e}");
+    }
+
     #[test]
     fn clear_messages_for_bad_engine_settings() {
         let s = EngineSection {

@@ -7,7 +7,10 @@
 //! (requests go to the healthy one).
 //!
 //! The engine comes from `scripts/install-engine` (cached under ~/.cache/cocoon); if it is not
-//! installed the tests install it first (minutes, once). The `cocoon` binary must be built
+//! installed the tests install it first (minutes, once). Its smoke test picks the flags this
+//! CPU needs (`--no-repack` on Intel Xeons with AMX, where llama.cpp's AMX kernels crash while
+//! loading), and the worker also falls back to them by itself after a start-up crash, so these
+//! tests pass on Intel and AMD alike. The `cocoon` binary must be built
 //! (`cargo build -p cocoon`; `scripts/test` does) or named by `COCOON_BIN`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -551,6 +554,14 @@ async fn one_worker_serves_streams_and_survives_its_engine_crashing() {
         "a cut stream must not end as if complete"
     );
 
+    // The worker advertises llama-server's real parallelism (its /props total_slots).
+    assert_eq!(
+        w.metric("cocoon_worker_engine_parallelism", "").await,
+        Some(4.0),
+        "{}",
+        w.log()
+    );
+
     // The agent restarts the engine; the worker serves again.
     wait_until("the engine restart", Duration::from_secs(60), || async {
         w.metric("cocoon_worker_engine_restarts_total", "").await == Some(1.0)
@@ -572,7 +583,49 @@ async fn one_worker_serves_streams_and_survives_its_engine_crashing() {
         "{}",
         w.log()
     );
+    // The engine's output is kept (bounded), and holds no request contents.
+    let engine_log = std::fs::read_to_string(w.dir.join("engine.log")).unwrap();
+    assert!(engine_log.contains("load_model"), "{engine_log}");
+    assert!(
+        !engine_log.contains("about the sea") && !engine_log.contains("one to one hundred"),
+        "a prompt reached the engine log"
+    );
     drop(gw);
+}
+
+/// #12: a start-up failure prints the engine's last lines (before, `cocoon dev` printed an
+/// empty "engine output" section). The engine here prints, then dies with SIGSEGV as
+/// llama-server does on an AMX Xeon without `--no-repack`; no fallback applies to a
+/// `command` engine, so the worker stops and says why.
+#[tokio::test]
+async fn a_start_up_crash_prints_the_engines_last_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = "echo 'load_model: loading model' ; echo 'init: llama threadpool init, n_threads = 2' >&2; kill -SEGV $$";
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new(common::cocoon_bin())
+            .arg("worker")
+            .env("COCOON__DATA_DIR", dir.path())
+            .env("COCOON__LOG", "warn")
+            .env("COCOON__WORKER__ROUTER_URL", "wss://127.0.0.1:9/v1/worker")
+            .env("COCOON__WORKER__ROUTER_CERT_SHA256", "ab".repeat(32))
+            .env("COCOON__ENGINE__KIND", "command")
+            .env("COCOON__ENGINE__COMMAND", "sh")
+            .env("COCOON__ENGINE__ARGS", format!(r#"["-c", "{script}", "{{port}}"]"#))
+            .env("COCOON__ENGINE__STARTUP_TIMEOUT_MS", "20000")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("cocoon worker exited within 60 s")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("SIGSEGV") && stderr.contains("during start-up"), "{stderr}");
+    assert!(
+        stderr.contains("engine output") && stderr.contains("llama threadpool init") && stderr.contains("load_model"),
+        "the engine's last lines are printed:\n{stderr}"
+    );
 }
 
 #[tokio::test]
