@@ -213,6 +213,12 @@ struct Worker {
 
 impl Worker {
     async fn start(gw: &Gateway, id: &str) -> Self {
+        Self::start_with(gw, id, &engine().command).await
+    }
+
+    /// With `command` as the llama-server binary: the install's flags apply only to the
+    /// installed path itself.
+    async fn start_with(gw: &Gateway, id: &str, command: &Path) -> Self {
         let engine = engine();
         let dir = gw.dir.path().join(format!("worker-{id}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -228,7 +234,7 @@ impl Worker {
             .env("COCOON__WORKER__HEALTH_INTERVAL_MS", "200")
             .env("COCOON__WORKER__METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
             .env("COCOON__ENGINE__KIND", "llama-server")
-            .env("COCOON__ENGINE__COMMAND", &engine.command)
+            .env("COCOON__ENGINE__COMMAND", command)
             .env("COCOON__ENGINE__MODEL", &engine.model_path)
             .env("COCOON__ENGINE__MODEL_ID", &engine.model_id)
             .env("COCOON__ENGINE__PORT", engine_port.to_string())
@@ -590,6 +596,35 @@ async fn one_worker_serves_streams_and_survives_its_engine_crashing() {
         !engine_log.contains("about the sea") && !engine_log.contains("one to one hundred"),
         "a prompt reached the engine log"
     );
+    drop(gw);
+}
+
+/// #12: without the flags the install chose, the worker finds them itself: llama-server that
+/// crashes while loading (SIGSEGV on an Intel Xeon with AMX) is started again with
+/// `--no-repack`, and serves. On a CPU where it does not crash, nothing changes.
+#[tokio::test]
+async fn the_worker_falls_back_by_itself_when_the_engine_crashes_at_start() {
+    let installed = engine();
+    let dir = tempfile::tempdir().unwrap();
+    // Another path to the same binary: plan() gives the install's flags to its own path only.
+    let link = dir.path().join("llama-server");
+    std::os::unix::fs::symlink(&installed.command, &link).unwrap();
+    let gw = Gateway::start(30_000).await;
+    let w = Worker::start_with(&gw, "fallback", &link).await;
+    gw.wait_workers(1).await;
+    let answer = gw.openai().chat().create(chat(&installed.model_id, 4, false)).await;
+    assert!(answer.is_ok(), "{answer:?}\n{}", w.log());
+    // The install's smoke test found whether this CPU needs the flag; the worker agrees.
+    let needed = installed.args.iter().any(|a| a == "--no-repack");
+    assert_eq!(
+        w.metric("cocoon_worker_engine_fallbacks_total", "").await,
+        Some(if needed { 1.0 } else { 0.0 }),
+        "{}",
+        w.log()
+    );
+    if needed {
+        assert!(w.log().contains("with --no-repack"), "{}", w.log());
+    }
     drop(gw);
 }
 
