@@ -80,10 +80,14 @@ fn has_flag(args: &[String], flag: &str) -> bool {
     args.iter().any(|a| option_name(a).as_deref() == Some(flag))
 }
 
-/// A set value means "on" unless it is empty, "0" or "false" (vLLM reads these as
-/// `bool(int(v))` or `v.lower() == "true"`; any other value is refused to be safe).
-fn env_on(value: &str) -> bool {
+/// Whether a refused variable is on: `VLLM_API_KEY` with any value; the flags unless empty,
+/// "0" or "false" (vLLM reads them as `bool(int(v))` or `v.lower() == "true"`; any other value
+/// is refused to be safe).
+fn env_on(name: &str, value: &str) -> bool {
     let v = value.trim().to_ascii_lowercase();
+    if name == "VLLM_API_KEY" {
+        return !value.is_empty();
+    }
     !(v.is_empty() || v == "0" || v == "false")
 }
 
@@ -112,7 +116,7 @@ pub fn prompt_logging_violations<'a>(
     }
     for (k, v) in env {
         if let Some((_, why)) = REFUSED_VLLM_ENV.iter().find(|(name, _)| *name == k) {
-            if env_on(v) {
+            if env_on(k, v) {
                 out.push(format!(
                     "engine.env sets {k}, which is refused when environment = \"production\": {why}"
                 ));
@@ -121,7 +125,7 @@ pub fn prompt_logging_violations<'a>(
     }
     for (k, v) in inherited {
         if let Some((_, why)) = REFUSED_VLLM_ENV.iter().find(|(name, _)| *name == k) {
-            if env_on(&v) {
+            if env_on(&k, &v) {
                 out.push(format!(
                     "the worker's environment sets {k}, which the engine inherits and which is refused when environment = \"production\": {why}; unset it"
                 ));

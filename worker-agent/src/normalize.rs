@@ -327,7 +327,7 @@ pub(crate) fn response(body: Bytes, quirks: Quirks) -> Bytes {
     };
     let has_private = shape.timings.is_some() || shape.prompt_progress.is_some() || shape.verbose.is_some();
     let is_chat = shape.object.as_deref() == Some("chat.completion");
-    if !(is_chat && quirks.fill_response_nulls) && !(has_private && quirks.strip_private) {
+    if !((is_chat && quirks.fill_response_nulls) || (has_private && quirks.strip_private)) {
         return body;
     }
     let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(&body) else {

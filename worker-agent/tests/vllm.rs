@@ -205,7 +205,7 @@ fn failure(events: &[JobEvent]) -> &protocol::JobError {
 
 fn done_usage(events: &[JobEvent]) -> protocol::Usage {
     match events.last() {
-        Some(JobEvent::Done { usage: Some(u) }) => u.clone(),
+        Some(JobEvent::Done { usage: Some(u) }) => *u,
         other => panic!("expected Done with usage, got {other:?}"),
     }
 }
