@@ -219,11 +219,15 @@ impl EngineSection {
             }
         }
         if production && self.supervised() {
-            errs.extend(prompt_logging_violations(
-                &self.args,
-                self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-                std::env::vars(),
-            ));
+            // vLLM's variables matter where vLLM may run: `vllm`, or a `command` wrapping it.
+            let vllm_env = matches!(self.kind, EngineKind::Vllm | EngineKind::Command);
+            let env: Vec<(&str, &str)> = if vllm_env {
+                self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+            } else {
+                Vec::new()
+            };
+            let inherited: Vec<(String, String)> = if vllm_env { std::env::vars().collect() } else { Vec::new() };
+            errs.extend(prompt_logging_violations(&self.args, env, inherited));
         }
         errs
     }

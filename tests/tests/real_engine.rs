@@ -39,10 +39,16 @@ fn repo_root() -> PathBuf {
 fn engine() -> &'static cocoon::engine::InstalledEngine {
     static ENGINE: OnceLock<cocoon::engine::InstalledEngine> = OnceLock::new();
     ENGINE.get_or_init(|| {
-        if let Some(e) = cocoon::engine::InstalledEngine::find() {
+        // A manifest from before the smoke test (no verdict for this CPU) is refreshed: the
+        // script then only runs the ~10 s smoke test.
+        let smoke_tested = cocoon::engine::InstalledEngine::manifest_path()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .is_some_and(|m| m["smoke_test"]["ok"] == true);
+        if let Some(e) = cocoon::engine::InstalledEngine::find().filter(|_| smoke_tested) {
             return e;
         }
-        eprintln!("real_engine: llama-server is not installed; running scripts/install-engine (several minutes, once)");
+        eprintln!("real_engine: llama-server is not installed or not smoke-tested here; running scripts/install-engine (several minutes the first time)");
         let status = std::process::Command::new(repo_root().join("scripts/install-engine"))
             .status()
             .expect("running scripts/install-engine");

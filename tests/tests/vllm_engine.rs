@@ -314,6 +314,13 @@ async fn a_hung_vllm_is_restarted_and_its_requests_move() {
     let a = Worker::start(&gw, "a", None).await;
     let b = Worker::start(&gw, "b", None).await;
     gw.wait_workers(2, &[&a, &b]).await;
+    // Item 1 without a parser: vLLM's own 400 for "auto" tool choice reaches the client.
+    let tools = json!({"model": MODEL, "messages": [{"role": "user", "content": "weather?"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]});
+    let r = gw.post("chat/completions", &tools).await;
+    assert_eq!(r.status(), 400);
+    let err: Value = r.json().await.unwrap();
+    assert!(err["error"]["message"].as_str().unwrap().contains("--enable-auto-tool-choice"), "{err}");
     a.behave(json!({"hang": true})).await;
     let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3});
     let mut sent = 0;
