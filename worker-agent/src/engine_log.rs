@@ -160,7 +160,6 @@ impl EngineLog {
     pub async fn drain(self, mut stream: impl AsyncRead + Unpin) {
         let mut buf = vec![0u8; 8192];
         let mut line: Vec<u8> = Vec::with_capacity(256);
-        let mut overlong = false;
         loop {
             let n = match stream.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
@@ -168,16 +167,11 @@ impl EngineLog {
             };
             for &b in &buf[..n] {
                 if b == b'\n' {
-                    if overlong {
-                        line.extend_from_slice(b"  ");
-                    }
                     self.push(&line);
                     line.clear();
-                    overlong = false;
                 } else if line.len() <= MAX_LINE {
+                    // One byte over the limit is kept, so `push` marks the line as cut.
                     line.push(b);
-                } else {
-                    overlong = true;
                 }
             }
         }
@@ -225,5 +219,11 @@ mod tests {
         assert_eq!(log.tail(1), vec!["engine says 004999".to_string()]);
         let current = std::fs::read_to_string(&path).unwrap();
         assert!(current.ends_with("engine says 004999\n"));
+        // A line with no end in sight stays bounded.
+        let long = format!("{}\nafter\n", "y".repeat(100_000));
+        log.clone().drain(long.as_bytes()).await;
+        let tail = log.tail(2);
+        assert!(tail[0].ends_with("[cut]") && tail[0].len() < MAX_LINE + 16, "{}", tail[0].len());
+        assert_eq!(tail[1], "after");
     }
 }
