@@ -273,7 +273,7 @@ impl Config {
             }
         }
         if self.role.runs_engine() {
-            errs.extend(self.engine.validate(self.environment == Environment::Production));
+            errs.extend(self.engine.validate_with_worker(self.worker.slots, self.environment == Environment::Production));
         }
         if self.environment == Environment::Production && self.gateway.insecure_disable_auth {
             errs.push("gateway.insecure_disable_auth serves without authentication and is refused when environment = \"production\"".into());

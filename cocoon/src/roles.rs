@@ -19,7 +19,7 @@ use worker_agent::metrics::WorkerMetrics;
 use worker_agent::supervisor::{EngineState, EngineSupervisor};
 use worker_agent::WorkerAgent;
 
-use crate::config::{Config, EngineKind, Environment};
+use crate::config::{Config, EngineKind};
 use crate::engine::{EnginePlan, InstalledEngine};
 
 pub struct EngineHandle {
@@ -64,8 +64,13 @@ pub async fn start_engine(cfg: &Config, stop: CancellationToken) -> anyhow::Resu
         EngineKind::LlamaServer => InstalledEngine::find(),
         _ => None,
     };
-    let dev_log = (cfg.environment == Environment::Development).then(|| cfg.data_dir.join("engine.log"));
-    let plan = cfg.engine.plan(&cfg.worker.engine_url, installed.as_ref(), dev_log).map_err(anyhow::Error::msg)?;
+    // The engine log is bounded and withholds request logging (worker_agent::engine_log), so
+    // every role keeps one.
+    let default_log = Some(cfg.data_dir.join("engine.log"));
+    let plan = cfg
+        .engine
+        .plan(&cfg.worker.engine_url, installed.as_ref(), default_log, cfg.worker.slots)
+        .map_err(anyhow::Error::msg)?;
     match plan {
         EnginePlan::Builtin => {
             let listener = TcpListener::bind(&cfg.engine.listen)
@@ -110,9 +115,16 @@ pub async fn start_engine(cfg: &Config, stop: CancellationToken) -> anyhow::Resu
             if let Err(e) = wait_first_ready(&sup, timeout).await {
                 // Nothing was served yet, so the engine's output holds no request content:
                 // its last lines usually say what is wrong (a missing model, a bad flag).
-                let output = match &log {
-                    Some(l) => format!("\n  engine output ({}):\n{}", l.display(), last_lines(l, 8)),
-                    None => "\n  (set engine.log_file to keep the engine's output)".to_string(),
+                // They come from the supervisor, which reads the engine's output itself.
+                let lines = sup.output_tail(12);
+                let where_ = log.as_ref().map(|l| format!(" ({})", l.display())).unwrap_or_default();
+                let output = if lines.is_empty() {
+                    format!("\n  the engine printed nothing{where_}")
+                } else {
+                    format!(
+                        "\n  engine output{where_}, last lines:\n{}",
+                        lines.iter().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+                    )
                 };
                 anyhow::bail!("starting {kind} ({program}): {e:#}{output}");
             }
@@ -130,12 +142,6 @@ pub async fn start_engine(cfg: &Config, stop: CancellationToken) -> anyhow::Resu
             })
         }
     }
-}
-
-fn last_lines(path: &std::path::Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].iter().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
 }
 
 /// Waits for a freshly started engine. A first start that fails is reported at once: it is

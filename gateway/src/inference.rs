@@ -148,12 +148,13 @@ impl Call {
             return Err(crate::e2e::required());
         }
         let v = self.validate(req).await?;
-        let demand = Demand::from_valid(&v, self.state.cfg.default_cap(self.endpoint));
+        let cap = self.default_cap(&v.valid)?;
+        let demand = Demand::from_valid(&v, cap);
         self.limit(&demand).await?;
         let permit = self.shed()?;
         let bill = self.hold(&demand).await?;
         let ticket = self.admit(&demand)?;
-        let job = self.job(v.raw, v.obj, &v.valid);
+        let job = self.job(v.raw, v.obj, &v.valid, cap);
         let settle = self.token_settle(&demand);
         if v.valid.stream {
             Ok(self.stream(ticket, job, v.valid, bill, demand.bounds, settle, permit))
@@ -287,8 +288,24 @@ impl Call {
         Ok(self.state.router.admit(&demand.model, opts)?)
     }
 
-    fn job(&self, raw: Bytes, obj: serde_json::Map<String, serde_json::Value>, valid: &ValidRequest) -> Job {
-        let cap = self.state.cfg.default_cap(self.endpoint);
+    /// The cap a request without one gets: the configured default, within what the model's
+    /// context leaves after the prompt. A client's own cap the context cannot hold is refused
+    /// here, before any hold or routing.
+    fn default_cap(&self, valid: &ValidRequest) -> Result<u64, ApiError> {
+        let configured = self.state.cfg.default_cap(self.endpoint);
+        let Some(ctx) = self.state.router.context_len(&valid.model).map(u64::from) else { return Ok(configured) };
+        if let Some(m) = valid.max_tokens {
+            if m >= ctx {
+                return Err(ApiError::invalid(
+                    "max_tokens",
+                    format!("`max_tokens` ({m}) must be below the model's context length ({ctx} tokens), which also holds the prompt."),
+                ));
+            }
+        }
+        Ok(configured.min(ctx.saturating_sub(valid.prompt_tokens_estimate)).max(1))
+    }
+
+    fn job(&self, raw: Bytes, obj: serde_json::Map<String, serde_json::Value>, valid: &ValidRequest, cap: u64) -> Job {
         Job {
             id: self.job_id,
             endpoint: self.endpoint,

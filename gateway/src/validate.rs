@@ -53,7 +53,7 @@ impl ValidRequest {
 
     /// Whether the body must be rewritten before forwarding (otherwise it goes byte for byte).
     pub fn needs_rewrite(&self) -> bool {
-        (self.stream && !self.include_usage) || self.max_price_coefficient.is_some() || (self.generates && self.max_tokens.is_none())
+        self.max_price_coefficient.is_some() || (self.generates && self.max_tokens.is_none())
     }
 }
 
@@ -76,10 +76,10 @@ pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
-/// Gives the body to forward: the original bytes, or a rewrite that asks the engine for usage
-/// (the gateway meters every stream), sets the generation cap the hold covers when the
-/// client set none (`max_tokens`, which every engine reads), and drops Cocoon's own routing
-/// field.
+/// Gives the body to forward: the original bytes, or a rewrite that sets the generation cap
+/// the hold covers when the client set none (`max_tokens`, which every engine reads) and
+/// drops Cocoon's own routing field. (Usage for a stream is asked of the engine by the
+/// worker, which keeps the client's own `include_usage` choice.)
 pub fn forward_body(original: bytes::Bytes, mut obj: Map<String, Value>, req: &ValidRequest, default_cap: u64) -> bytes::Bytes {
     if !req.needs_rewrite() {
         return original;
@@ -87,14 +87,6 @@ pub fn forward_body(original: bytes::Bytes, mut obj: Map<String, Value>, req: &V
     obj.remove(MAX_PRICE_FIELD);
     if req.generates && req.max_tokens.is_none() {
         obj.insert("max_tokens".into(), Value::from(default_cap));
-    }
-    if req.stream {
-        let opts = obj
-            .entry("stream_options")
-            .or_insert_with(|| Value::Object(Map::new()));
-        if let Value::Object(o) = opts {
-            o.insert("include_usage".into(), Value::Bool(true));
-        }
     }
     serde_json::to_vec(&obj).map(bytes::Bytes::from).unwrap_or(original)
 }
@@ -560,14 +552,14 @@ mod tests {
     }
 
     #[test]
-    fn stream_body_asks_for_usage_and_drops_cocoon_field() {
+    fn stream_body_keeps_the_clients_usage_choice_and_drops_cocoon_field() {
         let mut o = with("stream", json!(true));
         o.insert(MAX_PRICE_FIELD.into(), json!(1500));
         let r = chat(&o).unwrap();
         assert_eq!(r.max_price_coefficient, Some(1500));
         let out = forward_body(bytes::Bytes::from_static(b"orig"), o, &r, 64);
         let v: Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["stream_options"]["include_usage"], json!(true));
+        assert!(v.get("stream_options").is_none(), "the worker asks its engine for usage itself");
         assert!(v.get(MAX_PRICE_FIELD).is_none());
         assert_eq!(v["messages"][0]["content"], "hi there");
     }

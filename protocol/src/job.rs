@@ -155,7 +155,7 @@ impl JobError {
 }
 
 /// A model a worker serves.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelInfo {
     pub id: String,
     /// Unix seconds the engine reports for it (0 if unknown).
@@ -167,6 +167,16 @@ pub struct ModelInfo {
     /// directory's manifest), measured by the worker and committed to by its evidence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// Context length in tokens (prompt + completion), where the engine reports it (vLLM's
+    /// `max_model_len` in `/v1/models`, llama-server's per-request context): a request longer
+    /// than this cannot be served by this worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_model_len: Option<u32>,
+    /// Whether requests with `tools` (`tool_choice` "auto") can be served: `Some(false)` for a
+    /// vLLM engine started without a tool-call parser (it answers 400 to them); `None` where
+    /// the worker does not know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<bool>,
 }
 
 /// A worker's self-description at registration.

@@ -411,6 +411,15 @@ impl Router {
         self.read().iter().any(|w| w.serves(model))
     }
 
+    /// The context length (tokens) every worker serving `model` can hold, where they report
+    /// one: the smallest.
+    pub fn context_len(&self, model: &str) -> Option<u32> {
+        self.read()
+            .iter()
+            .flat_map(|w| w.info.models.iter().filter(|m| m.id == model).filter_map(|m| m.max_model_len))
+            .min()
+    }
+
     /// Whether a job for `model` may be served by a worker in the insecure simulated TEE
     /// (some connected worker serving it is one). A stream's headers go out before its
     /// worker is chosen, so they carry this, the conservative answer.

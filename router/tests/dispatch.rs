@@ -36,7 +36,7 @@ struct Worker {
 fn info(id: &str, price: u32) -> WorkerInfo {
     WorkerInfo {
         worker_id: id.into(),
-        models: vec![ModelInfo { id: "m".into(), created: 0, owned_by: String::new(), digest: None }],
+        models: vec![ModelInfo { id: "m".into(), ..Default::default() }],
         gpu: "test".into(),
         slots: 8,
         price_coefficient: price,

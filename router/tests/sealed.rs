@@ -74,7 +74,7 @@ fn spawn(router: &Router, id: &str, mode: Mode, attest_spki: &'static [u8]) -> F
                     let att = tee.attest(k.public_key(), attest_spki, nonce, attestation::unix_now()).unwrap();
                     let info = WorkerInfo {
                         worker_id: id.clone(),
-                        models: vec![ModelInfo { id: "m".into(), created: 0, owned_by: String::new(), digest: None }],
+                        models: vec![ModelInfo { id: "m".into(), ..Default::default() }],
                         gpu: "test".into(),
                         slots: 8,
                         price_coefficient: 1000,

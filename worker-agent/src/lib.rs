@@ -5,6 +5,8 @@
 pub mod config;
 pub mod engine;
 pub mod engine_load;
+pub mod engine_log;
+pub mod engine_policy;
 pub mod measure;
 pub mod metrics;
 pub mod net;
@@ -117,6 +119,8 @@ impl WorkerAgent {
     }
 
     /// Waits until the engine answers and describes this worker with the models it serves.
+    /// `slots` is the engine's real parallelism (vLLM's `--max-num-seqs`, which the worker
+    /// set to `worker.slots`; llama-server's `/props` `total_slots`), capped by `worker.slots`.
     pub async fn info(&self, wait: Duration) -> Result<WorkerInfo, EngineError> {
         let mut models = self.engine.wait_for_models(wait).await?;
         {
@@ -125,11 +129,26 @@ impl WorkerAgent {
                 m.digest = digests.get(&m.id).cloned();
             }
         }
+        let parallelism = self.engine.parallelism().await;
+        let slots = parallelism.map_or(self.cfg.slots, |p| p.min(self.cfg.slots)).max(1);
+        if parallelism.is_some_and(|p| p < self.cfg.slots) {
+            tracing::info!(
+                engine_slots = parallelism,
+                worker_slots = self.cfg.slots,
+                "advertising the engine's parallelism as this worker's slots"
+            );
+        }
+        if self.engine.kind() == Some(config::EngineProcessKind::Vllm) {
+            let tools = self.engine.facts().tool_calls;
+            for m in &mut models {
+                m.tool_calls = Some(tools);
+            }
+        }
         Ok(WorkerInfo {
             worker_id: self.cfg.worker_id.clone(),
             models,
             gpu: self.cfg.gpu.clone(),
-            slots: self.cfg.slots,
+            slots,
             price_coefficient: self.cfg.price_coefficient,
             attestation: None,
         })
@@ -239,7 +258,10 @@ impl WorkerAgent {
             last = ok;
             let mut load = self.load(ok);
             if ok {
-                engine_load::fetch(self.engine.http(), self.engine.base_url()).await.apply(&mut load);
+                let parallelism = self.engine.facts().parallelism;
+                engine_load::fetch(self.engine.http(), self.engine.base_url(), self.engine.kind(), parallelism)
+                    .await
+                    .apply(&mut load);
             }
             if to_router.send(WorkerToRouter::Load(load)).await.is_err() {
                 return;

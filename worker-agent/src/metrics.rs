@@ -34,6 +34,12 @@ pub struct WorkerMetrics {
     engine_starts: AtomicU64,
     /// Restarts after the engine exited, hung or never became healthy.
     engine_restarts: AtomicU64,
+    /// Engine starts that used a start-up fallback after a crash (e.g. `--no-repack`).
+    engine_fallbacks: AtomicU64,
+    /// Engines the progress watchdog found hung and restarted.
+    engine_hangs: AtomicU64,
+    /// Kind, version and parallelism of the engine, once known.
+    engine_info: std::sync::Mutex<Option<(String, String, Option<u32>)>>,
     jobs_running: AtomicI64,
     jobs_completed: AtomicU64,
     jobs_failed: AtomicU64,
@@ -56,6 +62,23 @@ impl WorkerMetrics {
     }
     pub fn engine_restarted(&self) {
         self.engine_restarts.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn engine_fallback_used(&self) {
+        self.engine_fallbacks.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn engine_fallbacks(&self) -> u64 {
+        self.engine_fallbacks.load(Ordering::Relaxed)
+    }
+    pub fn engine_hang_detected(&self) {
+        self.engine_hangs.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn engine_hangs(&self) -> u64 {
+        self.engine_hangs.load(Ordering::Relaxed)
+    }
+    /// What the engine reported about itself (vLLM `GET /version`, llama-server `/props`).
+    pub fn set_engine_info(&self, kind: &str, version: &str, parallelism: Option<u32>) {
+        *self.engine_info.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((kind.to_string(), version.to_string(), parallelism));
     }
     pub fn engine_starts(&self) -> u64 {
         self.engine_starts.load(Ordering::Relaxed)
@@ -114,6 +137,38 @@ impl WorkerMetrics {
             "Engine restarts after a crash, a hang or a failed start.",
             &[("", load_u(&self.engine_restarts))],
         );
+        metric(
+            "cocoon_worker_engine_fallbacks_total",
+            "counter",
+            "Engine starts with a start-up fallback (e.g. --no-repack) after a start-up crash.",
+            &[("", load_u(&self.engine_fallbacks))],
+        );
+        metric(
+            "cocoon_worker_engine_hangs_total",
+            "counter",
+            "Engines restarted because requests ran while their token counters stayed flat.",
+            &[("", load_u(&self.engine_hangs))],
+        );
+        let info = self.engine_info.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some((kind, version, parallelism)) = info {
+            metric(
+                "cocoon_worker_engine_info",
+                "gauge",
+                "The engine's kind and version (vLLM GET /version, llama-server build).",
+                &[(
+                    &format!("kind=\"{}\",version=\"{}\"", escape_label(&kind), escape_label(&version)),
+                    "1".to_string(),
+                )],
+            );
+            if let Some(p) = parallelism {
+                metric(
+                    "cocoon_worker_engine_parallelism",
+                    "gauge",
+                    "Sequences the engine runs at once (vLLM --max-num-seqs, llama-server slots).",
+                    &[("", p.to_string())],
+                );
+            }
+        }
         metric(
             "cocoon_worker_jobs_running",
             "gauge",

