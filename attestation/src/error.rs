@@ -98,6 +98,24 @@ pub enum AttestationError {
     TlsKeyMismatch { presented: String, attested: String },
     #[error("nonce store failed: {0}")]
     NonceStore(String),
+
+    // ---- collateral fetched by the verifier (see `collateral`) ----
+    #[error("no usable {kind} collateral for {id}: {detail}")]
+    CollateralUnavailable {
+        kind: TeeKind,
+        id: String,
+        detail: String,
+    },
+    #[error("cached TDX collateral for FMSPC {id} is stale: its {what} expired at {not_after} (unix s, verification time {now}) and refreshing it failed: {detail}")]
+    CollateralStale {
+        id: String,
+        what: String,
+        not_after: u64,
+        now: u64,
+        detail: String,
+    },
+    #[error("SEV-SNP report is signed with a VLEK (a cloud provider's key, chaining to AMD's ASVK); only VCEK-signed reports are supported")]
+    SnpVlekNotSupported,
 }
 
 impl AttestationError {
@@ -135,6 +153,9 @@ impl AttestationError {
             EvidenceFromFuture { .. } => "evidence_future",
             TlsKeyMismatch { .. } => "tls_key",
             NonceStore(_) => "nonce_store",
+            CollateralUnavailable { .. } => "collateral_unavailable",
+            CollateralStale { .. } => "collateral_stale",
+            SnpVlekNotSupported => "snp_vlek",
         }
     }
 }
@@ -164,4 +185,24 @@ pub enum EvidenceError {
     BadCertTable(String),
     #[error("operating system random number generator failed: {0}")]
     Random(String),
+    #[error("configfs-tsm at {0} has no provider (mkdir returned ENXIO): the tdx_guest / sev_guest driver is not loaded, so this is not a usable TDX or SEV-SNP guest")]
+    NoTsmProvider(String),
+    #[error("TDX quote generation returned {len} bytes after {attempts} attempt(s): no quote-generation service on the host (the host's QGS is not running or the VMM does not forward GetQuote; kernels before 7.0 report this as an empty quote)")]
+    NoQuoteService { len: usize, attempts: u32 },
+    #[error("configfs-tsm refused privlevel {requested} (its privlevel_floor is {floor}): {source}")]
+    PrivlevelRefused {
+        requested: u32,
+        floor: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("this guest cannot produce an SEV-SNP report below VMPL {floor} (configfs-tsm privlevel_floor), above the maximum VMPL {max} it is configured for")]
+    VmplForbidden { floor: u32, max: u32 },
+    #[error("worker side: {what} did not finish within {after:?}")]
+    Timeout {
+        what: &'static str,
+        after: std::time::Duration,
+    },
+    #[error("vsock quote-generation service: {0}")]
+    Qgs(String),
 }

@@ -94,12 +94,13 @@
 //!
 //! # Trust inputs
 //!
-//! * TDX: Intel SGX Root CA ([`INTEL_SGX_ROOT_CA_DER`], replaceable), collateral from a cache
-//!   file ([`CollateralStore`]) or attached to the evidence; `now` is always passed in.
-//!   Collateral is fetched outside this crate (PCCS); its usable window is
-//!   [`collateral_window`].
+//! * TDX: Intel SGX Root CA ([`INTEL_SGX_ROOT_CA_DER`], replaceable). Collateral is fetched,
+//!   checked, cached and refreshed by [`CollateralService`] (Intel PCS or a PCCS, through
+//!   `dcap-qvl`'s client), or loaded from a cache file ([`CollateralStore`]), or attached to
+//!   the evidence (checked like fetched collateral); `now` is always passed in. Its usable
+//!   window is [`collateral_window`].
 //! * SEV-SNP: the AMD ARK/ASK built into the `sev` crate (Milan, Genoa, Turin); the VCEK comes
-//!   with the evidence (from the host's certificate table or a file on the worker).
+//!   with the evidence (the host's certificate table) or from AMD KDS ([`CollateralService`]).
 //! * Simulated: a per-run Ed25519 key; accepted only with `allow_insecure_simulated_tee = true`
 //!   (optionally pinned with `simulated_tee_keys`).
 
@@ -107,12 +108,14 @@ mod binding;
 mod cache;
 mod claims;
 pub mod e2e;
+pub mod collateral;
 mod error;
 mod evidence;
 mod link_sealing;
 mod nonce;
 mod policy;
 pub mod receipt;
+pub mod qgs;
 mod sealing;
 mod serde_bytes;
 mod simulated;
@@ -126,6 +129,9 @@ pub use binding::{
     REPORT_DATA_DOMAIN_TAG_V2,
 };
 pub use cache::AttestationCache;
+pub use collateral::{
+    CollateralConfig, CollateralService, CollateralStatus, CollateralUsed, Freshness, SharedCollateral,
+};
 pub use claims::{Measurement, SnpProduct, SnpTcb, TdxMeasurements, TeeClaims, TeeDetails};
 pub use error::{AttestationError, EvidenceError};
 pub use evidence::{
@@ -146,7 +152,8 @@ pub use tdx::{
     CollateralStore, INTEL_SGX_ROOT_CA_DER,
 };
 pub use tsm::{
-    vcek_from_cert_table, ConfigfsTsm, EvidenceProducer, TsmReport, CONFIGFS_TSM_REPORT,
+    vcek_from_cert_table, ConfigfsTsm, EvidenceProducer, StdFs, TsmFs, TsmOptions, TsmReport,
+    CONFIGFS_TSM_REPORT, MIN_TDX_QUOTE_BYTES,
 };
 pub use verifier::{
     verify_report, AttestationReport, ReportVerdict, VerifiedWorker, Verifier, WorkerVerdict,

@@ -8,6 +8,7 @@
 //! * a body key `Export("cocoon-rs/link/v1/job" ‖ salt ‖ job info)` used once
 //!   (ChaCha20-Poly1305, nonce 0, AAD = job info = job id and model),
 //! * response-stream keys exported the same way under their own labels,
+//!
 //! so a sealed job opens only on that link, for that job id and model, and its chunks are
 //! numbered and authenticated exactly as in per-job mode. Trade-off: forward secrecy per link
 //! (a link lives until reconnect or re-attestation) instead of per job.

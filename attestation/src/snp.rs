@@ -136,6 +136,14 @@ fn find_product(vcek: &Certificate) -> Result<SnpProduct, AttestationError> {
 /// Verifies an SEV-SNP report and its VCEK at `now`. The policy is not applied here.
 pub(crate) fn verify(ev: &SnpEvidence, now: u64) -> Result<TeeClaims, AttestationError> {
     let report = parse_report(&ev.report)?;
+    check_signing_key(&report)?;
+    if ev.vcek.is_empty() {
+        return Err(AttestationError::CollateralUnavailable {
+            kind: KIND,
+            id: format!("chip {}", hex::encode(&report.chip_id[..8])),
+            detail: "the evidence carries no VCEK (the host's certificate table was empty) and this verifier has no collateral service to fetch it from AMD KDS".into(),
+        });
+    }
     let vcek = parse_vcek(&ev.vcek)?;
     // The cheap ECDSA check first, then the chain: both must pass.
     (&vcek, &report)
@@ -177,6 +185,31 @@ pub(crate) fn verify(ev: &SnpEvidence, now: u64) -> Result<TeeClaims, Attestatio
             host_data: report.host_data,
         },
     })
+}
+
+/// SIGNING_KEY (KEY_INFO bits 4:2): 0 = VCEK, 1 = VLEK, 7 = none. Only VCEK-signed reports are
+/// verified; a VLEK is refused by name rather than as a chain failure.
+pub(crate) fn check_signing_key(report: &AttestationReport) -> Result<(), AttestationError> {
+    match report.key_info.signing_key() {
+        0 => Ok(()),
+        1 => Err(AttestationError::SnpVlekNotSupported),
+        other => Err(malformed(format!(
+            "report KEY_INFO.SIGNING_KEY is {other}: the report is not signed by a VCEK"
+        ))),
+    }
+}
+
+/// The product line a report names through its CPUID fields (report version 3 and later:
+/// family 19h models 00-0Fh Milan, 10-1Fh and A0-AFh Genoa; family 1Ah models 00-11h Turin).
+/// `None` for older reports, which do not say.
+pub(crate) fn product_hint(report: &AttestationReport) -> Option<SnpProduct> {
+    let (family, model) = (report.cpuid_fam_id?, report.cpuid_mod_id?);
+    match (family, model) {
+        (0x19, 0x00..=0x0f) => Some(SnpProduct::Milan),
+        (0x19, 0x10..=0x1f) | (0x19, 0xa0..=0xaf) => Some(SnpProduct::Genoa),
+        (0x1a, 0x00..=0x11) => Some(SnpProduct::Turin),
+        _ => None,
+    }
 }
 
 /// The VCEK is issued for one chip at one TCB: both must be the report's.

@@ -213,7 +213,7 @@ pub(crate) fn check_validity(
     Ok(())
 }
 
-fn rfc3339(text: &str) -> Result<u64, String> {
+pub(crate) fn rfc3339(text: &str) -> Result<u64, String> {
     let t = chrono::DateTime::parse_from_rfc3339(text)
         .map_err(|e| format!("bad date {text:?}: {e}"))?;
     u64::try_from(t.timestamp()).map_err(|_| format!("date {text:?} is before 1970"))
@@ -296,23 +296,38 @@ pub(crate) fn verify(
     now: u64,
 ) -> Result<TeeClaims, AttestationError> {
     let quote = parse_quote(&ev.quote)?;
-    let fmspc = dcap_qvl::intel::quote_fmspc(&quote).map_err(|e| {
-        malformed(format!(
-            "cannot read FMSPC from the quote's PCK certificate: {e:#}"
-        ))
-    })?;
+    let fmspc = quote_fmspc(&quote)?;
     let collateral = store
         .get(&fmspc)
         .or(ev.collateral.as_ref())
         .ok_or_else(|| AttestationError::CollateralMissing {
             fmspc: hex::encode_upper(fmspc),
         })?;
+    verify_with(&ev.quote, &quote, collateral, root_ca_der, now)
+}
 
+/// The FMSPC of the platform, from the quote's PCK certificate.
+pub(crate) fn quote_fmspc(quote: &Quote) -> Result<[u8; 6], AttestationError> {
+    dcap_qvl::intel::quote_fmspc(quote).map_err(|e| {
+        malformed(format!(
+            "cannot read FMSPC from the quote's PCK certificate: {e:#}"
+        ))
+    })
+}
+
+/// Verifies a parsed quote against exactly this collateral.
+pub(crate) fn verify_with(
+    raw: &[u8],
+    quote: &Quote,
+    collateral: &QuoteCollateralV3,
+    root_ca_der: &[u8],
+    now: u64,
+) -> Result<TeeClaims, AttestationError> {
     // Dates first, so that an expired bundle is reported as such, not as a chain error.
     let mut items =
         collateral_validity(collateral).map_err(|e| malformed(format!("collateral: {e}")))?;
     if collateral.pck_certificate_chain.is_none() {
-        for der in dcap_qvl::intel::extract_cert_chain(&quote).unwrap_or_default() {
+        for der in dcap_qvl::intel::extract_cert_chain(quote).unwrap_or_default() {
             if let Ok(cert) = x509_cert::Certificate::from_der(&der) {
                 items.push(cert_validity("PCK certificate chain", &cert));
             }
@@ -323,9 +338,9 @@ pub(crate) fn verify(
     let claims = QuoteVerifier::new(root_ca_der.to_vec())
         // Debug is judged by our policy, with its own error.
         .allow_debug(true)
-        .verify_with_policy(&ev.quote, collateral, now, &ClaimsOnly)
+        .verify_with_policy(raw, collateral, now, &ClaimsOnly)
         .map_err(classify)?;
-    claims_from(&quote, &claims)
+    claims_from(quote, &claims)
 }
 
 fn claims_from(quote: &Quote, c: &QuoteClaims) -> Result<TeeClaims, AttestationError> {

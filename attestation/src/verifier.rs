@@ -31,6 +31,9 @@ pub struct VerifiedWorker {
     /// Unix seconds after which the worker must attest again (cache TTL, capped by the expiry
     /// of the collateral or certificates used).
     pub expires_at: u64,
+    /// The collateral the verifier chose, when a [`crate::CollateralService`] resolved it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collateral: Option<crate::collateral::CollateralUsed>,
 }
 
 impl VerifiedWorker {
@@ -96,6 +99,9 @@ impl VerifiedWorker {
             hex::encode(self.tls_spki_sha256),
             self.expires_at
         ));
+        if let Some(c) = &self.collateral {
+            out.push_str(&format!("collateral: {}\n", c.describe(self.verified_at)));
+        }
         out
     }
 }
@@ -136,6 +142,15 @@ impl Verifier {
 
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// The same verifier (root CA, collateral cache) under another policy: how a running
+    /// router raises a rule (e.g. `min_tcb_evaluation_data_number` after a TCB recovery).
+    pub fn with_policy(&self, policy: Policy) -> Self {
+        Self {
+            policy,
+            ..self.clone()
+        }
     }
 
     /// Step 1: signatures and chain of trust only, at `now` (unix seconds). Simulated
@@ -189,6 +204,7 @@ impl Verifier {
             models_digest: att.binding().worker.map(|(_, m)| m),
             verified_at: now,
             expires_at,
+            collateral: None,
         })
     }
 

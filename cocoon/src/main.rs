@@ -25,6 +25,8 @@ enum Cmd {
     /// Verify a network's workers yourself: fetch `/v1/attestation/report` with a random nonce
     /// and check every worker's evidence locally. Exits non-zero on any failure.
     Verify(cli::verify::VerifyArgs),
+    /// Attestation chores: `attest collateral fetch|show|refresh`.
+    Attest(cli::attest::AttestArgs),
     /// Manage API keys (stored as SHA-256 hashes in the database every gateway reads).
     Keys(cli::keys::KeysArgs),
     /// Client and worker accounts in the ledger.
@@ -48,6 +50,7 @@ async fn main() -> std::process::ExitCode {
         Cmd::Gateway(a) => cli::gateway::run(a).await,
         Cmd::Worker(a) => cli::worker::run(a).await,
         Cmd::Verify(a) => cli::verify::run(a).await,
+        Cmd::Attest(a) => cli::attest::run(a).await,
         Cmd::Keys(a) => cli::keys::run(a).await,
         Cmd::Accounts(a) => cli::accounts::run(a).await,
         Cmd::Prices(a) => cli::prices::run(a).await,

@@ -15,12 +15,24 @@ use crate::config::Config;
 pub async fn start_router(cfg: &Config, stop: CancellationToken) -> anyhow::Result<Router> {
     let rc = &cfg.router;
     let Some(url) = &rc.redis_url else {
-        return Ok(Router::new(rc.clone(), cfg.attestation.attestor(None)?));
+        let collateral = cfg.attestation.collateral_service(&cfg.data_dir, None)?;
+        if let Some(c) = &collateral {
+            router::spawn_collateral_refresher(c.clone(), stop.clone());
+        }
+        return Ok(Router::new(rc.clone(), cfg.attestation.attestor_with(None, collateral)?));
     };
     let nonces = RedisNonceStore::connect(url, &rc.redis_prefix)
         .await
         .with_context(|| format!("connecting to router.redis_url {url}"))?;
-    let router = Router::new(rc.clone(), cfg.attestation.attestor(Some(Arc::new(nonces)))?);
+    // One collateral fetch per FMSPC / chip for all replicas.
+    let shared = router::RedisCollateralShare::connect(url, &rc.redis_prefix)
+        .await
+        .with_context(|| format!("connecting to router.redis_url {url}"))?;
+    let collateral = cfg.attestation.collateral_service(&cfg.data_dir, Some(Arc::new(shared)))?;
+    if let Some(c) = &collateral {
+        router::spawn_collateral_refresher(c.clone(), stop.clone());
+    }
+    let router = Router::new(rc.clone(), cfg.attestation.attestor_with(Some(Arc::new(nonces)), collateral)?);
     let instance = rc
         .instance_id
         .clone()

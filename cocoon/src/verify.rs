@@ -16,6 +16,9 @@ pub struct VerifyArgs {
     /// Accept the insecure simulated TEE (to check a `cocoon dev` network).
     pub allow_simulated: bool,
     pub timeout: Duration,
+    /// Where this client fetches TDX collateral and SEV-SNP VCEKs itself (it does not take
+    /// the operator's word for them), and caches them.
+    pub collateral: attestation::CollateralConfig,
 }
 
 /// The report URL for a base URL given with or without its `/v1`.
@@ -63,8 +66,23 @@ pub async fn run(args: VerifyArgs, out: &mut impl std::io::Write) -> anyhow::Res
     );
     let report: AttestationReport =
         serde_json::from_slice(&body).context("the report is not a valid attestation report")?;
+    let now = attestation::unix_now();
+    // Collateral: fetched and cached by this client, like the router does; collateral a
+    // worker attached is checked the same way and used only when fetching fails.
+    let svc = attestation::CollateralService::new(args.collateral.clone()).map_err(anyhow::Error::msg)?;
+    let mut report = report;
+    let mut used = Vec::with_capacity(report.workers.len());
+    for w in &mut report.workers {
+        match svc.resolve(&w.evidence, &policy.snp.allowed_products, now).await {
+            Ok((evidence, u)) => {
+                w.evidence = evidence;
+                used.push(Ok(u));
+            }
+            Err(e) => used.push(Err(e)),
+        }
+    }
     let verifier = Verifier::new(policy);
-    let verdict = match verify_report(&verifier, &report, &nonce, created, attestation::unix_now()) {
+    let verdict = match verify_report(&verifier, &report, &nonce, created, now) {
         Ok(v) => v,
         Err(e) => {
             writeln!(out, "FAILED: the report as a whole is rejected ({}): {e}", e.rule())?;
@@ -72,6 +90,15 @@ pub async fn run(args: VerifyArgs, out: &mut impl std::io::Write) -> anyhow::Res
         }
     };
     writeln!(out, "model {}: {} worker(s), nonce {}", args.model, verdict.workers.len(), nonce.to_hex())?;
+    let mut verdict = verdict;
+    for (w, u) in verdict.workers.iter_mut().zip(used) {
+        match (&mut w.result, u) {
+            (Ok(v), Ok(u)) => v.collateral = u,
+            // Without usable collateral the verification failed too: say why there was none.
+            (Err(e), Err(why)) => *e = why,
+            _ => {}
+        }
+    }
     for (i, w) in verdict.workers.iter().enumerate() {
         writeln!(out, "\n--- worker {} (HPKE key {}) ---", i + 1, w.hpke_public_key.fingerprint())?;
         match &w.result {

@@ -3,14 +3,24 @@
 //! router admits it only if the evidence verifies against the policy. Verification happens
 //! once per connection and again before the verified result expires (re-challenge on the
 //! live link), never per request.
+//!
+//! Collateral (Intel TDX collateral per FMSPC, SEV-SNP VCEK per chip and TCB) comes from the
+//! [`CollateralService`] when one is configured: fetched, checked, cached and refreshed by
+//! the router itself ([`spawn_collateral_refresher`]), shared by replicas through Redis
+//! ([`RedisCollateralShare`]). The policy can be replaced while running
+//! ([`Attestor::set_policy`]); workers already admitted meet the new rules at their next
+//! re-challenge.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
+use async_trait::async_trait;
 use attestation::{
-    AttestationError, MemoryNonceStore, Nonce, NonceStore, Policy, VerifiedWorker, Verifier,
-    WorkerAttestation,
+    AttestationError, CollateralService, CollateralStatus, Freshness, MemoryNonceStore, Nonce,
+    NonceStore, Policy, SharedCollateral, VerifiedWorker, Verifier, WorkerAttestation,
 };
 use protocol::WorkerInfo;
+use tokio_util::sync::CancellationToken;
 
 /// Why a worker was not admitted. The message names the rule that failed.
 #[derive(Debug, thiserror::Error)]
@@ -42,19 +52,21 @@ impl From<AttestationError> for AdmitError {
     }
 }
 
-/// The router's attestation policy, nonce store and sealing switch.
+/// The router's attestation policy, nonce store, collateral and sealing switch.
 pub struct Attestor {
-    verifier: Verifier,
+    verifier: RwLock<Arc<Verifier>>,
     nonces: Arc<dyn NonceStore>,
     seal_jobs: bool,
+    collateral: Option<Arc<CollateralService>>,
 }
 
 impl Attestor {
     pub fn new(verifier: Verifier, nonces: Arc<dyn NonceStore>, seal_jobs: bool) -> Self {
         Self {
-            verifier,
+            verifier: RwLock::new(Arc::new(verifier)),
             nonces,
             seal_jobs,
+            collateral: None,
         }
     }
 
@@ -74,8 +86,34 @@ impl Attestor {
         self
     }
 
-    pub fn policy(&self) -> &Policy {
-        self.verifier.policy()
+    /// Resolves every worker's collateral through `svc` (fetch, cache, refresh).
+    pub fn with_collateral(mut self, svc: Arc<CollateralService>) -> Self {
+        self.collateral = Some(svc);
+        self
+    }
+
+    pub fn collateral(&self) -> Option<&Arc<CollateralService>> {
+        self.collateral.as_ref()
+    }
+
+    fn verifier(&self) -> Arc<Verifier> {
+        self.verifier
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The policy in force (a copy: it may be replaced at any time).
+    pub fn policy(&self) -> Policy {
+        self.verifier().policy().clone()
+    }
+
+    /// Replaces the policy without a restart. New links use it at once; admitted workers are
+    /// judged by it at their next re-challenge.
+    pub fn set_policy(&self, policy: Policy) {
+        let next = Arc::new(self.verifier().with_policy(policy));
+        *self.verifier.write().unwrap_or_else(|p| p.into_inner()) = next;
+        tracing::info!("attestation policy replaced: admitted workers meet it at their next re-challenge");
     }
 
     pub fn seal_jobs(&self) -> bool {
@@ -84,7 +122,7 @@ impl Attestor {
 
     /// A fresh single-use nonce for a worker to attest to.
     pub async fn challenge(&self) -> Result<Nonce, AttestationError> {
-        self.verifier
+        self.verifier()
             .issue_nonce(&*self.nonces, attestation::unix_now())
             .await
     }
@@ -99,14 +137,178 @@ impl Attestor {
         let raw = info.attestation.as_ref().ok_or(AdmitError::Missing)?;
         let att: WorkerAttestation =
             serde_json::from_slice(raw).map_err(|e| AdmitError::Malformed(e.to_string()))?;
-        Ok(self
-            .verifier
-            .verify_worker(
-                &att,
-                connection_tls_spki_sha256,
-                &*self.nonces,
-                attestation::unix_now(),
-            )
-            .await?)
+        let now = attestation::unix_now();
+        let verifier = self.verifier();
+        let (att, used) = match &self.collateral {
+            Some(svc) => {
+                let products = &verifier.policy().snp.allowed_products;
+                let (evidence, used) = svc.resolve(&att.evidence, products, now).await?;
+                (WorkerAttestation { evidence, ..att }, used)
+            }
+            None => (att, None),
+        };
+        let mut verified = verifier
+            .verify_worker(&att, connection_tls_spki_sha256, &*self.nonces, now)
+            .await?;
+        verified.collateral = used;
+        Ok(verified)
+    }
+}
+
+/// Refreshes collateral that is due every `check_interval_secs` and publishes its freshness
+/// on `/metrics`, until `stop`.
+pub fn spawn_collateral_refresher(
+    svc: Arc<CollateralService>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    describe_metrics();
+    let every = Duration::from_secs(svc.config().check_interval_secs.max(1));
+    tokio::spawn(async move {
+        loop {
+            let now = attestation::unix_now();
+            for (fmspc, outcome) in svc.refresh_due(now).await {
+                match outcome {
+                    Ok(()) => tracing::info!(%fmspc, "TDX collateral refreshed"),
+                    Err(e) => {
+                        metrics::counter!("cocoon_attestation_collateral_refresh_failures_total", "kind" => "tdx")
+                            .increment(1);
+                        tracing::warn!(%fmspc, error = %e, "TDX collateral refresh failed");
+                    }
+                }
+            }
+            publish_metrics(&svc.status(attestation::unix_now()), attestation::unix_now());
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    })
+}
+
+fn describe_metrics() {
+    metrics::describe_gauge!(
+        "cocoon_attestation_collateral_age_seconds",
+        metrics::Unit::Seconds,
+        "Time since each cached collateral item (TDX per FMSPC, SEV-SNP VCEK per chip and TCB) was fetched"
+    );
+    metrics::describe_gauge!(
+        "cocoon_attestation_collateral_next_update_seconds",
+        metrics::Unit::Seconds,
+        "Time until the earliest nextUpdate of each cached collateral item (negative: past)"
+    );
+    metrics::describe_gauge!(
+        "cocoon_attestation_collateral_expiry_seconds",
+        metrics::Unit::Seconds,
+        "Time until each cached collateral item expires (negative: expired, its workers are refused)"
+    );
+    metrics::describe_gauge!(
+        "cocoon_attestation_collateral_next_expiry_timestamp_seconds",
+        metrics::Unit::Seconds,
+        "Unix time of the earliest expiry over all cached collateral"
+    );
+    metrics::describe_gauge!(
+        "cocoon_attestation_collateral_stale",
+        "1 while a collateral item's refresh fails and its cached copy is used until it expires"
+    );
+}
+
+/// Sets the collateral gauges from a status snapshot.
+pub fn publish_metrics(status: &[CollateralStatus], now: u64) {
+    let signed = |t: u64| t as f64 - now as f64;
+    for s in status {
+        let labels = vec![
+            metrics::Label::new("kind", s.kind.to_string()),
+            metrics::Label::new("id", s.id.clone()),
+        ];
+        metrics::gauge!("cocoon_attestation_collateral_age_seconds", labels.clone())
+            .set(now.saturating_sub(s.fetched_at) as f64);
+        metrics::gauge!("cocoon_attestation_collateral_next_update_seconds", labels.clone())
+            .set(signed(s.next_update));
+        metrics::gauge!("cocoon_attestation_collateral_expiry_seconds", labels.clone())
+            .set(signed(s.expires_at));
+        metrics::gauge!("cocoon_attestation_collateral_stale", labels)
+            .set(if s.state == Freshness::Stale { 1.0 } else { 0.0 });
+    }
+    if let Some(min) = status.iter().map(|s| s.expires_at).min() {
+        metrics::gauge!("cocoon_attestation_collateral_next_expiry_timestamp_seconds").set(min as f64);
+    }
+}
+
+/// The collateral cache replicas share: `{prefix}:collateral:{key}` holds the entry (JSON),
+/// `{prefix}:collateral-lock:{key}` elects the one replica that fetches (`SET NX PX` with a
+/// random token; released by a compare-and-delete script so a slow fetcher cannot release a
+/// lock that already passed to another).
+pub struct RedisCollateralShare {
+    conn: redis::aio::ConnectionManager,
+    prefix: String,
+    unlock: redis::Script,
+}
+
+const UNLOCK_LUA: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+impl RedisCollateralShare {
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(2))
+            .set_response_timeout(Duration::from_secs(2));
+        Ok(Self {
+            conn: redis::aio::ConnectionManager::new_with_config(client, cfg).await?,
+            prefix: prefix.to_string(),
+            unlock: redis::Script::new(UNLOCK_LUA),
+        })
+    }
+}
+
+#[async_trait]
+impl SharedCollateral for RedisCollateralShare {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        let mut conn = self.conn.clone();
+        redis::cmd("GET")
+            .arg(format!("{}:collateral:{key}", self.prefix))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| format!("redis: {e}"))
+    }
+
+    async fn put(&self, key: &str, value: &[u8], ttl_secs: u64) -> Result<(), String> {
+        let mut conn = self.conn.clone();
+        redis::cmd("SET")
+            .arg(format!("{}:collateral:{key}", self.prefix))
+            .arg(value)
+            .arg("EX")
+            .arg(ttl_secs.max(1))
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| format!("redis: {e}"))
+    }
+
+    async fn try_lock(&self, key: &str, ttl_ms: u64) -> Result<Option<String>, String> {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(format!("{}:collateral-lock:{key}", self.prefix))
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms.max(1))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| format!("redis: {e}"))?;
+        Ok(set.map(|_| token))
+    }
+
+    async fn unlock(&self, key: &str, token: &str) -> Result<(), String> {
+        let mut conn = self.conn.clone();
+        self.unlock
+            .key(format!("{}:collateral-lock:{key}", self.prefix))
+            .arg(token)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("redis: {e}"))
     }
 }

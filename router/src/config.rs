@@ -53,6 +53,12 @@ pub struct RouterConfig {
     /// Bytes a connection may send before it is admitted (its hello with evidence fits
     /// many times over); a connection past it is closed.
     pub pre_auth_bytes: u64,
+    /// How long a worker has to answer a challenge with its evidence. Sized from the slowest
+    /// real producer: an SEV-SNP guest whose host throttles report requests retries for up
+    /// to 60 s (sev-guest driver), a TDX GetQuote polls for up to 30 s (tdx-guest
+    /// `getquote_timeout`); the worker gives up on its own evidence at 75 s, so the router
+    /// waits 90 s and a timeout here means the worker (or the network) was silent.
+    pub hello_timeout_ms: u64,
 }
 
 impl Default for RouterConfig {
@@ -77,6 +83,7 @@ impl Default for RouterConfig {
             max_price_coefficient: 4000,
             max_unattested_links: 64,
             pre_auth_bytes: 1 << 20,
+            hello_timeout_ms: 90_000,
         }
     }
 }
@@ -93,6 +100,9 @@ impl RouterConfig {
     }
     pub fn worker_liveness(&self) -> Duration {
         Duration::from_millis(self.worker_liveness_ms)
+    }
+    pub fn hello_timeout(&self) -> Duration {
+        Duration::from_millis(self.hello_timeout_ms)
     }
     pub fn circuit_open(&self) -> Duration {
         Duration::from_millis(self.circuit_open_ms)
@@ -149,6 +159,9 @@ impl RouterConfig {
         }
         if self.pre_auth_bytes < 64 * 1024 {
             errs.push(format!("router.pre_auth_bytes must be at least 65536 (a hello with evidence), got {}", self.pre_auth_bytes));
+        }
+        if !(1_000..=600_000).contains(&self.hello_timeout_ms) {
+            errs.push(format!("router.hello_timeout_ms must be in 1000..=600000, got {}", self.hello_timeout_ms));
         }
         if self.worker_queue == 0 {
             errs.push("router.worker_queue must be > 0".to_string());

@@ -21,7 +21,9 @@ pub mod net;
 mod registry;
 mod session;
 
-pub use attest::{AdmitError, Attestor};
+pub use attest::{
+    publish_metrics, spawn_collateral_refresher, AdmitError, Attestor, RedisCollateralShare,
+};
 pub use config::RouterConfig;
 pub use session::{LinkError, PreAuth};
 pub use dispatch::{DispatchOptions, JobStream, RouteError, Ticket};

@@ -14,9 +14,6 @@ use tokio_util::sync::CancellationToken;
 use crate::attest::AdmitError;
 use crate::Router;
 
-/// How long a worker has to answer a challenge.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// What a link holds until the router admits its worker: its place among the unattested
 /// links (`router.max_unattested_links`) and its pre-authentication byte budget
 /// (`router.pre_auth_bytes`). Admission frees the place and lifts the budget.
@@ -42,6 +39,8 @@ pub enum LinkError {
     Nonce(String),
     #[error("{0}")]
     Protocol(String),
+    #[error("router side timed out: no hello within {after:?} of the challenge (router.hello_timeout_ms); the worker's evidence did not arrive in time")]
+    HelloTimeout { after: Duration },
     #[error("worker {worker} silent for {after:?}")]
     Silent { worker: String, after: Duration },
     #[error("worker {0}'s attestation expired without a fresh one")]
@@ -182,14 +181,11 @@ impl Router {
         out.send(msg)
             .await
             .map_err(|_| LinkError::Closed("worker queue closed".into()))?;
-        let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
+        let after = self.config().hello_timeout();
+        let deadline = tokio::time::Instant::now() + after;
         loop {
             match tokio::time::timeout_at(deadline, incoming.next()).await {
-                Err(_) => {
-                    return Err(LinkError::Protocol(format!(
-                        "no hello within {HELLO_TIMEOUT:?} of the challenge"
-                    )))
-                }
+                Err(_) => return Err(LinkError::HelloTimeout { after }),
                 Ok(None) => return Err(LinkError::Closed("before hello".into())),
                 Ok(Some(Err(e))) => return Err(LinkError::Closed(e)),
                 Ok(Some(Ok(WorkerToRouter::Hello(info)))) => return Ok((info, nonce)),

@@ -17,12 +17,18 @@ use attestation::{
 use bytes::Bytes;
 use protocol::{Job, JobEnvelope, Payload};
 
+/// The worker's own bound on producing evidence: above the slowest real producer (SEV-SNP
+/// retries a throttled host for up to 60 s; a TDX GetQuote polls for up to 30 s) and below
+/// the router's default `hello_timeout_ms` (90 s), so a timeout names the side that gave up.
+pub const EVIDENCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(75);
+
 pub struct WorkerTee {
     producer: EvidenceProducer,
     /// The HPKE key of each live router link, by link id.
     links: Mutex<HashMap<u64, Arc<JobOpener>>>,
     /// Signs receipts; its public half is bound into the evidence.
     identity: Arc<IdentityKey>,
+    evidence_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for WorkerTee {
@@ -41,6 +47,7 @@ impl WorkerTee {
             producer,
             links: Mutex::new(HashMap::new()),
             identity: Arc::new(identity),
+            evidence_timeout: EVIDENCE_TIMEOUT,
         })
     }
 
@@ -87,18 +94,26 @@ impl WorkerTee {
 
     /// Real TDX / SEV-SNP evidence through configfs-tsm when this is a confidential VM;
     /// otherwise the simulated TEE if `allow_simulated`, else an error saying why.
+    /// "TEE present" means configfs-tsm makes a report directory and names a TDX or SEV-SNP
+    /// provider, not merely that the directory exists (it does whenever the module is loaded).
     pub fn detect(allow_simulated: bool) -> Result<Self, String> {
-        match EvidenceProducer::detect() {
-            Some(p) => Self::new(p).map_err(|e| e.to_string()),
-            None if allow_simulated => {
-                tracing::warn!("no TEE found (configfs-tsm absent): using the INSECURE SIMULATED TEE");
+        match EvidenceProducer::detect_at(attestation::ConfigfsTsm::default()) {
+            Ok(p) => Self::new(p).map_err(|e| e.to_string()),
+            Err(why) if allow_simulated => {
+                tracing::warn!(reason = %why, "no TEE found: using the INSECURE SIMULATED TEE");
                 Self::simulated().map_err(|e| e.to_string())
             }
-            None => Err(format!(
-                "no TEE evidence source: {} is absent (not a TDX/SEV-SNP guest?) and the simulated TEE is not allowed",
-                attestation::CONFIGFS_TSM_REPORT
+            Err(why) => Err(format!(
+                "no TEE evidence source ({why}) and the simulated TEE is not allowed"
             )),
         }
+    }
+
+    /// Gives up on producing evidence after `after` (default [`EVIDENCE_TIMEOUT`]), so the
+    /// worker reports its own timeout before the router's `hello_timeout_ms` runs out.
+    pub fn with_evidence_timeout(mut self, after: std::time::Duration) -> Self {
+        self.evidence_timeout = after;
+        self
     }
 
     pub fn is_insecure_simulated(&self) -> bool {
@@ -120,15 +135,20 @@ impl WorkerTee {
             .map_err(|_| format!("nonce must be 32 bytes, got {}", nonce.len()))?;
         let key = self.link_key(link_id).map_err(|e| e.to_string())?.public_key();
         let this = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let after = self.evidence_timeout;
+        // A read stuck in the kernel keeps its blocking thread until the kernel returns; the
+        // link does not wait for it.
+        let task = tokio::task::spawn_blocking(move || {
             let att = this
                 .producer
                 .attest_worker(key, &tls_spki_der, Nonce(nonce), this.identity.public(), models_digest, attestation::unix_now())
                 .map_err(|e| e.to_string())?;
             serde_json::to_vec(&att).map(Bytes::from).map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| format!("evidence task: {e}"))?
+        });
+        match tokio::time::timeout(after, task).await {
+            Ok(joined) => joined.map_err(|e| format!("evidence task: {e}"))?,
+            Err(_) => Err(attestation::EvidenceError::Timeout { what: "producing TEE evidence", after }.to_string()),
+        }
     }
 
     /// Opens the HPKE context the router set up for link `link_id` (`RouterToWorker::Session`).

@@ -28,6 +28,13 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let listener = cocoon::roles::start_worker_listener(&cfg, router.clone(), stop.clone())
         .await?
         .context("cocoon gateway needs router.worker_listen (where workers connect)")?;
+    // SIGHUP applies a changed [attestation.policy] (e.g. a raised TCB evaluation data number).
+    cocoon::attest::AttestationSection::spawn_policy_reload(
+        args.config.config.clone(),
+        cfg.environment == cocoon::config::Environment::Production,
+        router.clone(),
+        stop.clone(),
+    );
     let gw = cocoon::roles::start_gateway(&cfg, router, stop.clone()).await?;
     let settlement = match &gw.meter {
         Some(m) => cocoon::settlement::start(&cfg, m.ledger(), stop.clone())?,

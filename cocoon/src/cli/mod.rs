@@ -2,6 +2,7 @@
 //! and dispatches, so adding a command touches one new file and two lines there.
 
 pub mod accounts;
+pub mod attest;
 pub mod config_check;
 pub mod dev;
 pub mod gateway;
