@@ -13,6 +13,16 @@ python3 -c 'import sys; sys.stdout.buffer.write(b"\0" + bytes.fromhex(open(sys.a
 { printf '\1'; cat "$data"/vcek_milan.der; } > corpus/snp_report/vcek_milan
 printf '{"kind":"simulated","data":{"insecure_simulated":true}}' > corpus/evidence_json/simulated
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+# libFuzzer prints a line per new input: each target's output goes to its own log, and only a
+# summary (or, on a crash, the log's tail) reaches the terminal, so a CI log stays readable.
+logs="${FUZZ_LOG_DIR:-$CARGO_TARGET_DIR/fuzz-logs}"
+mkdir -p "$logs"
 for t in tdx_quote snp_report evidence_json; do
-  cargo +nightly fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=16384 -rss_limit_mb=2048
+  if ! cargo +nightly fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=16384 -rss_limit_mb=2048 \
+      >"$logs/$t.log" 2>&1; then
+    echo "fuzz target $t FAILED; last lines of $logs/$t.log:" >&2
+    tail -n 60 "$logs/$t.log" >&2
+    exit 1
+  fi
+  echo "fuzz target $t: $(grep -E '^#[0-9]+ +DONE' "$logs/$t.log" | tail -n 1)" >&2
 done

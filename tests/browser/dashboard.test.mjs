@@ -122,6 +122,9 @@ describe('dashboard in Chromium', { concurrency: false }, () => {
     fakeServer = await fake.listen();
 
     Object.assign(env, {
+      // Commands other than `cocoon dev` default to production, which refuses simulated TEEs.
+      COCOON__ENVIRONMENT: 'development',
+      COCOON__GATEWAY__METRICS_LISTEN: '127.0.0.1:0',
       COCOON__DATA_DIR: join(dir, 'gateway'),
       COCOON__LOG: 'warn,ton=info',
       COCOON__GATEWAY__LISTEN: `127.0.0.1:${port}`,
@@ -144,7 +147,7 @@ describe('dashboard in Chromium', { concurrency: false }, () => {
     mkdirSync(env.COCOON__DATA_DIR, { recursive: true });
     // Before the gateway: a price for the test model, and the GPU owner's operator key.
     cocoon(['prices', 'set', 'cocoon-test', '--prompt', '100000000', '--completion', '100000000']);
-    operatorKey = cocoon(['keys', 'create', '--name', 'operator', '--account', WORKER]);
+    operatorKey = cocoon(['keys', 'create', '--name', 'operator', '--worker', WORKER]);
 
     gateway = start('gateway', ['gateway']);
     const pin = await until('the gateway to print its certificate pin', () => /router certificate SHA-256[^:]*: ([0-9a-f]{64})/.exec(logs.gateway)?.[1], 60_000);
