@@ -296,7 +296,7 @@ pub struct SealedAnswer {
     request_sha256: [u8; 32],
     worker: TrustedWorker,
     pending: Vec<Frame>,
-    receipt: Option<Receipt>,
+    receipt: Option<(SignedReceipt, Receipt)>,
     ended: bool,
     pub headers: reqwest::header::HeaderMap,
 }
@@ -350,7 +350,13 @@ impl SealedAnswer {
 
     /// The checked receipt, once the final frame was read.
     pub fn receipt(&self) -> Option<&Receipt> {
-        self.receipt.as_ref()
+        self.receipt.as_ref().map(|(_, r)| r)
+    }
+
+    /// The checked receipt as the worker signed it (to keep, or to verify again offline
+    /// with `cocoon receipt verify`).
+    pub fn signed_receipt(&self) -> Option<&SignedReceipt> {
+        self.receipt.as_ref().map(|(s, _)| s)
     }
 
     fn check_receipt(&mut self, signed: Option<&SignedReceipt>, transcript: &[u8]) -> Result<(), ClientError> {
@@ -366,7 +372,81 @@ impl SealedAnswer {
         expect(r.model == self.facts.model, "the receipt names another model")?;
         expect(r.request_sha256 == hex::encode(self.request_sha256), "the receipt's request digest is not of the body sent")?;
         expect(r.response_sha256 == hex::encode(transcript), "the receipt's response digest is not of the frames received")?;
-        self.receipt = Some(r);
+        self.receipt = Some((signed.clone(), r));
         Ok(())
     }
+}
+
+/// A receipt that [`verify_receipt_offline`] accepted.
+#[derive(Clone, Debug)]
+pub struct OfflineReceipt {
+    pub receipt: Receipt,
+    /// The report entry whose attested identity key signed it.
+    pub worker_id: String,
+    /// That worker's verdict under the given policy, at the time checked.
+    pub verdict: String,
+}
+
+/// Reads receipts as saved by a client or exported by a worker: one per line, each either the
+/// `x-cocoon-receipt` header value (base64url), an SSE comment `: cocoon-receipt <base64url>`,
+/// or the JSON of a [`SignedReceipt`]. Blank lines are skipped.
+pub fn parse_receipts(text: &str) -> Result<Vec<SignedReceipt>, ClientError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let line = line.strip_prefix(": cocoon-receipt").map(str::trim).unwrap_or(line);
+        let parsed = if line.starts_with('{') {
+            serde_json::from_str::<SignedReceipt>(line).map_err(|e| e.to_string())
+        } else {
+            SignedReceipt::from_header(line).map_err(|e| e.to_string())
+        };
+        out.push(parsed.map_err(|e| ClientError::Receipt(format!("line {}: {e}", i + 1)))?);
+    }
+    if out.is_empty() {
+        return Err(ClientError::Receipt("no receipt found".into()));
+    }
+    Ok(out)
+}
+
+/// Checks `signed` offline against a saved `/v1/attestation/report` answer: some worker entry
+/// of the report must pass `policy` at time `at` (unix seconds; default: when the receipt's
+/// job finished, so the question is whether that worker was trustworthy when it did the job)
+/// and have attested the identity key that signed the receipt, under the worker id the
+/// receipt names. The report's nonce freshness is not rechecked: it was the saver's to check.
+pub fn verify_receipt_offline(report_json: &[u8], signed: &SignedReceipt, policy: Policy, at: Option<u64>) -> Result<OfflineReceipt, ClientError> {
+    let raw: serde_json::Value = serde_json::from_slice(report_json).map_err(|e| ClientError::Report(e.to_string()))?;
+    let entries: Vec<Entry> = serde_json::from_value(raw.get("workers").cloned().unwrap_or_default())
+        .map_err(|e| ClientError::Report(format!("workers: {e}")))?;
+    let report: AttestationReport = serde_json::from_value(raw).map_err(|e| ClientError::Report(e.to_string()))?;
+    // The signature first, against the key the receipt names: a receipt that does not even
+    // verify under its own signer is refused before any evidence is looked at.
+    let receipt = signed.verify(&signed.signer).map_err(|e| ClientError::Receipt(e.to_string()))?;
+    let at = at.unwrap_or(receipt.finished_at_ms / 1000);
+    let verifier = Verifier::new(policy);
+    let mut why = Vec::new();
+    for (att, e) in report.workers.iter().zip(entries) {
+        let id = e.worker_id.unwrap_or_default();
+        match verifier.verify_attestation(att, &report.nonce, at) {
+            Ok(w) if w.identity_key == Some(signed.signer) => {
+                if id != receipt.worker_id {
+                    return Err(ClientError::Receipt(format!(
+                        "signed by the key worker {id:?} attested, but the receipt names worker {:?}",
+                        receipt.worker_id
+                    )));
+                }
+                return Ok(OfflineReceipt { receipt, worker_id: id, verdict: w.describe() });
+            }
+            Ok(_) => {}
+            Err(err) if att.identity_key == Some(signed.signer) => why.push(format!("{id}: ({}) {err}", err.rule())),
+            Err(_) => {}
+        }
+    }
+    Err(ClientError::Receipt(if why.is_empty() {
+        format!("no worker in the report attested the signing key {}", signed.signer.fingerprint())
+    } else {
+        format!("the worker that attested the signing key fails the policy: {}", why.join("; "))
+    }))
 }

@@ -2,6 +2,7 @@
 //! over this; end-to-end tests start the same [`dev::DevNetwork`] in-process.
 
 pub mod attest;
+pub mod client_proxy;
 pub mod config;
 pub mod dev;
 pub mod engine;

@@ -25,6 +25,11 @@ enum Cmd {
     /// Verify a network's workers yourself: fetch `/v1/attestation/report` with a random nonce
     /// and check every worker's evidence locally. Exits non-zero on any failure.
     Verify(cli::verify::VerifyArgs),
+    /// A local OpenAI-compatible endpoint that seals every request end to end to an attested
+    /// worker and checks every answer and receipt: point any SDK's base URL at it.
+    ClientProxy(cli::client_proxy::ClientProxyArgs),
+    /// Signed receipts: `receipt verify` checks them offline against a saved report.
+    Receipt(cli::receipt::ReceiptArgs),
     /// Attestation chores: `attest collateral fetch|show|refresh`.
     Attest(cli::attest::AttestArgs),
     /// Manage API keys (stored as SHA-256 hashes in the database every gateway reads).
@@ -50,6 +55,8 @@ async fn main() -> std::process::ExitCode {
         Cmd::Gateway(a) => cli::gateway::run(a).await,
         Cmd::Worker(a) => cli::worker::run(a).await,
         Cmd::Verify(a) => cli::verify::run(a).await,
+        Cmd::ClientProxy(a) => cli::client_proxy::run(a).await,
+        Cmd::Receipt(a) => cli::receipt::run(a).await,
         Cmd::Attest(a) => cli::attest::run(a).await,
         Cmd::Keys(a) => cli::keys::run(a).await,
         Cmd::Accounts(a) => cli::accounts::run(a).await,

@@ -35,18 +35,25 @@ pub fn report_url(base_url: &str, model: &str, nonce: &Nonce) -> String {
     format!("{base}/v1/attestation/report?model={model}&nonce={}", nonce.to_hex())
 }
 
-/// Prints a verdict per worker; `Ok(true)` when every worker verified.
-pub async fn run(args: VerifyArgs, out: &mut impl std::io::Write) -> anyhow::Result<bool> {
-    let mut policy = match &args.policy {
+/// The client's policy: a TOML file (as `[attestation.policy]`) or the strict defaults, and
+/// the simulated TEE only when asked for (to check a `cocoon dev` network).
+pub fn load_policy(path: Option<&std::path::Path>, allow_simulated: bool) -> anyhow::Result<Policy> {
+    let mut policy = match path {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             toml::from_str::<Policy>(&text).with_context(|| format!("parsing policy {}", p.display()))?
         }
         None => Policy::default(),
     };
-    if args.allow_simulated {
+    if allow_simulated {
         policy.allow_insecure_simulated_tee = true;
     }
+    Ok(policy)
+}
+
+/// Prints a verdict per worker; `Ok(true)` when every worker verified.
+pub async fn run(args: VerifyArgs, out: &mut impl std::io::Write) -> anyhow::Result<bool> {
+    let policy = load_policy(args.policy.as_deref(), args.allow_simulated)?;
     let nonce = Nonce::random().context("drawing a nonce")?;
     let created = attestation::unix_now();
     let url = report_url(&args.base_url, &args.model, &nonce);

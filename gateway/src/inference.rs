@@ -406,6 +406,9 @@ impl Call {
                 if simulated {
                     resp.headers_mut().insert(TEE_HEADER, HeaderValue::from_static("simulated"));
                 }
+                if let Some(r) = crate::relay::receipt_header(events.receipt()) {
+                    resp.headers_mut().insert(crate::relay::RECEIPT_HEADER, r);
+                }
                 Ok(resp)
             }
             Some(JobEvent::Failed { error, .. }) => Err(ApiError::upstream(error)),

@@ -4,6 +4,8 @@
 //! [`router::JobStream`] (cancelling the job at the worker), releases the in-flight permit and
 //! records the stream as cut. Frames are `data: {chunk}\n\n`, ending with `data: [DONE]\n\n`;
 //! a worker failure mid-stream becomes one `data: {"error": …}` event and the stream ends.
+//! The worker's receipt, once the router found it valid, precedes `[DONE]` as the SSE comment
+//! `: cocoon-receipt <base64url>` (SDKs skip comments; docs/e2e.md, section 6).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -89,7 +91,44 @@ pub struct SseRelay {
     keepalive_every: Duration,
     /// Fires when the client has had no byte for `keepalive_every`.
     keepalive: Pin<Box<tokio::time::Sleep>>,
+    /// The receipt comment, taken from the job at its end and sent just before `[DONE]`.
+    receipt: Option<Bytes>,
     _permit: OwnedSemaphorePermit,
+}
+
+/// `: cocoon-receipt <base64url>` for a receipt the router found valid; nothing otherwise
+/// (an invalid receipt is the router's alarm, not something to hand a client as proof).
+pub(crate) fn receipt_comment(check: Option<&router::ReceiptCheck>) -> Option<Bytes> {
+    match check {
+        Some(router::ReceiptCheck::Valid { signed, .. }) => Some(Bytes::from(format!(": cocoon-receipt {}\n\n", signed.to_header()))),
+        _ => None,
+    }
+}
+
+/// The `x-cocoon-receipt` header value of a whole answer, for a valid receipt.
+pub(crate) fn receipt_header(check: Option<&router::ReceiptCheck>) -> Option<axum::http::HeaderValue> {
+    match check {
+        Some(router::ReceiptCheck::Valid { signed, .. }) => axum::http::HeaderValue::from_str(&signed.to_header()).ok(),
+        _ => None,
+    }
+}
+
+/// Carries the worker's signed receipt on a whole answer (base64url of its JSON).
+pub const RECEIPT_HEADER: &str = "x-cocoon-receipt";
+
+const DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// `[DONE]`, after the receipt comment when there is one.
+fn done_frame(receipt: Option<Bytes>) -> Bytes {
+    match receipt {
+        None => Bytes::from_static(DONE),
+        Some(r) => {
+            let mut b = BytesMut::with_capacity(r.len() + DONE.len());
+            b.put_slice(&r);
+            b.put_slice(DONE);
+            b.freeze()
+        }
+    }
 }
 
 enum Phase {
@@ -144,6 +183,7 @@ impl SseRelay {
             bounds: p.bounds,
             keepalive_every: p.keepalive,
             keepalive: Box::pin(tokio::time::sleep(p.keepalive)),
+            receipt: None,
             _permit: p.permit,
         }
     }
@@ -163,7 +203,7 @@ impl SseRelay {
     /// One job event to at most one SSE frame (`None`: nothing to send for it).
     fn on_event(&mut self, ev: JobEvent, cx: &mut Context<'_>) -> Option<Bytes> {
         match ev {
-            // The router checks receipts and never passes them on.
+            // The router consumes and checks receipts; its verdict is read at `Done`.
             JobEvent::Receipt { .. } => None,
             JobEvent::Chunk { data } => {
                 if !self.include_usage && is_usage_only(&data) {
@@ -179,6 +219,10 @@ impl SseRelay {
                 Some(frame(&data))
             }
             JobEvent::Done { usage } => {
+                // The router settled its verdict on the receipt with this terminal event.
+                if let Phase::Streaming(job) = &self.phase {
+                    self.receipt = receipt_comment(job.receipt());
+                }
                 let usage = usage.map(|u| self.bounds.clamp(&u, &self.worker()));
                 self.finish(usage.as_ref());
                 match self.bill.take() {
@@ -189,7 +233,7 @@ impl SseRelay {
                         cx.waker().wake_by_ref();
                         None
                     }
-                    None => Some(Bytes::from_static(b"data: [DONE]\n\n")),
+                    None => Some(done_frame(self.receipt.take())),
                 }
             }
             JobEvent::Failed { error, usage } => {
@@ -263,7 +307,7 @@ impl SseRelay {
                     };
                     self.phase = Phase::Finished;
                     return Poll::Ready(Some(match r {
-                        Ok(_) => Bytes::from_static(b"data: [DONE]\n\n"),
+                        Ok(_) => done_frame(self.receipt.take()),
                         Err(e) => {
                             // Neither committed nor journalled: the stream does not end as a
                             // success. (Its content is out; the hold stays for the reaper.)

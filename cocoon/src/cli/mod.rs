@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod attest;
+pub mod client_proxy;
 pub mod config_check;
 pub mod dev;
 pub mod gateway;
@@ -11,6 +12,7 @@ pub mod ledger;
 pub mod openapi;
 pub mod payouts;
 pub mod prices;
+pub mod receipt;
 pub mod verify;
 pub mod worker;
 

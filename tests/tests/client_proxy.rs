@@ -1,0 +1,294 @@
+//! End-to-end sealing through `cocoon client-proxy` against the real dev network: an OpenAI
+//! client talks plain JSON/SSE to the proxy; the proxy seals to the attested worker; the
+//! gateway relays bytes it cannot read. A recording relay between proxy and gateway sees every
+//! byte of that hop, so the tests can assert what it never carries, and can tamper with it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use attestation::receipt::SignedReceipt;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::Response;
+use cocoon_client::{ClientConfig, SealedClient};
+use futures::StreamExt;
+use serde_json::json;
+
+const MODEL: &str = "cocoon-test";
+const MARKER: &str = "zebra-quartz-marker-7731";
+
+/// What the relay does to the gateway's answers.
+#[derive(Clone, Copy, PartialEq)]
+enum Tamper {
+    None,
+    /// Flip one bit of a sealed answer's first frame ciphertext.
+    FlipAnswerByte,
+    /// Lower the declared output bound in transit (a gateway trying to bill less, or a
+    /// client's bound that disagrees with its sealed body).
+    LowerDeclaredBound,
+}
+
+#[derive(Clone)]
+struct Relay {
+    upstream: String,
+    http: reqwest::Client,
+    seen: Arc<Mutex<Vec<u8>>>,
+    tamper: Tamper,
+}
+
+async fn relay(State(r): State<Relay>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let url = format!("{}{}", r.upstream, uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    let mut req = r.http.request(method, url);
+    let mut sealed = false;
+    for (k, v) in &headers {
+        if k == "host" || k == "content-length" {
+            continue;
+        }
+        let mut v = v.clone();
+        if k == "cocoon-e2e-max-output-tokens" && r.tamper == Tamper::LowerDeclaredBound {
+            v = "1".parse().unwrap();
+        }
+        if k == "cocoon-e2e" {
+            sealed = true;
+        }
+        r.seen.lock().unwrap().extend_from_slice(k.as_str().as_bytes());
+        r.seen.lock().unwrap().extend_from_slice(v.as_bytes());
+        req = req.header(k, v);
+    }
+    r.seen.lock().unwrap().extend_from_slice(&body);
+    let resp = req.body(body).send().await.unwrap();
+    let mut out = Response::builder().status(resp.status().as_u16());
+    for (k, v) in resp.headers() {
+        if k != "content-length" && k != "transfer-encoding" {
+            out = out.header(k, v);
+            r.seen.lock().unwrap().extend_from_slice(v.as_bytes());
+        }
+    }
+    let seen = r.seen.clone();
+    let flip = sealed && r.tamper == Tamper::FlipAnswerByte;
+    let mut offset = 0usize;
+    let stream = resp.bytes_stream().map(move |chunk| {
+        let chunk = chunk.unwrap();
+        let mut v = chunk.to_vec();
+        // "COCOE2E1" + 32-byte response nonce + 13-byte frame header: byte 60 is ciphertext.
+        if flip && (offset..offset + v.len()).contains(&60) {
+            v[60 - offset] ^= 0x01;
+        }
+        offset += chunk.len();
+        seen.lock().unwrap().extend_from_slice(&v);
+        Ok::<_, std::convert::Infallible>(Bytes::from(v))
+    });
+    out.body(Body::from_stream(stream)).unwrap()
+}
+
+struct Setup {
+    net: common::Net,
+    proxy: String,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+async fn setup(tamper: Tamper) -> Setup {
+    let net = common::start(|_| {}).await;
+    let upstream = format!("http://{}", net.gateway_addr);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let r = Relay { upstream, http: reqwest::Client::new(), seen: seen.clone(), tamper };
+    let relay_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = relay_listener.local_addr().unwrap();
+    let app = axum::Router::new().fallback(relay).with_state(r);
+    tokio::spawn(async move { axum::serve(relay_listener, app).await.unwrap() });
+
+    let policy = attestation::Policy { allow_insecure_simulated_tee: true, ..Default::default() };
+    let client = Arc::new(
+        SealedClient::new(ClientConfig {
+            base_url: format!("http://{relay_addr}/v1"),
+            api_key: net.api_key.clone(),
+            policy,
+            timeout: Duration::from_secs(30),
+            default_max_tokens: 64,
+            pad_to: 0,
+            reverify_after: Duration::from_secs(300),
+        })
+        .unwrap(),
+    );
+    let verdict = cocoon::client_proxy::verify_all(&client).await.unwrap();
+    assert!(verdict.contains("TRUSTED"), "{verdict}");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(cocoon::client_proxy::serve(client, listener, tokio_util::sync::CancellationToken::new()));
+    Setup { net, proxy, seen }
+}
+
+fn chat(stream: bool) -> serde_json::Value {
+    json!({"model": MODEL, "stream": stream, "max_tokens": 12,
+           "messages": [{"role": "user", "content": format!("Repeat after me: {MARKER}")}]})
+}
+
+async fn post(url: &str, body: &serde_json::Value) -> reqwest::Response {
+    common::http().post(url).json(body).send().await.unwrap()
+}
+
+/// The identity key the (only) dev worker attests, from the network's report.
+async fn identity(net: &common::Net) -> attestation::receipt::IdentityPublicKey {
+    let report: attestation::AttestationReport = common::http()
+        .get(format!("{}/attestation/report?model={MODEL}&nonce={}", net.base_url, "cd".repeat(32)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    report.workers[0].identity_key.expect("the dev worker attests an identity key")
+}
+
+/// The dev account's balance: (total, held).
+async fn balance(net: &common::Net) -> (i64, i64) {
+    let b: serde_json::Value = common::http()
+        .get(format!("{}/account/balance", net.base_url))
+        .bearer_auth(&net.api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (b["total"].as_i64().unwrap(), b["held"].as_i64().unwrap())
+}
+
+#[tokio::test]
+async fn sdk_requests_through_the_proxy_are_sealed_end_to_end_with_receipts() {
+    let s = setup(Tamper::None).await;
+    // A whole answer: plain OpenAI JSON to the SDK, the receipt in a header.
+    let resp = post(&format!("{}/chat/completions", s.proxy), &chat(false)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-cocoon-tee"], "simulated");
+    let receipt = SignedReceipt::from_header(resp.headers()["x-cocoon-receipt"].to_str().unwrap()).unwrap();
+    let r = receipt.verify(&identity(&s.net).await).expect("signed by the attested identity");
+    let v: serde_json::Value = resp.json().await.unwrap();
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    assert!(!content.is_empty());
+    assert_eq!(v["usage"]["completion_tokens"].as_u64().unwrap(), r.usage.completion_tokens);
+    assert_eq!(v["usage"]["prompt_tokens"].as_u64().unwrap(), r.usage.prompt_tokens);
+    assert!(r.request_id.is_some(), "a sealed job's receipt names the client's request id");
+
+    // A stream: chunks as SSE, the receipt as a comment before [DONE].
+    let resp = post(&format!("{}/chat/completions", s.proxy), &chat(true)).await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let comment = text.lines().find_map(|l| l.strip_prefix(": cocoon-receipt ")).expect("receipt comment");
+    let streamed = SignedReceipt::from_header(comment).unwrap().verify(&identity(&s.net).await).unwrap();
+    let chunks: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"), "{text}");
+    let streamed_text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert!(!streamed_text.is_empty());
+
+    // Embeddings are sealed too.
+    let resp = post(&format!("{}/embeddings", s.proxy), &json!({"model": MODEL, "input": MARKER})).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().contains_key("x-cocoon-receipt"));
+
+    // Not one byte between proxy and gateway carried the prompt or a completion.
+    let seen = String::from_utf8_lossy(&s.seen.lock().unwrap()).into_owned();
+    assert!(seen.contains("cocoon-e2e"), "the relay saw the sealed requests");
+    assert!(!seen.contains(MARKER), "the prompt marker crossed the gateway hop in clear");
+    for text in [&content, &streamed_text] {
+        if text.len() >= 8 {
+            assert!(!seen.contains(text.as_str()), "a completion crossed the gateway hop in clear: {text}");
+        }
+    }
+
+    // The ledger charged exactly what the receipts state, job by job.
+    let usage: serde_json::Value = common::http()
+        .get(format!("{}/account/usage", s.net.base_url))
+        .bearer_auth(&s.net.api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rows = usage["data"].as_array().expect("usage rows");
+    for rec in [&r, &streamed] {
+        let row = rows.iter().find(|row| row["job_id"] == rec.job_id.to_string()).unwrap_or_else(|| panic!("no charge for job {}: {usage}", rec.job_id));
+        assert_eq!(row["usage"]["prompt_tokens"].as_u64().unwrap(), rec.usage.prompt_tokens, "{row}");
+        assert_eq!(row["usage"]["completion_tokens"].as_u64().unwrap(), rec.usage.completion_tokens, "{row}");
+    }
+
+    // Receipts verify offline against a saved report; a forged signature or a report without
+    // the signer does not.
+    let nonce = "ab".repeat(32);
+    let report = common::http()
+        .get(format!("{}/attestation/report?model={MODEL}&nonce={nonce}", s.net.base_url))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let policy = attestation::Policy { allow_insecure_simulated_tee: true, ..Default::default() };
+    let ok = cocoon_client::verify_receipt_offline(&report, &receipt, policy.clone(), None).unwrap();
+    assert_eq!(ok.receipt.job_id, r.job_id);
+    let mut forged = receipt.clone();
+    forged.signature[0] ^= 1;
+    let e = cocoon_client::verify_receipt_offline(&report, &forged, policy.clone(), None).unwrap_err();
+    assert!(e.to_string().contains("signature"), "{e}");
+    let other = attestation::receipt::IdentityKey::generate().unwrap();
+    let foreign = other.sign(&receipt.verify(&receipt.signer).unwrap()).unwrap();
+    let e = cocoon_client::verify_receipt_offline(&report, &foreign, policy.clone(), None).unwrap_err();
+    assert!(e.to_string().contains("no worker in the report attested"), "{e}");
+    let e = cocoon_client::verify_receipt_offline(&report, &receipt, attestation::Policy::default(), None).unwrap_err();
+    assert!(e.to_string().contains("fails the policy"), "strict policy refuses the simulated TEE: {e}");
+
+    // Paths that cannot be sealed are refused, never forwarded in clear.
+    let resp = post(&format!("{}/audio/speech", s.proxy), &json!({"model": MODEL, "input": MARKER})).await;
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["error"]["code"], "not_sealable");
+    s.net.net.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tampered_answer_fails_at_the_client_whole_or_streamed() {
+    let s = setup(Tamper::FlipAnswerByte).await;
+    let resp = post(&format!("{}/chat/completions", s.proxy), &chat(false)).await;
+    assert_eq!(resp.status(), 502);
+    let e: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "verification_failed", "{e}");
+
+    let resp = post(&format!("{}/chat/completions", s.proxy), &chat(true)).await;
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("verification_failed"), "{text}");
+    assert!(!text.contains("[DONE]"), "a stream that failed its checks must not end as a success: {text}");
+    s.net.net.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_declared_bound_changed_in_transit_is_refused_and_nothing_is_charged() {
+    let s = setup(Tamper::LowerDeclaredBound).await;
+    let (before, _) = balance(&s.net).await;
+    let resp = post(&format!("{}/chat/completions", s.proxy), &chat(false)).await;
+    assert_ne!(resp.status(), 200, "a body sealed for other facts must not run");
+    let body = resp.text().await.unwrap();
+    assert!(!body.contains(MARKER), "{body}");
+    // Nothing charged, and the hold released.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (total, held) = balance(&s.net).await;
+        if held == 0 {
+            assert_eq!(total, before, "nothing charged for a refused sealed request ({body})");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the hold was not released: {held} nanoTON held");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.net.net.shutdown().await;
+}
