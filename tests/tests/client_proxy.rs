@@ -292,3 +292,25 @@ async fn a_declared_bound_changed_in_transit_is_refused_and_nothing_is_charged()
     }
     s.net.net.shutdown().await;
 }
+
+#[tokio::test]
+async fn clear_answers_carry_the_workers_receipt() {
+    let net = common::start(|_| {}).await;
+    let key = identity(&net).await;
+    let resp = common::post_chat(&net, &net.api_key, &chat(false)).await;
+    assert_eq!(resp.status(), 200);
+    let job: uuid::Uuid = resp.headers()["x-request-id"].to_str().unwrap().parse().unwrap();
+    let r = SignedReceipt::from_header(resp.headers()["x-cocoon-receipt"].to_str().unwrap()).unwrap().verify(&key).unwrap();
+    assert_eq!(r.job_id, job, "the receipt is for this request");
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["usage"]["completion_tokens"].as_u64().unwrap(), r.usage.completion_tokens);
+
+    let resp = common::post_chat(&net, &net.api_key, &chat(true)).await;
+    let text = resp.text().await.unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.last(), Some(&"data: [DONE]"), "{text}");
+    let comment = lines[lines.len() - 2].strip_prefix(": cocoon-receipt ").unwrap_or_else(|| panic!("receipt comment right before [DONE]: {text}"));
+    let r = SignedReceipt::from_header(comment).unwrap().verify(&key).unwrap();
+    assert!(r.usage.completion_tokens > 0);
+    net.net.shutdown().await;
+}
