@@ -21,6 +21,8 @@ ENGINE_URL = os.environ.get("COCOON_ENGINE_URL", "http://127.0.0.1:18081").rstri
 MODEL = os.environ.get("COCOON_MODEL", "cocoon-test")
 MAX_BODY_BYTES = int(os.environ.get("COCOON_MAX_BODY_BYTES", "1048576"))
 GATEWAY = os.environ.get("COCOON_GATEWAY") == "1"
+# The suite runs through `cocoon client-proxy`: every request sealed end to end.
+E2E_PROXY = os.environ.get("COCOON_E2E_PROXY") == "1"
 
 # Every network call has a timeout: the SDK clients get TIMEOUT_S, httpx clients HTTP_TIMEOUT.
 TIMEOUT_S = 30.0
@@ -115,13 +117,21 @@ def parse_sse(body: bytes) -> list[dict[str, Any]]:
     """Parse an OpenAI-style SSE body strictly and return the JSON chunks (without [DONE]).
 
     Asserts the exact framing OpenAI uses: every event is one line ``data: <payload>``
-    followed by a blank line, and the stream ends with ``data: [DONE]\\n\\n``.
+    followed by a blank line, and the stream ends with ``data: [DONE]\\n\\n``. SSE comments
+    (one line starting with ``:``, which every SSE client skips) are allowed: keep-alives, and
+    Cocoon's ``: cocoon-receipt <base64url>``, which when present comes right before [DONE].
     """
     text = body.decode("utf-8")
     assert text.endswith("data: [DONE]\n\n"), f"stream does not end with 'data: [DONE]\\n\\n': {text[-200:]!r}"
     events = text.split("\n\n")
     assert events[-1] == "", "trailing bytes after the last event"
     events = events[:-1]
+    receipts = [i for i, ev in enumerate(events) if ev.startswith(": cocoon-receipt ")]
+    assert receipts in ([], [len(events) - 2]), f"a receipt comment comes once, right before [DONE]: {receipts}"
+    for ev in events:
+        if ev.startswith(":"):
+            assert "\n" not in ev and "\r" not in ev, f"SSE comment spans several lines: {ev[:200]!r}"
+    events = [ev for ev in events if not ev.startswith(":")]
     for ev in events:
         assert ev.startswith("data: "), f"SSE event is not a single 'data: ' line: {ev[:200]!r}"
         assert "\n" not in ev and "\r" not in ev, f"SSE event spans several lines: {ev[:200]!r}"

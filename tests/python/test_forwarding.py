@@ -19,6 +19,8 @@ import pytest
 import helpers
 from helpers import PERSON_SCHEMA, TOOLS, engine_last_request, user
 
+pytestmark = pytest.mark.clear_path
+
 UNKNOWN_FIELDS = {"my_unknown_param": {"x": [1, 2]}, "test_engine": {"completion_tokens": 4}}
 
 CHAT_CASES: dict[str, dict[str, Any]] = {
