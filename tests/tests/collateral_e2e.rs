@@ -33,8 +33,8 @@ async fn the_router_fetches_collateral_and_metrics_and_the_cli_show_its_freshnes
     svc.fetch_for(&ev, &[], TDX_NOW).await.expect("fetch from the PCS replay");
     assert_eq!(replay.hits_matching("/tdx/certification/v4/tcb?fmspc=B0C06F000000"), 1);
 
-    // The router's background task publishes the entry on the gateway's /metrics.
-    let metrics_url = format!("http://{}/metrics", net.gateway_addr);
+    // The router's background task publishes the entry on the gateway's metrics listener.
+    let metrics_url = format!("http://{}/metrics", net.gateway_metrics_addr.expect("the gateway serves metrics on its own listener"));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let body = loop {
         let body = common::http().get(&metrics_url).send().await.expect("GET /metrics").text().await.expect("body");
