@@ -2,6 +2,7 @@
 //!
 //! - `stream`: streaming requests one after another, timing the first token and every chunk as
 //!   the client sees it (time to first token, interval between chunks, tokens/s).
+//! - `whole`: non-streaming requests one after another, timing each answer.
 //! - `idle`: holds N streams open and idle (the engine sends the first chunk and then waits),
 //!   reports when all are open and keeps them until a line arrives on stdin, so the harness can
 //!   read each process's RSS with N streams open.
@@ -58,6 +59,17 @@ enum Cmd {
         /// Give up on the whole run after this long (what was measured is still printed).
         #[arg(long, default_value_t = 120)]
         budget_secs: u64,
+    },
+    /// Sequential non-streaming requests; prints latency percentiles.
+    Whole {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+        #[arg(long, default_value_t = 16)]
+        max_tokens: u32,
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
     },
     /// Opens N streams that stay idle after their first chunk; holds them until stdin has a line.
     Idle {
@@ -253,6 +265,45 @@ async fn run_stream(t: Target, requests: usize, max_tokens: u32, warmup: usize, 
     Ok(())
 }
 
+async fn run_whole(t: Target, requests: usize, max_tokens: u32, warmup: usize) -> anyhow::Result<()> {
+    let c = client(4)?;
+    let mut b = body(&t, max_tokens)?;
+    b["stream"] = json!(false);
+    let one = |c: &reqwest::Client| {
+        let r = request(c, &t, &b);
+        async move {
+            let start = Instant::now();
+            let resp = r.send().await?;
+            let status = resp.status();
+            let bytes = resp.bytes().await?;
+            if !status.is_success() {
+                bail!("HTTP {status}: {}", String::from_utf8_lossy(&bytes).chars().take(300).collect::<String>());
+            }
+            Ok::<_, anyhow::Error>(us(start.elapsed()))
+        }
+    };
+    for _ in 0..warmup {
+        one(&c).await.context("warm-up request failed")?;
+    }
+    let mut lat = Vec::with_capacity(requests);
+    let mut errors = 0u64;
+    let mut last_error = None;
+    for _ in 0..requests {
+        match one(&c).await {
+            Ok(v) => lat.push(v),
+            Err(e) => {
+                errors += 1;
+                last_error = Some(e.to_string());
+            }
+        }
+    }
+    println!(
+        "{}",
+        json!({"kind": "whole", "requests": lat.len(), "errors": errors, "last_error": last_error, "latency_us": summary(lat)})
+    );
+    Ok(())
+}
+
 async fn run_idle(t: Target, streams: usize, open_rate: u64, ready_timeout: Duration, hold: Duration) -> anyhow::Result<()> {
     let c = client(streams)?;
     let b = Arc::new(body(&t, 3)?);
@@ -332,6 +383,7 @@ async fn main() -> std::process::ExitCode {
         Cmd::Stream { target, requests, max_tokens, warmup, budget_secs } => {
             run_stream(target, requests, max_tokens, warmup, Duration::from_secs(budget_secs)).await
         }
+        Cmd::Whole { target, requests, max_tokens, warmup } => run_whole(target, requests, max_tokens, warmup).await,
         Cmd::Idle { target, streams, open_rate, ready_timeout_secs, hold_secs } => {
             run_idle(
                 target,

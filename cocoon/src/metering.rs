@@ -1,5 +1,13 @@
 //! The gateway's [`Meter`] over the [`billing::Ledger`]: prices the worst case for holds,
 //! maps accounts by name, and reaps expired holds in the background.
+//!
+//! A capture the ledger cannot take (database down, locked) goes to the capture outbox: one
+//! JSON line per capture in `<data_dir>/capture-outbox.jsonl`, fsynced before the answer is
+//! released, retried every second until the ledger takes it (captures are idempotent by job
+//! id). So a failed capture does not mean a free answer, as long as the outbox drains before
+//! the hold expires (`billing.hold_ttl_secs`, 2 h by default): a hold the reaper released
+//! first can no longer be captured, and that loss is counted
+//! (`cocoon_billing_outbox_captures_total{outcome="hold_released"}`) and logged.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +28,7 @@ const EARNINGS_PAYOUTS: u32 = 20;
 pub struct LedgerMeter {
     ledger: Ledger,
     hold_ttl: Duration,
+    outbox: Option<CaptureOutbox>,
     /// Account ids by (kind, name): accounts are never deleted, so the cache never goes stale.
     accounts: Mutex<HashMap<(AccountKind, String), AccountId>>,
 }
@@ -28,13 +37,100 @@ fn unavailable(e: billing::Error) -> MeterError {
     MeterError::Unavailable(e.to_string())
 }
 
+/// The database failed (down, locked, timed out), not the request.
+fn infrastructure(e: &billing::Error) -> bool {
+    matches!(e, billing::Error::Database(_) | billing::Error::Migrate(_))
+}
+
 impl LedgerMeter {
     pub fn new(ledger: Ledger, hold_ttl: Duration) -> Self {
         Self {
             ledger,
             hold_ttl,
+            outbox: None,
             accounts: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Keeps captures the ledger cannot take in the outbox file `path` (see the module doc).
+    pub fn with_outbox(mut self, path: std::path::PathBuf) -> Self {
+        self.outbox = Some(CaptureOutbox { path, file: Mutex::new(()) });
+        self
+    }
+
+    /// Captures waiting in the outbox.
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.as_ref().map_or(0, |o| o.read().len())
+    }
+
+    /// The capture, and whether a failure is the database's (worth deferring to the outbox)
+    /// rather than the request's (an unknown hold, a wrong account: retrying cannot help).
+    async fn capture_now(&self, job_id: Uuid, worker: &str, coefficient: u32, usage: &Usage) -> Result<i64, (MeterError, bool)> {
+        let worker = self.account(AccountKind::Worker, worker).await.map_err(|e| (e, true))?;
+        let outcome = self
+            .ledger
+            .capture(job_id, worker, billing::Usage::from(usage), coefficient)
+            .await
+            .map_err(|e| {
+                let infra = infrastructure(&e);
+                (unavailable(e), infra)
+            })?;
+        Ok(outcome.receipt().map_or(0, |r| r.billed.charge))
+    }
+
+    /// Tries every capture in the outbox once; returns how many are still waiting.
+    pub async fn drain_outbox(&self) -> usize {
+        let Some(outbox) = &self.outbox else { return 0 };
+        let pending = outbox.read();
+        if pending.is_empty() {
+            return 0;
+        }
+        let mut landed = std::collections::HashSet::new();
+        for p in &pending {
+            let Ok(worker) = self.account(AccountKind::Worker, &p.worker).await else { continue };
+            match self.ledger.capture(p.job_id, worker, billing::Usage::from(&p.usage), p.coefficient).await {
+                Ok(billing::CaptureOutcome::AlreadyReleased(_)) => {
+                    // The reaper (or a release) closed the hold first: this answer went unpaid.
+                    metrics::counter!("cocoon_billing_outbox_captures_total", "outcome" => "hold_released").increment(1);
+                    tracing::error!(job_id = %p.job_id, worker = %p.worker, "outbox capture found its hold already released: the answer went unpaid");
+                    landed.insert(p.job_id);
+                }
+                Ok(_) => {
+                    metrics::counter!("cocoon_billing_outbox_captures_total", "outcome" => "captured").increment(1);
+                    tracing::info!(job_id = %p.job_id, "deferred capture landed");
+                    landed.insert(p.job_id);
+                }
+                Err(e) if infrastructure(&e) => {}
+                Err(e) => {
+                    metrics::counter!("cocoon_billing_outbox_captures_total", "outcome" => "failed").increment(1);
+                    tracing::error!(job_id = %p.job_id, error = %e, "outbox capture refused by the ledger; dropped from the outbox");
+                    landed.insert(p.job_id);
+                }
+            }
+        }
+        match outbox.remove(&landed) {
+            Ok(left) => left,
+            Err(e) => {
+                tracing::error!(error = %e, "could not rewrite the capture outbox; its captures will be retried (they are idempotent)");
+                pending.len()
+            }
+        }
+    }
+
+    /// Drains the outbox every `every` (and once at start, for what a previous run left).
+    pub fn spawn_outbox(self: &Arc<Self>, every: Duration, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = stop.cancelled() => return,
+                }
+                let left = this.drain_outbox().await;
+                metrics::gauge!("cocoon_billing_outbox_pending").set(left as f64);
+            }
+        })
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -118,13 +214,19 @@ impl Meter for LedgerMeter {
     }
 
     async fn capture(&self, job_id: Uuid, worker: &str, coefficient: u32, usage: &Usage) -> Result<i64, MeterError> {
-        let worker = self.account(AccountKind::Worker, worker).await?;
-        let outcome = self
-            .ledger
-            .capture(job_id, worker, billing::Usage::from(usage), coefficient)
-            .await
-            .map_err(unavailable)?;
-        Ok(outcome.receipt().map_or(0, |r| r.billed.charge))
+        match self.capture_now(job_id, worker, coefficient, usage).await {
+            Ok(charge) => Ok(charge),
+            Err((e, false)) => Err(e),
+            Err((e, true)) => {
+                let Some(outbox) = &self.outbox else { return Err(e) };
+                let why = e.to_string();
+                let p = PendingCapture { job_id, worker: worker.to_string(), coefficient, usage: *usage };
+                outbox.append(&p).map_err(|e| MeterError::Unavailable(format!("{why}; and the capture outbox failed too: {e}")))?;
+                metrics::counter!("cocoon_billing_outbox_captures_total", "outcome" => "deferred").increment(1);
+                tracing::warn!(%job_id, error = %why, "the ledger could not take the capture: kept in the outbox, retried until it lands");
+                Err(MeterError::CaptureDeferred(why))
+            }
+        }
     }
 
     async fn release(&self, job_id: Uuid) -> Result<(), MeterError> {
@@ -197,5 +299,65 @@ impl Meter for LedgerMeter {
                 })
                 .collect(),
         })
+    }
+}
+
+/// One capture waiting in the outbox.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct PendingCapture {
+    job_id: Uuid,
+    worker: String,
+    coefficient: u32,
+    usage: Usage,
+}
+
+/// The outbox file; the mutex serialises appends against the rewrite after a drain.
+struct CaptureOutbox {
+    path: std::path::PathBuf,
+    file: Mutex<()>,
+}
+
+impl CaptureOutbox {
+    /// Appends one capture and syncs it to disk before returning.
+    fn append(&self, p: &PendingCapture) -> std::io::Result<()> {
+        use std::io::Write as _;
+        let mut line = serde_json::to_vec(p).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let _g = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+        f.write_all(&line)?;
+        f.sync_data()
+    }
+
+    /// Every readable entry; a torn last line (a crash mid-append) is skipped.
+    fn read(&self) -> Vec<PendingCapture> {
+        let _g = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let Ok(text) = std::fs::read_to_string(&self.path) else { return Vec::new() };
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// Rewrites the file without the entries for `done` (write, sync, rename); returns how
+    /// many are left. Entries appended meanwhile are kept: the file is re-read under the lock.
+    fn remove(&self, done: &std::collections::HashSet<Uuid>) -> std::io::Result<usize> {
+        use std::io::Write as _;
+        let _g = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let left: Vec<&str> = text
+            .lines()
+            .filter(|l| serde_json::from_str::<PendingCapture>(l).is_ok_and(|p| !done.contains(&p.job_id)))
+            .collect();
+        let tmp = self.path.with_extension("jsonl.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        for l in &left {
+            f.write_all(l.as_bytes())?;
+            f.write_all(b"\n")?;
+        }
+        f.sync_data()?;
+        std::fs::rename(&tmp, &self.path)?;
+        Ok(left.len())
     }
 }

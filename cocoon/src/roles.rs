@@ -257,11 +257,12 @@ pub async fn start_gateway(cfg: &Config, router: Router, stop: CancellationToken
     };
     let mut state = gateway::AppState::new(cfg.gateway.clone(), router.clone(), keys.clone(), jwt, limiter);
     let meter = if cfg.billing.enabled {
-        let meter = Arc::new(crate::metering::LedgerMeter::new(
-            database.clone(),
-            Duration::from_secs(cfg.billing.hold_ttl_secs),
-        ));
+        let meter = Arc::new(
+            crate::metering::LedgerMeter::new(database.clone(), Duration::from_secs(cfg.billing.hold_ttl_secs))
+                .with_outbox(cfg.data_dir.join("capture-outbox.jsonl")),
+        );
         meter.spawn_reaper(Duration::from_secs(cfg.billing.reap_interval_secs.max(1)), stop.clone());
+        meter.spawn_outbox(Duration::from_secs(1), stop.clone());
         state = state.with_meter(meter.clone());
         Some(meter)
     } else {

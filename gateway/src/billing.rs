@@ -73,6 +73,11 @@ pub enum MeterError {
     Unpriced(String),
     #[error("billing unavailable: {0}")]
     Unavailable(String),
+    /// Not a failure of the request: the ledger could not take the capture now, so it was
+    /// written durably to the capture outbox and will be retried until it lands. The answer
+    /// may be released; its charge is not known yet.
+    #[error("capture deferred to the outbox: {0}")]
+    CaptureDeferred(String),
 }
 
 /// A client account's money in nanoTON: `available = total - held`.
@@ -250,7 +255,7 @@ impl Bill {
                 }
                 _ => meter.release(job_id).await,
             };
-            if let Err(e) = r {
+            if let Err(e) = r.or_else(|e| if matches!(e, MeterError::CaptureDeferred(_)) { Ok(()) } else { Err(e) }) {
                 tracing::warn!(%job_id, error = %e, "settling a cut request failed; the hold will expire");
             }
         });

@@ -200,8 +200,9 @@ pub(crate) async fn relay(
                         }
                         match (s.bill.take(), usage) {
                             (Some(b), Some(u)) => {
-                                if let Err(e) = b.capture(Some(&u)).await {
-                                    tracing::error!(error = %e, "capture of a sealed answer failed and could not be journalled");
+                                match b.capture(Some(&u)).await {
+                                    Ok(_) | Err(crate::billing::MeterError::CaptureDeferred(_)) => {}
+                                    Err(e) => tracing::error!(error = %e, "capture of a sealed answer failed and could not be journalled"),
                                 }
                             }
                             (Some(b), None) => {

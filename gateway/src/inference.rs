@@ -272,7 +272,7 @@ impl Call {
                 message: e.to_string(),
                 body: None,
             },
-            MeterError::Unavailable(m) => ApiError::Internal(m),
+            MeterError::Unavailable(m) | MeterError::CaptureDeferred(m) => ApiError::Internal(m),
         })?;
         Ok(Some(Bill::new(meter.clone(), self.job_id, demand.prompt_tokens)))
     }
@@ -390,13 +390,18 @@ impl Call {
                 let usage = usage.map(|u| bounds.clamp(&u, events.worker_id()));
                 record_usage(&valid.model, usage.as_ref());
                 settle.settle(usage.as_ref());
-                // Charged (or durably journalled) before the client has the answer: an
+                // Charged (or fsynced to the capture outbox, cocoon::metering) before the client has the answer: an
                 // answer the ledger cannot account for is not released.
                 let cost = match bill {
-                    Some(b) => Some(b.capture(usage.as_ref()).await.map_err(|e| {
-                        tracing::error!(error = %e, "capture failed and could not be journalled; withholding the answer");
-                        ApiError::Internal(format!("capture failed: {e}"))
-                    })?),
+                    Some(b) => match b.capture(usage.as_ref()).await {
+                        Ok(c) => Some(c),
+                        // Durable in the outbox, retried until it lands: the answer is paid for.
+                        Err(MeterError::CaptureDeferred(_)) => None,
+                        Err(e) => {
+                            tracing::error!(error = %e, "capture failed and could not be journalled; withholding the answer");
+                            return Err(ApiError::Internal(format!("capture failed: {e}")));
+                        }
+                    },
                     None => None,
                 };
                 let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response();

@@ -307,9 +307,10 @@ impl SseRelay {
                     };
                     self.phase = Phase::Finished;
                     return Poll::Ready(Some(match r {
-                        Ok(_) => done_frame(self.receipt.take()),
+                        // Deferred: durable in the capture outbox, retried until it lands.
+                        Ok(_) | Err(crate::billing::MeterError::CaptureDeferred(_)) => done_frame(self.receipt.take()),
                         Err(e) => {
-                            // Neither committed nor journalled: the stream does not end as a
+                            // Neither committed nor in the outbox: the stream does not end as a
                             // success. (Its content is out; the hold stays for the reaper.)
                             tracing::error!(model = %self.model, error = %e, "capture failed and could not be journalled");
                             metrics::counter!(m::STREAMS_CUT, "reason" => "capture").increment(1);

@@ -1,0 +1,124 @@
+//! A failed capture is not a free answer: with the ledger's Postgres refusing connections
+//! between hold and capture, the gateway's meter keeps the capture in its outbox (fsynced
+//! file), answers "deferred", and once the database is back the outbox lands it exactly once;
+//! `cocoon ledger check`'s invariants hold throughout.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use billing::{AccountKind, Ledger, LedgerOptions, Price};
+use gateway::billing::{HoldRequest, Meter, MeterError};
+use sqlx::Connection;
+use uuid::Uuid;
+
+struct Db {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl Db {
+    async fn create() -> Db {
+        sqlx::any::install_default_drivers();
+        let admin = std::env::var("BILLING_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let name = format!("cocoon_outbox_{}", Uuid::new_v4().simple());
+        let mut conn = sqlx::AnyConnection::connect(&admin).await.unwrap_or_else(|e| panic!("Postgres at {admin}: {e}"));
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
+        Db { url: format!("{base}/{name}"), admin, name }
+    }
+
+    /// Makes the database refuse every connection (and ends the open ones), or accept again:
+    /// to the ledger, the same as its server going down and coming back.
+    async fn allow(&self, allow: bool) {
+        let mut conn = sqlx::AnyConnection::connect(&self.admin).await.unwrap();
+        sqlx::query(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS {allow}", self.name)).execute(&mut conn).await.unwrap();
+        if !allow {
+            sqlx::query(&format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'", self.name))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn drop_it(self) {
+        let mut conn = sqlx::AnyConnection::connect(&self.admin).await.unwrap();
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut conn).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_capture_the_ledger_cannot_take_lands_from_the_outbox_exactly_once() {
+    let db = Db::create().await;
+    let opts = LedgerOptions { acquire_timeout: Duration::from_secs(2), ..Default::default() };
+    let ledger = Ledger::connect(&db.url, opts.clone()).await.unwrap();
+    ledger.set_price("m", Price { prompt: 1_000_000_000, cached_prompt: 0, completion: 2_000_000_000, reasoning: 0 }).await.unwrap();
+    let client = ledger.ensure_account(AccountKind::Client, "alice").await.unwrap();
+    ledger.credit(client, 1_000_000, "seed", "test").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = dir.path().join("capture-outbox.jsonl");
+    let meter = cocoon::metering::LedgerMeter::new(ledger.clone(), Duration::from_secs(3600)).with_outbox(outbox.clone());
+
+    let job = Uuid::new_v4();
+    meter
+        .hold(&HoldRequest { job_id: job, account: "alice".into(), model: "m".into(), prompt_tokens: 10, completion_tokens: 20, max_coefficient: 1000 })
+        .await
+        .unwrap();
+    // The worker account exists before the outage (as it does once a worker has served).
+    let worker_acct = ledger.ensure_account(AccountKind::Worker, "w1").await.unwrap();
+    let usage = protocol::Usage { prompt_tokens: 10, completion_tokens: 7, total_tokens: 17, ..Default::default() };
+
+    db.allow(false).await;
+    let started = tokio::time::Instant::now();
+    let r = meter.capture(job, "w1", 1000, &usage).await;
+    assert!(matches!(r, Err(MeterError::CaptureDeferred(_))), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(30), "deferring took {:?}", started.elapsed());
+    assert_eq!(meter.outbox_len(), 1, "the capture is on disk before the answer is released");
+    // Still down: a drain keeps it.
+    assert_eq!(meter.drain_outbox().await, 1);
+
+    // A restarted gateway would find the same file: a second meter over it drains it too.
+    db.allow(true).await;
+    let ledger2 = Ledger::connect(&db.url, opts).await.unwrap();
+    let meter2 = cocoon::metering::LedgerMeter::new(ledger2.clone(), Duration::from_secs(3600)).with_outbox(outbox.clone());
+    let mut left = 1;
+    for _ in 0..50 {
+        left = meter2.drain_outbox().await;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "the outbox drained once the database was back");
+    // Charged once: 10 prompt × 1 nanoTON + 7 completion × 2 nanoTON at 1 TON per 1M tokens.
+    let b = ledger2.balance(client).await.unwrap();
+    assert_eq!(b.held, 0, "the hold was captured, not left to the reaper");
+    assert_eq!(b.total, 1_000_000 - (10 * 1_000 + 7 * 2_000), "{b:?}");
+    let earned = ledger2.worker_earnings(worker_acct).await.unwrap();
+    assert_eq!(earned.jobs, 1);
+    // Draining again (or the original capture retried) changes nothing.
+    assert_eq!(meter2.drain_outbox().await, 0);
+    assert!(matches!(meter2.capture(job, "w1", 1000, &usage).await, Ok(_)));
+    assert_eq!(ledger2.balance(client).await.unwrap().total, b.total, "captured exactly once");
+    assert!(ledger2.check().await.unwrap().is_empty(), "ledger invariants hold");
+    drop((meter, meter2, ledger, ledger2));
+    db.drop_it().await;
+}
+
+#[tokio::test]
+async fn a_capture_the_ledger_refuses_is_not_deferred() {
+    // An unknown hold is the request's fault, not the database's: retrying cannot help, so
+    // it is reported, not written to the outbox.
+    let db = Db::create().await;
+    let ledger = Ledger::connect(&db.url, LedgerOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let meter = cocoon::metering::LedgerMeter::new(ledger.clone(), Duration::from_secs(3600)).with_outbox(dir.path().join("o.jsonl"));
+    let usage = protocol::Usage { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2, ..Default::default() };
+    let r = meter.capture(Uuid::new_v4(), "w1", 1000, &usage).await;
+    assert!(matches!(r, Err(MeterError::Unavailable(ref m)) if m.contains("no hold")), "{r:?}");
+    assert_eq!(meter.outbox_len(), 0);
+    drop((meter, ledger));
+    db.drop_it().await;
+}
