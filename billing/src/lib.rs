@@ -86,7 +86,7 @@ pub use ledger::ton::{
 };
 pub use ledger::dashboard::{DailyUsage, Identity, IdentityProvider};
 pub use ledger::keys::{ApiKeyRow, KeyControls, NewApiKey};
-pub use ledger::{Backend, Ledger, LedgerOptions};
+pub use ledger::{Backend, Ledger, LedgerOptions, StoredReceipt};
 pub use money::{cost, split, Breakdown, Price, Usage};
 pub use types::{
     Account, AccountId, AccountKind, Balance, CaptureOutcome, CreditOutcome, Hold, HoldOutcome,

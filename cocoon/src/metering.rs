@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use attestation::receipt::SignedReceipt;
 use billing::{AccountId, AccountKind, Ledger};
 use gateway::billing::{
     AccountBalance, HoldRequest, Meter, MeterError, PayoutRecord, PayoutStatus, UsageRecord, WorkerEarnings,
@@ -35,6 +36,17 @@ pub struct LedgerMeter {
 
 fn unavailable(e: billing::Error) -> MeterError {
     MeterError::Unavailable(e.to_string())
+}
+
+/// A receipt as the ledger keeps it.
+fn stored(job_id: Uuid, r: &SignedReceipt) -> billing::StoredReceipt {
+    billing::StoredReceipt {
+        job_id,
+        sha256: hex::encode(r.digest()),
+        signer: r.signer.to_hex(),
+        signature: hex::encode(&r.signature),
+        receipt: String::from_utf8_lossy(&r.receipt).into_owned(),
+    }
 }
 
 /// The database failed (down, locked, timed out), not the request.
@@ -65,8 +77,15 @@ impl LedgerMeter {
 
     /// The capture, and whether a failure is the database's (worth deferring to the outbox)
     /// rather than the request's (an unknown hold, a wrong account: retrying cannot help).
-    async fn capture_now(&self, job_id: Uuid, worker: &str, coefficient: u32, usage: &Usage) -> Result<i64, (MeterError, bool)> {
+    async fn capture_now(&self, job_id: Uuid, worker: &str, coefficient: u32, usage: &Usage, receipt: Option<&SignedReceipt>) -> Result<i64, (MeterError, bool)> {
         let worker = self.account(AccountKind::Worker, worker).await.map_err(|e| (e, true))?;
+        // The receipt first: a charge whose receipt could not be kept is then retried whole.
+        if let Some(r) = receipt {
+            self.ledger.record_receipt(&stored(job_id, r)).await.map_err(|e| {
+                let infra = infrastructure(&e);
+                (unavailable(e), infra)
+            })?;
+        }
         let outcome = self
             .ledger
             .capture(job_id, worker, billing::Usage::from(usage), coefficient)
@@ -88,6 +107,14 @@ impl LedgerMeter {
         let mut landed = std::collections::HashSet::new();
         for p in &pending {
             let Ok(worker) = self.account(AccountKind::Worker, &p.worker).await else { continue };
+            if let Some(r) = p.receipt.as_deref().and_then(|h| SignedReceipt::from_header(h).ok()) {
+                if let Err(e) = self.ledger.record_receipt(&stored(p.job_id, &r)).await {
+                    if infrastructure(&e) {
+                        continue;
+                    }
+                    tracing::warn!(job_id = %p.job_id, error = %e, "could not keep the receipt of a deferred capture");
+                }
+            }
             match self.ledger.capture(p.job_id, worker, billing::Usage::from(&p.usage), p.coefficient).await {
                 Ok(billing::CaptureOutcome::AlreadyReleased(_)) => {
                     // The reaper (or a release) closed the hold first: this answer went unpaid.
@@ -213,14 +240,14 @@ impl Meter for LedgerMeter {
         }
     }
 
-    async fn capture(&self, job_id: Uuid, worker: &str, coefficient: u32, usage: &Usage) -> Result<i64, MeterError> {
-        match self.capture_now(job_id, worker, coefficient, usage).await {
+    async fn capture(&self, job_id: Uuid, worker: &str, coefficient: u32, usage: &Usage, receipt: Option<&SignedReceipt>) -> Result<i64, MeterError> {
+        match self.capture_now(job_id, worker, coefficient, usage, receipt).await {
             Ok(charge) => Ok(charge),
             Err((e, false)) => Err(e),
             Err((e, true)) => {
                 let Some(outbox) = &self.outbox else { return Err(e) };
                 let why = e.to_string();
-                let p = PendingCapture { job_id, worker: worker.to_string(), coefficient, usage: *usage };
+                let p = PendingCapture { job_id, worker: worker.to_string(), coefficient, usage: *usage, receipt: receipt.map(SignedReceipt::to_header) };
                 outbox.append(&p).map_err(|e| MeterError::Unavailable(format!("{why}; and the capture outbox failed too: {e}")))?;
                 metrics::counter!("cocoon_billing_outbox_captures_total", "outcome" => "deferred").increment(1);
                 tracing::warn!(%job_id, error = %why, "the ledger could not take the capture: kept in the outbox, retried until it lands");
@@ -246,9 +273,12 @@ impl Meter for LedgerMeter {
             return Ok(Vec::new());
         };
         let rows = self.ledger.usage(id, limit).await.map_err(unavailable)?;
+        let jobs: Vec<Uuid> = rows.iter().map(|r| r.job_id).collect();
+        let mut receipts = self.ledger.receipts(&jobs).await.map_err(unavailable)?;
         Ok(rows
             .into_iter()
             .map(|r| UsageRecord {
+                receipt: receipts.remove(&r.job_id).and_then(header_form),
                 job_id: r.job_id,
                 model: r.model,
                 prompt_tokens: r.usage.prompt_tokens,
@@ -309,6 +339,9 @@ struct PendingCapture {
     worker: String,
     coefficient: u32,
     usage: Usage,
+    /// The worker's receipt in its header form.
+    #[serde(default)]
+    receipt: Option<String>,
 }
 
 /// The outbox file; the mutex serialises appends against the rewrite after a drain.
@@ -360,4 +393,11 @@ impl CaptureOutbox {
         std::fs::rename(&tmp, &self.path)?;
         Ok(left.len())
     }
+}
+
+/// A stored receipt back in the header form clients got it in.
+fn header_form(r: billing::StoredReceipt) -> Option<String> {
+    let signer = attestation::receipt::IdentityPublicKey(hex::decode(&r.signer).ok()?.try_into().ok()?);
+    let signed = SignedReceipt { receipt: r.receipt.into_bytes(), signature: hex::decode(&r.signature).ok()?, signer };
+    Some(signed.to_header())
 }

@@ -141,6 +141,10 @@ pub struct UsageRecordResponse {
     pub created_at: i64,
     /// When it was charged, Unix milliseconds.
     pub created_at_ms: i64,
+    /// The serving worker's signed receipt for this request, as it came with the answer
+    /// (`x-cocoon-receipt`): base64url of its JSON. Verify it with `cocoon receipt verify`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<String>,
 }
 
 /// `GET /v1/account/usage`.
@@ -214,6 +218,7 @@ pub(crate) fn usage_record(r: crate::billing::UsageRecord) -> UsageRecordRespons
         cost: r.cost,
         created_at: r.at_ms.div_euclid(1000),
         created_at_ms: r.at_ms,
+        receipt: r.receipt,
     }
 }
 

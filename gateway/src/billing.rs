@@ -12,6 +12,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use attestation::receipt::SignedReceipt;
 use protocol::Usage;
 use uuid::Uuid;
 
@@ -104,6 +105,9 @@ pub struct UsageRecord {
     /// What was taken from the account (`x-cocoon-cost-nanoton`).
     pub charge: i64,
     pub at_ms: i64,
+    /// The worker's signed receipt for the job, in its header form (base64url), when the
+    /// ledger holds one.
+    pub receipt: Option<String>,
 }
 
 /// Where a payout to a worker stands.
@@ -153,7 +157,8 @@ pub struct WorkerEarnings {
 pub trait Meter: Send + Sync + 'static {
     async fn hold(&self, req: &HoldRequest) -> Result<(), MeterError>;
     /// Charges `usage` at the worker's coefficient; returns the charge in nanoTON. Idempotent.
-    async fn capture(&self, job_id: Uuid, worker: &str, coefficient: u32, usage: &Usage) -> Result<i64, MeterError>;
+    /// `receipt`, the worker's signed receipt the router found valid, is kept with the charge.
+    async fn capture(&self, job_id: Uuid, worker: &str, coefficient: u32, usage: &Usage, receipt: Option<&SignedReceipt>) -> Result<i64, MeterError>;
     /// Gives the hold back. Idempotent; a no-op after a capture.
     async fn release(&self, job_id: Uuid) -> Result<(), MeterError>;
 
@@ -173,6 +178,8 @@ pub struct Bill {
     meter: Arc<dyn Meter>,
     job_id: Uuid,
     worker: Option<(String, u32)>,
+    /// The worker's receipt, once the router found it valid.
+    receipt: Option<SignedReceipt>,
     prompt_estimate: u64,
     relayed_chunks: u64,
     settled: bool,
@@ -184,6 +191,7 @@ impl Bill {
             meter,
             job_id,
             worker: None,
+            receipt: None,
             prompt_estimate,
             relayed_chunks: 0,
             settled: false,
@@ -192,6 +200,13 @@ impl Bill {
 
     pub fn set_worker(&mut self, worker: &str, coefficient: u32) {
         self.worker = Some((worker.to_string(), coefficient));
+    }
+
+    /// Keeps the job's receipt with the charge, if the router found it valid.
+    pub fn set_receipt(&mut self, check: Option<&router::ReceiptCheck>) {
+        if let Some(router::ReceiptCheck::Valid { signed, .. }) = check {
+            self.receipt = Some(signed.clone());
+        }
     }
 
     /// The serving worker's id, once dispatched.
@@ -223,10 +238,10 @@ impl Bill {
     pub async fn capture(mut self, usage: Option<&Usage>) -> Result<i64, MeterError> {
         self.settled = true;
         let usage = usage.copied().unwrap_or_else(|| self.counted_usage());
-        let (meter, job_id, worker) = (self.meter.clone(), self.job_id, self.worker.take());
+        let (meter, job_id, worker, receipt) = (self.meter.clone(), self.job_id, self.worker.take(), self.receipt.take());
         let settle = tokio::spawn(async move {
             match worker {
-                Some((w, c)) => meter.capture(job_id, &w, c, &usage).await,
+                Some((w, c)) => meter.capture(job_id, &w, c, &usage, receipt.as_ref()).await,
                 None => meter.release(job_id).await.map(|()| 0),
             }
         });
@@ -247,11 +262,11 @@ impl Bill {
         self.settled = true;
         let usage = usage.or_else(|| (self.relayed_chunks > 0).then(|| self.counted_usage()));
         let meter = self.meter.clone();
-        let (job_id, worker) = (self.job_id, self.worker.clone());
+        let (job_id, worker, receipt) = (self.job_id, self.worker.clone(), self.receipt.take());
         tokio::spawn(async move {
             let r = match (worker, usage) {
                 (Some((w, c)), Some(u)) if u.completion_tokens > 0 || u.prompt_tokens > 0 => {
-                    meter.capture(job_id, &w, c, &u).await.map(|_| ())
+                    meter.capture(job_id, &w, c, &u, receipt.as_ref()).await.map(|_| ())
                 }
                 _ => meter.release(job_id).await,
             };
@@ -272,6 +287,7 @@ impl Drop for Bill {
             meter: self.meter.clone(),
             job_id: self.job_id,
             worker: self.worker.take(),
+            receipt: self.receipt.take(),
             prompt_estimate: self.prompt_estimate,
             relayed_chunks: self.relayed_chunks,
             settled: false,
@@ -299,7 +315,7 @@ mod tests {
         async fn hold(&self, _: &HoldRequest) -> Result<(), MeterError> {
             Ok(())
         }
-        async fn capture(&self, job: Uuid, w: &str, c: u32, u: &Usage) -> Result<i64, MeterError> {
+        async fn capture(&self, job: Uuid, w: &str, c: u32, u: &Usage, _: Option<&SignedReceipt>) -> Result<i64, MeterError> {
             self.0.lock().unwrap().push(format!("capture {job} {w} {c} {} {}", u.prompt_tokens, u.completion_tokens));
             Ok(1)
         }
@@ -356,9 +372,9 @@ mod tests {
         async fn hold(&self, _: &HoldRequest) -> Result<(), MeterError> {
             Ok(())
         }
-        async fn capture(&self, job: Uuid, w: &str, c: u32, u: &Usage) -> Result<i64, MeterError> {
+        async fn capture(&self, job: Uuid, w: &str, c: u32, u: &Usage, r: Option<&SignedReceipt>) -> Result<i64, MeterError> {
             let _open = self.0.acquire().await;
-            self.1.capture(job, w, c, u).await
+            self.1.capture(job, w, c, u, r).await
         }
         async fn release(&self, job: Uuid) -> Result<(), MeterError> {
             self.1.release(job).await

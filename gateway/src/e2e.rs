@@ -199,7 +199,8 @@ pub(crate) async fn relay(
                             st.settle(usage.as_ref());
                         }
                         match (s.bill.take(), usage) {
-                            (Some(b), Some(u)) => {
+                            (Some(mut b), Some(u)) => {
+                                b.set_receipt(s.events.receipt());
                                 match b.capture(Some(&u)).await {
                                     Ok(_) | Err(crate::billing::MeterError::CaptureDeferred(_)) => {}
                                     Err(e) => tracing::error!(error = %e, "capture of a sealed answer failed and could not be journalled"),

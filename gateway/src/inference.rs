@@ -393,7 +393,10 @@ impl Call {
                 // Charged (or fsynced to the capture outbox, cocoon::metering) before the client has the answer: an
                 // answer the ledger cannot account for is not released.
                 let cost = match bill {
-                    Some(b) => match b.capture(usage.as_ref()).await {
+                    Some(mut b) => match {
+                        b.set_receipt(events.receipt());
+                        b.capture(usage.as_ref()).await
+                    } {
                         Ok(c) => Some(c),
                         // Durable in the outbox, retried until it lands: the answer is paid for.
                         Err(MeterError::CaptureDeferred(_)) => None,

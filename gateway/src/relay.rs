@@ -222,6 +222,9 @@ impl SseRelay {
                 // The router settled its verdict on the receipt with this terminal event.
                 if let Phase::Streaming(job) = &self.phase {
                     self.receipt = receipt_comment(job.receipt());
+                    if let Some(b) = self.bill.as_mut() {
+                        b.set_receipt(job.receipt());
+                    }
                 }
                 let usage = usage.map(|u| self.bounds.clamp(&u, &self.worker()));
                 self.finish(usage.as_ref());

@@ -72,7 +72,7 @@ async fn a_capture_the_ledger_cannot_take_lands_from_the_outbox_exactly_once() {
 
     db.allow(false).await;
     let started = tokio::time::Instant::now();
-    let r = meter.capture(job, "w1", 1000, &usage).await;
+    let r = meter.capture(job, "w1", 1000, &usage, None).await;
     assert!(matches!(r, Err(MeterError::CaptureDeferred(_))), "{r:?}");
     assert!(started.elapsed() < Duration::from_secs(30), "deferring took {:?}", started.elapsed());
     assert_eq!(meter.outbox_len(), 1, "the capture is on disk before the answer is released");
@@ -100,7 +100,7 @@ async fn a_capture_the_ledger_cannot_take_lands_from_the_outbox_exactly_once() {
     assert_eq!(earned.jobs, 1);
     // Draining again (or the original capture retried) changes nothing.
     assert_eq!(meter2.drain_outbox().await, 0);
-    assert!(matches!(meter2.capture(job, "w1", 1000, &usage).await, Ok(_)));
+    assert!(matches!(meter2.capture(job, "w1", 1000, &usage, None).await, Ok(_)));
     assert_eq!(ledger2.balance(client).await.unwrap().total, b.total, "captured exactly once");
     assert!(ledger2.check().await.unwrap().is_empty(), "ledger invariants hold");
     drop((meter, meter2, ledger, ledger2));
@@ -116,7 +116,7 @@ async fn a_capture_the_ledger_refuses_is_not_deferred() {
     let dir = tempfile::tempdir().unwrap();
     let meter = cocoon::metering::LedgerMeter::new(ledger.clone(), Duration::from_secs(3600)).with_outbox(dir.path().join("o.jsonl"));
     let usage = protocol::Usage { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2, ..Default::default() };
-    let r = meter.capture(Uuid::new_v4(), "w1", 1000, &usage).await;
+    let r = meter.capture(Uuid::new_v4(), "w1", 1000, &usage, None).await;
     assert!(matches!(r, Err(MeterError::Unavailable(ref m)) if m.contains("no hold")), "{r:?}");
     assert_eq!(meter.outbox_len(), 0);
     drop((meter, ledger));

@@ -222,6 +222,9 @@ async fn sdk_requests_through_the_proxy_are_sealed_end_to_end_with_receipts() {
         let row = rows.iter().find(|row| row["job_id"] == rec.job_id.to_string()).unwrap_or_else(|| panic!("no charge for job {}: {usage}", rec.job_id));
         assert_eq!(row["usage"]["prompt_tokens"].as_u64().unwrap(), rec.usage.prompt_tokens, "{row}");
         assert_eq!(row["usage"]["completion_tokens"].as_u64().unwrap(), rec.usage.completion_tokens, "{row}");
+        // The ledger kept the receipt with the charge; it verifies as the one the client got.
+        let kept = SignedReceipt::from_header(row["receipt"].as_str().unwrap_or_else(|| panic!("no receipt kept: {row}"))).unwrap();
+        assert_eq!(kept.verify(&kept.signer).unwrap(), *rec);
     }
 
     // Receipts verify offline against a saved report; a forged signature or a report without

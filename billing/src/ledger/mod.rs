@@ -8,6 +8,7 @@ pub(crate) mod dashboard;
 mod holds;
 pub(crate) mod keys;
 mod prices;
+mod receipts;
 mod rows;
 pub(crate) mod ton;
 
@@ -17,6 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Row, Transaction};
+
+pub use receipts::StoredReceipt;
 
 use crate::error::{Error, Result};
 use crate::money::BPS_ONE;
