@@ -317,3 +317,68 @@ async fn clear_answers_carry_the_workers_receipt() {
     assert!(r.usage.completion_tokens > 0);
     net.net.shutdown().await;
 }
+
+/// A whole network in one process at trace level, asked only sealed requests: neither the
+/// prompt nor the completion appears in its logs or in any file of its data directory (the
+/// ledger's database and WAL included).
+#[tokio::test(flavor = "multi_thread")]
+async fn sealed_requests_leave_no_text_in_trace_logs_or_the_database() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("dev.log");
+    let mut child = Command::new(common::cocoon_bin())
+        .args(["dev", "--listen", "127.0.0.1:0"])
+        .env("COCOON__DATA_DIR", dir.path())
+        .env("COCOON__LOG", "trace")
+        .env("COCOON__ENGINE__KIND", "builtin")
+        .env("RUST_LOG", "trace")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.path().join("stdout")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let state = dir.path().join("dev.json");
+    common::wait_until("cocoon dev to start", Duration::from_secs(60), || state.exists()).await;
+    let dev: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    let client = SealedClient::new(ClientConfig {
+        base_url: dev["base_url"].as_str().unwrap().to_string(),
+        api_key: dev["api_key"].as_str().unwrap().to_string(),
+        policy: attestation::Policy { allow_insecure_simulated_tee: true, ..Default::default() },
+        timeout: Duration::from_secs(30),
+        default_max_tokens: 64,
+        pad_to: 0,
+        reverify_after: Duration::from_secs(300),
+    })
+    .unwrap();
+    let mut completions = String::new();
+    for stream in [false, true] {
+        let body = serde_json::to_vec(&chat(stream)).unwrap();
+        let mut answer = client.send("/v1/chat/completions", &body).await.unwrap();
+        while let Some(frame) = answer.next_frame().await {
+            if let attestation::e2e::Frame::Data { data } = frame.unwrap() {
+                let v: serde_json::Value = serde_json::from_slice(&data).unwrap();
+                let text = if stream { &v["choices"][0]["delta"]["content"] } else { &v["choices"][0]["message"]["content"] };
+                completions.push_str(text.as_str().unwrap_or_default());
+            }
+        }
+        assert!(answer.receipt().is_some(), "checked receipt");
+    }
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("TRACE") && logs.len() > 10_000, "the process must actually log at trace level ({} bytes)", logs.len());
+    assert!(!logs.contains(MARKER), "the prompt leaked into the logs");
+    let content = completions.trim();
+    assert!(content.len() >= 10, "{content:?}");
+    assert!(!logs.contains(content), "the completion leaked into the logs");
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() && path != log {
+            let bytes = std::fs::read(&path).unwrap();
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(!text.contains(MARKER), "the prompt is in {}", path.display());
+            assert!(!text.contains(content), "the completion is in {}", path.display());
+        }
+    }
+    assert!(dir.path().join("ledger.db").exists(), "the ledger was on (and checked above)");
+}
