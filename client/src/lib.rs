@@ -77,6 +77,40 @@ struct Entry {
     worker_id: Option<String>,
     #[serde(default)]
     load: Option<Load>,
+    /// The models and weight digests the worker says it serves; checked against the
+    /// `models_digest` its evidence commits to.
+    #[serde(default)]
+    models: Option<Vec<ModelEntry>>,
+}
+
+#[derive(Deserialize)]
+struct ModelEntry {
+    id: String,
+    #[serde(default)]
+    digest: Option<String>,
+}
+
+/// The worker serves `model`, as its evidence commits to: the listed models hash to the
+/// attested `models_digest`, include `model`, and meet the client policy's weight pins.
+/// Evidence without a models digest (the older layout) passes only under a policy that
+/// accepts the insecure simulated TEE, as at the router.
+fn check_models(w: &attestation::VerifiedWorker, entry: &Entry, model: &str, policy: &Policy) -> Result<(), String> {
+    let Some(attested) = w.models_digest else {
+        return if policy.allow_insecure_simulated_tee && w.is_insecure_simulated() {
+            Ok(())
+        } else {
+            Err("(models) the evidence commits to no models".into())
+        };
+    };
+    let listed = entry.models.as_deref().ok_or("(models) the report lists no models for this worker")?;
+    let pairs = || listed.iter().map(|m| (m.id.as_str(), m.digest.as_deref()));
+    if attestation::models_digest(pairs()) != attested {
+        return Err("(models_digest) the models the report lists are not the ones the evidence commits to".into());
+    }
+    if !listed.iter().any(|m| m.id == model) {
+        return Err(format!("(models) the worker's attested models do not include {model:?}"));
+    }
+    policy.check_models(pairs()).map_err(|e| format!("(model_digest) {e}"))
 }
 
 #[derive(Deserialize, Default, Clone, Copy)]
@@ -180,17 +214,20 @@ impl SealedClient {
         let mut trusted = Vec::new();
         let mut refused = Vec::new();
         for (v, e) in verdict.workers.iter().zip(entries) {
-            let id = e.worker_id.unwrap_or_default();
+            let id = e.worker_id.clone().unwrap_or_default();
             match &v.result {
-                Ok(w) if !id.is_empty() => trusted.push(TrustedWorker {
-                    worker_id: id,
-                    hpke_key: w.hpke_public_key,
-                    identity_key: w.identity_key,
-                    insecure_simulated: w.is_insecure_simulated(),
-                    verdict: w.describe(),
-                    running: e.load.unwrap_or_default().running,
-                    slots: e.load.unwrap_or_default().slots,
-                }),
+                Ok(w) if !id.is_empty() => match check_models(w, &e, model, &self.cfg.policy) {
+                    Ok(()) => trusted.push(TrustedWorker {
+                        worker_id: id,
+                        hpke_key: w.hpke_public_key,
+                        identity_key: w.identity_key,
+                        insecure_simulated: w.is_insecure_simulated(),
+                        verdict: w.describe(),
+                        running: e.load.unwrap_or_default().running,
+                        slots: e.load.unwrap_or_default().slots,
+                    }),
+                    Err(why) => refused.push(format!("{id}: {why}")),
+                },
                 Ok(_) => refused.push("an entry without a worker id".to_string()),
                 Err(err) => refused.push(format!("{id}: ({}) {err}", err.rule())),
             }

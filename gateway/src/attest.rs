@@ -159,8 +159,7 @@ pub type ReportCache = tokio::sync::Mutex<HashMap<String, (Instant, serde_json::
 async fn fresh_report(state: &AppState, model: &str, nonce: [u8; 32]) -> Result<serde_json::Value, ApiError> {
     let _slot = REPORT_SLOTS.try_acquire().map_err(|_| ApiError::Overloaded)?;
     let answers = state.router.attest_workers(model, nonce, WORKER_TIMEOUT).await;
-    let load: HashMap<String, (u32, u32)> =
-        state.router.snapshot().into_iter().map(|w| (w.worker_id, (w.running + w.remote_running, w.slots))).collect();
+    let snapshot: HashMap<String, router::WorkerSnapshot> = state.router.snapshot().into_iter().map(|w| (w.worker_id.clone(), w)).collect();
     let mut workers: Vec<serde_json::Value> = Vec::with_capacity(answers.len());
     for (worker, answer) in answers {
         match answer.and_then(|att| serde_json::to_value(att).map_err(|e| e.to_string())) {
@@ -168,9 +167,16 @@ async fn fresh_report(state: &AppState, model: &str, nonce: [u8; 32]) -> Result<
                 // Routing hints next to the evidence: which worker to name in a sealed
                 // request, and how busy it is (not attested; a client may ignore them).
                 if let serde_json::Value::Object(o) = &mut v {
-                    let (running, slots) = load.get(&worker).copied().unwrap_or_default();
+                    let w = snapshot.get(&worker);
+                    let (running, slots) = w.map_or((0, 0), |w| (w.running + w.remote_running, w.slots));
                     o.insert("worker_id".into(), worker.clone().into());
                     o.insert("load".into(), serde_json::json!({"running": running, "slots": slots}));
+                    // The models and weight digests the evidence's models_digest commits to:
+                    // a client recomputes the digest to know what this worker serves.
+                    let models: Vec<serde_json::Value> = w
+                        .map(|w| w.model_weights.iter().map(|(id, d)| serde_json::json!({"id": id, "digest": d})).collect())
+                        .unwrap_or_default();
+                    o.insert("models".into(), models.into());
                 }
                 workers.push(v)
             }

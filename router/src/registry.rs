@@ -115,6 +115,9 @@ const MAX_MODELS_PER_WORKER: usize = 256;
 pub struct WorkerSnapshot {
     pub worker_id: String,
     pub models: Vec<String>,
+    /// Each model id with the SHA-256 (hex) of its weights, as the worker's evidence commits
+    /// to them (`attestation::models_digest`): what a client needs to check the binding.
+    pub model_weights: Vec<(String, Option<String>)>,
     pub running: u32,
     /// Jobs other replicas run on it (shared registry), included in the choice.
     pub remote_running: u32,
@@ -446,6 +449,7 @@ impl Router {
             .map(|w| WorkerSnapshot {
                 worker_id: w.info.worker_id.clone(),
                 models: w.info.models.iter().map(|m| m.id.clone()).collect(),
+                model_weights: w.info.models.iter().map(|m| (m.id.clone(), m.digest.clone())).collect(),
                 running: w.running.load(Ordering::Relaxed),
                 remote_running: w.remote_running.load(Ordering::Relaxed),
                 slots: w.info.slots,

@@ -31,6 +31,9 @@ enum Tamper {
     /// Lower the declared output bound in transit (a gateway trying to bill less, or a
     /// client's bound that disagrees with its sealed body).
     LowerDeclaredBound,
+    /// Rename the model a report's worker lists (a gateway passing off a worker for a model
+    /// its evidence does not commit to).
+    ReportOtherModel,
 }
 
 #[derive(Clone)]
@@ -70,6 +73,11 @@ async fn relay(State(r): State<Relay>, method: Method, uri: Uri, headers: Header
         }
     }
     let seen = r.seen.clone();
+    if r.tamper == Tamper::ReportOtherModel && uri.path().ends_with("/attestation/report") {
+        let text = resp.text().await.unwrap().replace(r#""models":[{"id":"cocoon-test""#, r#""models":[{"id":"cocoon-cheap""#);
+        assert!(text.contains("cocoon-cheap"), "the report's model list changed shape: {text}");
+        return out.body(Body::from(text)).unwrap();
+    }
     let flip = sealed && r.tamper == Tamper::FlipAnswerByte;
     let mut offset = 0usize;
     let stream = resp.bytes_stream().map(move |chunk| {
@@ -116,7 +124,11 @@ async fn setup(tamper: Tamper) -> Setup {
         .unwrap(),
     );
     let verdict = cocoon::client_proxy::verify_all(&client).await.unwrap();
-    assert!(verdict.contains("TRUSTED"), "{verdict}");
+    if tamper == Tamper::ReportOtherModel {
+        assert!(verdict.contains("NOT TRUSTED") && verdict.contains("(models_digest)"), "{verdict}");
+    } else {
+        assert!(verdict.contains("TRUSTED") && !verdict.contains("NOT TRUSTED"), "{verdict}");
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = format!("http://{}/v1", listener.local_addr().unwrap());
     tokio::spawn(cocoon::client_proxy::serve(client, listener, tokio_util::sync::CancellationToken::new()));
@@ -381,4 +393,15 @@ async fn sealed_requests_leave_no_text_in_trace_logs_or_the_database() {
         }
     }
     assert!(dir.path().join("ledger.db").exists(), "the ledger was on (and checked above)");
+}
+
+#[tokio::test]
+async fn a_report_listing_models_the_evidence_does_not_commit_to_is_refused() {
+    let s = setup(Tamper::ReportOtherModel).await;
+    let resp = post(&format!("{}/chat/completions", s.proxy), &chat(false)).await;
+    assert_eq!(resp.status(), 503);
+    let e: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "no_trusted_worker", "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("(models_digest)"), "{e}");
+    s.net.net.shutdown().await;
 }

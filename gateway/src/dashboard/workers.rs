@@ -190,6 +190,7 @@ mod tests {
 
     fn snap(id: &str) -> WorkerSnapshot {
         WorkerSnapshot {
+            model_weights: Vec::new(),
             worker_id: id.into(),
             models: vec!["m".into()],
             running: 1,
