@@ -4,9 +4,11 @@
 //! A capture the ledger cannot take (database down, locked) goes to the capture outbox: one
 //! JSON line per capture in `<data_dir>/capture-outbox.jsonl`, fsynced before the answer is
 //! released, retried every second until the ledger takes it (captures are idempotent by job
-//! id). So a failed capture does not mean a free answer, as long as the outbox drains before
-//! the hold expires (`billing.hold_ttl_secs`, 2 h by default): a hold the reaper released
-//! first can no longer be captured, and that loss is counted
+//! id). So a failed capture does not mean a free answer. A capture that lands after the
+//! reaper released its hold (`billing.hold_ttl_secs`, 2 h by default: a long outage, or a
+//! stream that outlived its hold) is charged late from the client's available balance
+//! (see [`billing::Ledger::capture`]); only a hold released because the request failed
+//! cannot be captured, and that is counted
 //! (`cocoon_billing_outbox_captures_total{outcome="hold_released"}`) and logged.
 
 use std::collections::HashMap;
@@ -117,9 +119,10 @@ impl LedgerMeter {
             }
             match self.ledger.capture(p.job_id, worker, billing::Usage::from(&p.usage), p.coefficient).await {
                 Ok(billing::CaptureOutcome::AlreadyReleased(_)) => {
-                    // The reaper (or a release) closed the hold first: this answer went unpaid.
+                    // The gateway released the hold (it saw the request fail) before the
+                    // capture landed: nothing to charge. A reaped hold is captured late instead.
                     metrics::counter!("cocoon_billing_outbox_captures_total", "outcome" => "hold_released").increment(1);
-                    tracing::error!(job_id = %p.job_id, worker = %p.worker, "outbox capture found its hold already released: the answer went unpaid");
+                    tracing::error!(job_id = %p.job_id, worker = %p.worker, "outbox capture found its hold released by the gateway: not charged");
                     landed.insert(p.job_id);
                 }
                 Ok(_) => {

@@ -229,6 +229,43 @@ async fn a_stream_in_flight_shows_as_held_until_it_ends() {
 }
 
 #[tokio::test]
+async fn a_stream_that_outlives_its_hold_is_still_charged() {
+    // Holds live 1 s and the reaper runs every second; the stream takes ~4 s, so its hold is
+    // reaped mid-stream. Before: the capture found the hold released and the answer was free.
+    let net = common::start(|c| {
+        c.billing.hold_ttl_secs = 1;
+        c.billing.reap_interval_secs = 1;
+    })
+    .await;
+    let l = net.ledger.clone().unwrap();
+    let before = get_json(&net, "/account/balance", &net.api_key).await;
+    let r = common::post_chat(&net, &net.api_key, &json!({"model": "cocoon-test", "messages": [{"role": "user", "content": "go"}], "stream": true,
+        "max_tokens": 120, "test_engine": {"tokens_per_second": 30, "completion_tokens": 120}})).await;
+    let id: uuid::Uuid = r.headers()["x-request-id"].to_str().unwrap().parse().unwrap();
+    let mut s = r.bytes_stream();
+    s.next().await.unwrap().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while l.find_hold(id).await.unwrap().unwrap().status != billing::HoldStatus::Expired {
+        assert!(tokio::time::Instant::now() < deadline, "the reaper never released the stream's hold");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut text = String::new();
+    while let Some(chunk) = s.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let receipt = l.receipt(id).await.unwrap().expect("the late capture charged the stream");
+    assert_eq!(receipt.usage.completion_tokens, 120);
+    assert!(receipt.billed.charge > 0);
+    assert_eq!(receipt.held, 0, "charged from the available balance, nothing was reserved");
+    let after = get_json(&net, "/account/balance", &net.api_key).await;
+    assert_eq!(int(&after, "total"), int(&before, "total") - receipt.billed.charge);
+    assert_eq!(int(&after, "held"), 0);
+    assert_books_balance(&l).await;
+    net.net.shutdown().await;
+}
+
+#[tokio::test]
 async fn account_endpoints_need_a_key_and_workers_see_only_their_own_earnings() {
     let net = common::start(|_| {}).await;
     for path in ["/account/balance", "/account/usage", "/workers/worker-1/earnings"] {

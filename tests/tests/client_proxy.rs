@@ -34,6 +34,9 @@ enum Tamper {
     /// Rename the model a report's worker lists (a gateway passing off a worker for a model
     /// its evidence does not commit to).
     ReportOtherModel,
+    /// Swap the worker's HPKE key in the report for one the gateway holds (so that it could
+    /// open what the client seals).
+    ReportOtherKey,
 }
 
 #[derive(Clone)]
@@ -77,6 +80,11 @@ async fn relay(State(r): State<Relay>, method: Method, uri: Uri, headers: Header
         let text = resp.text().await.unwrap().replace(r#""models":[{"id":"cocoon-test""#, r#""models":[{"id":"cocoon-cheap""#);
         assert!(text.contains("cocoon-cheap"), "the report's model list changed shape: {text}");
         return out.body(Body::from(text)).unwrap();
+    }
+    if r.tamper == Tamper::ReportOtherKey && uri.path().ends_with("/attestation/report") {
+        let mut v: serde_json::Value = resp.json().await.unwrap();
+        v["workers"][0]["hpke_public_key"] = json!("11".repeat(32));
+        return out.body(Body::from(v.to_string())).unwrap();
     }
     let flip = sealed && r.tamper == Tamper::FlipAnswerByte;
     let mut offset = 0usize;
@@ -126,6 +134,8 @@ async fn setup(tamper: Tamper) -> Setup {
     let verdict = cocoon::client_proxy::verify_all(&client).await.unwrap();
     if tamper == Tamper::ReportOtherModel {
         assert!(verdict.contains("NOT TRUSTED") && verdict.contains("(models_digest)"), "{verdict}");
+    } else if tamper == Tamper::ReportOtherKey {
+        assert!(verdict.contains("NOT TRUSTED") && verdict.contains("(report_data)"), "{verdict}");
     } else {
         assert!(verdict.contains("TRUSTED") && !verdict.contains("NOT TRUSTED"), "{verdict}");
     }
@@ -403,5 +413,18 @@ async fn a_report_listing_models_the_evidence_does_not_commit_to_is_refused() {
     let e: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(e["error"]["code"], "no_trusted_worker", "{e}");
     assert!(e["error"]["message"].as_str().unwrap().contains("(models_digest)"), "{e}");
+    s.net.net.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_report_with_a_swapped_worker_key_is_refused_and_nothing_is_sealed_to_it() {
+    let s = setup(Tamper::ReportOtherKey).await;
+    let resp = post(&format!("{}/chat/completions", s.proxy), &json!({"model": MODEL, "messages": [{"role": "user", "content": MARKER}]})).await;
+    assert_eq!(resp.status(), 503);
+    let e: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "no_trusted_worker", "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("(report_data)"), "{e}");
+    let seen = String::from_utf8_lossy(&s.seen.lock().unwrap()).into_owned();
+    assert!(!seen.contains("cocoon-e2e-enc"), "a request was sealed to the swapped key");
     s.net.net.shutdown().await;
 }

@@ -17,9 +17,14 @@ impl Ledger {
     /// rest of the hold is released and a usage row is written.
     ///
     /// An active hold is captured even after its expiry time if the reaper has not
-    /// released it yet. Capturing a captured job, or a released or reaped one, changes
-    /// nothing: [`CaptureOutcome::AlreadyCaptured`] (with the original receipt) or
-    /// [`CaptureOutcome::AlreadyReleased`].
+    /// released it yet. A hold the reaper already released (`expired`) is still captured,
+    /// late: the request ran past its hold's lifetime (a stream longer than
+    /// `billing.hold_ttl_secs`, or a capture that waited in the outbox), and the answer was
+    /// delivered, so it is charged, not given away. Its reservation is gone, so the charge
+    /// comes from the client's available balance alone (the rule below with a hold of zero)
+    /// and the receipt's `held` is 0. Capturing a captured job, or one the gateway released
+    /// (the request failed), changes nothing: [`CaptureOutcome::AlreadyCaptured`] (with the
+    /// original receipt) or [`CaptureOutcome::AlreadyReleased`].
     ///
     /// # When the cost exceeds the hold
     /// The client pays `min(cost, hold + its other available balance)`: the excess over
@@ -174,18 +179,22 @@ impl Ledger {
                 })?;
                 return Ok(CaptureOutcome::AlreadyCaptured(receipt));
             }
-            HoldStatus::Released | HoldStatus::Expired => {
+            HoldStatus::Expired => {}
+            HoldStatus::Released => {
                 tx.rollback().await?;
                 return Ok(CaptureOutcome::AlreadyReleased(hold));
             }
         }
         check_worker(&row, worker)?;
+        // A reaped hold no longer counts in `held`: nothing is reserved for this charge.
+        let late = hold.status == HoldStatus::Expired;
+        let reserved = if late { 0 } else { hold.amount };
 
         let full = cost(hold.price, usage, coefficient, hold.fee_bps)?;
         let balance: i64 = row.try_get("balance")?;
         let held: i64 = row.try_get("held")?;
         let new_held = held
-            .checked_sub(hold.amount)
+            .checked_sub(reserved)
             .ok_or(Error::Overflow("held"))?;
         // Everything not reserved by other holds, this hold included.
         let ceiling = balance
@@ -220,7 +229,7 @@ impl Ledger {
             cost: full.charge,
             billed,
             shortfall,
-            held: hold.amount,
+            held: reserved,
             new_balance,
             new_held,
         };
@@ -229,6 +238,9 @@ impl Ledger {
             Backend::Sqlite => write.portable(&mut tx).await?,
         };
         tx.commit().await?;
+        if late {
+            tracing::warn!(%job_id, cost = full.charge, billed = billed.charge, "hold expired before its capture; charged late from the available balance");
+        }
         if shortfall > 0 {
             tracing::warn!(%job_id, cost = full.charge, billed = billed.charge, "capture exceeded hold and balance; shortfall written off");
         }
@@ -242,7 +254,7 @@ impl Ledger {
             cost: full.charge,
             billed,
             shortfall,
-            held: hold.amount,
+            held: reserved,
             transaction: tx_id,
             at_ms: now,
         }))
