@@ -207,6 +207,12 @@ fn sse_data(data: &[u8]) -> Bytes {
 
 /// Serves [`app`] on `listener` until `stop`.
 pub async fn serve(client: Arc<SealedClient>, listener: tokio::net::TcpListener, stop: tokio_util::sync::CancellationToken) -> std::io::Result<()> {
+    use axum::serve::ListenerExt as _;
+    // SSE chunks are small writes: with Nagle on, each waits for the SDK's delayed ACK (~40 ms
+    // added to the first token, measured by scripts/bench-e2e).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app(client)).with_graceful_shutdown(async move { stop.cancelled().await }).await
 }
 
