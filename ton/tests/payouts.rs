@@ -547,6 +547,65 @@ async fn underfunded_wallet_waits(db: &TestDb) {
     assert_paid_once(l, &chain).await;
 }
 
+/// The indexer answers `walletInformation` with 409 "not a wallet" for a wallet it holds
+/// as `nonexist` (here: its only transaction was a bounced deposit). The sender reads the
+/// account's state instead: an undeployed wallet holding nothing, so payouts wait; once
+/// funded, the first batch deploys it.
+async fn not_a_wallet_answer_means_undeployed(db: &TestDb) {
+    let l = &db.ledger;
+    worker(l, 1, 3 * TON, true).await;
+    let chain = chain(0).await;
+    chain.with(|s| s.bounced_deposit(i128::from(TON)));
+    let raw = wallet().address().to_raw();
+    let info = chain.api.wallet_information(&raw).await.unwrap();
+    assert_eq!(
+        (info.status.as_deref(), info.balance.as_deref(), info.seqno),
+        (Some("nonexist"), Some("0"), None)
+    );
+    let s = sender(&chain, l, config());
+    let r = s.run_once().await.unwrap();
+    assert!(
+        matches!(r.step, Step::Underfunded { balance: 0, .. }),
+        "{r:?}"
+    );
+    chain.with(|s| s.fund(10 * i128::from(TON)));
+    assert!(matches!(
+        s.run_once().await.unwrap().step,
+        Step::Sent { seqno: 0, .. }
+    ));
+    s.run_once().await.unwrap();
+    assert_paid_once(l, &chain).await;
+    // An address the index holds with code that is not a wallet is an error, not a
+    // wallet with seqno 0.
+    let other = Address {
+        workchain: 0,
+        hash: [9; 32],
+    };
+    chain.with(|s| {
+        s.accounts.insert(other, "active");
+    });
+    let e = chain
+        .api
+        .wallet_information(&other.to_raw())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("is not a wallet") && e.contains("active"), "{e}");
+    // One the index has never seen is an empty undeployed wallet (200 uninit).
+    let unseen = chain
+        .api
+        .wallet_information(
+            &Address {
+                workchain: 0,
+                hash: [8; 32],
+            }
+            .to_raw(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(unseen.status.as_deref(), Some("uninit"));
+}
+
 /// Two sender processes at once, each killed at random points and restarted, while new
 /// earnings keep arriving and broadcasts are sometimes lost: every payout goes out once.
 async fn racing_senders_killed_at_random(db: &TestDb) {
@@ -706,5 +765,6 @@ on_both_backends!(
     failed_transfer_goes_again,
     index_lag_decides_nothing,
     underfunded_wallet_waits,
+    not_a_wallet_answer_means_undeployed,
     racing_senders_killed_at_random,
 );
