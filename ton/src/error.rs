@@ -44,4 +44,7 @@ pub enum Error {
     Mnemonic(String),
     #[error("TON config: {0}")]
     Config(String),
+    /// The service wallet cannot be deployed as asked (e.g. it holds too little).
+    #[error("deploying the service wallet: {0}")]
+    Deploy(String),
 }

@@ -29,6 +29,9 @@
 //! Address::to_raw() / Address::to_friendly(bounceable, testnet)
 //! ledger.set_payout_address(worker, &parsed.address.to_raw(), parsed.bounceable_or_default())
 //!
+//! // deploy the service wallet before taking deposits (`cocoon ton deploy-wallet`)
+//! deploy_wallet(&api, &wallet, DeployOptions::default()) -> DeployOutcome
+//!
 //! // comments
 //! payout_comment(id) / parse_payout_comment(s); comment_cell(text) / decode_comment(cell)
 //! ```
@@ -41,6 +44,7 @@ pub mod address;
 pub mod api;
 pub mod cell;
 pub mod config;
+pub mod deploy;
 pub mod deposits;
 pub mod error;
 pub mod limiter;
@@ -51,6 +55,7 @@ pub use address::{parse_address, Address, AddressError, ParsedAddress};
 pub use api::TonApi;
 pub use cell::{comment_cell, decode_comment, CommentError};
 pub use config::{DepositConfig, MnemonicSource, Network, PayoutConfig, TonConfig, WalletKind};
+pub use deploy::{deploy_wallet, DeployOptions, DeployOutcome};
 pub use deposits::{classify, Classified, DepositWatcher, PollReport};
 pub use error::{Error, Result};
 pub use limiter::RateLimiter;

@@ -606,6 +606,79 @@ async fn not_a_wallet_answer_means_undeployed(db: &TestDb) {
     assert_eq!(unseen.status.as_deref(), Some("uninit"));
 }
 
+/// `deploy_wallet` (what `cocoon ton deploy-wallet` runs): refused while the wallet holds
+/// too little; then one message with the state init and a zero-value self-transfer
+/// deploys it; a second call sends nothing. The first payout batch after it needs no
+/// state init and uses seqno 1.
+async fn deploy_wallet_then_pay(db: &TestDb) {
+    let l = &db.ledger;
+    let chain = chain(0).await;
+    let opts = ton::DeployOptions {
+        wait: Duration::from_secs(5),
+        poll: Duration::from_millis(20),
+        ..ton::DeployOptions::default()
+    };
+    let e = ton::deploy_wallet(&chain.api, &wallet(), opts)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("holds 0 nanoTON"), "{e}");
+    assert_eq!(chain.with(|s| s.posts), 0);
+    chain.with(|s| s.fund(i128::from(TON)));
+    let out = ton::deploy_wallet(&chain.api, &wallet(), opts)
+        .await
+        .unwrap();
+    assert!(
+        matches!(out, ton::DeployOutcome::Deployed { seqno: 1, .. }),
+        "{out:?}"
+    );
+    let me = wallet().address();
+    chain.with(|s| {
+        assert!(s.deployed);
+        assert_eq!(s.applied, 1);
+        assert_eq!(s.transfers.len(), 1);
+        assert_eq!((s.transfers[0].to, s.transfers[0].amount), (me, 0));
+        assert_eq!(s.balance, i128::from(TON));
+        // Checked; assert_paid_once below counts payouts only.
+        s.transfers.clear();
+    });
+    assert_eq!(
+        ton::deploy_wallet(&chain.api, &wallet(), opts)
+            .await
+            .unwrap(),
+        ton::DeployOutcome::AlreadyDeployed { seqno: 1 }
+    );
+    assert_eq!(chain.with(|s| s.posts), 1);
+    // The watcher ignores the deploy and its self-transfer.
+    let w = ton::DepositWatcher::new(
+        chain.api.clone(),
+        l.clone(),
+        me,
+        ton::DepositConfig {
+            confirmations: 0,
+            ..ton::DepositConfig::default()
+        },
+    );
+    let r = w.poll_once().await.unwrap();
+    assert_eq!((r.credited, r.ignored), (0, 2), "{r:?}");
+    worker(l, 1, 3 * TON / 10, true).await;
+    chain.with(|s| s.fund(i128::from(TON)));
+    let s = sender(
+        &chain,
+        l,
+        PayoutConfig {
+            threshold_nanoton: TON / 10,
+            ..config()
+        },
+    );
+    assert!(matches!(
+        s.run_once().await.unwrap().step,
+        Step::Sent { seqno: 1, .. }
+    ));
+    s.run_once().await.unwrap();
+    assert_paid_once(l, &chain).await;
+}
+
 /// Two sender processes at once, each killed at random points and restarted, while new
 /// earnings keep arriving and broadcasts are sometimes lost: every payout goes out once.
 async fn racing_senders_killed_at_random(db: &TestDb) {
@@ -766,5 +839,6 @@ on_both_backends!(
     index_lag_decides_nothing,
     underfunded_wallet_waits,
     not_a_wallet_answer_means_undeployed,
+    deploy_wallet_then_pay,
     racing_senders_killed_at_random,
 );

@@ -343,6 +343,34 @@ impl ChainState {
             }
         });
         self.push_tx(tx);
+        // A transfer to itself (the deploy's) arrives as the wallet's next transaction.
+        let wallet = self.wallet;
+        for t in self
+            .transfers
+            .iter()
+            .filter(|t| t.tx_lt == lt && t.to == wallet)
+            .cloned()
+            .collect::<Vec<_>>()
+        {
+            self.push_tx(json!({
+                "orig_status": "active",
+                "end_status": "active",
+                "in_msg": {
+                    "source": wallet.to_raw().to_uppercase(),
+                    "destination": wallet.to_raw().to_uppercase(),
+                    "value": t.amount.to_string(),
+                    "bounce": t.bounce,
+                    "bounced": false,
+                    "message_content": {"body": boc_with_crc(&ton::comment_cell(&t.comment).unwrap()), "decoded": null}
+                },
+                "out_msgs": [],
+                "description": {
+                    "type": "ord", "aborted": true, "destroyed": false, "credit_first": !t.bounce,
+                    "credit_ph": {"credit": t.amount.to_string()},
+                    "compute_ph": {"skipped": true, "reason": "no_gas"}
+                }
+            }));
+        }
         Ok(hash)
     }
 
