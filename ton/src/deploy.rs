@@ -16,8 +16,9 @@ use crate::api::TonApi;
 use crate::error::{Error, Result};
 use crate::wallet::ServiceWallet;
 
-/// Least balance deploy_wallet asks for: the deploy costs a few million nanoTON in fees
-/// (about 0.002 TON in @ton/sandbox for wallet v5r1); a margin for storage.
+/// Least balance deploy_wallet asks for: the deploy and its self-transfer cost about
+/// 5.9 million nanoTON in fees in @ton/sandbox for wallet v5r1 (2 TON before, 1.994132799
+/// after: tests/fixtures/sandbox, transactions 2 and 3); a margin for storage.
 pub const MIN_DEPLOY_BALANCE: i64 = 10_000_000;
 /// The comment of the deploy's self-transfer.
 pub const DEPLOY_COMMENT: &str = "cocoon: deploy service wallet";
