@@ -42,6 +42,8 @@ enum Cmd {
     Ledger(cli::ledger::LedgerArgs),
     /// TON payouts to workers.
     Payouts(cli::payouts::PayoutsArgs),
+    /// The TON service wallet: `ton deploy-wallet` (do it before taking deposits).
+    Ton(cli::ton::TonArgs),
     /// Print the OpenAPI document generated from the gateway's handlers.
     Openapi,
     /// Validate the configuration and exit (non-zero with one line per mistake).
@@ -63,6 +65,7 @@ async fn main() -> std::process::ExitCode {
         Cmd::Prices(a) => cli::prices::run(a).await,
         Cmd::Ledger(a) => cli::ledger::run(a).await,
         Cmd::Payouts(a) => cli::payouts::run(a).await,
+        Cmd::Ton(a) => cli::ton::run(a).await,
         Cmd::Openapi => cli::openapi::run(),
         Cmd::ConfigCheck(a) => cli::config_check::run(a),
     };

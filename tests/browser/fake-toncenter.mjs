@@ -47,10 +47,22 @@ export class FakeToncenter {
     return { hash, lt };
   }
 
-  /** An incoming transfer to the service wallet (a client's deposit). */
+  /**
+   * An incoming non-bounceable transfer to the service wallet (a client's deposit), with the
+   * phases the real chain gives it (ton/tests/fixtures/sandbox, made in @ton/sandbox): on an
+   * undeployed wallet the compute phase is skipped (no_state) and the transaction aborted,
+   * but the value is credited first and stays.
+   */
   deposit({ from, amount, bodyBoc }) {
+    const orig = this.deployed ? 'active' : this.balance > 0n ? 'uninit' : 'nonexist';
     this.balance += BigInt(amount);
+    const credit = { credit: String(amount) };
+    const description = this.deployed
+      ? { type: 'ord', aborted: false, credit_first: true, credit_ph: credit, compute_ph: { skipped: false, success: true, exit_code: 0 }, action: { success: true, msgs_created: 0, tot_actions: 0 } }
+      : { type: 'ord', aborted: true, credit_first: true, credit_ph: credit, compute_ph: { skipped: true, reason: 'no_state' } };
     return this.pushTx({
+      orig_status: orig,
+      end_status: this.deployed ? 'active' : 'uninit',
       in_msg: {
         source: this.raw(Address.parseRaw(from)),
         destination: this.raw(this.wallet),
@@ -60,7 +72,7 @@ export class FakeToncenter {
         message_content: { body: bodyBoc, decoded: null },
       },
       out_msgs: [],
-      description: { aborted: false, compute_ph: { skipped: false, success: true, exit_code: 0 }, action: { success: true, msgs_created: 0, tot_actions: 0 } },
+      description,
     });
   }
 

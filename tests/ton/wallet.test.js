@@ -148,3 +148,38 @@ test('a wallet v4r2 message built in Rust runs on the real wallet v4r2', async (
   await execute(blockchain, v4, fx.v4r2_batch, new Set());
   await assert.rejects(blockchain.sendMessage(Cell.fromBase64(fx.v4r2_batch.boc)));
 });
+
+test('the deploy message built in Rust (cocoon ton deploy-wallet) deploys the real wallet v5r1, once', async () => {
+  const blockchain = await Blockchain.create();
+  blockchain.now = fx.now;
+  const treasury = await blockchain.treasury('funder');
+  const service = Address.parseRaw(fx.v5r1_mainnet.raw);
+  await treasury.send({ to: service, value: toNano('1'), bounce: false });
+  assert.equal((await blockchain.getContract(service)).accountState?.type, 'uninit');
+
+  const res = await blockchain.sendMessage(Cell.fromBase64(fx.deploy.boc));
+  const ext = res.transactions[0];
+  const executed = beginCell().store(storeMessage(ext.inMessage)).endCell();
+  assert.equal(executed.hash().toString('hex'), fx.deploy.hash);
+  assert.equal(ext.oldStatus, 'uninitialized');
+  assert.equal(ext.endStatus, 'active');
+  assert.equal(ext.description.computePhase.type, 'vm');
+  assert.equal(ext.description.computePhase.success, true);
+  assert.equal(ext.description.actionPhase.success, true);
+  // One zero-value, non-bounceable transfer to itself with the deploy comment.
+  assert.equal(ext.outMessagesCount, 1);
+  const self = ext.outMessages.get(0);
+  assert.ok(self.info.dest.equals(service));
+  assert.equal(self.info.value.coins, 0n);
+  assert.equal(self.info.bounce, false);
+  assert.equal(comment(self.body), fx.deploy.comment);
+
+  const kp = await mnemonicToPrivateKey(fx.mnemonic.split(' '));
+  const wallet = blockchain.openContract(WalletContractV5R1.create({ workchain: 0, publicKey: kp.publicKey }));
+  assert.equal(await wallet.getSeqno(), 1);
+  const acc = await blockchain.getContract(service);
+  assert.ok(acc.balance > toNano('0.99'), `only fees were spent: ${acc.balance}`);
+  // Sent again (e.g. by a second run), it is refused: seqno 0 is used.
+  await assert.rejects(blockchain.sendMessage(Cell.fromBase64(fx.deploy.boc)));
+  assert.equal(await wallet.getSeqno(), 1);
+});

@@ -10,16 +10,21 @@ use base64::Engine;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{Error, Result};
+use crate::limiter::RateLimiter;
 
 /// Largest response body read (toncenter pages of 1000 transactions stay well below).
 const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 
-/// An API endpoint and its key.
+/// 429 answers retried (each after the limiter's delay) before a call fails.
+const MAX_RATE_LIMITED_RETRIES: u32 = 5;
+
+/// An API endpoint and its key. Clones share the HTTP client and the rate limiter.
 #[derive(Clone)]
 pub struct TonApi {
     client: reqwest::Client,
     base: String,
     api_key: Option<String>,
+    limiter: Option<RateLimiter>,
 }
 
 impl std::fmt::Debug for TonApi {
@@ -27,6 +32,7 @@ impl std::fmt::Debug for TonApi {
         f.debug_struct("TonApi")
             .field("base", &self.base)
             .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .field("limiter", &self.limiter.as_ref().map(RateLimiter::interval))
             .finish()
     }
 }
@@ -68,6 +74,11 @@ pub struct Transaction {
     pub now: Option<i64>,
     #[serde(default, deserialize_with = "lenient_u64")]
     pub mc_block_seqno: Option<u64>,
+    /// The account's status before and after: `nonexist`, `uninit`, `active`, `frozen`.
+    #[serde(default)]
+    pub orig_status: Option<String>,
+    #[serde(default)]
+    pub end_status: Option<String>,
     #[serde(default)]
     pub description: Option<Description>,
     #[serde(default)]
@@ -76,24 +87,134 @@ pub struct Transaction {
     pub out_msgs: Vec<Message>,
 }
 
+/// An ordinary transaction's phases (toncenter's `TransactionDescr`). A TON node sets
+/// `aborted` whenever compute or action did not succeed, including a compute phase
+/// skipped because the account has no code (`no_state`): that alone does not say whether
+/// the inbound value stayed (see [`Description::value_kept`]).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct Description {
     #[serde(default)]
     pub aborted: Option<bool>,
+    /// Credit before storage: the message was not bounceable.
+    #[serde(default)]
+    pub credit_first: Option<bool>,
+    #[serde(default)]
+    pub credit_ph: Option<CreditPhase>,
     #[serde(default)]
     pub compute_ph: Option<ComputePhase>,
     #[serde(default)]
     pub action: Option<ActionPhase>,
+    /// Present only when the transaction failed on a bounceable message.
+    #[serde(default)]
+    pub bounce: Option<BouncePhase>,
 }
 
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct CreditPhase {
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub credit: Option<String>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub due_fees_collected: Option<String>,
+}
+
+/// Two spellings are in use: the current indexer's `{"skipped": true, "reason":
+/// "no_state"}` / `{"skipped": false, "success": ...}` (ton-index-go `ComputePhase`), and
+/// older v3 responses' `{"type": "skipped", "skip_reason": "no_state"}` /
+/// `{"type": "vm", "success": ...}` (seen in recorded responses, see
+/// `tests/fixtures/real/`). Both are read.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct ComputePhase {
     #[serde(default)]
     pub skipped: Option<bool>,
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    /// `no_state`, `bad_state`, `no_gas`, `suspended`.
+    #[serde(default, alias = "skip_reason")]
+    pub reason: Option<String>,
     #[serde(default)]
     pub success: Option<bool>,
     #[serde(default, deserialize_with = "lenient_i64")]
     pub exit_code: Option<i64>,
+}
+
+impl ComputePhase {
+    pub fn is_skipped(&self) -> bool {
+        self.skipped == Some(true) || self.kind.as_deref() == Some("skipped")
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct BouncePhase {
+    /// `ok`, `nofunds`, `negfunds`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+}
+
+impl Description {
+    /// Whether compute or action failed (or was skipped) or the node marked it aborted.
+    pub fn failed(&self) -> bool {
+        let compute_failed = self
+            .compute_ph
+            .as_ref()
+            .is_some_and(|c| c.is_skipped() || c.success == Some(false));
+        let action_failed = self
+            .action
+            .as_ref()
+            .is_some_and(|a| a.success == Some(false));
+        self.aborted == Some(true) || compute_failed || action_failed
+    }
+
+    /// Whether the inbound message's value stayed on the account, from the chain's rules:
+    /// a transaction that did not fail keeps it; a failed one keeps it only when the
+    /// message was not bounceable (`bounce` is the message's flag), the credit phase
+    /// credited something, and there is no bounce phase (which sends the value back, or
+    /// tried to). `Err` says why not.
+    pub fn value_kept(&self, bounce: Option<bool>) -> std::result::Result<(), String> {
+        if !self.failed() {
+            return Ok(());
+        }
+        let why = || {
+            let c = self.compute_ph.as_ref();
+            let compute = match c {
+                None => "none".to_owned(),
+                Some(c) if c.is_skipped() => {
+                    format!("skipped ({})", c.reason.as_deref().unwrap_or("?"))
+                }
+                Some(c) => match c.exit_code {
+                    Some(e) => format!("success={:?} exit code {e}", c.success),
+                    None => format!("success={:?}", c.success),
+                },
+            };
+            let action = self
+                .action
+                .as_ref()
+                .map_or("none".to_owned(), |a| format!("success={:?}", a.success));
+            format!(
+                "transaction aborted={:?}, compute {compute}, action {action}",
+                self.aborted
+            )
+        };
+        if let Some(b) = &self.bounce {
+            return Err(format!(
+                "{}; bounce phase {} (the value went back)",
+                why(),
+                b.kind.as_deref().unwrap_or("?")
+            ));
+        }
+        if bounce != Some(false) {
+            return Err(format!("{}; message bounceable={bounce:?}", why()));
+        }
+        let credited = self
+            .credit_ph
+            .as_ref()
+            .and_then(|c| c.credit.as_deref())
+            .and_then(|c| c.parse::<u128>().ok())
+            .is_some_and(|c| c > 0);
+        if !credited {
+            return Err(format!("{}; nothing credited", why()));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -166,6 +287,12 @@ pub struct AccountState {
     pub address: Option<String>,
     #[serde(default)]
     pub status: Option<String>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub balance: Option<String>,
+    #[serde(default, deserialize_with = "lenient_u64")]
+    pub last_transaction_lt: Option<u64>,
+    #[serde(default)]
+    pub last_transaction_hash: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -186,6 +313,21 @@ pub struct Block {
 pub struct SendMessageResult {
     #[serde(default)]
     pub message_hash: Option<String>,
+}
+
+/// A 429 answer (its body, shortened).
+struct RateLimited(String);
+
+/// The `error` of an indexer error body (`{"error": "not a wallet"}`, ton-index-go's
+/// `IndexError`), if the body is one.
+fn api_error(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct IndexError {
+        error: String,
+    }
+    serde_json::from_slice::<IndexError>(body)
+        .ok()
+        .map(|e| e.error.chars().take(300).collect())
 }
 
 // ---- lenient number parsing ------------------------------------------------------------
@@ -269,7 +411,15 @@ impl TonApi {
             client,
             base: base_url.trim_end_matches('/').to_owned(),
             api_key,
+            limiter: None,
         })
+    }
+
+    /// Paces every call of this API and its clones to `requests_per_sec` (one limiter,
+    /// shared by the clones made after this call).
+    pub fn with_requests_per_sec(mut self, requests_per_sec: f64) -> TonApi {
+        self.limiter = Some(RateLimiter::new(requests_per_sec));
+        self
     }
 
     async fn get<T: for<'de> Deserialize<'de>>(
@@ -277,48 +427,98 @@ impl TonApi {
         endpoint: &'static str,
         query: &[(&str, String)],
     ) -> Result<T> {
-        let mut req = self
-            .client
-            .get(format!("{}{endpoint}", self.base))
-            .query(query);
-        if let Some(k) = &self.api_key {
-            req = req.header("X-API-Key", k);
+        self.call(endpoint, || {
+            let req = self
+                .client
+                .get(format!("{}{endpoint}", self.base))
+                .query(query);
+            match &self.api_key {
+                Some(k) => req.header("X-API-Key", k),
+                None => req,
+            }
+        })
+        .await
+    }
+
+    /// Sends the request `build` makes once the limiter allows it; a 429 is retried in
+    /// the next slot (the server did not act on it), up to [`MAX_RATE_LIMITED_RETRIES`].
+    async fn call<T: for<'de> Deserialize<'de>>(
+        &self,
+        endpoint: &'static str,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<T> {
+        let mut retries = 0;
+        loop {
+            if let Some(l) = &self.limiter {
+                l.acquire().await;
+            }
+            match self.finish(endpoint, build()).await {
+                Err(RateLimited(detail)) => {
+                    retries += 1;
+                    if retries > MAX_RATE_LIMITED_RETRIES {
+                        return Err(Error::Api {
+                            endpoint,
+                            detail: format!("rate limited {retries} times: {detail}"),
+                        });
+                    }
+                    tracing::debug!(endpoint, retries, "TON API answered 429; retrying");
+                    match &self.limiter {
+                        Some(l) => l.penalize().await,
+                        // Unpaced: still do not hammer it.
+                        None => tokio::time::sleep(Duration::from_secs(1)).await,
+                    }
+                }
+                Ok(r) => return r,
+            }
         }
-        self.finish(endpoint, req).await
     }
 
     async fn finish<T: for<'de> Deserialize<'de>>(
         &self,
         endpoint: &'static str,
         req: reqwest::RequestBuilder,
-    ) -> Result<T> {
+    ) -> std::result::Result<Result<T>, RateLimited> {
         let api = |detail: String| Error::Api { endpoint, detail };
-        let mut resp = req
-            .send()
-            .await
-            .map_err(|e| api(e.without_url().to_string()))?;
+        let mut resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(api(e.without_url().to_string()))),
+        };
         let status = resp.status();
         let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| api(e.without_url().to_string()))?
-        {
-            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                return Err(api(format!(
-                    "response larger than {MAX_RESPONSE_BYTES} bytes"
-                )));
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                        return Ok(Err(api(format!(
+                            "response larger than {MAX_RESPONSE_BYTES} bytes"
+                        ))));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return Ok(Err(api(e.without_url().to_string()))),
             }
-            body.extend_from_slice(&chunk);
+        }
+        let text = || String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return Err(RateLimited(text()));
         }
         if !status.is_success() {
-            let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
-            return Err(api(format!("HTTP {status}: {text}")));
+            return Ok(Err(match api_error(&body) {
+                Some(msg) => Error::Status {
+                    endpoint,
+                    status: status.as_u16(),
+                    error: msg,
+                },
+                None => api(format!("HTTP {status}: {}", text())),
+            }));
         }
-        serde_json::from_slice(&body).map_err(|e| Error::BadResponse {
-            endpoint,
-            detail: e.to_string(),
-        })
+        Ok(
+            serde_json::from_slice(&body).map_err(|e| Error::BadResponse {
+                endpoint,
+                detail: e.to_string(),
+            }),
+        )
     }
 
     /// Transactions of `account`, one page.
@@ -348,12 +548,49 @@ impl TonApi {
 
     /// Seqno, status, balance and last transaction of a wallet (from the index, so it is
     /// consistent with [`TonApi::transactions`]).
+    ///
+    /// The indexer answers 409 `{"error": "not a wallet"}` for an account it holds without
+    /// wallet code and not `uninit` (ton-index-go `GetV2WalletInformation` /
+    /// `WalletInformationFromV3`): e.g. `nonexist` after a bounced first transfer, or
+    /// `frozen`. Then the account's state is read from `/accountStates`: an account with
+    /// no state yet is an undeployed wallet (no seqno, its balance); anything else (code
+    /// that is not a wallet, frozen) is an error naming the status.
     pub async fn wallet_information(&self, address: &str) -> Result<WalletInformation> {
-        self.get(
-            "/api/v3/walletInformation",
-            &[("address", address.to_owned()), ("use_v2", "false".into())],
-        )
-        .await
+        let endpoint = "/api/v3/walletInformation";
+        match self
+            .get(
+                endpoint,
+                &[("address", address.to_owned()), ("use_v2", "false".into())],
+            )
+            .await
+        {
+            Err(Error::Status {
+                status: 409, error, ..
+            }) => {
+                let state = self
+                    .account_states(&[address.to_owned()])
+                    .await?
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default();
+                match state.status.as_deref() {
+                    None | Some("nonexist") | Some("uninit") => Ok(WalletInformation {
+                        balance: Some(state.balance.unwrap_or_else(|| "0".into())),
+                        last_transaction_lt: state.last_transaction_lt,
+                        last_transaction_hash: state.last_transaction_hash,
+                        seqno: None,
+                        status: Some(state.status.unwrap_or_else(|| "nonexist".into())),
+                    }),
+                    Some(other) => Err(Error::BadResponse {
+                        endpoint,
+                        detail: format!(
+                            "{address} is not a wallet ({error:?}; account status {other})"
+                        ),
+                    }),
+                }
+            }
+            other => other,
+        }
     }
 
     /// Status (`active`, `uninit`, `frozen`, `nonexist`) of each of `addresses`, in one call.
@@ -381,17 +618,21 @@ impl TonApi {
         Ok(last)
     }
 
-    /// Broadcasts an external message.
+    /// Broadcasts an external message (a 429 is retried: the server did not take it).
     pub async fn send_boc(&self, boc: &str) -> Result<SendMessageResult> {
         let endpoint = "/api/v3/message";
-        let mut req = self
-            .client
-            .post(format!("{}{endpoint}", self.base))
-            .json(&serde_json::json!({ "boc": boc }));
-        if let Some(k) = &self.api_key {
-            req = req.header("X-API-Key", k);
-        }
-        self.finish(endpoint, req).await
+        let body = serde_json::json!({ "boc": boc });
+        self.call(endpoint, || {
+            let req = self
+                .client
+                .post(format!("{}{endpoint}", self.base))
+                .json(&body);
+            match &self.api_key {
+                Some(k) => req.header("X-API-Key", k),
+                None => req,
+            }
+        })
+        .await
     }
 }
 

@@ -111,6 +111,10 @@ pub struct TonConfig {
     #[serde(skip_serializing)]
     pub api_key: Option<String>,
     pub api_timeout_secs: u64,
+    /// Client-side pace of all API calls (deposit watcher and payout sender together);
+    /// default [`DEFAULT_RPS_WITHOUT_KEY`] without `api_key`, [`DEFAULT_RPS_WITH_KEY`]
+    /// with one. A 429 is retried after the limiter's delay.
+    pub api_requests_per_sec: Option<f64>,
     pub wallet: WalletKind,
     /// Environment variable holding the mnemonic (default `COCOON_TON_MNEMONIC`)...
     pub mnemonic_env: Option<String>,
@@ -164,6 +168,7 @@ impl Default for TonConfig {
             api_url: None,
             api_key: None,
             api_timeout_secs: 15,
+            api_requests_per_sec: None,
             wallet: WalletKind::V5r1,
             mnemonic_env: None,
             mnemonic_file: None,
@@ -200,6 +205,12 @@ impl Default for PayoutConfig {
     }
 }
 
+/// toncenter's limit without an API key.
+pub const DEFAULT_RPS_WITHOUT_KEY: f64 = 1.0;
+/// toncenter's limit for a free API key (paid plans allow more: set
+/// `api_requests_per_sec`).
+pub const DEFAULT_RPS_WITH_KEY: f64 = 10.0;
+
 /// The default environment variable of the mnemonic.
 pub const DEFAULT_MNEMONIC_ENV: &str = "COCOON_TON_MNEMONIC";
 
@@ -212,6 +223,29 @@ impl TonConfig {
 
     pub fn api_timeout(&self) -> Duration {
         Duration::from_secs(self.api_timeout_secs)
+    }
+
+    /// The pace of API calls: `api_requests_per_sec`, else the default for having a key.
+    pub fn requests_per_sec(&self) -> f64 {
+        self.api_requests_per_sec
+            .unwrap_or(if self.api_key.is_some() {
+                DEFAULT_RPS_WITH_KEY
+            } else {
+                DEFAULT_RPS_WITHOUT_KEY
+            })
+    }
+
+    /// What deserves a warning at start (not an error).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.enabled && self.network == Network::Mainnet && self.api_key.is_none() {
+            w.push(format!(
+                "ton: mainnet without ton.api_key: toncenter allows {DEFAULT_RPS_WITHOUT_KEY} request/s \
+                 without a key, shared by the deposit watcher and the payout sender; deposits \
+                 and payouts will be slow (set COCOON__TON__API_KEY)"
+            ));
+        }
+        w
     }
 
     pub fn mnemonic_source(&self) -> MnemonicSource {
@@ -231,6 +265,13 @@ impl TonConfig {
         }
         if self.api_timeout_secs == 0 {
             errors.push("ton.api_timeout_secs must be > 0".into());
+        }
+        if let Some(r) = self.api_requests_per_sec {
+            if !(r.is_finite() && r > 0.0 && r <= 1000.0) {
+                errors.push(format!(
+                    "ton.api_requests_per_sec must be within (0, 1000], got {r}"
+                ));
+            }
         }
         if self.mnemonic_env.is_some() && self.mnemonic_file.is_some() {
             errors.push("ton.mnemonic_env and ton.mnemonic_file: set at most one".into());
@@ -280,6 +321,7 @@ impl fmt::Debug for TonConfig {
             .field("network", &self.network)
             .field("api_url", &self.api_url())
             .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .field("requests_per_sec", &self.requests_per_sec())
             .field("wallet", &self.wallet)
             .field("mnemonic", &self.mnemonic_source())
             .field("deposits", &self.deposits)
@@ -313,6 +355,28 @@ mod tests {
         .unwrap();
         let errors = bad.validate();
         assert_eq!(errors.len(), 6, "{errors:#?}");
+        assert_eq!(bad.requests_per_sec(), DEFAULT_RPS_WITHOUT_KEY);
+        let keyed = TonConfig {
+            api_key: Some("k".into()),
+            ..TonConfig::default()
+        };
+        assert_eq!(keyed.requests_per_sec(), DEFAULT_RPS_WITH_KEY);
+        for bad_rps in [0.0, -1.0, f64::NAN, 1e9] {
+            let c = TonConfig {
+                api_requests_per_sec: Some(bad_rps),
+                ..TonConfig::default()
+            };
+            assert_eq!(c.validate().len(), 1, "{bad_rps}");
+        }
+        let mainnet = |key: Option<&str>| TonConfig {
+            enabled: true,
+            network: Network::Mainnet,
+            api_key: key.map(str::to_owned),
+            ..TonConfig::default()
+        };
+        assert_eq!(mainnet(None).warnings().len(), 1);
+        assert!(mainnet(Some("k")).warnings().is_empty());
+        assert!(TonConfig::default().warnings().is_empty());
         assert!(serde_json::from_value::<TonConfig>(serde_json::json!({"nope": 1})).is_err());
         let dbg = format!(
             "{:?}",

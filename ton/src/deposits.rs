@@ -45,48 +45,36 @@ pub fn classify(tx: &Transaction, wallet: &Address) -> Result<Classified> {
     let Some(msg) = &tx.in_msg else {
         return Ok(Classified::Ignore("no inbound message"));
     };
-    let source = match msg.source.as_deref() {
+    let (source_addr, source_text) = match msg.source.as_deref() {
         None | Some("") => return Ok(Classified::Ignore("external inbound message")),
-        Some(s) => Address::from_api(s)
-            .map(|a| a.to_raw())
-            .unwrap_or_else(|| s.chars().take(80).collect()),
+        Some(s) => (Address::from_api(s), s),
     };
     if let Some(dest) = msg.destination.as_deref() {
         if Address::from_api(dest).as_ref() != Some(wallet) {
             return Ok(Classified::Ignore("inbound message to another address"));
         }
     }
+    if source_addr.as_ref() == Some(wallet) {
+        // The wallet's own message to itself (the zero-value self-transfer that deploys
+        // it): not a client's deposit.
+        return Ok(Classified::Ignore("message from the watched wallet itself"));
+    }
+    let source = source_addr
+        .map(|a| a.to_raw())
+        .unwrap_or_else(|| source_text.chars().take(80).collect());
     let reject = |reason: RejectReason, detail: String| Some(Rejection { reason, detail });
     let desc = tx.description.clone().unwrap_or_default();
-    let compute_failed = desc
-        .compute_ph
-        .as_ref()
-        .is_some_and(|c| c.success == Some(false) && c.skipped != Some(true));
-    let action_failed = desc
-        .action
-        .as_ref()
-        .is_some_and(|a| a.success == Some(false));
+    // The first deposits of a new network land on the undeployed service wallet: the
+    // node marks such a transaction aborted (compute skipped, no_state), yet a
+    // non-bounceable message's value stays on the account and is credited. A bounceable
+    // one bounces back, and is rejected like any transfer whose value did not stay.
     let (comment, rejection) = if msg.bounced == Some(true) {
         (
             None,
             reject(RejectReason::Bounced, "bounced message".into()),
         )
-    } else if desc.aborted == Some(true) || compute_failed || action_failed {
-        let exit = desc
-            .compute_ph
-            .as_ref()
-            .and_then(|c| c.exit_code)
-            .map_or(String::new(), |c| format!(", exit code {c}"));
-        (
-            None,
-            reject(
-                RejectReason::Failed,
-                format!(
-                    "transaction aborted={:?} compute ok={} action ok={}{exit}",
-                    desc.aborted, !compute_failed, !action_failed
-                ),
-            ),
-        )
+    } else if let Err(why) = desc.value_kept(msg.bounce) {
+        (None, reject(RejectReason::Failed, why))
     } else {
         let content = msg.message_content.as_ref();
         let decoded = match content.and_then(|c| c.body.as_deref()) {
@@ -300,13 +288,16 @@ impl DepositWatcher {
         }
     }
 
-    /// Polls every `poll_interval_secs` until `shutdown` completes; errors are logged and
-    /// retried with a growing delay (at most 5 minutes).
+    /// Starts a poll every `poll_interval_secs` (counted from the previous poll's start,
+    /// so a poll slowed by the API's rate limit does not push the next one back) until
+    /// `shutdown` completes; errors are logged and retried with a growing delay (at most
+    /// 5 minutes). A 429 is not an error here: the API client retries it.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let every = Duration::from_secs(self.config.poll_interval_secs.max(1));
         let mut delay = every;
         tokio::pin!(shutdown);
         loop {
+            let started = tokio::time::Instant::now();
             match self.poll_once().await {
                 Ok(r) => {
                     if r.credited + r.rejected > 0 {
@@ -321,7 +312,7 @@ impl DepositWatcher {
             }
             tokio::select! {
                 _ = &mut shutdown => return,
-                _ = tokio::time::sleep(delay) => {}
+                _ = tokio::time::sleep_until(started + delay) => {}
             }
         }
     }

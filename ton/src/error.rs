@@ -17,6 +17,15 @@ pub enum Error {
         endpoint: &'static str,
         detail: String,
     },
+    /// The TON HTTP API answered an error status with its `{"error": ...}` body (e.g.
+    /// `walletInformation`'s 409 "not a wallet"). Transient unless the caller knows the
+    /// status means something.
+    #[error("TON API {endpoint}: HTTP {status}: {error}")]
+    Status {
+        endpoint: &'static str,
+        status: u16,
+        error: String,
+    },
     /// The TON HTTP API answered something that does not have the documented shape
     /// (a transaction without hash, an lt that is not a number...). Nothing is decided
     /// from such an answer.
@@ -35,4 +44,7 @@ pub enum Error {
     Mnemonic(String),
     #[error("TON config: {0}")]
     Config(String),
+    /// The service wallet cannot be deployed as asked (e.g. it holds too little).
+    #[error("deploying the service wallet: {0}")]
+    Deploy(String),
 }

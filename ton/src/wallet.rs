@@ -151,6 +151,31 @@ impl ServiceWallet {
             .iter()
             .map(|t| internal_message(t).map(Arc::new))
             .collect::<Result<_>>()?;
+        self.sign_messages(msgs, seqno, valid_until, with_state_init)
+    }
+
+    /// The message that deploys the wallet: seqno 0, its state init, and one zero-value,
+    /// non-bounceable transfer to itself with comment `comment` (the action list is not
+    /// empty, and nothing leaves the wallet but fees). Refused by the contract once the
+    /// wallet is deployed (seqno 0 is used).
+    pub fn sign_deploy(&self, valid_until: u32, comment: &str) -> Result<SignedMessage> {
+        let to_self = Transfer {
+            to: self.address(),
+            amount: 0,
+            bounce: false,
+            comment: comment.to_owned(),
+        };
+        let msg = build_internal(&to_self)?;
+        self.sign_messages(vec![Arc::new(msg)], 0, valid_until, true)
+    }
+
+    fn sign_messages(
+        &self,
+        msgs: Vec<ArcCell>,
+        seqno: u32,
+        valid_until: u32,
+        with_state_init: bool,
+    ) -> Result<SignedMessage> {
         let ext = self
             .inner
             .create_external_msg(valid_until, seqno, with_state_init, msgs)
@@ -168,6 +193,14 @@ impl ServiceWallet {
 /// `int_msg_info`) from the wallet to `t.to` with `t.comment` as body.
 fn internal_message(t: &Transfer) -> Result<Cell> {
     if t.amount <= 0 {
+        return Err(Error::Message(format!("transfer of {} nanoTON", t.amount)));
+    }
+    build_internal(t)
+}
+
+/// [`internal_message`] without the positive-amount check (the deploy's self-transfer).
+fn build_internal(t: &Transfer) -> Result<Cell> {
+    if t.amount < 0 {
         return Err(Error::Message(format!("transfer of {} nanoTON", t.amount)));
     }
     let dest = t.to.to_ton();

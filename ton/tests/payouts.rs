@@ -547,6 +547,138 @@ async fn underfunded_wallet_waits(db: &TestDb) {
     assert_paid_once(l, &chain).await;
 }
 
+/// The indexer answers `walletInformation` with 409 "not a wallet" for a wallet it holds
+/// as `nonexist` (here: its only transaction was a bounced deposit). The sender reads the
+/// account's state instead: an undeployed wallet holding nothing, so payouts wait; once
+/// funded, the first batch deploys it.
+async fn not_a_wallet_answer_means_undeployed(db: &TestDb) {
+    let l = &db.ledger;
+    worker(l, 1, 3 * TON, true).await;
+    let chain = chain(0).await;
+    chain.with(|s| s.bounced_deposit(i128::from(TON)));
+    let raw = wallet().address().to_raw();
+    let info = chain.api.wallet_information(&raw).await.unwrap();
+    assert_eq!(
+        (info.status.as_deref(), info.balance.as_deref(), info.seqno),
+        (Some("nonexist"), Some("0"), None)
+    );
+    let s = sender(&chain, l, config());
+    let r = s.run_once().await.unwrap();
+    assert!(
+        matches!(r.step, Step::Underfunded { balance: 0, .. }),
+        "{r:?}"
+    );
+    chain.with(|s| s.fund(10 * i128::from(TON)));
+    assert!(matches!(
+        s.run_once().await.unwrap().step,
+        Step::Sent { seqno: 0, .. }
+    ));
+    s.run_once().await.unwrap();
+    assert_paid_once(l, &chain).await;
+    // An address the index holds with code that is not a wallet is an error, not a
+    // wallet with seqno 0.
+    let other = Address {
+        workchain: 0,
+        hash: [9; 32],
+    };
+    chain.with(|s| {
+        s.accounts.insert(other, "active");
+    });
+    let e = chain
+        .api
+        .wallet_information(&other.to_raw())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("is not a wallet") && e.contains("active"), "{e}");
+    // One the index has never seen is an empty undeployed wallet (200 uninit).
+    let unseen = chain
+        .api
+        .wallet_information(
+            &Address {
+                workchain: 0,
+                hash: [8; 32],
+            }
+            .to_raw(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(unseen.status.as_deref(), Some("uninit"));
+}
+
+/// `deploy_wallet` (what `cocoon ton deploy-wallet` runs): refused while the wallet holds
+/// too little; then one message with the state init and a zero-value self-transfer
+/// deploys it; a second call sends nothing. The first payout batch after it needs no
+/// state init and uses seqno 1.
+async fn deploy_wallet_then_pay(db: &TestDb) {
+    let l = &db.ledger;
+    let chain = chain(0).await;
+    let opts = ton::DeployOptions {
+        wait: Duration::from_secs(5),
+        poll: Duration::from_millis(20),
+        ..ton::DeployOptions::default()
+    };
+    let e = ton::deploy_wallet(&chain.api, &wallet(), opts)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("holds 0 nanoTON"), "{e}");
+    assert_eq!(chain.with(|s| s.posts), 0);
+    chain.with(|s| s.fund(i128::from(TON)));
+    let out = ton::deploy_wallet(&chain.api, &wallet(), opts)
+        .await
+        .unwrap();
+    assert!(
+        matches!(out, ton::DeployOutcome::Deployed { seqno: 1, .. }),
+        "{out:?}"
+    );
+    let me = wallet().address();
+    chain.with(|s| {
+        assert!(s.deployed);
+        assert_eq!(s.applied, 1);
+        assert_eq!(s.transfers.len(), 1);
+        assert_eq!((s.transfers[0].to, s.transfers[0].amount), (me, 0));
+        assert_eq!(s.balance, i128::from(TON));
+        // Checked; assert_paid_once below counts payouts only.
+        s.transfers.clear();
+    });
+    assert_eq!(
+        ton::deploy_wallet(&chain.api, &wallet(), opts)
+            .await
+            .unwrap(),
+        ton::DeployOutcome::AlreadyDeployed { seqno: 1 }
+    );
+    assert_eq!(chain.with(|s| s.posts), 1);
+    // The watcher ignores the deploy and its self-transfer.
+    let w = ton::DepositWatcher::new(
+        chain.api.clone(),
+        l.clone(),
+        me,
+        ton::DepositConfig {
+            confirmations: 0,
+            ..ton::DepositConfig::default()
+        },
+    );
+    let r = w.poll_once().await.unwrap();
+    assert_eq!((r.credited, r.ignored), (0, 2), "{r:?}");
+    worker(l, 1, 3 * TON / 10, true).await;
+    chain.with(|s| s.fund(i128::from(TON)));
+    let s = sender(
+        &chain,
+        l,
+        PayoutConfig {
+            threshold_nanoton: TON / 10,
+            ..config()
+        },
+    );
+    assert!(matches!(
+        s.run_once().await.unwrap().step,
+        Step::Sent { seqno: 1, .. }
+    ));
+    s.run_once().await.unwrap();
+    assert_paid_once(l, &chain).await;
+}
+
 /// Two sender processes at once, each killed at random points and restarted, while new
 /// earnings keep arriving and broadcasts are sometimes lost: every payout goes out once.
 async fn racing_senders_killed_at_random(db: &TestDb) {
@@ -706,5 +838,7 @@ on_both_backends!(
     failed_transfer_goes_again,
     index_lag_decides_nothing,
     underfunded_wallet_waits,
+    not_a_wallet_answer_means_undeployed,
+    deploy_wallet_then_pay,
     racing_senders_killed_at_random,
 );

@@ -2,7 +2,8 @@
 //! the real wallet contracts: the payout batch messages exactly as the production path
 //! saves them (ledger payouts → `PayoutSender` → the batch row's BOC, against the fake
 //! chain so that seqnos and `valid_until` come from a chain), what each transfer must be,
-//! a long multi-cell comment, an expired message, a wallet v4r2 message, and the
+//! a long multi-cell comment, an expired message, a wallet v4r2 message, the deploy
+//! message of `cocoon ton deploy-wallet`, and the
 //! addresses and wallet ids derived in Rust. Only runs when `TON_SANDBOX_OUT` names a
 //! directory.
 
@@ -208,8 +209,13 @@ async fn write_sandbox_fixtures() {
         NOW + 600,
         true,
     );
+    // `cocoon ton deploy-wallet`'s message (deploy::deploy_wallet signs it so).
+    let deploy = service
+        .sign_deploy(NOW + 600, ton::deploy::DEPLOY_COMMENT)
+        .unwrap();
     let fixtures = json!({
         "now": NOW,
+        "deploy": {"boc": deploy.boc, "hash": deploy.hash, "comment": ton::deploy::DEPLOY_COMMENT},
         "mnemonic": WORDS,
         "second_mnemonic": WORDS2,
         "public_key": hex::encode(service.public_key()),

@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod payouts;
 pub mod prices;
 pub mod receipt;
+pub mod ton;
 pub mod verify;
 pub mod worker;
 
@@ -97,6 +98,6 @@ pub fn print_payout(p: &billing::Payout) {
         p.address,
         p.seqno.map_or("-".to_string(), |s| s.to_string()),
         p.tx_hash.as_deref().unwrap_or("-"),
-        ton::payout_comment(p.id),
+        ::ton::payout_comment(p.id),
     );
 }

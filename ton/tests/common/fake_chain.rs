@@ -70,6 +70,13 @@ pub struct ChainState {
     pub hide_last_tx: bool,
     /// Why externals were refused, in order.
     pub refused: Vec<String>,
+    /// Rate limit: a call less than this after the previous one (test clock) is answered
+    /// 429, as toncenter does past its limit (1 request/s without an API key).
+    pub min_gap: Option<Duration>,
+    pub last_call: Option<tokio::time::Instant>,
+    /// Calls answered, and of those answered 429.
+    pub calls: u32,
+    pub rate_limited: u32,
 }
 
 #[derive(Clone)]
@@ -81,6 +88,14 @@ pub struct FakeChain {
 
 fn b64(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)
+}
+
+/// A cell as toncenter serialises message bodies: a BOC with CRC32C (`te6cck…`).
+pub fn boc_with_crc(cell: &Cell) -> String {
+    let boc = tonlib_core::cell::BagOfCells::from_root(cell.clone())
+        .serialize(true)
+        .unwrap();
+    b64(&boc)
 }
 
 fn tx_hash(lt: u64) -> String {
@@ -109,21 +124,99 @@ impl ChainState {
         lt
     }
 
-    /// An incoming transfer of `amount` (funding the wallet).
+    /// An incoming non-bounceable transfer of `amount` (funding the wallet), as the real
+    /// chain executes it (phases as `@ton/sandbox` shows, see `fixtures/sandbox/`): on an
+    /// undeployed wallet the compute phase is skipped (`no_state`) and the transaction is
+    /// aborted, but the value is credited first and stays.
     pub fn fund(&mut self, amount: i128) {
+        let orig = self.status();
         self.balance += amount;
+        let end = self.status();
+        let description = if self.deployed {
+            json!({
+                "type": "ord", "aborted": false, "destroyed": false, "credit_first": true,
+                "storage_ph": {"storage_fees_collected": "0", "status_change": "unchanged"},
+                "credit_ph": {"credit": amount.to_string()},
+                "compute_ph": {"skipped": false, "success": true, "exit_code": 0},
+                "action": {"success": true, "valid": true, "no_funds": false, "result_code": 0, "tot_actions": 0, "msgs_created": 0, "skipped_actions": 0}
+            })
+        } else {
+            json!({
+                "type": "ord", "aborted": true, "destroyed": false, "credit_first": true,
+                "storage_ph": {"storage_fees_collected": "0", "status_change": "unchanged"},
+                "credit_ph": {"credit": amount.to_string()},
+                "compute_ph": {"skipped": true, "reason": "no_state"}
+            })
+        };
         let tx = json!({
+            "orig_status": orig,
+            "end_status": end,
             "in_msg": {
                 "source": format!("0:{}", "EE".repeat(32)),
                 "destination": self.wallet.to_raw().to_uppercase(),
                 "value": amount.to_string(),
+                "bounce": false,
                 "bounced": false,
                 "message_content": {"body": "te6cckEBAQEAAgAAAEysuc0=", "decoded": null}
             },
             "out_msgs": [],
-            "description": {"aborted": false, "compute_ph": {"skipped": false, "success": true}}
+            "description": description
         });
         self.push_tx(tx);
+    }
+
+    /// A client's deposit: `amount` non-bounceable with text comment `comment` (the body
+    /// as toncenter serves it: a BOC with CRC32C). Returns its lt.
+    pub fn deposit(&mut self, from: Address, amount: i128, comment: &str) -> u64 {
+        let lt = self.next_lt;
+        self.fund(amount);
+        let tx = self.txs.last_mut().unwrap();
+        tx["in_msg"]["source"] = json!(from.to_raw().to_uppercase());
+        tx["in_msg"]["message_content"] = json!({
+            "body": boc_with_crc(&ton::comment_cell(comment).unwrap()),
+            "decoded": {"type": "text_comment", "comment": comment}
+        });
+        lt
+    }
+
+    /// A bounceable transfer to the wallet while it has no state: it bounces (compute
+    /// skipped, bounce phase ok) and nothing stays (sandbox transaction 1 in
+    /// `fixtures/sandbox/`).
+    pub fn bounced_deposit(&mut self, amount: i128) {
+        assert!(!self.deployed);
+        let status = self.status();
+        let tx = json!({
+            "orig_status": status,
+            "end_status": status,
+            "in_msg": {
+                "source": format!("0:{}", "EE".repeat(32)),
+                "destination": self.wallet.to_raw().to_uppercase(),
+                "value": amount.to_string(),
+                "bounce": true,
+                "bounced": false,
+                "message_content": {"body": "te6cckEBAQEAAgAAAEysuc0=", "decoded": null}
+            },
+            "out_msgs": [{"source": self.wallet.to_raw().to_uppercase(), "destination": format!("0:{}", "EE".repeat(32)), "bounce": false, "bounced": true}],
+            "description": {
+                "type": "ord", "aborted": true, "destroyed": false, "credit_first": false,
+                "storage_ph": {"storage_fees_collected": "0", "status_change": "unchanged"},
+                "credit_ph": {"credit": amount.to_string()},
+                "compute_ph": {"skipped": true, "reason": "no_state"},
+                "bounce": {"type": "ok", "msg_size": {"cells": "1", "bits": "200"}, "msg_fees": "0", "fwd_fees": "266669"}
+            }
+        });
+        self.push_tx(tx);
+    }
+
+    /// The wallet's status as the index spells it.
+    pub fn status(&self) -> &'static str {
+        if self.deployed {
+            "active"
+        } else if self.balance > 0 {
+            "uninit"
+        } else {
+            "nonexist"
+        }
     }
 
     /// What the wallet contract would do with this external message.
@@ -250,6 +343,34 @@ impl ChainState {
             }
         });
         self.push_tx(tx);
+        // A transfer to itself (the deploy's) arrives as the wallet's next transaction.
+        let wallet = self.wallet;
+        for t in self
+            .transfers
+            .iter()
+            .filter(|t| t.tx_lt == lt && t.to == wallet)
+            .cloned()
+            .collect::<Vec<_>>()
+        {
+            self.push_tx(json!({
+                "orig_status": "active",
+                "end_status": "active",
+                "in_msg": {
+                    "source": wallet.to_raw().to_uppercase(),
+                    "destination": wallet.to_raw().to_uppercase(),
+                    "value": t.amount.to_string(),
+                    "bounce": t.bounce,
+                    "bounced": false,
+                    "message_content": {"body": boc_with_crc(&ton::comment_cell(&t.comment).unwrap()), "decoded": null}
+                },
+                "out_msgs": [],
+                "description": {
+                    "type": "ord", "aborted": true, "destroyed": false, "credit_first": !t.bounce,
+                    "credit_ph": {"credit": t.amount.to_string()},
+                    "compute_ph": {"skipped": true, "reason": "no_gas"}
+                }
+            }));
+        }
         Ok(hash)
     }
 
@@ -300,36 +421,48 @@ async fn send_message(
     }
 }
 
+/// As ton-index-go answers (`GetV2WalletInformation`, `use_v2=false`): an account the
+/// index has never seen gets 200 `uninit` with zero balance; one it holds without wallet
+/// code and not `uninit` (here: `nonexist` after a bounced transfer) gets 409
+/// `{"error": "not a wallet"}` (`IndexError` serialises only its message); an undeployed
+/// wallet with a balance gets 200 `uninit` without seqno; a deployed one its seqno.
 async fn wallet_information(
     State(s): State<Arc<Mutex<ChainState>>>,
     RawQuery(q): RawQuery,
 ) -> (StatusCode, Json<Value>) {
     let q = query_pairs(q.as_deref());
     let st = s.lock().unwrap();
-    if param(&q, "address").and_then(|a| Address::from_raw(a).ok()) != Some(st.wallet) {
-        return (
-            StatusCode::CONFLICT,
-            Json(json!({"error": "not a wallet", "code": 409})),
-        );
+    let unseen = json!({
+        "balance": "0",
+        "last_transaction_hash": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        "last_transaction_lt": "0",
+        "status": "uninit",
+    });
+    let address = param(&q, "address").and_then(|a| Address::from_raw(a).ok());
+    if address != Some(st.wallet) {
+        // Other accounts the fake knows are not wallets (payout destinations' contracts).
+        return match address.and_then(|a| st.accounts.get(&a)) {
+            Some(_) => (StatusCode::CONFLICT, Json(json!({"error": "not a wallet"}))),
+            None => (StatusCode::OK, Json(unseen)),
+        };
     }
-    let last = st.txs.last();
-    let status = if st.deployed {
-        "active"
-    } else if st.balance > 0 {
-        "uninit"
-    } else {
-        "nonexist"
+    let Some(last) = st.txs.last() else {
+        return (StatusCode::OK, Json(unseen));
     };
+    let status = st.status();
+    if status == "nonexist" {
+        return (StatusCode::CONFLICT, Json(json!({"error": "not a wallet"})));
+    }
     let mut info = json!({
         "balance": st.balance.to_string(),
         "status": status,
-        "last_transaction_lt": last.map_or("0".into(), |t| t["lt"].as_str().unwrap().to_owned()),
-        "last_transaction_hash": last.map(|t| t["hash"].clone()),
-        "wallet_type": "wallet v5 r1",
-        "wallet_id": st.wallet_id,
+        "last_transaction_lt": last["lt"].clone(),
+        "last_transaction_hash": last["hash"].clone(),
     });
     if st.deployed {
         info["seqno"] = json!(st.seqno);
+        info["wallet_type"] = json!("wallet v5 r1");
+        info["wallet_id"] = json!(st.wallet_id);
     }
     (StatusCode::OK, Json(info))
 }
@@ -374,15 +507,17 @@ async fn account_states(
         .filter(|(k, _)| k == "address")
         .map(|(_, v)| {
             let a = Address::from_raw(v).unwrap();
-            let status = if a == st.wallet {
-                if st.deployed {
-                    "active"
-                } else {
-                    "uninit"
-                }
-            } else {
-                st.accounts.get(&a).copied().unwrap_or("nonexist")
-            };
+            if a == st.wallet {
+                let last = st.txs.last();
+                return json!({
+                    "address": a.to_raw().to_uppercase(),
+                    "status": st.status(),
+                    "balance": st.balance.to_string(),
+                    "last_transaction_lt": last.map(|t| t["lt"].clone()),
+                    "last_transaction_hash": last.map(|t| t["hash"].clone()),
+                });
+            }
+            let status = st.accounts.get(&a).copied().unwrap_or("nonexist");
             json!({"address": a.to_raw().to_uppercase(), "status": status, "balance": "0"})
         })
         .collect();
@@ -395,6 +530,34 @@ async fn masterchain(State(s): State<Arc<Mutex<ChainState>>>) -> Json<Value> {
         "first": {"seqno": 1, "gen_utime": "1600000000"},
         "last": {"workchain": -1, "shard": "8000000000000000", "seqno": st.mc_seqno, "gen_utime": st.now.to_string()}
     }))
+}
+
+/// 429 for a call that comes less than `min_gap` after the previous one (answered or
+/// not: the client's rejected calls count against it too). The body is not what toncenter
+/// sends word for word; the client only looks at the status.
+async fn rate_limit(
+    State(s): State<Arc<Mutex<ChainState>>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    {
+        let mut st = s.lock().unwrap();
+        st.calls += 1;
+        let now = tokio::time::Instant::now();
+        let last = st.last_call.replace(now);
+        if let (Some(gap), Some(last)) = (st.min_gap, last) {
+            if now.duration_since(last) < gap {
+                st.rate_limited += 1;
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Json(json!({"error": "Ratelimit exceed", "code": 429})),
+                )
+                    .into_response();
+            }
+        }
+    }
+    next.run(req).await
 }
 
 impl FakeChain {
@@ -420,6 +583,10 @@ impl FakeChain {
             fail_to: HashSet::new(),
             hide_last_tx: false,
             refused: Vec::new(),
+            min_gap: None,
+            last_call: None,
+            calls: 0,
+            rate_limited: 0,
         };
         if balance > 0 {
             st.fund(balance);
@@ -431,6 +598,10 @@ impl FakeChain {
             .route("/api/v3/transactions", get(transactions))
             .route("/api/v3/accountStates", get(account_states))
             .route("/api/v3/masterchainInfo", get(masterchain))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                rate_limit,
+            ))
             .with_state(state.clone());
         let addr = serve(app).await;
         let api = TonApi::new(&format!("http://{addr}"), None, Duration::from_secs(5)).unwrap();
