@@ -6,6 +6,8 @@
 //! a worker failure mid-stream becomes one `data: {"error": …}` event and the stream ends.
 //! The worker's receipt, once the router found it valid, precedes `[DONE]` as the SSE comment
 //! `: cocoon-receipt <base64url>` (SDKs skip comments; docs/e2e.md, section 6).
+//! A Responses API stream is framed as OpenAI frames those instead (`event:` lines, no
+//! `[DONE]`, the terminal event held until the capture): [`crate::responses`].
 
 use std::future::Future;
 use std::pin::Pin;
