@@ -68,6 +68,13 @@ impl SealedCall {
                 code: Some("e2e_disabled"),
             });
         }
+        if endpoint == Endpoint::Responses {
+            return Err(ApiError::InvalidRequest {
+                message: "The Responses API cannot be sent end-to-end sealed yet: seal a /v1/chat/completions request instead.".into(),
+                param: None,
+                code: Some("unsupported_endpoint"),
+            });
+        }
         if v.as_bytes() != VERSION.as_bytes() {
             return Err(bad(E2E_HEADER, "unsupported version (this gateway speaks 1)"));
         }
@@ -92,13 +99,6 @@ impl SealedCall {
         let max_output_tokens = number(h, "cocoon-e2e-max-output-tokens")?;
         if max_prompt_tokens > 100_000_000 || max_output_tokens > 100_000_000 {
             return Err(bad("cocoon-e2e-max-output-tokens", "bounds must be at most 100000000"));
-        }
-        if endpoint == Endpoint::Responses {
-            return Err(ApiError::InvalidRequest {
-                message: "The Responses API cannot be sent end-to-end sealed yet: seal a /v1/chat/completions request instead.".into(),
-                param: None,
-                code: Some("unsupported_endpoint"),
-            });
         }
         if endpoint == Endpoint::Embeddings && max_output_tokens != 0 {
             return Err(bad("cocoon-e2e-max-output-tokens", "embeddings generate nothing: declare 0"));

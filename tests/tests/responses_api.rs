@@ -298,6 +298,19 @@ async fn what_is_not_served_is_refused_clearly_and_costs_nothing() {
         assert_eq!(e["error"]["code"], "response_not_found");
         assert!(e["error"]["message"].as_str().unwrap().contains("stored responses are not supported yet"), "{e}");
     }
+    // End-to-end sealed Responses requests are not supported yet, and say so.
+    let r = common::http()
+        .post(format!("{}/responses", net.base_url))
+        .bearer_auth(&net.api_key)
+        .header("cocoon-e2e", "1")
+        .header("content-type", "application/cocoon-e2e")
+        .body("sealed")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "unsupported_endpoint", "{e}");
     let r = common::http().get(format!("{}/responses/resp_abc", net.base_url)).send().await.unwrap();
     assert_eq!(r.status(), 401, "the stored-response routes need a key like every other");
     assert_eq!(l.balance(dev).await.unwrap(), before, "a refusal holds and charges nothing");
