@@ -62,6 +62,56 @@ pub async fn embeddings(State(state): State<AppState>, principal: Principal, req
     crate::inference::run(state, principal, Endpoint::Embeddings, req).await
 }
 
+#[utoipa::path(
+    post, path = "/v1/responses", tag = "inference",
+    request_body = protocol::openai::ResponseRequestDoc,
+    responses(
+        (status = 200, description = "A Response object, or with `stream: true` a text/event-stream of Responses events (`event: <type>` and `data: {event}`, numbered by `sequence_number`) ending with `response.completed` or `response.incomplete`", body = protocol::openai::ResponseDoc),
+        (status = 400, description = "Invalid request, or a field this network does not serve (`unsupported_parameter`: `store: true`, `previous_response_id`, built-in tools, …); `param` names the field", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 402, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create_response(State(state): State<AppState>, principal: Principal, req: Request) -> Response {
+    crate::inference::run(state, principal, Endpoint::Responses, req).await
+}
+
+/// Every stored-response route: none is ever stored, so none can be found.
+fn no_stored_response(id: &str) -> ApiError {
+    ApiError::NotFound {
+        message: format!(
+            "Response with id '{id}' not found: stored responses are not supported yet. This network keeps no response after answering it (`store: true` is refused), so none can be retrieved, listed, cancelled or deleted."
+        ),
+        code: "response_not_found",
+    }
+}
+
+#[utoipa::path(
+    get, path = "/v1/responses/{id}", tag = "inference",
+    params(("id" = String, Path, description = "Response id")),
+    responses((status = 404, description = "Always: stored responses are not supported yet (`response_not_found`)", body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn get_response(_p: Principal, Path(id): Path<String>) -> ApiError {
+    no_stored_response(&id)
+}
+
+#[utoipa::path(
+    delete, path = "/v1/responses/{id}", tag = "inference",
+    params(("id" = String, Path, description = "Response id")),
+    responses((status = 404, description = "Always: stored responses are not supported yet (`response_not_found`)", body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn delete_response(_p: Principal, Path(id): Path<String>) -> ApiError {
+    no_stored_response(&id)
+}
+
+/// `GET /v1/responses/{id}/input_items` and `POST /v1/responses/{id}/cancel`: the same answer.
+pub async fn stored_response_action(_p: Principal, Path(id): Path<String>) -> ApiError {
+    no_stored_response(&id)
+}
+
 fn model_object(m: protocol::ModelInfo) -> Model {
     Model {
         id: m.id,

@@ -196,6 +196,7 @@ impl Call {
             Endpoint::ChatCompletions => validate::chat(&obj)?,
             Endpoint::Completions => validate::completion(&obj)?,
             Endpoint::Embeddings => validate::embeddings(&obj)?,
+            Endpoint::Responses => crate::validate_responses::responses(&obj)?,
         };
         if !self.state.router.knows_model(&valid.model) {
             return Err(ApiError::ModelNotFound(valid.model));
@@ -296,9 +297,10 @@ impl Call {
         let Some(ctx) = self.state.router.context_len(&valid.model).map(u64::from) else { return Ok(configured) };
         if let Some(m) = valid.max_tokens {
             if m >= ctx {
+                let param = validate::cap_field(valid.endpoint);
                 return Err(ApiError::invalid(
-                    "max_tokens",
-                    format!("`max_tokens` ({m}) must be below the model's context length ({ctx} tokens), which also holds the prompt."),
+                    param,
+                    format!("`{param}` ({m}) must be below the model's context length ({ctx} tokens), which also holds the prompt."),
                 ));
             }
         }
@@ -342,6 +344,7 @@ impl Call {
         let relay = SseRelay::new(crate::relay::RelayParts {
             dispatch: Box::pin(ticket.dispatch(job).in_current_span()),
             include_usage: valid.include_usage,
+            responses: valid.endpoint == Endpoint::Responses,
             model: valid.model,
             started: self.started,
             keepalive: self.state.cfg.sse_keepalive(),

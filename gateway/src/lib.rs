@@ -25,6 +25,8 @@ pub mod relay;
 pub mod server;
 pub mod state;
 pub mod validate;
+pub mod validate_responses;
+pub(crate) mod responses;
 
 pub use config::GatewayConfig;
 pub use error::ApiError;

@@ -17,6 +17,9 @@ use crate::handlers;
         handlers::chat_completions,
         handlers::completions,
         handlers::embeddings,
+        handlers::create_response,
+        handlers::get_response,
+        handlers::delete_response,
         handlers::list_models,
         handlers::get_model,
         crate::account::balance,
@@ -42,7 +45,7 @@ use crate::handlers;
     components(schemas(protocol::ErrorBody, protocol::ErrorObject, protocol::Usage)),
     modifiers(&BearerAuth),
     tags(
-        (name = "inference", description = "Completions and embeddings"),
+        (name = "inference", description = "Chat completions, completions, embeddings and the Responses API"),
         (name = "models", description = "Models served by attested workers"),
         (name = "account", description = "Balances, usage and worker earnings in nanoTON"),
         (name = "attestation", description = "Evidence that workers run the approved image in a TEE"),

@@ -6,6 +6,8 @@
 //! a worker failure mid-stream becomes one `data: {"error": …}` event and the stream ends.
 //! The worker's receipt, once the router found it valid, precedes `[DONE]` as the SSE comment
 //! `: cocoon-receipt <base64url>` (SDKs skip comments; docs/e2e.md, section 6).
+//! A Responses API stream is framed as OpenAI frames those instead (`event:` lines, no
+//! `[DONE]`, the terminal event held until the capture): [`crate::responses`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -66,6 +68,8 @@ pub struct RelayParts {
     pub dispatch: Dispatch,
     /// The client asked for the usage chunk; if not, the gateway-requested one is dropped.
     pub include_usage: bool,
+    /// A Responses API stream: framed by [`crate::responses::ResponsesFraming`].
+    pub responses: bool,
     pub model: String,
     pub started: Instant,
     /// An SSE comment after this long without a byte.
@@ -93,6 +97,8 @@ pub struct SseRelay {
     keepalive: Pin<Box<tokio::time::Sleep>>,
     /// The receipt comment, taken from the job at its end and sent just before `[DONE]`.
     receipt: Option<Bytes>,
+    /// Set for a Responses API stream (its framing differs from chat's).
+    responses: Option<crate::responses::ResponsesFraming>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -141,7 +147,7 @@ enum Phase {
 
 const KEEPALIVE: &[u8] = b": keep-alive\n\n";
 
-fn frame(data: &[u8]) -> Bytes {
+pub(crate) fn frame(data: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(data.len() + 8);
     b.put_slice(b"data: ");
     b.put_slice(data);
@@ -184,6 +190,7 @@ impl SseRelay {
             keepalive_every: p.keepalive,
             keepalive: Box::pin(tokio::time::sleep(p.keepalive)),
             receipt: None,
+            responses: p.responses.then(crate::responses::ResponsesFraming::default),
             _permit: p.permit,
         }
     }
@@ -193,6 +200,29 @@ impl SseRelay {
         record_usage(&self.model, usage);
         if let Some(s) = self.settle.take() {
             s.settle(usage);
+        }
+    }
+
+    /// A frame of the worker's data, in this stream's framing (`None`: held back).
+    fn data_frame(&mut self, data: &[u8]) -> Option<Bytes> {
+        match self.responses.as_mut() {
+            Some(r) => r.event(data),
+            None => Some(frame(data)),
+        }
+    }
+
+    fn error_frame(&mut self, err: &ApiError) -> Bytes {
+        match self.responses.as_mut() {
+            Some(r) => r.error(err),
+            None => error_frame(err),
+        }
+    }
+
+    fn done_frame(&mut self) -> Bytes {
+        let receipt = self.receipt.take();
+        match self.responses.as_mut() {
+            Some(r) => r.end(receipt),
+            None => done_frame(receipt),
         }
     }
 
@@ -216,7 +246,7 @@ impl SseRelay {
                     self.first_chunk_seen = true;
                     metrics::histogram!(m::TTFT, "model" => self.model.clone()).record(self.started.elapsed().as_secs_f64());
                 }
-                Some(frame(&data))
+                self.data_frame(&data)
             }
             JobEvent::Done { usage } => {
                 // The router settled its verdict on the receipt with this terminal event.
@@ -236,7 +266,7 @@ impl SseRelay {
                         cx.waker().wake_by_ref();
                         None
                     }
-                    None => Some(done_frame(self.receipt.take())),
+                    None => Some(self.done_frame()),
                 }
             }
             JobEvent::Failed { error, usage } => {
@@ -252,7 +282,7 @@ impl SseRelay {
                     message: format!("The worker failed mid-stream: {}", error.message),
                     body: error.body,
                 };
-                Some(error_frame(&err))
+                Some(self.error_frame(&err))
             }
             JobEvent::Response { body, usage } => {
                 // A worker answering a stream request with a whole body: relay it as one chunk.
@@ -284,7 +314,7 @@ impl SseRelay {
                         // was produced, so the bill (dropped here) releases the hold.
                         self.finish(None);
                         metrics::counter!(m::STREAMS_CUT, "reason" => "dispatch").increment(1);
-                        return Poll::Ready(Some(error_frame(&ApiError::from(e))));
+                        return Poll::Ready(Some(self.error_frame(&ApiError::from(e))));
                     }
                 },
                 Phase::Streaming(job) => {
@@ -296,7 +326,7 @@ impl SseRelay {
                             self.finish(None);
                             metrics::counter!(m::STREAMS_CUT, "reason" => "worker").increment(1);
                             let err = ApiError::Upstream { status: 502, message: "stream ended unexpectedly".into(), body: None };
-                            return Poll::Ready(Some(error_frame(&err)));
+                            return Poll::Ready(Some(self.error_frame(&err)));
                         }
                     };
                     if let Some(bytes) = self.on_event(ev, cx) {
@@ -311,13 +341,13 @@ impl SseRelay {
                     self.phase = Phase::Finished;
                     return Poll::Ready(Some(match r {
                         // Deferred: durable in the capture outbox, retried until it lands.
-                        Ok(_) | Err(crate::billing::MeterError::CaptureDeferred(_)) => done_frame(self.receipt.take()),
+                        Ok(_) | Err(crate::billing::MeterError::CaptureDeferred(_)) => self.done_frame(),
                         Err(e) => {
                             // Neither committed nor in the outbox: the stream does not end as a
                             // success. (Its content is out; the hold stays for the reaper.)
                             tracing::error!(model = %self.model, error = %e, "capture failed and could not be journalled");
                             metrics::counter!(m::STREAMS_CUT, "reason" => "capture").increment(1);
-                            error_frame(&ApiError::Internal(format!("capture failed: {e}")))
+                            self.error_frame(&ApiError::Internal(format!("capture failed: {e}")))
                         }
                     }));
                 }

@@ -86,9 +86,18 @@ pub fn forward_body(original: bytes::Bytes, mut obj: Map<String, Value>, req: &V
     }
     obj.remove(MAX_PRICE_FIELD);
     if req.generates && req.max_tokens.is_none() {
-        obj.insert("max_tokens".into(), Value::from(default_cap));
+        obj.insert(cap_field(req.endpoint).into(), Value::from(default_cap));
     }
     serde_json::to_vec(&obj).map(bytes::Bytes::from).unwrap_or(original)
+}
+
+/// The body field that caps generation: `max_output_tokens` in the Responses API,
+/// `max_tokens` (which every engine reads) elsewhere.
+pub fn cap_field(endpoint: Endpoint) -> &'static str {
+    match endpoint {
+        Endpoint::Responses => "max_output_tokens",
+        _ => "max_tokens",
+    }
 }
 
 fn type_name(v: &Value) -> &'static str {

@@ -14,15 +14,20 @@ pub enum Endpoint {
     ChatCompletions,
     Completions,
     Embeddings,
+    /// OpenAI's Responses API. The worker translates it to and from chat completions inside
+    /// the TEE (worker-agent `responses`), so the engine needs only chat completions.
+    Responses,
 }
 
 impl Endpoint {
-    /// Path on an OpenAI-compatible engine, relative to its base URL.
+    /// The API path, relative to the base URL: the engine's, except for
+    /// [`Endpoint::Responses`], which the worker serves from the engine's chat completions.
     pub fn path(self) -> &'static str {
         match self {
             Endpoint::ChatCompletions => "/v1/chat/completions",
             Endpoint::Completions => "/v1/completions",
             Endpoint::Embeddings => "/v1/embeddings",
+            Endpoint::Responses => "/v1/responses",
         }
     }
 
@@ -32,6 +37,7 @@ impl Endpoint {
             Endpoint::ChatCompletions => "chat_completions",
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Responses => "responses",
         }
     }
 }

@@ -149,6 +149,65 @@ pub struct CompletionResponseDoc {
     pub usage: Option<Usage>,
 }
 
+/// `POST /v1/responses` body (OpenAI's Responses API). Every field listed is served; any
+/// other field is refused with 400 (`unknown_parameter`, or `unsupported_parameter` for
+/// OpenAI fields this network does not serve: `store: true`, `previous_response_id`,
+/// `conversation`, `background: true`, `include`, `reasoning`, `prompt`, `top_logprobs`,
+/// `max_tool_calls`, `truncation: "auto"`, built-in tools).
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ResponseRequestDoc {
+    pub model: String,
+    /// A string, or an array of items: messages (`role` user, system, developer or assistant;
+    /// `content` a string or `input_text` parts, `output_text` parts in assistant messages),
+    /// `function_call` and `function_call_output`.
+    #[schema(value_type = Object)]
+    pub input: serde_json::Value,
+    /// A system message before the input.
+    pub instructions: Option<String>,
+    pub stream: Option<bool>,
+    pub max_output_tokens: Option<u32>,
+    /// 0..=2
+    pub temperature: Option<f64>,
+    /// 0..=1
+    pub top_p: Option<f64>,
+    /// Function tools only (`{"type": "function", "name", "description", "parameters", "strict"}`).
+    #[schema(value_type = Vec<Object>)]
+    pub tools: Option<Vec<serde_json::Value>>,
+    /// `none`, `auto`, `required` or `{"type": "function", "name": …}`.
+    #[schema(value_type = Object)]
+    pub tool_choice: Option<serde_json::Value>,
+    pub parallel_tool_calls: Option<bool>,
+    /// `{"format": {"type": "text" | "json_object" | "json_schema", …}}`.
+    #[schema(value_type = Object)]
+    pub text: Option<serde_json::Value>,
+    /// Echoed in the Response (up to 16 string values).
+    #[schema(value_type = Object)]
+    pub metadata: Option<serde_json::Value>,
+    /// Must be false or absent: responses are not stored.
+    pub store: Option<bool>,
+    pub user: Option<String>,
+}
+
+/// A Response object (`"object": "response"`, id `resp_…`), made by the worker from the
+/// engine's chat completion. With `"stream": true` the answer is `text/event-stream` of
+/// `event: <type>` / `data: {event}` pairs, each with its `sequence_number`, from
+/// `response.created` to `response.completed` (or `response.incomplete`), without `[DONE]`.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ResponseDoc {
+    pub id: String,
+    pub object: String,
+    pub created_at: u64,
+    /// `completed` or `incomplete` (the output cap cut the answer).
+    pub status: String,
+    pub model: String,
+    /// `message` items (with `output_text` parts) and `function_call` items.
+    #[schema(value_type = Vec<Object>)]
+    pub output: Vec<serde_json::Value>,
+    /// `input_tokens`, `output_tokens`, `total_tokens` and their details.
+    #[schema(value_type = Object)]
+    pub usage: Option<serde_json::Value>,
+}
+
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct EmbeddingResponseDoc {
     pub object: String,

@@ -85,3 +85,32 @@ test('a bad API key raises AuthenticationError', { timeout: TIMEOUT_MS, skip: !g
     },
   );
 });
+
+// The Responses API: served by the gateway (the worker translates it to the engine's chat completions).
+const gatewayOnly = !gateway && 'gateway-only (COCOON_GATEWAY != 1)';
+
+test('responses.create', { timeout: TIMEOUT_MS, skip: gatewayOnly }, async () => {
+  const r = await client.responses.create({ model, input: 'Say hello', instructions: 'Be brief.', max_output_tokens: 64 });
+  assert.equal(r.object, 'response');
+  assert.ok(r.id.startsWith('resp_'));
+  assert.equal(r.status, 'completed');
+  assert.ok(r.output_text.length > 0);
+  assert.equal(r.usage.output_tokens, r.output_text.split(/\s+/).filter(Boolean).length);
+  assert.equal(r.usage.total_tokens, r.usage.input_tokens + r.usage.output_tokens);
+});
+
+test('responses.stream', { timeout: TIMEOUT_MS, skip: gatewayOnly }, async () => {
+  const stream = client.responses.stream({ model, input: 'Tell me a story', max_output_tokens: 64 });
+  const events = [];
+  let text = '';
+  for await (const e of stream) {
+    events.push(e);
+    if (e.type === 'response.output_text.delta') text += e.delta;
+  }
+  const final = await stream.finalResponse();
+  assert.deepEqual(events.map((e) => e.sequence_number), events.map((_, i) => i));
+  assert.equal(events[0].type, 'response.created');
+  assert.equal(events.at(-1).type, 'response.completed');
+  assert.equal(final.output_text, text);
+  assert.ok(text.length > 0);
+});

@@ -387,7 +387,7 @@ fn sse_payloads(text: &str) -> Vec<String> {
 /// Validates instances against OpenAI's OpenAPI document with the Python suite's validator
 /// (`tests/python/openai_schema.py`).
 fn validate_with_openai_schema(samples: &[(&str, Value)]) {
-    let python = schema_python();
+    let python = common::schema_python();
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), serde_json::to_vec(&samples).unwrap()).unwrap();
     // Streamed completions: OpenAI's own stream sends `finish_reason: null` and `usage: null`,
@@ -422,38 +422,6 @@ print("ok", len(json.load(open(sys.argv[1]))))
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// A Python with the schema validator's packages: the system one if it has them, else the
-/// SDK suite's venv (created here if missing, exactly as scripts/sdk-tests does).
-fn schema_python() -> PathBuf {
-    let has_deps = |py: &Path| {
-        std::process::Command::new(py)
-            .args(["-c", "import yaml, jsonschema, referencing"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let system = PathBuf::from("python3");
-    if has_deps(&system) {
-        return system;
-    }
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(r#"cache=${COCOON_CACHE:-$HOME/.cache/cocoon}; req=tests/python/requirements.txt
-venv="$cache/venv-sdk-$(sha256sum "$req" | cut -c1-12)"
-if [ ! -x "$venv/bin/pytest" ]; then python3 -m venv "$venv" >&2 && "$venv/bin/pip" install -q --disable-pip-version-check -r "$req" >&2; fi
-echo "$venv/bin/python""#)
-        .current_dir(repo_root())
-        .output()
-        .unwrap();
-    let venv = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-    assert!(
-        has_deps(&venv),
-        "no Python with pyyaml, jsonschema and referencing (pip install -r tests/python/requirements.txt):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    venv
 }
 
 #[tokio::test]

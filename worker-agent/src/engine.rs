@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use protocol::{Job, JobError, JobEvent, ModelInfo, Usage};
+use protocol::{Endpoint, Job, JobError, JobEvent, ModelInfo, Usage};
 use serde::Deserialize;
 
 use crate::config::EngineProcessKind;
@@ -336,7 +336,23 @@ async fn run(engine: &EngineClient, mut job: Job, sink: &mut Tally<'_>) {
         sink.emit(refused).await;
         return;
     }
-    let url = format!("{}{}", engine.base, job.endpoint.path());
+    // The Responses API runs on the engine's chat completions, translated here (in the TEE).
+    let mut responses = None;
+    if job.endpoint == Endpoint::Responses {
+        match crate::responses::to_chat(&job.body) {
+            Ok((body, ctx)) => {
+                job.body = body;
+                responses = Some(ctx);
+            }
+            Err(e) => {
+                let msg = format!("The request cannot be served: {}.", e.0);
+                sink.emit(failed(400, msg.clone(), false, Some(refusal(&msg, "input", "invalid_request")))).await;
+                return;
+            }
+        }
+    }
+    let engine_path = if responses.is_some() { Endpoint::ChatCompletions.path() } else { job.endpoint.path() };
+    let url = format!("{}{engine_path}", engine.base);
     let mut rewriter = None;
     if job.stream {
         let plan = crate::normalize::usage_plan(job.body.clone(), engine.kind == Some(EngineProcessKind::Vllm));
@@ -380,6 +396,18 @@ async fn run(engine: &EngineClient, mut job: Job, sink: &mut Tally<'_>) {
             Ok(body) => {
                 let usage = serde_json::from_slice::<Peek>(&body).ok().and_then(|p| p.usage);
                 let body = crate::normalize::response(body, engine.quirks());
+                let body = match &responses {
+                    None => body,
+                    Some(ctx) => match crate::responses::from_chat(ctx, &body, usage.as_ref()) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            // The engine did generate: its usage is billed.
+                            tracing::warn!(job_id = %job.id, error = %e.0, "engine answer not translatable to a Response");
+                            sink.emit(JobEvent::Failed { error: JobError::new(502, e.0, false), usage }).await;
+                            return;
+                        }
+                    },
+                };
                 sink.emit(JobEvent::Response { body, usage }).await;
             }
             Err(e) => {
@@ -389,7 +417,7 @@ async fn run(engine: &EngineClient, mut job: Job, sink: &mut Tally<'_>) {
         }
         return;
     };
-    relay_stream(resp, &job, rewriter, sink).await;
+    relay_stream(resp, &job, rewriter, responses.map(crate::responses::StreamTranslator::new), sink).await;
 }
 
 /// vLLM v0.11's `EngineDeadError` message (vllm/v1/engine/exceptions.py): its streams report
@@ -409,7 +437,14 @@ fn stream_error(code: Option<u16>, message: &str, sent_any: bool) -> (u16, bool)
     (status, !sent_any && (status >= 500 || status == 429))
 }
 
-async fn relay_stream(resp: reqwest::Response, job: &Job, rewriter: StreamRewriter, sink: &mut Tally<'_>) {
+/// Relays the engine's stream; with `responses`, its chunks become Responses events first.
+async fn relay_stream(
+    resp: reqwest::Response,
+    job: &Job,
+    rewriter: StreamRewriter,
+    mut responses: Option<crate::responses::StreamTranslator>,
+    sink: &mut Tally<'_>,
+) {
     let mut body = resp.bytes_stream();
     let mut parser = SseParser::default();
     let mut usage: Option<Usage> = None;
@@ -430,6 +465,13 @@ async fn relay_stream(resp: reqwest::Response, job: &Job, rewriter: StreamRewrit
         parser.push(&piece);
         while let Some(data) = parser.next_data() {
             if &data[..] == b"[DONE]" {
+                if let Some(t) = responses.as_mut() {
+                    for data in t.finish(usage.as_ref()) {
+                        if !sink.emit(JobEvent::Chunk { data }).await {
+                            return;
+                        }
+                    }
+                }
                 sink.emit(JobEvent::Done { usage }).await;
                 return;
             }
@@ -453,6 +495,10 @@ async fn relay_stream(resp: reqwest::Response, job: &Job, rewriter: StreamRewrit
                     if u.is_some() {
                         usage = u;
                     }
+                    let out = match responses.as_mut() {
+                        Some(t) => out.iter().flat_map(|c| t.chunk(c)).collect(),
+                        None => out,
+                    };
                     for data in out {
                         if !sink.emit(JobEvent::Chunk { data }).await {
                             return;

@@ -13,6 +13,7 @@ pub mod net;
 mod e2e;
 mod normalize;
 mod receipts;
+mod responses;
 mod sink;
 mod sse;
 pub mod supervisor;

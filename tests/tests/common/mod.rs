@@ -112,3 +112,40 @@ pub fn cocoon_bin() -> std::path::PathBuf {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// The repository's root (the parent of this package).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// A Python with the schema validator's packages: the system one if it has them, else the
+/// SDK suite's venv (created here if missing, exactly as scripts/sdk-tests does).
+pub fn schema_python() -> std::path::PathBuf {
+    let has_deps = |py: &std::path::Path| {
+        std::process::Command::new(py)
+            .args(["-c", "import yaml, jsonschema, referencing"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let system = std::path::PathBuf::from("python3");
+    if has_deps(&system) {
+        return system;
+    }
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"cache=${COCOON_CACHE:-$HOME/.cache/cocoon}; req=tests/python/requirements.txt
+venv="$cache/venv-sdk-$(sha256sum "$req" | cut -c1-12)"
+if [ ! -x "$venv/bin/pytest" ]; then python3 -m venv "$venv" >&2 && "$venv/bin/pip" install -q --disable-pip-version-check -r "$req" >&2; fi
+echo "$venv/bin/python""#)
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    let venv = std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    assert!(
+        has_deps(&venv),
+        "no Python with pyyaml, jsonschema and referencing (pip install -r tests/python/requirements.txt):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    venv
+}

@@ -1,0 +1,118 @@
+//! SSE framing of a Responses API stream (`POST /v1/responses` with `stream: true`).
+//!
+//! The worker produces the events themselves (worker-agent `responses`, inside the TEE);
+//! the gateway only frames them as OpenAI does: `event: <type>` before each `data:` line,
+//! and no `[DONE]` (the stream ends after `response.completed`). As `[DONE]` does for chat,
+//! the terminal event (`response.completed` or `response.incomplete`) waits until the
+//! charge is durable, so a stream whose capture fails never ends as a success; the receipt
+//! comment precedes it. A failure mid-stream becomes OpenAI's `error` event, numbered after
+//! the last event relayed.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::error::ApiError;
+
+/// Per-stream state of the framing.
+#[derive(Default)]
+pub(crate) struct ResponsesFraming {
+    /// The `sequence_number` of the last event relayed.
+    last_seq: Option<u64>,
+    /// The terminal event, held until the capture is durable.
+    terminal: Option<Bytes>,
+}
+
+#[derive(serde::Deserialize)]
+struct Peek {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    sequence_number: Option<u64>,
+}
+
+fn event_frame(kind: &str, data: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(kind.len() + data.len() + 16);
+    b.put_slice(b"event: ");
+    b.put_slice(kind.as_bytes());
+    b.put_slice(b"\ndata: ");
+    b.put_slice(data);
+    b.put_slice(b"\n\n");
+    b.freeze()
+}
+
+impl ResponsesFraming {
+    /// One event from the worker as SSE; `None` for the terminal event, which is held.
+    pub(crate) fn event(&mut self, data: &[u8]) -> Option<Bytes> {
+        let Ok(p) = serde_json::from_slice::<Peek>(data) else {
+            // Not an event the worker makes; relayed as a bare `data:` line rather than lost.
+            return Some(crate::relay::frame(data));
+        };
+        if p.sequence_number.is_some() {
+            self.last_seq = p.sequence_number;
+        }
+        let f = event_frame(&p.kind, data);
+        if matches!(p.kind.as_str(), "response.completed" | "response.incomplete") {
+            self.terminal = Some(f);
+            return None;
+        }
+        Some(f)
+    }
+
+    /// The end of a stream whose charge is durable: the receipt comment, then the held event.
+    pub(crate) fn end(&mut self, receipt: Option<Bytes>) -> Bytes {
+        let mut b = BytesMut::new();
+        if let Some(r) = receipt {
+            b.put_slice(&r);
+        }
+        if let Some(t) = self.terminal.take() {
+            b.put_slice(&t);
+        }
+        b.freeze()
+    }
+
+    /// OpenAI's `error` stream event for a failure.
+    pub(crate) fn error(&mut self, err: &ApiError) -> Bytes {
+        self.terminal = None;
+        let body: serde_json::Value = serde_json::from_slice(&err.into_body_json()).unwrap_or_default();
+        let e = &body["error"];
+        let seq = self.last_seq.map_or(0, |s| s + 1);
+        self.last_seq = Some(seq);
+        let ev = serde_json::json!({
+            "type": "error",
+            "code": e.get("code").cloned().unwrap_or_default(),
+            "message": e.get("message").and_then(|m| m.as_str()).unwrap_or("error"),
+            "param": e.get("param").cloned().unwrap_or_default(),
+            "sequence_number": seq,
+        });
+        event_frame("error", ev.to_string().as_bytes())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_events_and_holds_the_terminal_one() {
+        let mut f = ResponsesFraming::default();
+        let a = f.event(br#"{"type":"response.created","sequence_number":0}"#).unwrap();
+        assert_eq!(&a[..], b"event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0}\n\n");
+        assert!(f.event(br#"{"type":"response.completed","sequence_number":1}"#).is_none());
+        let end = f.end(Some(Bytes::from_static(b": cocoon-receipt x\n\n")));
+        assert!(end.starts_with(b": cocoon-receipt x\n\nevent: response.completed\n"));
+    }
+
+    #[test]
+    fn a_failure_is_an_error_event_numbered_after_the_last() {
+        let mut f = ResponsesFraming::default();
+        f.event(br#"{"type":"response.created","sequence_number":0}"#);
+        f.event(br#"{"type":"response.in_progress","sequence_number":1}"#);
+        let e = f.error(&ApiError::Upstream { status: 502, message: "engine stream broke".into(), body: None });
+        let text = std::str::from_utf8(&e).unwrap();
+        let data: serde_json::Value = serde_json::from_str(text.strip_prefix("event: error\ndata: ").unwrap().trim_end()).unwrap();
+        assert_eq!(data["type"], "error");
+        assert_eq!(data["sequence_number"], 2);
+        assert_eq!(data["message"], "engine stream broke");
+        assert_eq!(data["code"], "upstream_error");
+    }
+}
