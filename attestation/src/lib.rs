@@ -113,6 +113,7 @@ mod error;
 mod evidence;
 mod link_sealing;
 mod nonce;
+pub mod nvidia;
 mod policy;
 pub mod receipt;
 pub mod qgs;
@@ -139,6 +140,9 @@ pub use evidence::{
     MAX_VCEK_BYTES, SNP_REPORT_BYTES,
 };
 pub use link_sealing::{LinkOpener, LinkSealedJob, LinkSealer};
+pub use nvidia::{
+    gpu_nonce, GpuClaims, GpuError, GpuEvidence, GpuPolicy, NVIDIA_DEVICE_ROOT_PEM,
+};
 pub use nonce::{MemoryNonceStore, NonceStore, NonceTake};
 pub use policy::{MeasurementPattern, Policy, SimulatedKey, SnpPolicy, TdxAllowed, TdxPolicy};
 pub use sealing::{
