@@ -300,3 +300,43 @@ fn policy_section_parses_and_rejects_unknown_keys() {
     assert!(toml::from_str::<Policy>("[gpu]\nmeasurements = [{ index = 1, allowed = [\"xyz\"] }]").is_err());
     assert!(!Policy::default().gpu.require);
 }
+
+/// The router's path: GPU evidence rides in the worker's attestation and must answer
+/// `gpu_nonce` of its binding. The sample answers NVIDIA's test nonce, so for any session
+/// of ours it is evidence from another session, and must fail on the nonce (after its
+/// chain and signature verified).
+#[test]
+fn worker_attestation_requires_gpu_evidence_for_this_session() {
+    use attestation::{gpu_nonce, EvidenceProducer, JobOpener, Nonce, Verifier};
+    let claims = verify(&sample(), NOW).unwrap();
+    let mut policy = Policy::insecure_dev();
+    policy.gpu = policy_allowing(&claims);
+    let v = Verifier::new(policy);
+    let keys = JobOpener::generate().unwrap();
+    let nonce = Nonce::random().unwrap();
+    let mut att = EvidenceProducer::simulated().unwrap().attest(keys.public_key(), b"spki", nonce, NOW).unwrap();
+
+    // Required and absent.
+    let err = v.verify_attestation(&att, &nonce, NOW).unwrap_err();
+    assert_eq!(err.rule(), "gpu_missing", "{err}");
+
+    // Present, genuine, but made for another nonce.
+    att.gpu = Some(sample());
+    let err = v.verify_attestation(&att, &nonce, NOW).unwrap_err();
+    assert_eq!(err.rule(), "gpu_nonce", "{err}");
+    assert!(err.to_string().contains(&hex::encode(gpu_nonce(&att.binding()))), "{err}");
+
+    // Not required and absent: the CPU verdict stands, and says there is no GPU evidence.
+    let mut policy = Policy::insecure_dev();
+    policy.gpu.require = false;
+    att.gpu = None;
+    let w = Verifier::new(policy).verify_attestation(&att, &nonce, NOW).unwrap();
+    assert_eq!(w.gpu, None);
+    assert!(w.describe().contains("GPU: no GPU evidence"), "{}", w.describe());
+
+    // The evidence travels in the attestation's JSON.
+    att.gpu = Some(sample());
+    let json = serde_json::to_string(&att).unwrap();
+    let back: attestation::WorkerAttestation = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, att);
+}

@@ -344,6 +344,7 @@ fn report_data_not_matching_the_keys_is_rejected() {
         nonce,
         identity_key: None,
         models_digest: None,
+        gpu: None,
     };
     let err = v.verify_attestation(&att, &nonce, s.now()).unwrap_err();
     println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
@@ -377,6 +378,7 @@ async fn replayed_nonce_is_rejected() {
         nonce,
         identity_key: None,
         models_digest: None,
+        gpu: None,
     };
     // First use spends the nonce (the sample's report_data cannot bind our keys)...
     let first = v
