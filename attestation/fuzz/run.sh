@@ -27,5 +27,5 @@ for t in tdx_quote snp_report evidence_json gpu_report; do
     tail -n 60 "$logs/$t.log" >&2
     exit 1
   fi
-  echo "fuzz target $t: $(grep -E '^#[0-9]+ +DONE' "$logs/$t.log" | tail -n 1)" >&2
+  echo "fuzz target $t: $(grep -E '^#[0-9]+[[:space:]]+DONE' "$logs/$t.log" | tail -n 1)" >&2
 done
