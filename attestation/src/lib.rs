@@ -114,6 +114,7 @@ mod evidence;
 mod link_sealing;
 mod nonce;
 pub mod nvidia;
+mod pem_chain;
 mod policy;
 pub mod receipt;
 pub mod qgs;

@@ -467,15 +467,8 @@ fn parse_chain(pem: &str, what: &'static str) -> Result<Vec<Certificate>, GpuErr
     if pem.len() > MAX_GPU_CERT_CHAIN_BYTES {
         return Err(GpuError::TooLarge { what, len: pem.len(), max: MAX_GPU_CERT_CHAIN_BYTES });
     }
-    let certs = split_pem(pem)
-        .into_iter()
-        .map(|block| {
-            let block = block.map_err(|e| GpuError::MalformedChain(format!("{what}: {e}")))?;
-            use x509_cert::der::DecodePem;
-            Certificate::from_pem(block).map_err(|e| GpuError::MalformedChain(format!("{what}: {e}")))
-        })
-        .take(MAX_CHAIN_CERTS + 1)
-        .collect::<Result<Vec<_>, _>>()?;
+    let certs = crate::pem_chain::load_pem_chain(pem, MAX_CHAIN_CERTS)
+        .map_err(|e| GpuError::MalformedChain(format!("{what}: {e}")))?;
     if certs.is_empty() || certs.len() > MAX_CHAIN_CERTS {
         return Err(GpuError::MalformedChain(format!(
             "{what} has {} certificates; 1 to {MAX_CHAIN_CERTS} are accepted",
@@ -483,32 +476,6 @@ fn parse_chain(pem: &str, what: &'static str) -> Result<Vec<Certificate>, GpuErr
         )));
     }
     Ok(certs)
-}
-
-/// The PEM blocks of a chain; only whitespace may stand between them. (Not
-/// `Certificate::load_pem_chain`: x509-cert 0.2.5 panics on an empty input.)
-fn split_pem(pem: &str) -> Vec<Result<&str, &'static str>> {
-    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
-    const END: &str = "-----END CERTIFICATE-----";
-    let mut out = Vec::new();
-    let mut rest = pem;
-    loop {
-        let trimmed = rest.trim_start();
-        if trimmed.is_empty() {
-            return out;
-        }
-        if !trimmed.starts_with(BEGIN) {
-            out.push(Err("text outside a CERTIFICATE block"));
-            return out;
-        }
-        let Some(end) = trimmed.find(END) else {
-            out.push(Err("a CERTIFICATE block has no END line"));
-            return out;
-        };
-        let (block, after) = trimmed.split_at(end + END.len());
-        out.push(Ok(block));
-        rest = after;
-    }
 }
 
 /// The chain from the leaf to the root: returns the leaf, the architecture its chain names,
