@@ -61,7 +61,13 @@ fn full(ev: &GpuEvidence, now: u64) -> Result<GpuClaims, GpuError> {
 }
 
 fn rule(r: Result<GpuClaims, GpuError>) -> &'static str {
-    r.expect_err("must fail").rule()
+    shown(r.expect_err("must fail")).rule()
+}
+
+/// Prints a rejection (`--no-capture`), for the list of reasons in the resolve note.
+fn shown(e: GpuError) -> GpuError {
+    println!("MUST-FAIL [{}] {e}", e.rule());
+    e
 }
 
 fn with_report(f: impl FnOnce(&mut Vec<u8>)) -> GpuEvidence {
@@ -128,7 +134,7 @@ fn flipped_signed_byte_fails() {
 #[test]
 fn wrong_nonce_fails() {
     let claims = verify(&sample(), NOW).unwrap();
-    let err = policy_allowing(&claims).verify(Some(&sample()), &[7; 32], NVIDIA_DEVICE_ROOT_PEM, NOW).unwrap_err();
+    let err = policy_allowing(&claims).verify(Some(&sample()), &[7; 32], NVIDIA_DEVICE_ROOT_PEM, NOW).map_err(shown).unwrap_err();
     assert_eq!(err.rule(), "gpu_nonce");
     assert!(err.to_string().contains(SAMPLE_NONCE), "{err}");
     // Wrapped for the router's verdicts, the rule is kept.
@@ -167,7 +173,7 @@ fn leaf_subject_flip_is_a_certificate_signature_failure() {
     ders[0][at] ^= 0x20;
     let mut bad = ev.clone();
     bad.cert_chain_pem = to_pem(&ders);
-    let err = full(&bad, NOW).unwrap_err();
+    let err = full(&bad, NOW).map_err(shown).unwrap_err();
     assert_eq!(err.rule(), "gpu_cert_signature", "{err}");
 }
 
@@ -176,7 +182,7 @@ fn wrong_root_fails() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/nvidia/");
     let rim_root = std::fs::read_to_string(format!("{dir}verifier_RIM_root.pem")).unwrap();
     // The verifier trusting another root (NVIDIA's RIM root).
-    let err = verify_gpu_evidence(&sample(), &nonce(), &rim_root, NOW).unwrap_err();
+    let err = verify_gpu_evidence(&sample(), &nonce(), &rim_root, NOW).map_err(shown).unwrap_err();
     assert_eq!(err.rule(), "gpu_untrusted_root", "{err}");
     // A chain whose top is replaced by another self-signed root.
     let mut ders = chain_der(&sample());
@@ -194,7 +200,7 @@ fn wrong_root_fails() {
 
 #[test]
 fn expired_and_not_yet_valid_certificates_fail() {
-    let err = full(&sample(), NOT_AFTER + 1).unwrap_err();
+    let err = full(&sample(), NOT_AFTER + 1).map_err(shown).unwrap_err();
     assert_eq!(err.rule(), "gpu_cert_expired", "{err}");
     assert!(err.to_string().contains(&NOT_AFTER.to_string()), "{err}");
     // Before the leaf's notBefore (2020-10-17) and the provisioner CA's (2022-03-01).
@@ -206,12 +212,12 @@ fn driver_and_vbios_not_allowed_fail() {
     let claims = verify(&sample(), NOW).unwrap();
     let mut p = policy_allowing(&claims);
     p.allowed_driver_versions = vec!["570.86.15".into()];
-    let err = p.check(&claims).unwrap_err();
+    let err = p.check(&claims).map_err(shown).unwrap_err();
     assert_eq!(err.rule(), "gpu_driver_version");
     assert!(err.to_string().contains("550.90.07"), "{err}");
     let mut p = policy_allowing(&claims);
     p.allowed_vbios_versions = vec!["96.00.5e.00.01".into()];
-    assert_eq!(p.check(&claims).unwrap_err().rule(), "gpu_vbios_version");
+    assert_eq!(p.check(&claims).map_err(shown).unwrap_err().rule(), "gpu_vbios_version");
     // Case does not matter; an empty list allows any.
     let mut p = policy_allowing(&claims);
     p.allowed_vbios_versions = vec!["96.00.9F.00.01".into()];
@@ -224,24 +230,24 @@ fn measurement_not_allowed_fails() {
     let claims = verify(&sample(), NOW).unwrap();
     let mut p = policy_allowing(&claims);
     p.measurements[1].allowed = vec![GoldenValue("00".repeat(48))];
-    let err = p.check(&claims).unwrap_err();
+    let err = p.check(&claims).map_err(shown).unwrap_err();
     assert_eq!(err.rule(), "gpu_measurement");
     assert!(err.to_string().contains("block 2"), "{err}");
     // A pinned index the report lacks.
     let mut p = policy_allowing(&claims);
     p.measurements.push(GpuGolden { index: 65, allowed: vec![GoldenValue("00".into())] });
-    assert_eq!(p.check(&claims).unwrap_err().rule(), "gpu_measurement");
+    assert_eq!(p.check(&claims).map_err(shown).unwrap_err().rule(), "gpu_measurement");
     // No golden values at all: nothing is accepted.
     let mut p = policy_allowing(&claims);
     p.measurements.clear();
-    assert_eq!(p.check(&claims).unwrap_err().rule(), "gpu_measurement");
+    assert_eq!(p.check(&claims).map_err(shown).unwrap_err().rule(), "gpu_measurement");
 }
 
 #[test]
 fn required_evidence_missing_fails() {
     let claims = verify(&sample(), NOW).unwrap();
     let p = policy_allowing(&claims);
-    assert_eq!(p.verify(None, &nonce(), NVIDIA_DEVICE_ROOT_PEM, NOW).unwrap_err().rule(), "gpu_missing");
+    assert_eq!(p.verify(None, &nonce(), NVIDIA_DEVICE_ROOT_PEM, NOW).map_err(shown).unwrap_err().rule(), "gpu_missing");
     let p = GpuPolicy::default();
     assert_eq!(p.verify(None, &nonce(), NVIDIA_DEVICE_ROOT_PEM, NOW).unwrap(), None);
 }
