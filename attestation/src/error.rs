@@ -116,6 +116,10 @@ pub enum AttestationError {
     },
     #[error("SEV-SNP report is signed with a VLEK (a cloud provider's key, chaining to AMD's ASVK); only VCEK-signed reports are supported")]
     SnpVlekNotSupported,
+
+    // ---- NVIDIA GPU evidence (see `nvidia`) ----
+    #[error("NVIDIA GPU evidence rejected: {0}")]
+    Gpu(#[from] crate::nvidia::GpuError),
 }
 
 impl AttestationError {
@@ -156,6 +160,7 @@ impl AttestationError {
             CollateralUnavailable { .. } => "collateral_unavailable",
             CollateralStale { .. } => "collateral_stale",
             SnpVlekNotSupported => "snp_vlek",
+            Gpu(e) => e.rule(),
         }
     }
 }

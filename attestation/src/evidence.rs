@@ -99,6 +99,10 @@ pub struct WorkerAttestation {
     /// [`crate::models_digest`] of the models the worker serves.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_hex32")]
     pub models_digest: Option<[u8; 32]>,
+    /// NVIDIA GPU evidence whose SPDM nonce is [`crate::gpu_nonce`] of this attestation's
+    /// binding; checked under `[attestation.policy.gpu]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<crate::nvidia::GpuEvidence>,
 }
 
 pub(crate) mod opt_hex32 {

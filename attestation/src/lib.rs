@@ -101,6 +101,9 @@
 //!   window is [`collateral_window`].
 //! * SEV-SNP: the AMD ARK/ASK built into the `sev` crate (Milan, Genoa, Turin); the VCEK comes
 //!   with the evidence (the host's certificate table) or from AMD KDS ([`CollateralService`]).
+//! * NVIDIA GPU (Hopper): NVIDIA's Device Identity CA ([`NVIDIA_DEVICE_ROOT_PEM`],
+//!   replaceable); the device chain comes with the evidence. No OCSP, no RIMs: see
+//!   [`nvidia`] and `docs/gpu-attestation.md`.
 //! * Simulated: a per-run Ed25519 key; accepted only with `allow_insecure_simulated_tee = true`
 //!   (optionally pinned with `simulated_tee_keys`).
 
@@ -113,6 +116,8 @@ mod error;
 mod evidence;
 mod link_sealing;
 mod nonce;
+pub mod nvidia;
+mod pem_chain;
 mod policy;
 pub mod receipt;
 pub mod qgs;
@@ -139,6 +144,9 @@ pub use evidence::{
     MAX_VCEK_BYTES, SNP_REPORT_BYTES,
 };
 pub use link_sealing::{LinkOpener, LinkSealedJob, LinkSealer};
+pub use nvidia::{
+    gpu_nonce, GpuClaims, GpuError, GpuEvidence, GpuPolicy, NVIDIA_DEVICE_ROOT_PEM,
+};
 pub use nonce::{MemoryNonceStore, NonceStore, NonceTake};
 pub use policy::{MeasurementPattern, Policy, SimulatedKey, SnpPolicy, TdxAllowed, TdxPolicy};
 pub use sealing::{

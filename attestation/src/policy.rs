@@ -22,6 +22,12 @@
 //! allowed_measurements = ["<96 hex digits>"]
 //! max_vmpl = 0
 //! min_tcb = { bootloader = 3, tee = 0, snp = 8, microcode = 115 }
+//!
+//! [gpu]                                  # NVIDIA GPU evidence, see `nvidia::GpuPolicy`
+//! require = false
+//! allowed_driver_versions = []           # empty: any
+//! allowed_vbios_versions = []            # empty: any
+//! measurements = []                      # [{ index = 2, allowed = ["<hex>"] }]; empty: none accepted
 //! ```
 //!
 //! Debug guests are always rejected: there is no switch for it.
@@ -53,6 +59,8 @@ pub struct Policy {
     pub cache_ttl_secs: u64,
     pub tdx: TdxPolicy,
     pub snp: SnpPolicy,
+    /// NVIDIA GPU evidence ([`crate::nvidia::GpuPolicy`]).
+    pub gpu: crate::nvidia::GpuPolicy,
     /// Allowed weight digests (SHA-256 hex, as the worker measures them) per model id. A
     /// worker serving a listed id must have measured one of its digests, or it is refused;
     /// ids not listed are not pinned.
@@ -69,6 +77,7 @@ impl Default for Policy {
             cache_ttl_secs: 3600,
             tdx: TdxPolicy::default(),
             snp: SnpPolicy::default(),
+            gpu: crate::nvidia::GpuPolicy::default(),
             models: std::collections::BTreeMap::new(),
         }
     }

@@ -157,8 +157,11 @@ pub fn collateral_validity(c: &QuoteCollateralV3) -> Result<Vec<CollateralItemVa
         let Some(pem) = pem else { continue };
         // Intel's PCCS chains sometimes end with a NUL byte.
         let pem = pem.trim_end_matches(|c: char| c == '\0' || c.is_whitespace());
-        let certs = x509_cert::Certificate::load_pem_chain(pem.as_bytes())
+        let certs = crate::pem_chain::load_pem_chain(pem, 16)
             .map_err(|e| format!("{what} is not a PEM certificate chain: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!("{what} is empty"));
+        }
         items.extend(certs.iter().map(|cert| cert_validity(what, cert)));
     }
     Ok(items)

@@ -472,6 +472,8 @@ impl EvidenceProducer {
             nonce: binding.nonce,
             identity_key: binding.worker.map(|(i, _)| i),
             models_digest: binding.worker.map(|(_, m)| m),
+            // Collected by the caller (NVML), bound to `gpu_nonce(&binding)`.
+            gpu: None,
         })
     }
 }

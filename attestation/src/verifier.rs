@@ -34,6 +34,9 @@ pub struct VerifiedWorker {
     /// The collateral the verifier chose, when a [`crate::CollateralService`] resolved it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collateral: Option<crate::collateral::CollateralUsed>,
+    /// The GPU's verdict, when the worker sent GPU evidence and it passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<crate::nvidia::GpuClaims>,
 }
 
 impl VerifiedWorker {
@@ -102,6 +105,10 @@ impl VerifiedWorker {
         if let Some(c) = &self.collateral {
             out.push_str(&format!("collateral: {}\n", c.describe(self.verified_at)));
         }
+        match &self.gpu {
+            Some(g) => out.push_str(&g.describe()),
+            None => out.push_str("GPU: no GPU evidence\n"),
+        }
         out
     }
 }
@@ -112,6 +119,7 @@ pub struct Verifier {
     policy: Policy,
     intel_root_ca_der: Vec<u8>,
     collateral: CollateralStore,
+    nvidia_root_pem: String,
 }
 
 impl Verifier {
@@ -121,7 +129,14 @@ impl Verifier {
             policy,
             intel_root_ca_der: INTEL_SGX_ROOT_CA_DER.to_vec(),
             collateral: CollateralStore::new(),
+            nvidia_root_pem: crate::nvidia::NVIDIA_DEVICE_ROOT_PEM.to_string(),
         }
+    }
+
+    /// Replaces NVIDIA's Device Identity CA (PEM) that GPU chains must end at.
+    pub fn with_nvidia_root(mut self, pem: String) -> Self {
+        self.nvidia_root_pem = pem;
+        self
     }
 
     /// Replaces the Intel root CA (DER) that TDX collateral must chain to.
@@ -193,9 +208,17 @@ impl Verifier {
         let claims = self.verify_evidence(&att.evidence, now)?;
         self.check_policy(&claims, now)?;
         att.binding().check(&claims.report_data)?;
+        // The GPU answers a nonce derived from the same binding: same session, same worker.
+        let gpu = self.policy.gpu.verify(
+            att.gpu.as_ref(),
+            &crate::nvidia::gpu_nonce(&att.binding()),
+            &self.nvidia_root_pem,
+            now,
+        )?;
         let expires_at = now
             .saturating_add(self.policy.cache_ttl_secs)
-            .min(claims.valid_until);
+            .min(claims.valid_until)
+            .min(gpu.as_ref().map_or(u64::MAX, |g| g.valid_until));
         Ok(VerifiedWorker {
             claims,
             hpke_public_key: att.hpke_public_key,
@@ -205,6 +228,7 @@ impl Verifier {
             verified_at: now,
             expires_at,
             collateral: None,
+            gpu,
         })
     }
 

@@ -152,6 +152,7 @@ fn debug_foreign_measurements_old_and_untrusted_keys_are_rejected() {
         nonce,
         identity_key: None,
         models_digest: None,
+        gpu: None,
     };
     let good = SimulatedReport {
         measurements: SIMULATED_MEASUREMENTS,

@@ -344,6 +344,7 @@ fn report_data_not_matching_the_keys_is_rejected() {
         nonce,
         identity_key: None,
         models_digest: None,
+        gpu: None,
     };
     let err = v.verify_attestation(&att, &nonce, s.now()).unwrap_err();
     println!("MUST-FAIL {}:{}: [{}] {err}", file!(), line!(), err.rule());
@@ -377,6 +378,7 @@ async fn replayed_nonce_is_rejected() {
         nonce,
         identity_key: None,
         models_digest: None,
+        gpu: None,
     };
     // First use spends the nonce (the sample's report_data cannot bind our keys)...
     let first = v
@@ -559,4 +561,19 @@ fn evidence_json_round_trips() {
     assert_eq!(back, ev);
     let (v, _) = approving(&s);
     verify_all(&v, &back, s.now()).unwrap();
+}
+
+/// Collateral a worker attaches is input from the network: an empty or whitespace-only
+/// issuer chain must be refused, not reach x509-cert 0.2.5's `load_pem_chain`, which
+/// underflows (panics in debug builds) on an empty input.
+#[test]
+fn empty_issuer_chain_in_attached_collateral_is_refused_without_panic() {
+    let s = tdx_v4();
+    for chain in ["", "\n", "\0", " \r\n\0"] {
+        let mut c = s.collateral.clone();
+        c.pck_crl_issuer_chain = chain.into();
+        let ev = Evidence::Tdx(TdxEvidence { quote: s.quote.to_vec(), collateral: Some(c) });
+        let err = strict().verify_evidence(&ev, s.now()).unwrap_err();
+        assert_eq!(err.rule(), "malformed", "{chain:?}: {err}");
+    }
 }

@@ -90,7 +90,8 @@ pub async fn fetch_cert_chain(
     if resp.status != 200 {
         return Err(format!("GET {url}: HTTP {}", resp.status));
     }
-    let certs = x509_cert::Certificate::load_pem_chain(&resp.body)
+    let body = std::str::from_utf8(&resp.body).map_err(|_| format!("GET {url}: the body is not text"))?;
+    let certs = crate::pem_chain::load_pem_chain(body, 8)
         .map_err(|e| format!("GET {url}: not a PEM certificate chain: {e}"))?;
     use x509_cert::der::Encode;
     let der: Vec<Vec<u8>> = certs
