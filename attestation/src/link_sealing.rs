@@ -11,7 +11,8 @@
 //!
 //! so a sealed job opens only on that link, for that job id and model, and its chunks are
 //! numbered and authenticated exactly as in per-job mode. Trade-off: forward secrecy per link
-//! (a link lives until reconnect or re-attestation) instead of per job.
+//! instead of per job: the worker's key lives as long as the link (re-attestation on a live
+//! link keeps it), so one compromised key exposes that link's jobs until it reconnects.
 
 use chacha20poly1305::aead::{Aead as _, KeyInit, Payload};
 use chacha20poly1305::ChaCha20Poly1305;

@@ -5,14 +5,47 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use attestation::receipt::IdentityPublicKey;
 use router::fleet::{FleetSync, RedisNonceStore};
+use router::identities::{BindError, IdentityRegistry};
 use router::Router;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 
-/// Builds the router (and starts its Redis fleet sync, stopped by `stop`).
+/// Builds the router (and starts its Redis fleet sync, stopped by `stop`). Worker-id
+/// bindings live in the gateway's database from the start, before any worker can attach.
 pub async fn start_router(cfg: &Config, stop: CancellationToken) -> anyhow::Result<Router> {
+    let router = build_router(cfg, stop).await?;
+    let db = crate::roles::open_database(cfg).await?;
+    router.set_identity_registry(Arc::new(LedgerIdentities(db)));
+    Ok(router)
+}
+
+/// [`router::identities::IdentityRegistry`] on the gateway's database (table
+/// `worker_identities`): one binding per worker id for every replica, kept across restarts.
+pub struct LedgerIdentities(pub billing::Ledger);
+
+#[async_trait::async_trait]
+impl IdentityRegistry for LedgerIdentities {
+    async fn bind(&self, worker_id: &str, identity: &IdentityPublicKey) -> Result<(), BindError> {
+        let claimant = identity.to_hex();
+        let holder = self
+            .0
+            .bind_worker_identity(worker_id, &claimant)
+            .await
+            .map_err(|e| BindError::Unavailable(e.to_string()))?;
+        if holder == claimant {
+            return Ok(());
+        }
+        let holder = <[u8; 32]>::try_from(hex::decode(&holder).unwrap_or_default().as_slice())
+            .map(|k| IdentityPublicKey(k).fingerprint())
+            .unwrap_or(holder);
+        Err(BindError::Taken { worker_id: worker_id.to_string(), holder, claimant: identity.fingerprint() })
+    }
+}
+
+async fn build_router(cfg: &Config, stop: CancellationToken) -> anyhow::Result<Router> {
     let rc = &cfg.router;
     let Some(url) = &rc.redis_url else {
         let collateral = cfg.attestation.collateral_service(&cfg.data_dir, None)?;

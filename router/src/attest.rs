@@ -43,6 +43,18 @@ pub enum AdmitError {
     Declared { rule: &'static str, message: String },
 }
 
+impl AdmitError {
+    /// The rule that refused, as the `rule` label of `cocoon_router_workers_refused_total`.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            AdmitError::Missing => "missing",
+            AdmitError::Malformed(_) => "malformed",
+            AdmitError::Rejected { rule, .. } | AdmitError::Declared { rule, .. } => rule,
+            AdmitError::KeyChanged { .. } => "key_changed",
+        }
+    }
+}
+
 impl From<AttestationError> for AdmitError {
     fn from(source: AttestationError) -> Self {
         AdmitError::Rejected {

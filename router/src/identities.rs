@@ -24,7 +24,8 @@ pub enum BindError {
     Unavailable(String),
 }
 
-/// In-process bindings (a single gateway; forgotten on restart).
+/// In-process bindings (forgotten on restart; `cocoon` uses the database-backed store in
+/// `cocoon::routing::LedgerIdentities`, and this one only where a router is built without it).
 #[derive(Default)]
 pub struct MemoryIdentities(Mutex<HashMap<String, IdentityPublicKey>>);
 

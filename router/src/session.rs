@@ -219,8 +219,8 @@ fn check_nonce(info: &WorkerInfo, sent: &attestation::Nonce) -> Result<(), Admit
 }
 
 async fn refuse(out: &mpsc::Sender<RouterToWorker>, worker: &str, e: AdmitError) -> LinkError {
-    metrics::counter!("cocoon_router_workers_refused_total").increment(1);
-    tracing::warn!(%worker, error = %e, "worker refused");
+    metrics::counter!("cocoon_router_workers_refused_total", "rule" => e.rule()).increment(1);
+    tracing::warn!(%worker, rule = e.rule(), error = %e, "worker refused");
     let _ = out
         .send(RouterToWorker::Refused {
             reason: e.to_string(),

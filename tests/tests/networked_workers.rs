@@ -46,7 +46,8 @@ async fn gateway_cfg(first_token_timeout_ms: u64, allow_simulated: bool, tweak: 
     cfg.attestation.policy.allow_insecure_simulated_tee = allow_simulated;
     tweak(&mut cfg);
     let stop = CancellationToken::new();
-    let router = router::Router::new(cfg.router.clone(), cfg.attestation.attestor(None).unwrap());
+    // As `cocoon gateway` builds it: worker-id bindings in the gateway's database.
+    let router = cocoon::routing::start_router(&cfg, stop.clone()).await.unwrap();
     let l = cocoon::roles::start_worker_listener(&cfg, router.clone(), stop.clone()).await.unwrap().unwrap();
     let gw = cocoon::roles::start_gateway(&cfg, router.clone(), stop.clone()).await.unwrap();
     let key = gw.keys.create("t", "acct", None).await.unwrap().key;
@@ -73,6 +74,11 @@ async fn worker(gw: &Gateway, id: &str, ttft_ms: u64, pin: &str) -> Worker {
 }
 
 async fn worker_with(gw: &Gateway, id: &str, ttft_ms: u64, pin: &str, price_coefficient: u32) -> Worker {
+    spawn_worker(gw, id, ttft_ms, pin, price_coefficient, None).await
+}
+
+/// A worker; `weights` is the digest it measured for the test model's weights, if any.
+async fn spawn_worker(gw: &Gateway, id: &str, ttft_ms: u64, pin: &str, price_coefficient: u32, weights: Option<&str>) -> Worker {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let engine = test_engine::TestEngine::new(test_engine::EngineConfig {
@@ -90,6 +96,9 @@ async fn worker_with(gw: &Gateway, id: &str, ttft_ms: u64, pin: &str, price_coef
         ..Default::default()
     }, worker_agent::WorkerTee::simulated().unwrap())
     .unwrap();
+    if let Some(d) = weights {
+        agent.set_model_digest("cocoon-test", d.into());
+    }
     let link = worker_agent::net::RouterLink { url: gw.worker_url.clone(), cert_sha256: pin.into() };
     let link = tokio::spawn(worker_agent::net::run(agent, link, Duration::from_secs(10), stop.clone()));
     Worker { engine, link, stop }
@@ -299,5 +308,72 @@ async fn a_worker_declaring_a_price_above_the_maximum_is_refused() {
     let _ok = worker_with(&gw, "fair", 0, &gw.pin, 2000).await;
     wait_workers(&gw, 1).await;
     w.stop.cancel();
+    gw.stop.cancel();
+}
+
+/// A worker id belongs to the first attested identity that used it: a second worker (its own
+/// identity key) claiming the same id is refused, while the first keeps serving; the binding
+/// is in the gateway's database, so another replica or a restart keeps it
+/// (billing `the_first_identity_keeps_a_worker_id_across_handles`).
+#[tokio::test]
+async fn a_worker_cannot_take_over_another_workers_id() {
+    let gw = gateway(5_000).await;
+    let first = worker(&gw, "w1", 0, &gw.pin).await;
+    wait_workers(&gw, 1).await;
+    let impostor = worker(&gw, "w1", 0, &gw.pin).await;
+    let mut refusals = String::new();
+    for _ in 0..100 {
+        let metrics = client().get(&gw.metrics).send().await.unwrap().text().await.unwrap();
+        if let Some(l) = metrics.lines().find(|l| {
+            l.starts_with("cocoon_router_workers_refused_total") && l.contains("rule=\"worker_id\"") && !l.ends_with(" 0")
+        }) {
+            refusals = l.to_string();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!refusals.is_empty(), "the impostor is refused under rule worker_id within 10 s");
+    let now = gw.router.snapshot();
+    assert_eq!(now.len(), 1, "only the first worker holds w1: {now:?}");
+    assert_eq!(chat(&gw, simple()).await.status(), 200);
+    first.stop.cancel();
+    impostor.stop.cancel();
+    gw.stop.cancel();
+}
+
+/// `[attestation.policy.models]` pins the weights a model id may be served with: a worker
+/// whose measured (and attested) weights differ, or that measured none, is refused under
+/// rule `model_digest`; one with the pinned weights is admitted.
+#[tokio::test]
+async fn a_worker_serving_other_weights_under_a_pinned_model_id_is_refused() {
+    let pinned = "ab".repeat(32);
+    let gw = gateway_cfg(5_000, true, |c| {
+        c.attestation.policy.models.insert("cocoon-test".into(), vec![pinned.clone()]);
+    })
+    .await;
+    let other = spawn_worker(&gw, "other-weights", 0, &gw.pin, 1000, Some(&"cd".repeat(32))).await;
+    let unmeasured = spawn_worker(&gw, "unmeasured", 0, &gw.pin, 1000, None).await;
+    let mut refused = 0.0;
+    for _ in 0..100 {
+        let metrics = client().get(&gw.metrics).send().await.unwrap().text().await.unwrap();
+        refused = metrics
+            .lines()
+            .find(|l| l.starts_with("cocoon_router_workers_refused_total") && l.contains("rule=\"model_digest\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if refused >= 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused >= 2.0, "both workers refused under model_digest, counted {refused}");
+    assert!(gw.router.snapshot().is_empty(), "{:?}", gw.router.snapshot());
+    let pinned_ok = spawn_worker(&gw, "pinned", 0, &gw.pin, 1000, Some(&pinned)).await;
+    wait_workers(&gw, 1).await;
+    assert_eq!(gw.router.snapshot()[0].worker_id, "pinned");
+    assert_eq!(chat(&gw, simple()).await.status(), 200);
+    for w in [other, unmeasured, pinned_ok] {
+        w.stop.cancel();
+    }
     gw.stop.cancel();
 }

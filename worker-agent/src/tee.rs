@@ -189,3 +189,24 @@ impl WorkerTee {
         Ok((job, sealer))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod link_key_tests {
+    use super::*;
+
+    /// Forward secrecy per link, as the README states it: each link gets its own HPKE key,
+    /// re-challenges on a live link reuse it, and a link that ended is forgotten, so the same
+    /// link id later (a reconnect) gets a new key.
+    #[test]
+    fn each_link_has_its_own_key_and_a_reconnect_gets_a_new_one() {
+        let tee = WorkerTee::simulated().unwrap();
+        let one = tee.link_key(1).unwrap().public_key();
+        let two = tee.link_key(2).unwrap().public_key();
+        assert_ne!(one.0, two.0, "two links, two keys");
+        assert_eq!(tee.link_key(1).unwrap().public_key().0, one.0, "a re-challenge keeps the link's key");
+        tee.drop_link(1);
+        assert_eq!(tee.openers().len(), 1, "the ended link's key is gone");
+        assert_ne!(tee.link_key(1).unwrap().public_key().0, one.0, "a reconnect gets a new key");
+    }
+}

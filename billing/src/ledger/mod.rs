@@ -6,6 +6,7 @@ mod capture;
 mod check;
 pub(crate) mod dashboard;
 mod holds;
+mod identities;
 pub(crate) mod keys;
 mod prices;
 mod receipts;
