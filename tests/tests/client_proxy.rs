@@ -249,6 +249,10 @@ async fn sdk_requests_through_the_proxy_are_sealed_end_to_end_with_receipts() {
         assert_eq!(kept.verify(&kept.signer).unwrap(), *rec);
     }
 
+    // The books balance after end-to-end traffic (`cocoon ledger check`'s invariants).
+    let violations = s.net.ledger.as_ref().expect("billing is on").check().await.unwrap();
+    assert!(violations.is_empty(), "ledger check after E2E traffic: {violations:?}");
+
     // Receipts verify offline against a saved report; a forged signature or a report without
     // the signer does not.
     let nonce = "ab".repeat(32);
@@ -304,6 +308,8 @@ async fn a_declared_bound_changed_in_transit_is_refused_and_nothing_is_charged()
     assert_ne!(resp.status(), 200, "a body sealed for other facts must not run");
     let body = resp.text().await.unwrap();
     assert!(!body.contains(MARKER), "{body}");
+    // Changing a clear fact breaks the HPKE info/AAD, so the worker cannot even open the body.
+    assert!(body.contains("cannot open the sealed request") && body.contains("for other facts"), "the refusal names why: {body}");
     // Nothing charged, and the hold released.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
