@@ -293,6 +293,18 @@ async fn vllm_through_the_gateway() {
     let err: Value = r.json().await.unwrap();
     assert_eq!(err["error"]["param"], "best_of", "{err}");
 
+    // 7. The context length the worker read from vLLM's /v1/models (the fake's default
+    // --max-model-len 4096) bounds a client's cap at the gateway, before any hold or routing.
+    let seen_before = w.fake_state().await["seen"].as_array().map_or(0, Vec::len);
+    let r = gw
+        .post("chat/completions", &json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4096}))
+        .await;
+    assert_eq!(r.status(), 400);
+    let err: Value = r.json().await.unwrap();
+    assert_eq!(err["error"]["param"], "max_tokens", "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("context length (4096 tokens)"), "{err}");
+    assert_eq!(w.fake_state().await["seen"].as_array().map_or(0, Vec::len), seen_before, "the engine never saw it");
+
     // 7. Mid-stream errors: vLLM reports an exception as code 400 (then [DONE]); before any
     // chunk the client gets the engine's message, not a retried 500. A stream's headers go
     // out when it is admitted (so a queued client is never left in silence), so the error
