@@ -106,3 +106,73 @@ pub(crate) fn check_usage(check: ReceiptCheck, usage: Option<&Usage>, worker: &s
         )
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use attestation::receipt::{IdentityKey, ReceiptUsage};
+
+    use super::*;
+
+    fn receipt(job_id: Uuid) -> Receipt {
+        Receipt {
+            version: 1,
+            job_id,
+            request_id: None,
+            worker_id: "w1".into(),
+            model: "m".into(),
+            endpoint: "/v1/chat/completions".into(),
+            request_sha256: "00".repeat(32),
+            response_sha256: "11".repeat(32),
+            usage: ReceiptUsage { prompt_tokens: 5, completion_tokens: 7, ..Default::default() },
+            price_coefficient: 1000,
+            started_at_ms: 1,
+            finished_at_ms: 2,
+        }
+    }
+
+    fn raw(key: &IdentityKey, r: &Receipt) -> Vec<u8> {
+        serde_json::to_vec(&key.sign(r).unwrap()).unwrap()
+    }
+
+    fn why(c: ReceiptCheck) -> String {
+        match c {
+            ReceiptCheck::Invalid(why) => why,
+            ReceiptCheck::Valid { .. } => panic!("accepted"),
+        }
+    }
+
+    /// Each way a receipt can fail the router's check is refused with its reason (and the
+    /// gateway then charges nothing for a sealed answer: gateway/src/e2e.rs).
+    #[test]
+    fn only_a_receipt_from_the_attested_worker_for_this_job_passes() {
+        let key = IdentityKey::generate().unwrap();
+        let job = Uuid::new_v4();
+        let want = Expected { job_id: job, worker_id: "w1", model: "m", coefficient: 1000, identity: Some(key.public()) };
+        let ok = check(&raw(&key, &receipt(job)), &want);
+        assert!(ok.is_valid(), "{ok:?}");
+        let usage = Usage { prompt_tokens: 5, completion_tokens: 7, total_tokens: 12, ..Default::default() };
+        assert!(check_usage(ok.clone(), Some(&usage), "w1").is_valid());
+
+        let other = IdentityKey::generate().unwrap();
+        assert!(why(check(&raw(&other, &receipt(job)), &want)).contains("signature from another worker"));
+        let mut forged = key.sign(&receipt(job)).unwrap();
+        forged.signature[0] ^= 1;
+        assert!(why(check(&serde_json::to_vec(&forged).unwrap(), &want)).contains("signature"));
+        assert!(why(check(&raw(&key, &receipt(Uuid::new_v4())), &want)).contains("receipt is for job"));
+        let mut r = receipt(job);
+        r.model = "other".into();
+        assert!(why(check(&raw(&key, &r), &want)).contains("names model"));
+        let mut r = receipt(job);
+        r.worker_id = "w2".into();
+        assert!(why(check(&raw(&key, &r), &want)).contains("names worker"));
+        let mut r = receipt(job);
+        r.price_coefficient = 2000;
+        assert!(why(check(&raw(&key, &r), &want)).contains("coefficient 2000"));
+        assert!(why(check(b"{not json", &want)).contains("malformed receipt"));
+        let unattested = Expected { identity: None, ..want };
+        assert!(why(check(&raw(&key, &receipt(job)), &unattested)).contains("attested no identity key"));
+        let inflated = Usage { prompt_tokens: 5, completion_tokens: 8, total_tokens: 13, ..Default::default() };
+        assert!(why(check_usage(ok, Some(&inflated), "w1")).contains("differs from the reported usage"));
+    }
+}
