@@ -408,8 +408,8 @@ async fn expiry_and_reaper(db: &TestDb) {
     let late_charge = match l.capture(short, worker, usage(10, 10), 1000).await.unwrap() {
         CaptureOutcome::Captured(r) => {
             assert_eq!(r.held, 0, "nothing was reserved for a late capture");
-            assert_eq!(r.shortfall, 0);
-            assert!(r.billed.charge > 0);
+            // Still never more than the hold: usage(10, 10) costs 4 000, the hold was 1 000.
+            assert_eq!((r.cost, r.billed.charge, r.shortfall), (4_000, 1_000, 3_000));
             r.billed.charge
         }
         other => panic!("{other:?}"),
@@ -589,18 +589,18 @@ async fn over_hold(db: &TestDb) {
     let other = Uuid::new_v4();
     placed(l, job, client, 100_000).await;
     placed(l, other, client, 30_000).await;
-    // Costs far more than the hold: capped at hold + other available = 150 000 − 30 000.
+    // Costs far more than the hold, and more than the balance: capped at the hold.
     let u = usage(10_000, 10_000);
     let full = cost(PRICE, u, 1000, FEE_BPS).unwrap();
     assert!(full.charge > 150_000);
     let r = l.capture(job, worker, u, 1000).await.unwrap();
     let r = r.receipt().unwrap();
     assert_eq!(r.cost, full.charge);
-    assert_eq!(r.billed, billing::split(120_000, FEE_BPS).unwrap());
-    assert_eq!(r.shortfall, full.charge - 120_000);
+    assert_eq!(r.billed, billing::split(100_000, FEE_BPS).unwrap());
+    assert_eq!(r.shortfall, full.charge - 100_000);
     assert_eq!(
         l.balance(client).await.unwrap(),
-        bal(30_000, 30_000),
+        bal(50_000, 30_000),
         "other hold kept its reservation"
     );
     // The other job can still be captured within its hold.
@@ -610,16 +610,17 @@ async fn over_hold(db: &TestDb) {
         .unwrap();
     assert_eq!(r2.receipt().unwrap().shortfall, 0);
     assert_eq!(r2.receipt().unwrap().billed.charge, 13_000);
-    // A cost above the hold but within the available balance: charged in full.
+    // A cost above the hold is capped at the hold even when the balance could pay it: the
+    // hold is what the request could cost, so the excess is the worker's over-report.
     l.credit(client, 10_000_000, "top-up", "").await.unwrap();
     let job3 = Uuid::new_v4();
     placed(l, job3, client, 1).await;
     let r3 = l.capture(job3, worker, usage(10, 10), 1000).await.unwrap();
     let r3 = r3.receipt().unwrap();
-    assert_eq!((r3.billed.charge, r3.shortfall), (4_000, 0));
+    assert_eq!((r3.billed.charge, r3.shortfall), (1, 3_999));
     assert_eq!(
         l.balance(client).await.unwrap(),
-        bal(17_000 + 10_000_000 - 4_000, 0)
+        bal(37_000 + 10_000_000 - 1, 0)
     );
 }
 

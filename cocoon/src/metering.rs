@@ -80,6 +80,7 @@ impl LedgerMeter {
     /// The capture, and whether a failure is the database's (worth deferring to the outbox)
     /// rather than the request's (an unknown hold, a wrong account: retrying cannot help).
     async fn capture_now(&self, job_id: Uuid, worker: &str, coefficient: u32, usage: &Usage, receipt: Option<&SignedReceipt>) -> Result<i64, (MeterError, bool)> {
+        let worker_id = worker;
         let worker = self.account(AccountKind::Worker, worker).await.map_err(|e| (e, true))?;
         // The receipt first: a charge whose receipt could not be kept is then retried whole.
         if let Some(r) = receipt {
@@ -96,6 +97,13 @@ impl LedgerMeter {
                 let infra = infrastructure(&e);
                 (unavailable(e), infra)
             })?;
+        if let Some(r) = outcome.receipt().filter(|r| r.shortfall > 0) {
+            // The hold is the most the request could cost: a worker that reports more is
+            // charged at most the hold, and the excess is its fault, flagged here.
+            metrics::counter!("cocoon_gateway_capture_shortfall_total", "worker" => worker_id.to_string()).increment(1);
+            tracing::error!(%job_id, worker = worker_id, cost = r.cost, billed = r.billed.charge, shortfall = r.shortfall,
+                "the worker's usage costs more than the request's hold: charged the hold, the rest written off");
+        }
         Ok(outcome.receipt().map_or(0, |r| r.billed.charge))
     }
 

@@ -27,11 +27,13 @@ impl Ledger {
     /// original receipt) or [`CaptureOutcome::AlreadyReleased`].
     ///
     /// # When the cost exceeds the hold
-    /// The client pays `min(cost, hold + its other available balance)`: the excess over
-    /// the hold is taken from money not reserved by other holds, never more, so the
-    /// balance never goes below zero and other in-flight jobs keep their reservations.
-    /// Whatever still does not fit is the receipt's `shortfall`: written off, charged to no
-    /// one and paid to no one; worker and fee split the capped charge by the usual rule.
+    /// A capture never exceeds its hold: the client pays `min(cost, hold amount, what other
+    /// holds leave of its balance)` (the last bound matters only for a late capture, whose
+    /// reservation is gone). A cost above the hold means the worker reported more than the
+    /// request could use (tokens or coefficient): the excess is the receipt's `shortfall`,
+    /// written off, charged to no one and paid to no one, logged here and counted by the
+    /// gateway (`cocoon_gateway_capture_shortfall_total{worker}`); worker and fee split the
+    /// capped charge by the usual rule.
     pub async fn capture(
         &self,
         job_id: Uuid,
@@ -196,11 +198,13 @@ impl Ledger {
         let new_held = held
             .checked_sub(reserved)
             .ok_or(Error::Overflow("held"))?;
-        // Everything not reserved by other holds, this hold included.
+        // Never more than the hold (what the client agreed to risk on this request), and
+        // never more than what other holds leave available, this hold included.
         let ceiling = balance
             .checked_sub(new_held)
             .ok_or(Error::Overflow("ceiling"))?
-            .max(0);
+            .max(0)
+            .min(hold.amount);
         let billed = if full.charge <= ceiling {
             full
         } else {
@@ -242,7 +246,7 @@ impl Ledger {
             tracing::warn!(%job_id, cost = full.charge, billed = billed.charge, "hold expired before its capture; charged late from the available balance");
         }
         if shortfall > 0 {
-            tracing::warn!(%job_id, cost = full.charge, billed = billed.charge, "capture exceeded hold and balance; shortfall written off");
+            tracing::warn!(%job_id, cost = full.charge, billed = billed.charge, worker = worker.0, "capture exceeded its hold (or the balance left for a late one); shortfall written off");
         }
         Ok(CaptureOutcome::Captured(Receipt {
             job_id,
