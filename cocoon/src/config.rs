@@ -248,12 +248,16 @@ impl Config {
     }
 
     /// The worker's TEE, with its identity key kept in `<data_dir>/worker-identity.key` so a
-    /// restarted worker keeps its identity (and with it its worker id and earnings).
+    /// restarted worker keeps its identity (and with it its worker id and earnings), and every
+    /// receipt it signs appended to `<data_dir>/receipts.log` (its proof of what it served).
     pub fn worker_tee(&self) -> anyhow::Result<worker_agent::WorkerTee> {
         let tee = self.attestation.worker_tee(self.is_production())?;
         let path = self.data_dir.join("worker-identity.key");
         let identity = attestation::receipt::IdentityKey::load_or_create(&path)?;
-        Ok(tee.with_identity(identity))
+        let log_path = self.data_dir.join("receipts.log");
+        let log = worker_agent::ReceiptLog::open(&log_path)
+            .map_err(|e| anyhow::anyhow!("opening the worker's receipt log {}: {e}", log_path.display()))?;
+        Ok(tee.with_identity(identity).with_receipt_log(log))
     }
 
     pub fn is_production(&self) -> bool {

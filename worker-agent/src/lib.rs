@@ -13,6 +13,7 @@ pub mod net;
 mod e2e;
 mod normalize;
 mod receipts;
+pub use receipts::ReceiptLog;
 mod responses;
 mod sink;
 mod sse;
@@ -381,6 +382,7 @@ impl WorkerAgent {
         };
         let receipt = receipts::ReceiptBuilder::new(
             self.tee.identity(),
+            self.tee.receipt_log(),
             receipts::JobFacts {
                 job_id,
                 request_id: e2e.as_ref().map(|(_, id)| *id),

@@ -2,16 +2,48 @@
 //! key (docs/e2e.md, "Receipts"): what was asked (the request body's hash), what was answered
 //! (the response's hash), the usage, the price and the times.
 
-use std::sync::Arc;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use attestation::receipt::{IdentityKey, Receipt, ReceiptUsage, SignedReceipt};
 use protocol::Usage;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+/// The worker's own copy of every receipt it signs, one per line as the `x-cocoon-receipt`
+/// value, appended as each job ends: what the worker can later present to prove what it is
+/// owed (`cocoon receipt verify --receipt <this file> --report <saved report>` checks each
+/// signature and sums the tokens). Appends are best effort: a full disk costs the worker its
+/// own record, never the client's answer.
+pub struct ReceiptLog {
+    path: PathBuf,
+    file: Mutex<std::fs::File>,
+}
+
+impl ReceiptLog {
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Self { path: path.to_path_buf(), file: Mutex::new(file) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn append(&self, signed: &SignedReceipt) {
+        let line = format!("{}\n", signed.to_header());
+        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = f.write_all(line.as_bytes()) {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not keep a receipt in the worker's receipt log");
+        }
+    }
+}
+
 /// What a receipt needs besides what the job produces.
 pub(crate) struct ReceiptBuilder {
     key: Arc<IdentityKey>,
+    log: Option<Arc<ReceiptLog>>,
     job_id: Uuid,
     request_id: Option<Uuid>,
     worker_id: String,
@@ -45,9 +77,10 @@ fn now_ms() -> u64 {
 }
 
 impl ReceiptBuilder {
-    pub(crate) fn new(key: Arc<IdentityKey>, f: JobFacts<'_>) -> Self {
+    pub(crate) fn new(key: Arc<IdentityKey>, log: Option<Arc<ReceiptLog>>, f: JobFacts<'_>) -> Self {
         Self {
             key,
+            log,
             job_id: f.job_id,
             request_id: f.request_id,
             worker_id: f.worker_id.to_string(),
@@ -108,9 +141,56 @@ impl ReceiptBuilder {
             started_at_ms: self.started_at_ms,
             finished_at_ms: now_ms(),
         };
-        self.key
+        let signed = self
+            .key
             .sign(&receipt)
             .map_err(|e| tracing::error!(job_id = %receipt.job_id, error = %e, "signing a receipt failed"))
-            .ok()
+            .ok()?;
+        if let Some(log) = &self.log {
+            log.append(&signed);
+        }
+        Some(signed)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Every signed receipt lands in the worker's log, verifiable under its identity key, so
+    /// the worker holds its own proof of what it served.
+    #[test]
+    fn the_worker_keeps_each_receipt_it_signs() {
+        let dir = std::env::temp_dir().join(format!("receipt_log_{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = Arc::new(ReceiptLog::open(&dir.join("receipts.log")).unwrap());
+        let key = Arc::new(IdentityKey::generate().unwrap());
+        let mut jobs = Vec::new();
+        for _ in 0..2 {
+            let job_id = Uuid::new_v4();
+            let facts = JobFacts {
+                job_id,
+                request_id: None,
+                worker_id: "w1",
+                model: "m",
+                endpoint: "/v1/chat/completions",
+                request_body: b"{}",
+                price_coefficient: 1000,
+            };
+            let mut b = ReceiptBuilder::new(key.clone(), Some(log.clone()), facts);
+            b.bytes(b"answer");
+            let usage = Usage { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7, ..Default::default() };
+            b.sign(Some(&usage)).unwrap();
+            jobs.push(job_id);
+        }
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        let kept: Vec<Receipt> = text
+            .lines()
+            .map(|l| SignedReceipt::from_header(l).unwrap().verify(&key.public()).unwrap())
+            .collect();
+        assert_eq!(kept.iter().map(|r| r.job_id).collect::<Vec<_>>(), jobs);
+        assert!(kept.iter().all(|r| r.usage.completion_tokens == 4));
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -28,6 +28,7 @@ pub struct WorkerTee {
     links: Mutex<HashMap<u64, Arc<JobOpener>>>,
     /// Signs receipts; its public half is bound into the evidence.
     identity: Arc<IdentityKey>,
+    receipt_log: Option<Arc<crate::ReceiptLog>>,
     evidence_timeout: std::time::Duration,
 }
 
@@ -47,6 +48,7 @@ impl WorkerTee {
             producer,
             links: Mutex::new(HashMap::new()),
             identity: Arc::new(identity),
+            receipt_log: None,
             evidence_timeout: EVIDENCE_TIMEOUT,
         })
     }
@@ -56,6 +58,16 @@ impl WorkerTee {
     pub fn with_identity(mut self, identity: IdentityKey) -> Self {
         self.identity = Arc::new(identity);
         self
+    }
+
+    /// Keeps a copy of every receipt this worker signs in `log` (its data directory).
+    pub fn with_receipt_log(mut self, log: crate::ReceiptLog) -> Self {
+        self.receipt_log = Some(Arc::new(log));
+        self
+    }
+
+    pub(crate) fn receipt_log(&self) -> Option<Arc<crate::ReceiptLog>> {
+        self.receipt_log.clone()
     }
 
     pub fn identity(&self) -> Arc<IdentityKey> {
