@@ -253,6 +253,9 @@ impl Config {
         let tee = self.attestation.worker_tee(self.is_production())?;
         let path = self.data_dir.join("worker-identity.key");
         let identity = attestation::receipt::IdentityKey::load_or_create(&path)?;
+        // Built with `nvidia`: the worker attests its GPU too, or refuses to start saying why.
+        #[cfg(feature = "nvidia")]
+        let tee = tee.with_gpu(std::sync::Arc::new(worker_agent::gpu::nvml::Nvml::init()?));
         Ok(tee.with_identity(identity))
     }
 
