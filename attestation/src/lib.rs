@@ -117,6 +117,7 @@ mod evidence;
 mod link_sealing;
 mod nonce;
 pub mod nvidia;
+pub mod nvidia_rim;
 mod pem_chain;
 mod policy;
 pub mod receipt;

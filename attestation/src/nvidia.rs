@@ -19,8 +19,9 @@
 //! * [`GpuPolicy`]: golden measurements per block index, allowed driver and VBIOS versions
 //!   (read from the signed opaque data).
 //!
-//! Not verified: RIM (signed SWID) files and their XML signatures, OCSP revocation of the
-//! chain, and any debug / CC-mode flag (the Hopper report carries none that NVIDIA's verifier
+//! RIMs are not read here: `cocoon policy import-rim` checks their signatures once, offline
+//! ([`crate::nvidia_rim`]), and writes their golden values into [`GpuPolicy`]. Not verified:
+//! OCSP revocation of the chain, and any debug / CC-mode flag (the Hopper report carries none that NVIDIA's verifier
 //! reads). See `docs/gpu-attestation.md`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -622,6 +623,10 @@ pub struct GpuGolden {
     pub index: u8,
     /// Hex values, any of which is accepted.
     pub allowed: Vec<GoldenValue>,
+    /// Where the values come from (`cocoon policy import-rim` names the RIM it verified);
+    /// shown when a measurement does not match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// A measurement value in hex (1 to 64 bytes).
@@ -676,7 +681,12 @@ impl GpuPolicy {
             if !golden.allowed.iter().any(|a| a.0 == m.value) {
                 return Err(GpuError::MeasurementNotAllowed {
                     index: golden.index,
-                    detail: format!("value {} is not among the {} allowed", m.value, golden.allowed.len()),
+                    detail: format!(
+                        "value {} is not among the {} allowed{}",
+                        m.value,
+                        golden.allowed.len(),
+                        golden.source.as_deref().map(|s| format!(" by {s}")).unwrap_or_default()
+                    ),
                 });
             }
         }

@@ -48,7 +48,7 @@ fn policy_allowing(claims: &GpuClaims) -> GpuPolicy {
         measurements: claims
             .measurements
             .iter()
-            .map(|m| GpuGolden { index: m.index, allowed: vec![GoldenValue(m.value.clone())] })
+            .map(|m| GpuGolden { index: m.index, allowed: vec![GoldenValue(m.value.clone())], source: None })
             .collect(),
     }
 }
@@ -235,7 +235,7 @@ fn measurement_not_allowed_fails() {
     assert!(err.to_string().contains("block 2"), "{err}");
     // A pinned index the report lacks.
     let mut p = policy_allowing(&claims);
-    p.measurements.push(GpuGolden { index: 65, allowed: vec![GoldenValue("00".into())] });
+    p.measurements.push(GpuGolden { index: 65, allowed: vec![GoldenValue("00".into())], source: None });
     assert_eq!(p.check(&claims).map_err(shown).unwrap_err().rule(), "gpu_measurement");
     // No golden values at all: nothing is accepted.
     let mut p = policy_allowing(&claims);

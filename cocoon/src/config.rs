@@ -254,6 +254,9 @@ impl Config {
         let tee = self.attestation.worker_tee(self.is_production())?;
         let path = self.data_dir.join("worker-identity.key");
         let identity = attestation::receipt::IdentityKey::load_or_create(&path)?;
+        // Built with `nvidia`: the worker attests its GPU too, or refuses to start saying why.
+        #[cfg(feature = "nvidia")]
+        let tee = tee.with_gpu(std::sync::Arc::new(worker_agent::gpu::nvml::Nvml::init()?));
         let log_path = self.data_dir.join("receipts.log");
         let log = worker_agent::ReceiptLog::open(&log_path)
             .map_err(|e| anyhow::anyhow!("opening the worker's receipt log {}: {e}", log_path.display()))?;

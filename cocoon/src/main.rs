@@ -44,6 +44,9 @@ enum Cmd {
     Payouts(cli::payouts::PayoutsArgs),
     /// The TON service wallet: `ton deploy-wallet` (do it before taking deposits).
     Ton(cli::ton::TonArgs),
+    /// Attestation policy chores: `policy import-rim` verifies NVIDIA RIMs (with xmlsec1) and
+    /// writes their golden GPU measurements into `[attestation.policy.gpu]`.
+    Policy(cli::policy::PolicyArgs),
     /// Print the OpenAPI document generated from the gateway's handlers.
     Openapi,
     /// Validate the configuration and exit (non-zero with one line per mistake).
@@ -66,6 +69,7 @@ async fn main() -> std::process::ExitCode {
         Cmd::Ledger(a) => cli::ledger::run(a).await,
         Cmd::Payouts(a) => cli::payouts::run(a).await,
         Cmd::Ton(a) => cli::ton::run(a).await,
+        Cmd::Policy(a) => cli::policy::run(a),
         Cmd::Openapi => cli::openapi::run(),
         Cmd::ConfigCheck(a) => cli::config_check::run(a),
     };

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod engine_load;
 pub mod engine_log;
 pub mod engine_policy;
+pub mod gpu;
 pub mod measure;
 pub mod metrics;
 pub mod net;

@@ -30,6 +30,8 @@ pub struct WorkerTee {
     identity: Arc<IdentityKey>,
     receipt_log: Option<Arc<crate::ReceiptLog>>,
     evidence_timeout: std::time::Duration,
+    /// Where GPU evidence comes from (NVML, `nvidia` feature); `None`: the worker sends none.
+    gpu: Option<Arc<dyn crate::gpu::NvmlCalls>>,
 }
 
 impl std::fmt::Debug for WorkerTee {
@@ -50,7 +52,16 @@ impl WorkerTee {
             identity: Arc::new(identity),
             receipt_log: None,
             evidence_timeout: EVIDENCE_TIMEOUT,
+            gpu: None,
         })
+    }
+
+    /// Sends GPU evidence from `nvml` with every attestation, bound to its session
+    /// ([`attestation::gpu_nonce`]). A failure to collect it fails the attestation with its
+    /// cause (e.g. "GPU not in confidential-computing mode"): never evidence without the GPU.
+    pub fn with_gpu(mut self, nvml: Arc<dyn crate::gpu::NvmlCalls>) -> Self {
+        self.gpu = Some(nvml);
+        self
     }
 
     /// Uses `identity` (the worker's persistent key, from its data directory) to sign
@@ -151,10 +162,14 @@ impl WorkerTee {
         // A read stuck in the kernel keeps its blocking thread until the kernel returns; the
         // link does not wait for it.
         let task = tokio::task::spawn_blocking(move || {
-            let att = this
+            let mut att = this
                 .producer
                 .attest_worker(key, &tls_spki_der, Nonce(nonce), this.identity.public(), models_digest, attestation::unix_now())
                 .map_err(|e| e.to_string())?;
+            if let Some(nvml) = &this.gpu {
+                let gpu_nonce = attestation::gpu_nonce(&att.binding());
+                att.gpu = Some(crate::gpu::collect(nvml.as_ref(), gpu_nonce).map_err(|e| e.to_string())?);
+            }
             serde_json::to_vec(&att).map(Bytes::from).map_err(|e| e.to_string())
         });
         match tokio::time::timeout(after, task).await {

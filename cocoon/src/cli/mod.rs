@@ -11,6 +11,7 @@ pub mod keys;
 pub mod ledger;
 pub mod openapi;
 pub mod payouts;
+pub mod policy;
 pub mod prices;
 pub mod receipt;
 pub mod ton;
