@@ -30,6 +30,9 @@ struct Args {
     concurrency: usize,
     clients: usize,
     max_jobs: usize,
+    /// `--no-group-commit`: one transaction per call, as before group commit.
+    group_commit: bool,
+    commit_window_us: u64,
 }
 
 fn parse_args() -> Result<Args, BoxError> {
@@ -40,6 +43,8 @@ fn parse_args() -> Result<Args, BoxError> {
         concurrency: 32,
         clients: 100,
         max_jobs: 500_000,
+        group_commit: true,
+        commit_window_us: 0,
     };
     while let Some(a) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{a} needs a value"));
@@ -48,6 +53,8 @@ fn parse_args() -> Result<Args, BoxError> {
             "--concurrency" => parsed.concurrency = value()?.parse()?,
             "--clients" => parsed.clients = value()?.parse()?,
             "--max-jobs" => parsed.max_jobs = value()?.parse()?,
+            "--no-group-commit" => parsed.group_commit = false,
+            "--commit-window-us" => parsed.commit_window_us = value()?.parse()?,
             url if parsed.url.is_empty() && !url.starts_with("--") => parsed.url = url.to_owned(),
             other => return Err(format!("unexpected argument {other:?}").into()),
         }
@@ -55,7 +62,8 @@ fn parse_args() -> Result<Args, BoxError> {
     if parsed.url.is_empty() {
         return Err(
             "usage: capture_bench <postgres://…|sqlite:path|sqlite> [--seconds S] \
-                    [--concurrency C] [--clients K] [--max-jobs N]"
+                    [--concurrency C] [--clients K] [--max-jobs N] [--no-group-commit] \
+                    [--commit-window-us U]"
                 .into(),
         );
     }
@@ -169,12 +177,15 @@ async fn run(args: &Args, url: &str) -> Result<(), BoxError> {
     let options = LedgerOptions {
         fee_bps: 500,
         max_connections: u32::try_from(args.concurrency)?,
+        group_commit: args.group_commit,
+        commit_window: Duration::from_micros(args.commit_window_us),
         ..LedgerOptions::default()
     };
     let ledger = Ledger::connect(url, options).await?;
     println!(
-        "backend {:?}, {} clients, {} concurrent tasks, phases of at most {} s",
+        "backend {:?}, group commit {}, {} clients, {} concurrent tasks, phases of at most {} s",
         ledger.backend(),
+        if args.group_commit { "on" } else { "off" },
         args.clients,
         args.concurrency,
         args.seconds
@@ -303,6 +314,13 @@ async fn run(args: &Args, url: &str) -> Result<(), BoxError> {
     );
     for v in violations.iter().take(10) {
         println!("  {v}");
+    }
+    if let Some(s) = ledger.group_commit_stats() {
+        let per = s.calls as f64 / s.batches.max(1) as f64;
+        println!(
+            "group commit: {} calls in {} transactions ({per:.1} per commit), {} failed batches",
+            s.calls, s.batches, s.failed_batches
+        );
     }
     ledger.close().await;
     if violations.is_empty() {

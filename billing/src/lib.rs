@@ -8,11 +8,13 @@
 //! // connect, migrate
 //! Ledger::connect(url: &str, options: LedgerOptions) -> Result<Ledger>
 //!     // url: "postgres://user@host:5432/db" | "sqlite:path/ledger.db" (created) | "sqlite::memory:"
-//!     // LedgerOptions { fee_bps: u32, max_connections: u32, acquire_timeout: Duration }
+//!     // LedgerOptions { fee_bps, max_connections, acquire_timeout, group_commit: bool,
+//!     //                 commit_window: Duration }  (group commit: docs/ledger.md)
 //! Ledger::backend(&self) -> Backend            // Postgres | Sqlite
 //! Ledger::fee_account(&self) -> AccountId
 //! Ledger::clearing_account(&self) -> AccountId // deposits clearing = TON hot wallet
 //! Ledger::fee_bps(&self) -> u32
+//! Ledger::group_commit_stats(&self) -> Option<GroupCommitStats> // batches, calls, failed_batches
 //! Ledger::close(&self)                         // async
 //!
 //! // accounts and money in                      (all async, all -> Result<_>)
@@ -32,6 +34,7 @@
 //! hold(&self, job_id: Uuid, client: AccountId, model: &str, amount: i64, ttl: Duration) -> HoldOutcome
 //!     // Err(Error::InsufficientFunds { available, needed }) -> HTTP 402 insufficient_quota
 //! capture(&self, job_id: Uuid, worker: AccountId, usage: Usage, coefficient: u32) -> CaptureOutcome
+//! capture_with_receipt(&self, .., receipt: Option<&StoredReceipt>) -> CaptureOutcome // one commit
 //!     // Captured(Receipt) | AlreadyCaptured(Receipt) | AlreadyReleased(Hold)
 //! release(&self, job_id: Uuid) -> ReleaseOutcome // Released(Hold) | AlreadyClosed(Hold)
 //! reap_expired(&self, now: SystemTime) -> Vec<Hold>
@@ -86,7 +89,7 @@ pub use ledger::ton::{
 };
 pub use ledger::dashboard::{DailyUsage, Identity, IdentityProvider};
 pub use ledger::keys::{ApiKeyRow, KeyControls, NewApiKey};
-pub use ledger::{Backend, Ledger, LedgerOptions, StoredReceipt};
+pub use ledger::{Backend, GroupCommitStats, Ledger, LedgerOptions, StoredReceipt};
 pub use money::{cost, split, Breakdown, Price, Usage};
 pub use types::{
     Account, AccountId, AccountKind, Balance, CaptureOutcome, CreditOutcome, Hold, HoldOutcome,

@@ -86,6 +86,12 @@ pub struct BillingSection {
     /// A hold not settled by then is released by the reaper (must outlast the longest request).
     pub hold_ttl_secs: u64,
     pub reap_interval_secs: u64,
+    /// Group commit of holds and captures: the calls that arrive while a ledger commit is in
+    /// flight share the next transaction (one fsync for many requests).
+    pub group_commit: bool,
+    /// With group commit, how long a batch waits for more calls after its first (µs); 0
+    /// waits for none. Bounds the extra delay an answer can get from batching.
+    pub commit_window_us: u64,
     /// `cocoon dev` only: nanoTON credited to the dev account at start (once per data dir),
     /// and the price set for the dev models that have none (nanoTON per 1M tokens).
     pub dev_credit_nanoton: i64,
@@ -100,6 +106,8 @@ impl Default for BillingSection {
             fee_bps: 500,
             hold_ttl_secs: 7200,
             reap_interval_secs: 30,
+            group_commit: true,
+            commit_window_us: 0,
             dev_credit_nanoton: 1_000_000_000_000,
             dev_price_per_million: 100_000_000,
         }
@@ -295,6 +303,12 @@ impl Config {
             errs.push(format!(
                 "billing.hold_ttl_secs must be >= {min_ttl}, got {}",
                 self.billing.hold_ttl_secs
+            ));
+        }
+        if self.billing.commit_window_us > 10_000 {
+            errs.push(format!(
+                "billing.commit_window_us must be <= 10000 (it delays every ledger answer by up to that), got {}",
+                self.billing.commit_window_us
             ));
         }
         if let Some(u) = &self.billing.database_url {

@@ -82,16 +82,12 @@ impl LedgerMeter {
     async fn capture_now(&self, job_id: Uuid, worker: &str, coefficient: u32, usage: &Usage, receipt: Option<&SignedReceipt>) -> Result<i64, (MeterError, bool)> {
         let worker_id = worker;
         let worker = self.account(AccountKind::Worker, worker).await.map_err(|e| (e, true))?;
-        // The receipt first: a charge whose receipt could not be kept is then retried whole.
-        if let Some(r) = receipt {
-            self.ledger.record_receipt(&stored(job_id, r)).await.map_err(|e| {
-                let infra = infrastructure(&e);
-                (unavailable(e), infra)
-            })?;
-        }
+        // The receipt is written in the capture's transaction (before the charge), so a
+        // charge whose receipt could not be kept is retried whole, and both cost one commit.
+        let receipt = receipt.map(|r| stored(job_id, r));
         let outcome = self
             .ledger
-            .capture(job_id, worker, billing::Usage::from(usage), coefficient)
+            .capture_with_receipt(job_id, worker, billing::Usage::from(usage), coefficient, receipt.as_ref())
             .await
             .map_err(|e| {
                 let infra = infrastructure(&e);

@@ -188,6 +188,8 @@ pub async fn open_database(cfg: &Config) -> anyhow::Result<billing::Ledger> {
     }
     let opts = billing::LedgerOptions {
         fee_bps: cfg.billing.fee_bps,
+        group_commit: cfg.billing.group_commit,
+        commit_window: Duration::from_micros(cfg.billing.commit_window_us),
         ..Default::default()
     };
     billing::Ledger::connect(&url, opts)

@@ -1,9 +1,12 @@
 //! The request life cycle, part two: capturing a hold, and the receipts it leaves.
 
 use sqlx::any::AnyRow;
-use sqlx::{Any, Row, Transaction};
+use sqlx::AnyConnection;
+use sqlx::Row;
 use uuid::Uuid;
 
+use super::batch::Op;
+use super::receipts::{check_receipt, StoredReceipt};
 use super::rows::{charge_columns, hold_and_account, hold_from_row, receipt_from_row};
 use super::{now_ms, tokens_i64, Backend, Ledger};
 use crate::error::{Error, Result};
@@ -41,6 +44,21 @@ impl Ledger {
         usage: Usage,
         coefficient: u32,
     ) -> Result<CaptureOutcome> {
+        self.capture_with_receipt(job_id, worker, usage, coefficient, None)
+            .await
+    }
+
+    /// [`Ledger::capture`], storing the worker's signed receipt first (as
+    /// [`Ledger::record_receipt`] does) in the same transaction, so a request costs one
+    /// commit for both.
+    pub async fn capture_with_receipt(
+        &self,
+        job_id: Uuid,
+        worker: AccountId,
+        usage: Usage,
+        coefficient: u32,
+        receipt: Option<&StoredReceipt>,
+    ) -> Result<CaptureOutcome> {
         for tokens in [
             usage.prompt_tokens,
             usage.cached_prompt_tokens,
@@ -48,6 +66,30 @@ impl Ledger {
             usage.reasoning_tokens,
         ] {
             tokens_i64(tokens)?;
+        }
+        if let Some(r) = receipt {
+            check_receipt(r)?;
+        }
+        if let Some(c) = &self.committer {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let op = Op::Capture {
+                job_id,
+                worker,
+                usage,
+                coefficient,
+                receipt: receipt.cloned(),
+                reply,
+            };
+            // No answer: the batch failed (rolled back) or the committer is gone; the call
+            // then runs alone below, which its job id makes safe to repeat.
+            if c.submit(op) {
+                if let Ok(r) = answer.await {
+                    return r;
+                }
+            }
+        }
+        if let Some(r) = receipt {
+            self.record_receipt(r).await?;
         }
         self.retrying("capture", || {
             self.capture_once(job_id, worker, usage, coefficient)
@@ -160,30 +202,59 @@ impl Ledger {
         usage: Usage,
         coefficient: u32,
     ) -> Result<CaptureOutcome> {
-        let job = job_id.to_string();
         let mut tx = self.begin().await?;
+        // An error drops `tx`, which rolls back.
+        let outcome = self
+            .capture_in(&mut tx, job_id, worker, usage, coefficient)
+            .await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// The body of a capture inside a write transaction that the caller commits (alone, or
+    /// in a group commit with other calls). Every refusal (unknown hold, wrong worker
+    /// account, overflow) is decided before the first write, so a refused capture leaves
+    /// the transaction as it found it; only a database error can come after a write.
+    pub(super) async fn capture_in(
+        &self,
+        conn: &mut AnyConnection,
+        job_id: Uuid,
+        worker: AccountId,
+        usage: Usage,
+        coefficient: u32,
+    ) -> Result<CaptureOutcome> {
+        let job = job_id.to_string();
         let row = sqlx::query(self.pick(
             concat!(hold_and_account!(), " FOR UPDATE OF h, a"),
             hold_and_account!(),
         ))
         .bind(&job)
         .bind(worker.0)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut *conn)
         .await?
         .ok_or(Error::UnknownHold(job_id))?;
         let hold = hold_from_row(&row)?;
         match hold.status {
             HoldStatus::Active => {}
             HoldStatus::Captured => {
-                tx.rollback().await?;
-                let receipt = self.receipt(job_id).await?.ok_or_else(|| {
+                // Read in this transaction: the capture may be earlier in the same batch.
+                let receipt = sqlx::query(concat!(
+                    "SELECT ",
+                    charge_columns!(),
+                    " FROM charges WHERE job_id = $1"
+                ))
+                .bind(&job)
+                .fetch_optional(&mut *conn)
+                .await?
+                .map(|r| receipt_from_row(&r))
+                .transpose()?
+                .ok_or_else(|| {
                     Error::Corrupt(format!("hold {job_id} captured without a charge row"))
                 })?;
                 return Ok(CaptureOutcome::AlreadyCaptured(receipt));
             }
             HoldStatus::Expired => {}
             HoldStatus::Released => {
-                tx.rollback().await?;
                 return Ok(CaptureOutcome::AlreadyReleased(hold));
             }
         }
@@ -238,10 +309,10 @@ impl Ledger {
             new_held,
         };
         let tx_id = match self.backend {
-            Backend::Postgres => write.postgres(&mut tx).await?,
-            Backend::Sqlite => write.portable(&mut tx).await?,
+            Backend::Postgres => write.postgres(conn).await?,
+            Backend::Sqlite => write.portable(conn).await?,
         };
-        tx.commit().await?;
+        // Logged before the commit, which may still fail (the call then fails and is retried).
         if late {
             tracing::warn!(%job_id, cost = full.charge, billed = billed.charge, "hold expired before its capture; charged late from the available balance");
         }
@@ -380,7 +451,7 @@ impl CaptureWrite<'_> {
 
     /// Postgres: one statement (data-modifying CTEs), so a capture costs four round trips
     /// in all (BEGIN, the locking SELECT, this, COMMIT). Same rows as [`Self::portable`].
-    async fn postgres(&self, tx: &mut Transaction<'static, Any>) -> Result<i64> {
+    async fn postgres(&self, tx: &mut AnyConnection) -> Result<i64> {
         let row = sqlx::query(
             "WITH t AS ( \
              INSERT INTO transactions (kind, job_id, created_at) VALUES ('capture', $1, $2) \
@@ -419,19 +490,19 @@ impl CaptureWrite<'_> {
         .bind(self.billed.fee)
         .bind(self.shortfall)
         .bind(self.held)
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *tx)
         .await?;
         Ok(row.try_get(0)?)
     }
 
     /// Statement by statement (SQLite has no data-modifying CTEs).
-    async fn portable(&self, tx: &mut Transaction<'static, Any>) -> Result<i64> {
+    async fn portable(&self, tx: &mut AnyConnection) -> Result<i64> {
         let tx_id: i64 = sqlx::query(
             "INSERT INTO transactions (kind, job_id, created_at) VALUES ('capture', $1, $2) RETURNING id",
         )
         .bind(self.job)
         .bind(self.now)
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *tx)
         .await?
         .try_get(0)?;
         // Client −charge, worker +worker, fee account +fee; zero amounts left out.
@@ -447,18 +518,18 @@ impl CaptureWrite<'_> {
         .bind(self.billed.worker)
         .bind(self.fee_account.0)
         .bind(self.billed.fee)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
         sqlx::query("UPDATE accounts SET balance = $1, held = $2 WHERE id = $3")
             .bind(self.new_balance)
             .bind(self.new_held)
             .bind(self.client.0)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
         sqlx::query("UPDATE holds SET status = 'captured', closed_at = $2 WHERE job_id = $1")
             .bind(self.job)
             .bind(self.now)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
         sqlx::query(
             "INSERT INTO charges (job_id, transaction_id, client_id, worker_id, model, \
@@ -483,7 +554,7 @@ impl CaptureWrite<'_> {
         .bind(self.shortfall)
         .bind(self.held)
         .bind(self.now)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
         Ok(tx_id)
     }

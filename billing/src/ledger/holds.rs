@@ -2,9 +2,11 @@
 
 use std::time::{Duration, SystemTime};
 
+use sqlx::AnyConnection;
 use sqlx::Row;
 use uuid::Uuid;
 
+use super::batch::Op;
 use super::rows::{hold_and_account, hold_columns, hold_from_row, parse_job};
 use super::{now_ms, unix_ms, Backend, Ledger};
 use crate::error::{Error, Result};
@@ -33,6 +35,24 @@ impl Ledger {
             return Err(Error::InvalidAmount(amount));
         }
         let ttl_ms = i64::try_from(ttl.as_millis()).map_err(|_| Error::Overflow("ttl"))?;
+        if let Some(c) = &self.committer {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let op = Op::Hold {
+                job_id,
+                client,
+                model: model.to_owned(),
+                amount,
+                ttl_ms,
+                reply,
+            };
+            // No answer: the batch failed (rolled back) or the committer is gone; the call
+            // then runs alone below, which its job id makes safe to repeat.
+            if c.submit(op) {
+                if let Ok(r) = answer.await {
+                    return r;
+                }
+            }
+        }
         self.retrying("hold", || {
             self.hold_once(job_id, client, model, amount, ttl_ms)
         })
@@ -47,12 +67,33 @@ impl Ledger {
         amount: i64,
         ttl_ms: i64,
     ) -> Result<HoldOutcome> {
+        let mut tx = self.begin().await?;
+        // An error drops `tx`, which rolls back: nothing of a refused hold is written.
+        let outcome = self
+            .hold_in(&mut tx, job_id, client, model, amount, ttl_ms)
+            .await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// The body of a hold inside a write transaction that the caller commits (alone, or in a
+    /// group commit with other calls). Every refusal (`InsufficientFunds`, unknown model or
+    /// account, overflow) is decided before the first write, so a refused hold leaves the
+    /// transaction as it found it; only a database error can come after a write.
+    pub(super) async fn hold_in(
+        &self,
+        conn: &mut AnyConnection,
+        job_id: Uuid,
+        client: AccountId,
+        model: &str,
+        amount: i64,
+        ttl_ms: i64,
+    ) -> Result<HoldOutcome> {
         let now = now_ms();
         let expires = now
             .checked_add(ttl_ms)
             .ok_or(Error::Overflow("hold expiry"))?;
         let job = job_id.to_string();
-        let mut tx = self.begin().await?;
         let row = sqlx::query(self.pick(
             "SELECT a.kind, a.balance, a.held, p.prompt, p.cached_prompt, p.completion, \
                p.reasoning, h.job_id AS existing \
@@ -66,12 +107,11 @@ impl Ledger {
         .bind(client.0)
         .bind(model)
         .bind(&job)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut *conn)
         .await?
         .ok_or(Error::UnknownAccount(client))?;
         if row.try_get::<Option<String>, _>("existing")?.is_some() {
-            tx.rollback().await?;
-            return self.existing_hold(job_id).await;
+            return existing_hold(conn, job_id).await;
         }
         let kind = AccountKind::parse(row.try_get("kind")?)?;
         if kind != AccountKind::Client {
@@ -96,7 +136,6 @@ impl Ledger {
             .checked_sub(held)
             .ok_or(Error::Overflow("available"))?;
         if amount > available {
-            tx.rollback().await?;
             return Err(Error::InsufficientFunds {
                 available,
                 needed: amount,
@@ -135,19 +174,18 @@ impl Ledger {
         if self.backend == Backend::Postgres {
             query = query.bind(new_held);
         }
-        if query.fetch_optional(&mut *tx).await?.is_none() {
-            // The same job id on another client's account, placed concurrently.
-            tx.rollback().await?;
-            return self.existing_hold(job_id).await;
+        if query.fetch_optional(&mut *conn).await?.is_none() {
+            // The same job id on another client's account, placed concurrently (and
+            // committed: the insert waited for it). Nothing was written here.
+            return existing_hold(conn, job_id).await;
         }
         if self.backend == Backend::Sqlite {
             sqlx::query("UPDATE accounts SET held = $1 WHERE id = $2")
                 .bind(new_held)
                 .bind(client.0)
-                .execute(&mut *tx)
+                .execute(&mut *conn)
                 .await?;
         }
-        tx.commit().await?;
         Ok(HoldOutcome::Placed(Hold {
             job_id,
             client,
@@ -160,14 +198,6 @@ impl Ledger {
             expires_at_ms: expires,
             closed_at_ms: None,
         }))
-    }
-
-    async fn existing_hold(&self, job_id: Uuid) -> Result<HoldOutcome> {
-        let hold = self
-            .find_hold(job_id)
-            .await?
-            .ok_or(Error::UnknownHold(job_id))?;
-        Ok(HoldOutcome::AlreadyExists(hold))
     }
 
     /// Releases job `job_id`'s hold without charging anything. Releasing a hold that is no
@@ -277,4 +307,21 @@ impl Ledger {
         .map(|r| hold_from_row(&r))
         .transpose()
     }
+}
+
+/// The hold already recorded for `job_id`, read inside the caller's transaction (so a hold
+/// placed earlier in the same group commit is seen).
+async fn existing_hold(conn: &mut AnyConnection, job_id: Uuid) -> Result<HoldOutcome> {
+    let hold = sqlx::query(concat!(
+        "SELECT ",
+        hold_columns!(),
+        " FROM holds h WHERE h.job_id = $1"
+    ))
+    .bind(job_id.to_string())
+    .fetch_optional(&mut *conn)
+    .await?
+    .map(|r| hold_from_row(&r))
+    .transpose()?
+    .ok_or(Error::UnknownHold(job_id))?;
+    Ok(HoldOutcome::AlreadyExists(hold))
 }

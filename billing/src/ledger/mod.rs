@@ -2,6 +2,7 @@
 //! the submodules: accounts and credits, holds and captures, prices, the invariant check.
 
 mod accounts;
+mod batch;
 mod capture;
 mod check;
 pub(crate) mod dashboard;
@@ -14,12 +15,15 @@ mod rows;
 pub(crate) mod ton;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Row, Transaction};
 
+use batch::Committer;
+pub use batch::GroupCommitStats;
 pub use receipts::StoredReceipt;
 
 use crate::error::{Error, Result};
@@ -63,6 +67,13 @@ pub struct LedgerOptions {
     pub max_connections: u32,
     /// How long a call waits for a pooled connection.
     pub acquire_timeout: Duration,
+    /// Group commit of holds and captures (see `ledger::batch`): calls that arrive while a
+    /// commit is in flight share the next transaction. `false`: one transaction per call.
+    pub group_commit: bool,
+    /// With group commit, how long a batch waits for more calls after its first one; zero
+    /// (the default) waits for none, so a batch is what queued during the previous commit
+    /// and an idle ledger answers as fast as without batching.
+    pub commit_window: Duration,
 }
 
 impl Default for LedgerOptions {
@@ -71,6 +82,8 @@ impl Default for LedgerOptions {
             fee_bps: 0,
             max_connections: 16,
             acquire_timeout: Duration::from_secs(30),
+            group_commit: true,
+            commit_window: Duration::ZERO,
         }
     }
 }
@@ -124,6 +137,8 @@ pub struct Ledger {
     fee_account: AccountId,
     clearing_account: AccountId,
     fee_bps: u32,
+    /// The group committer's queue, when group commit is on (see `ledger::batch`).
+    committer: Option<Arc<Committer>>,
 }
 
 impl Ledger {
@@ -179,14 +194,20 @@ impl Ledger {
         let fee_account = system(AccountKind::Fee).await?;
         let clearing_account = system(AccountKind::Clearing).await?;
         tracing::debug!(?backend, "ledger connected and migrated");
-        Ok(Ledger {
+        let mut ledger = Ledger {
             backend,
             write,
             read,
             fee_account,
             clearing_account,
             fee_bps: options.fee_bps,
-        })
+            committer: None,
+        };
+        if options.group_commit {
+            let committer = Committer::start(ledger.clone(), options.commit_window);
+            ledger.committer = Some(Arc::new(committer));
+        }
+        Ok(ledger)
     }
 
     pub fn backend(&self) -> Backend {

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use sqlx::AnyConnection;
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -37,24 +38,10 @@ impl Ledger {
     /// Stores `r`; a second receipt for the same job is ignored (the first one stands, as
     /// the first capture does).
     pub async fn record_receipt(&self, r: &StoredReceipt) -> Result<()> {
-        hex_of_len(&r.sha256, 64, "sha256")?;
-        hex_of_len(&r.signer, 64, "signer")?;
-        hex_of_len(&r.signature, 128, "signature")?;
-        let job = r.job_id.to_string();
+        check_receipt(r)?;
         self.retrying("record_receipt", || async {
-            sqlx::query(
-                "INSERT INTO receipts (job_id, sha256, signer, signature, receipt, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (job_id) DO NOTHING",
-            )
-            .bind(&job)
-            .bind(&r.sha256)
-            .bind(&r.signer)
-            .bind(&r.signature)
-            .bind(&r.receipt)
-            .bind(now_ms())
-            .execute(&self.write)
-            .await?;
-            Ok(())
+            let mut conn = self.write.acquire().await?;
+            insert_receipt(&mut conn, r).await
         })
         .await
     }
@@ -84,6 +71,30 @@ impl Ledger {
         }
         Ok(out)
     }
+}
+
+/// The hex fields have the lengths of a SHA-256, an Ed25519 key and signature.
+pub(super) fn check_receipt(r: &StoredReceipt) -> Result<()> {
+    hex_of_len(&r.sha256, 64, "sha256")?;
+    hex_of_len(&r.signer, 64, "signer")?;
+    hex_of_len(&r.signature, 128, "signature")
+}
+
+/// Writes `r` on `conn` (alone, or inside a group commit); a receipt already there stands.
+pub(super) async fn insert_receipt(conn: &mut AnyConnection, r: &StoredReceipt) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO receipts (job_id, sha256, signer, signature, receipt, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (job_id) DO NOTHING",
+    )
+    .bind(r.job_id.to_string())
+    .bind(&r.sha256)
+    .bind(&r.signer)
+    .bind(&r.signature)
+    .bind(&r.receipt)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -116,3 +127,4 @@ mod tests {
         assert!(matches!(l.record_receipt(&bad).await, Err(Error::InvalidInput(_))));
     }
 }
+
