@@ -188,7 +188,7 @@ pub async fn open_database(cfg: &Config) -> anyhow::Result<billing::Ledger> {
     }
     let opts = billing::LedgerOptions {
         fee_bps: cfg.billing.fee_bps,
-        group_commit: cfg.billing.group_commit,
+        group_commit: cfg.billing.group_commit.enabled_for(&url),
         commit_window: Duration::from_micros(cfg.billing.commit_window_us),
         ..Default::default()
     };

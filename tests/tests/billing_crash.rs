@@ -433,6 +433,9 @@ async fn sigkilled_gateway_and_worker_never_lose_or_double_a_charge() {
         ),
         (s("COCOON__BILLING__DATABASE_URL"), db.url.clone()),
         (s("COCOON__BILLING__FEE_BPS"), s("500")),
+        // Batching is off by default on Postgres; the crash loop runs it on, so a SIGKILL
+        // mid-batch is tested too.
+        (s("COCOON__BILLING__GROUP_COMMIT"), s("on")),
         (
             s("COCOON__BILLING__HOLD_TTL_SECS"),
             HOLD_TTL_SECS.to_string(),
