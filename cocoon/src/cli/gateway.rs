@@ -23,9 +23,14 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     }
     init_tracing(&cfg.log);
     announce_environment(&cfg, "cocoon gateway");
-    let stop = tokio_util::sync::CancellationToken::new();
-    let router = cocoon::routing::start_router(&cfg, stop.clone()).await?;
-    let listener = cocoon::roles::start_worker_listener(&cfg, router.clone(), stop.clone())
+    // Two stages on SIGTERM (what a Kubernetes rollout sends): `http` stops accepting
+    // requests and drains the in-flight ones for up to `gateway.drain_timeout_ms`; only then
+    // does `links` end the worker links, the router and settlement, which those in-flight
+    // streams still need. One token for both would cut every stream at once.
+    let http = tokio_util::sync::CancellationToken::new();
+    let links = tokio_util::sync::CancellationToken::new();
+    let router = cocoon::routing::start_router(&cfg, links.clone()).await?;
+    let listener = cocoon::roles::start_worker_listener(&cfg, router.clone(), links.clone())
         .await?
         .context("cocoon gateway needs router.worker_listen (where workers connect)")?;
     // SIGHUP applies a changed [attestation.policy] (e.g. a raised TCB evaluation data number).
@@ -33,11 +38,11 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         args.config.config.clone(),
         cfg.environment == cocoon::config::Environment::Production,
         router.clone(),
-        stop.clone(),
+        links.clone(),
     );
-    let gw = cocoon::roles::start_gateway(&cfg, router, stop.clone()).await?;
+    let gw = cocoon::roles::start_gateway(&cfg, router, http.clone()).await?;
     let settlement = match &gw.meter {
-        Some(m) => cocoon::settlement::start(&cfg, m.ledger(), stop.clone())?,
+        Some(m) => cocoon::settlement::start(&cfg, m.ledger(), links.clone())?,
         None => None,
     };
     println!("gateway:  http://{}/v1", gw.addr);
@@ -47,9 +52,18 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     println!("workers:  wss://{}/v1/worker", listener.addr);
     println!("router certificate SHA-256 (set as worker.router_cert_sha256): {}", listener.cert_sha256);
     wait_for_signal().await;
-    eprintln!("stopping: draining in-flight requests");
-    stop.cancel();
-    let _ = gw.task.await;
+    eprintln!(
+        "stopping: no new requests; draining in-flight ones for up to {} ms",
+        cfg.gateway.drain_timeout_ms
+    );
+    http.cancel();
+    match gw.task.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "gateway stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "gateway task failed"),
+        Ok(Ok(())) => {}
+    }
+    eprintln!("stopping: closing worker links");
+    links.cancel();
     let _ = listener.task.await;
     if let Some(t) = settlement {
         let _ = t.await;
