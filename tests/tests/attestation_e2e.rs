@@ -254,6 +254,8 @@ async fn no_prompt_or_completion_text_in_trace_logs() {
     let mut logs = String::new();
     std::fs::File::open(&log).unwrap().read_to_string(&mut logs).unwrap();
     assert!(logs.contains("TRACE"), "the process must actually log at trace level");
+    // Dev-only behaviour is announced: `cocoon dev` runs the simulated TEE and says so loudly.
+    assert!(logs.contains("INSECURE SIMULATED TEE (dev only)"), "no simulated-TEE banner");
     assert!(logs.len() > 10_000, "suspiciously little log output: {} bytes", logs.len());
     assert!(!logs.contains("quokka-secret-4417"), "the prompt leaked into the logs");
     // The completion's content (not its framing) must not appear either.
