@@ -1,7 +1,8 @@
 //! A failed capture is not a free answer: with the ledger's Postgres refusing connections
-//! between hold and capture, the gateway's meter keeps the capture in its outbox (fsynced
-//! file), answers "deferred", and once the database is back the outbox lands it exactly once;
-//! `cocoon ledger check`'s invariants hold throughout.
+//! between hold and capture, or the embedded SQLite file locked by another writer, the
+//! gateway's meter keeps the capture in its outbox (fsynced file), answers "deferred", and
+//! once the database is back the outbox lands it exactly once; `cocoon ledger check`'s
+//! invariants hold throughout.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -121,4 +122,48 @@ async fn a_capture_the_ledger_refuses_is_not_deferred() {
     assert_eq!(meter.outbox_len(), 0);
     drop((meter, ledger));
     db.drop_it().await;
+}
+
+#[tokio::test]
+async fn a_capture_while_the_sqlite_ledger_is_locked_lands_from_the_outbox_exactly_once() {
+    // The embedded ledger's failure mode is not a server going away but its file locked by
+    // another writer (a backup tool, an operator's sqlite3 shell, a second process): every
+    // write waits `busy_timeout` (10 s) and fails with SQLITE_BUSY.
+    sqlx::any::install_default_drivers();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}?mode=rwc", dir.path().join("ledger.db").display());
+    let ledger = Ledger::connect(&url, LedgerOptions::default()).await.unwrap();
+    ledger.set_price("m", Price { prompt: 1_000_000_000, cached_prompt: 0, completion: 2_000_000_000, reasoning: 0 }).await.unwrap();
+    let client = ledger.ensure_account(AccountKind::Client, "alice").await.unwrap();
+    ledger.credit(client, 1_000_000, "seed", "test").await.unwrap();
+    let outbox = dir.path().join("capture-outbox.jsonl");
+    let meter = cocoon::metering::LedgerMeter::new(ledger.clone(), Duration::from_secs(3600)).with_outbox(outbox.clone());
+    let job = Uuid::new_v4();
+    meter
+        .hold(&HoldRequest { job_id: job, account: "alice".into(), model: "m".into(), prompt_tokens: 10, completion_tokens: 20, max_coefficient: 1000 })
+        .await
+        .unwrap();
+    let worker_acct = ledger.ensure_account(AccountKind::Worker, "w1").await.unwrap();
+    let usage = protocol::Usage { prompt_tokens: 10, completion_tokens: 7, total_tokens: 17, ..Default::default() };
+
+    // Another connection takes the write lock and keeps it.
+    let mut locker = sqlx::AnyConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE").execute(&mut locker).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let r = meter.capture(job, "w1", 1000, &usage, None).await;
+    assert!(matches!(r, Err(MeterError::CaptureDeferred(_))), "{r:?}");
+    // One busy_timeout (10 s) of waiting, not one per retry (it was 50 s).
+    assert!(started.elapsed() < Duration::from_secs(25), "deferring took {:?}", started.elapsed());
+    assert_eq!(meter.outbox_len(), 1, "the capture is on disk before the answer is released");
+
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    drop(locker);
+    assert_eq!(meter.drain_outbox().await, 0, "the outbox drained once the lock was gone");
+    let b = ledger.balance(client).await.unwrap();
+    assert_eq!(b.held, 0);
+    assert_eq!(b.total, 1_000_000 - (10 * 1_000 + 7 * 2_000), "{b:?}");
+    assert_eq!(ledger.worker_earnings(worker_acct).await.unwrap().jobs, 1);
+    assert!(matches!(meter.capture(job, "w1", 1000, &usage, None).await, Ok(_)));
+    assert_eq!(ledger.balance(client).await.unwrap().total, b.total, "captured exactly once");
+    assert!(ledger.check().await.unwrap().is_empty(), "ledger invariants hold");
 }

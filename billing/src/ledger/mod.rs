@@ -37,6 +37,13 @@ static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
 /// SQLite busy) before the error is returned.
 const MAX_ATTEMPTS: u32 = 5;
 
+/// A conflict reported sooner than this is transient (a deadlock broken, SQLite's immediate
+/// `SQLITE_BUSY` on a snapshot) and worth retrying. One that took longer already waited out
+/// the database's own wait (SQLite's 10 s `busy_timeout`: another process holds the write
+/// lock): retrying would only multiply that wait, e.g. a capture answer held 50 s instead of
+/// 10 s before it goes to the capture outbox.
+const RETRY_IF_FAILED_WITHIN: Duration = Duration::from_secs(1);
+
 /// Which database a [`Ledger`] talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -111,8 +118,9 @@ impl Default for LedgerOptions {
 /// (many concurrent requests) needs: with SERIALIZABLE each conflict would abort and redo
 /// the work, and throughput on one account would collapse under load. Calls on different
 /// accounts do not contend at all. Transient errors that can still occur (deadlock
-/// detection, SQLite busy across processes) are retried up to 5 times; every call is
-/// idempotent by its key, so a retry never doubles anything.
+/// detection, SQLite busy across processes) are retried up to 5 times when they came back
+/// at once (not after a full `busy_timeout` wait); every call is idempotent by its key, so
+/// a retry never doubles anything.
 ///
 /// One exception on Postgres: a capture whose cost fits in its hold (the usual case) needs
 /// no locked read, since its charge then depends on the hold alone. It reads the hold
@@ -260,8 +268,9 @@ impl Ledger {
     {
         let mut attempt = 1;
         loop {
+            let started = std::time::Instant::now();
             match op().await {
-                Err(e) if e.is_retryable() && attempt < MAX_ATTEMPTS => {
+                Err(e) if e.is_retryable() && attempt < MAX_ATTEMPTS && started.elapsed() < RETRY_IF_FAILED_WITHIN => {
                     tracing::debug!(what, attempt, error = %e, "ledger retry");
                     tokio::time::sleep(Duration::from_millis(2u64 << attempt)).await;
                     attempt += 1;
