@@ -58,7 +58,14 @@ pub struct E2eFacts {
     pub worker_id: String,
     /// That worker's attested HPKE key the body is sealed to.
     pub worker_key: HpkePublicKey,
+    /// Response frames are padded to a multiple of this many bytes (0: none; at most
+    /// [`MAX_PAD_TO`]), so the gateway sees frame sizes only to that granularity.
+    #[serde(default)]
+    pub pad_to: u32,
 }
+
+/// Largest response padding granule a client may ask for.
+pub const MAX_PAD_TO: u32 = 64 * 1024;
 
 impl E2eFacts {
     /// Unambiguous encoding: tag, then each field fixed-size or length-prefixed.
@@ -77,6 +84,11 @@ impl E2eFacts {
         out.extend_from_slice(&self.max_output_tokens.to_be_bytes());
         put(&mut out, self.worker_id.as_bytes());
         out.extend_from_slice(&self.worker_key.0);
+        // Appended only when set, so an unpadded request encodes as before padding existed;
+        // still unambiguous, as everything before it has a fixed or prefixed length.
+        if self.pad_to > 0 {
+            out.extend_from_slice(&self.pad_to.to_be_bytes());
+        }
         out
     }
 
@@ -198,6 +210,17 @@ impl FrameKeys {
     }
 }
 
+/// One MessagePack value, then only the zero bytes of padding.
+fn decode_frame(seq: u64, plain: &[u8]) -> Result<Frame, E2eError> {
+    let mut cursor = std::io::Cursor::new(plain);
+    let frame: Frame = rmp_serde::from_read(&mut cursor).map_err(|e| E2eError::Decode { seq, detail: e.to_string() })?;
+    let rest = plain.get(usize::try_from(cursor.position()).unwrap_or(usize::MAX)..).unwrap_or_default();
+    if rest.iter().any(|b| *b != 0) {
+        return Err(E2eError::Decode { seq, detail: "bytes after the frame that are not padding".into() });
+    }
+    Ok(frame)
+}
+
 fn encode_frame(frame: &Frame) -> Result<Vec<u8>, SealError> {
     rmp_serde::to_vec_named(frame).map_err(|e| SealError::Hpke { op: "frame encode", detail: e.to_string() })
 }
@@ -247,6 +270,7 @@ impl JobOpener {
             body,
             ResponseWriter {
                 keys,
+                pad_to: facts.pad_to.min(MAX_PAD_TO) as usize,
                 response_nonce,
                 next: 0,
                 transcript: Sha256::new(),
@@ -261,6 +285,7 @@ impl JobOpener {
 /// response nonce), then data or error frames, then exactly one [`Self::finish`].
 pub struct ResponseWriter {
     keys: FrameKeys,
+    pad_to: usize,
     response_nonce: [u8; 32],
     next: u64,
     transcript: Sha256,
@@ -309,7 +334,13 @@ impl ResponseWriter {
             return Err(SealError::StreamFinished);
         }
         let seq = self.next;
-        let plain = encode_frame(frame)?;
+        let mut plain = encode_frame(frame)?;
+        // Zero bytes after the MessagePack value, so every frame on the wire is a multiple of
+        // `pad_to` (header and tag included): sizes leak only to that granularity.
+        if self.pad_to > 1 {
+            let wire = FRAME_HEADER + plain.len() + 16;
+            plain.resize(plain.len() + (wire.div_ceil(self.pad_to) * self.pad_to - wire), 0);
+        }
         let ct = self
             .keys
             .cipher
@@ -413,7 +444,7 @@ impl ResponseReader {
                 .cipher
                 .decrypt(&keys.nonce(seq).into(), Payload { msg: &raw[13..], aad: &keys.aad(seq, last) })
                 .map_err(|_| E2eError::FrameTampered { seq })?;
-            let frame: Frame = rmp_serde::from_slice(&plain).map_err(|e| E2eError::Decode { seq, detail: e.to_string() })?;
+            let frame = decode_frame(seq, &plain)?;
             match (&frame, last) {
                 (Frame::Final { frames, transcript, .. }, true) => {
                     if *frames != seq {
@@ -464,6 +495,7 @@ mod tests {
             max_output_tokens: 50,
             worker_id: "w1".into(),
             worker_key: key,
+            pad_to: 0,
         }
     }
 
@@ -506,6 +538,35 @@ mod tests {
     }
 
     #[test]
+    fn padded_frames_hide_sizes_to_the_granule_and_open_unchanged() {
+        let worker = JobOpener::generate().unwrap();
+        let mut f = facts(worker.public_key());
+        f.pad_to = 256;
+        let (sealed, mut reader) = seal_request(&f, b"{}").unwrap();
+        let (_, mut w) = worker.open_request(&f, &sealed).unwrap();
+        let small = w.frame(&Frame::Data { data: b"a".to_vec() }).unwrap();
+        let larger = w.frame(&Frame::Data { data: vec![b'x'; 150] }).unwrap();
+        let big = w.frame(&Frame::Data { data: vec![b'y'; 300] }).unwrap();
+        let fin = w.finish(None).unwrap();
+        // A 1-byte and a 150-byte chunk look the same on the wire; 300 bytes take two granules.
+        assert_eq!((small.len(), larger.len(), big.len(), fin.len()), (256, 256, 512, 256));
+        let frames = read_all(&mut reader, &[w.header(), small, larger, big, fin]).unwrap();
+        assert_eq!(frames[0], Frame::Data { data: b"a".to_vec() });
+        assert_eq!(frames[2], Frame::Data { data: vec![b'y'; 300] });
+
+        // Unpadded requests encode their facts as before padding existed (old clients).
+        let mut g = f.clone();
+        g.pad_to = 0;
+        assert_eq!(g.encode().len() + 4, f.encode().len());
+        // Zero bytes after the frame are padding; anything else is not.
+        let mut plain = encode_frame(&Frame::Data { data: b"z".to_vec() }).unwrap();
+        plain.extend([0, 0]);
+        assert_eq!(decode_frame(3, &plain).unwrap(), Frame::Data { data: b"z".to_vec() });
+        plain.push(1);
+        assert!(matches!(decode_frame(3, &plain), Err(E2eError::Decode { seq: 3, .. })));
+    }
+
+    #[test]
     fn every_clear_fact_is_bound() {
         let worker = JobOpener::generate().unwrap();
         let f = facts(worker.public_key());
@@ -519,6 +580,8 @@ mod tests {
             Box::new(|f| f.max_prompt_tokens += 1),
             Box::new(|f| f.max_output_tokens += 1),
             Box::new(|f| f.worker_id = "w2".into()),
+            // A gateway that strips or changes the padding the client asked for.
+            Box::new(|f| f.pad_to = 256),
         ];
         for change in variants {
             let mut g = f.clone();

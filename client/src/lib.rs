@@ -52,7 +52,8 @@ pub struct ClientConfig {
     pub timeout: Duration,
     /// Cap declared for a request that sets none (per choice).
     pub default_max_tokens: u64,
-    /// Pad the sealed body with JSON whitespace to a multiple of this many bytes (0: off).
+    /// Pad the sealed body with JSON whitespace, and ask the worker to pad every answer
+    /// frame, to a multiple of this many bytes (0: off; frames at most 65536).
     pub pad_to: usize,
     /// How long a verified worker list is reused before the report is fetched again.
     pub reverify_after: Duration,
@@ -260,12 +261,15 @@ impl SealedClient {
                 max_output_tokens: max_output,
                 worker_id: w.worker_id.clone(),
                 worker_key: w.hpke_key,
+                pad_to: response_pad(self.cfg.pad_to),
             };
             let (sealed, reader) = seal_request(&facts, &body)?;
             let url = format!("{}{}", api_base(&self.cfg.base_url), endpoint.strip_prefix("/v1").unwrap_or(endpoint));
-            let resp = self
-                .http
-                .post(&url)
+            let mut req = self.http.post(&url);
+            if facts.pad_to > 0 {
+                req = req.header("cocoon-e2e-pad-to", facts.pad_to.to_string());
+            }
+            let resp = req
                 .bearer_auth(&self.cfg.api_key)
                 .header("content-type", "application/cocoon-e2e")
                 .header("cocoon-e2e", attestation::e2e::E2E_VERSION)
@@ -311,6 +315,15 @@ fn choose<'a>(workers: &'a [TrustedWorker], tried: &[String]) -> Option<&'a Trus
     let mut left: Vec<&TrustedWorker> = workers.iter().filter(|w| !tried.contains(&w.worker_id)).collect();
     left.shuffle(&mut rand::thread_rng());
     left.into_iter().min_by_key(|w| (u64::from(w.running) * 1000).checked_div(u64::from(w.slots.max(1))).unwrap_or(0))
+}
+
+/// The response padding a request asks for: the same granule as the request's, capped.
+fn response_pad(pad_to: usize) -> u32 {
+    if pad_to > 1 {
+        u32::try_from(pad_to).unwrap_or(u32::MAX).min(attestation::e2e::MAX_PAD_TO)
+    } else {
+        0
+    }
 }
 
 /// JSON allows whitespace after the value: padding hides the body's exact size.

@@ -116,8 +116,16 @@ impl SealedCall {
                     .ok_or_else(|| bad("cocoon-e2e-max-price-coefficient", "must be in 1000..=1000000"))?,
             ),
         };
+        let pad_to = match h.get("cocoon-e2e-pad-to") {
+            None => 0,
+            Some(_) => u32::try_from(number(h, "cocoon-e2e-pad-to")?)
+                .ok()
+                .filter(|p| *p <= attestation::e2e::MAX_PAD_TO)
+                .ok_or_else(|| bad("cocoon-e2e-pad-to", "must be at most 65536"))?,
+        };
         let route = E2eRoute {
             request_id,
+            pad_to,
             max_prompt_tokens,
             max_output_tokens,
             worker_id: worker_id.clone(),

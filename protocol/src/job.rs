@@ -72,6 +72,10 @@ pub struct E2eRoute {
     pub worker_key: Bytes,
     /// The HPKE encapsulated key (32 bytes).
     pub enc: Bytes,
+    /// Pad every response frame to a multiple of this many bytes (0: no padding). A sealed
+    /// fact: the body opens only with the value the client chose.
+    #[serde(default)]
+    pub pad_to: u32,
 }
 
 /// How a job's body travels to the worker.

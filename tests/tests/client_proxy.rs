@@ -44,6 +44,8 @@ struct Relay {
     upstream: String,
     http: reqwest::Client,
     seen: Arc<Mutex<Vec<u8>>>,
+    /// Each sealed request's body and its sealed answer, as they crossed the hop.
+    sealed: Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>,
     tamper: Tamper,
 }
 
@@ -67,6 +69,11 @@ async fn relay(State(r): State<Relay>, method: Method, uri: Uri, headers: Header
         req = req.header(k, v);
     }
     r.seen.lock().unwrap().extend_from_slice(&body);
+    let exchange = sealed.then(|| {
+        let mut all = r.sealed.lock().unwrap();
+        all.push((body.to_vec(), Vec::new()));
+        all.len() - 1
+    });
     let resp = req.body(body).send().await.unwrap();
     let mut out = Response::builder().status(resp.status().as_u16());
     for (k, v) in resp.headers() {
@@ -76,6 +83,7 @@ async fn relay(State(r): State<Relay>, method: Method, uri: Uri, headers: Header
         }
     }
     let seen = r.seen.clone();
+    let sealed_log = r.sealed.clone();
     if r.tamper == Tamper::ReportOtherModel && uri.path().ends_with("/attestation/report") {
         let text = resp.text().await.unwrap().replace(r#""models":[{"id":"cocoon-test""#, r#""models":[{"id":"cocoon-cheap""#);
         assert!(text.contains("cocoon-cheap"), "the report's model list changed shape: {text}");
@@ -97,6 +105,9 @@ async fn relay(State(r): State<Relay>, method: Method, uri: Uri, headers: Header
         }
         offset += chunk.len();
         seen.lock().unwrap().extend_from_slice(&v);
+        if let Some(i) = exchange {
+            sealed_log.lock().unwrap()[i].1.extend_from_slice(&v);
+        }
         Ok::<_, std::convert::Infallible>(Bytes::from(v))
     });
     out.body(Body::from_stream(stream)).unwrap()
@@ -106,13 +117,19 @@ struct Setup {
     net: common::Net,
     proxy: String,
     seen: Arc<Mutex<Vec<u8>>>,
+    sealed: Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>,
 }
 
 async fn setup(tamper: Tamper) -> Setup {
+    setup_padded(tamper, 0).await
+}
+
+async fn setup_padded(tamper: Tamper, pad_to: usize) -> Setup {
     let net = common::start(|_| {}).await;
     let upstream = format!("http://{}", net.gateway_addr);
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let r = Relay { upstream, http: reqwest::Client::new(), seen: seen.clone(), tamper };
+    let sealed = Arc::new(Mutex::new(Vec::new()));
+    let r = Relay { upstream, http: reqwest::Client::new(), seen: seen.clone(), sealed: sealed.clone(), tamper };
     let relay_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let relay_addr = relay_listener.local_addr().unwrap();
     let app = axum::Router::new().fallback(relay).with_state(r);
@@ -126,7 +143,7 @@ async fn setup(tamper: Tamper) -> Setup {
             policy,
             timeout: Duration::from_secs(30),
             default_max_tokens: 64,
-            pad_to: 0,
+            pad_to,
             reverify_after: Duration::from_secs(300),
         })
         .unwrap(),
@@ -142,7 +159,7 @@ async fn setup(tamper: Tamper) -> Setup {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = format!("http://{}/v1", listener.local_addr().unwrap());
     tokio::spawn(cocoon::client_proxy::serve(client, listener, tokio_util::sync::CancellationToken::new()));
-    Setup { net, proxy, seen }
+    Setup { net, proxy, seen, sealed }
 }
 
 fn chat(stream: bool) -> serde_json::Value {
@@ -282,6 +299,57 @@ async fn sdk_requests_through_the_proxy_are_sealed_end_to_end_with_receipts() {
     let resp = post(&format!("{}/audio/speech", s.proxy), &json!({"model": MODEL, "input": MARKER})).await;
     assert_eq!(resp.status(), 404);
     assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["error"]["code"], "not_sealable");
+    s.net.net.shutdown().await;
+}
+
+/// Lengths of the frames of a sealed answer as it crossed the gateway hop.
+fn frame_lengths(answer: &[u8]) -> Vec<usize> {
+    assert_eq!(&answer[..8], attestation::e2e::RESPONSE_MAGIC);
+    let mut rest = &answer[8 + 32..];
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize + 4;
+        out.push(len);
+        rest = &rest[len..];
+    }
+    out
+}
+
+#[tokio::test]
+async fn with_padding_the_gateway_sees_sizes_only_to_the_granule() {
+    // Unpadded, frame sizes follow the text (token by token in a stream).
+    let s = setup(Tamper::None).await;
+    let resp = post(&format!("{}/chat/completions", s.proxy), &chat(true)).await;
+    assert!(resp.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+    let plain_sizes = frame_lengths(&s.sealed.lock().unwrap()[0].1);
+    assert!(plain_sizes.iter().any(|l| l % 256 != 0), "{plain_sizes:?}");
+    s.net.net.shutdown().await;
+
+    let s = setup_padded(Tamper::None, 256).await;
+    for stream in [true, false] {
+        let resp = post(&format!("{}/chat/completions", s.proxy), &chat(stream)).await;
+        assert_eq!(resp.status(), 200);
+        let whole_receipt = resp.headers().contains_key("x-cocoon-receipt");
+        let text = resp.text().await.unwrap();
+        assert!(whole_receipt || text.contains(": cocoon-receipt "), "the answer opened and carried its receipt: {text}");
+    }
+    let exchanges = s.sealed.lock().unwrap().clone();
+    assert_eq!(exchanges.len(), 2);
+    for (body, answer) in &exchanges {
+        // The request: JSON padded to 256 bytes, plus the 16-byte AEAD tag.
+        assert_eq!(body.len() % 256, 16, "request of {} bytes", body.len());
+        let sizes = frame_lengths(answer);
+        assert!(sizes.len() >= 2, "{sizes:?}");
+        assert!(sizes.iter().all(|l| l % 256 == 0), "every frame is whole granules: {sizes:?}");
+    }
+    // The stream's chunks, of different text lengths, all look alike on the wire.
+    let stream_sizes = frame_lengths(&exchanges[0].1);
+    let most_common = stream_sizes.iter().map(|a| stream_sizes.iter().filter(|b| *b == a).count()).max().unwrap();
+    assert!(most_common >= 8, "12 chunks of different text, alike on the wire: {stream_sizes:?}");
+    // (The padding is a sealed fact: a gateway that strips or changes it makes the body
+    // unopenable, attestation's `every_clear_fact_is_bound`.)
+    let seen = String::from_utf8_lossy(&s.seen.lock().unwrap()).into_owned();
+    assert!(!seen.contains(MARKER));
     s.net.net.shutdown().await;
 }
 

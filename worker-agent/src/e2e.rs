@@ -57,6 +57,7 @@ pub(crate) fn open(job: Job, worker_id: &str, keys: &[&JobOpener]) -> Result<Ope
         max_output_tokens: route.max_output_tokens,
         worker_id: route.worker_id.clone(),
         worker_key: key,
+        pad_to: route.pad_to,
     };
     let sealed = SealedRequest { enc, ciphertext: job.body.to_vec() };
     let (body, writer) = opener.open_request(&facts, &sealed).map_err(|e| refuse(400, e.to_string()))?;
@@ -163,6 +164,7 @@ mod tests {
                 max_output_tokens: facts.max_output_tokens,
                 worker_id: facts.worker_id.clone(),
                 worker_key: Bytes::copy_from_slice(&key.public_key().0),
+                pad_to: 0,
                 enc: Bytes::copy_from_slice(&sealed.enc),
             }),
         }
@@ -178,6 +180,7 @@ mod tests {
             max_output_tokens: 100,
             worker_id: "w1".into(),
             worker_key: key.public_key(),
+            pad_to: 0,
         }
     }
 

@@ -25,7 +25,8 @@ pub struct ClientProxyArgs {
     /// Where SDKs reach the proxy; keep it on loopback (it holds your key and plaintext).
     #[arg(long, default_value = "127.0.0.1:8787")]
     listen: String,
-    /// Pad each sealed request body to a multiple of this many bytes (0: off).
+    /// Pad each sealed request body, and have the worker pad each answer frame, to a
+    /// multiple of this many bytes (0: off; at most 65536 for answers). See docs/e2e.md §7.
     #[arg(long, default_value_t = 0)]
     pad_to: usize,
     /// Output cap declared for a request that sets no max_tokens (per choice).
