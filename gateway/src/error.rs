@@ -309,6 +309,10 @@ impl From<router::RouteError> for ApiError {
         let retry_after = e.retry_after_secs();
         match e {
             router::RouteError::ModelNotFound(m) => ApiError::ModelNotFound(m),
+            // Only a sealed request names its worker: that worker is gone (or above the
+            // client's price cap), and only the client can pick another (it must seal
+            // again), so 409 tells it to, not a 503 it would retry against the same worker.
+            w @ router::RouteError::WorkerUnavailable { .. } => ApiError::E2eWorkerUnavailable(w.to_string()),
             router::RouteError::Job(j) => ApiError::upstream(j),
             other => ApiError::NoCapacity {
                 message: other.to_string(),

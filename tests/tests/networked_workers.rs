@@ -377,3 +377,86 @@ async fn a_worker_serving_other_weights_under_a_pinned_model_id_is_refused() {
     }
     gw.stop.cancel();
 }
+
+/// #13, end to end: a sealed request names its worker, and the gateway routes it to that
+/// worker only. When the named worker has left, the gateway answers 409
+/// `e2e_worker_unavailable` before anything runs; `cocoon-client` (what `cocoon client-proxy`
+/// runs) then fetches a fresh report and seals the request again to a worker that is there.
+#[tokio::test]
+async fn a_sealed_request_for_a_worker_that_left_gets_409_and_is_resealed_to_another() {
+    use cocoon_client::{ClientConfig, SealedClient};
+    let gw = gateway(5_000).await;
+    let _a = worker(&gw, "a", 0, &gw.pin).await;
+    let b = worker(&gw, "b", 0, &gw.pin).await;
+    wait_workers(&gw, 2).await;
+    let sealed_client = SealedClient::new(ClientConfig {
+        base_url: gw.base.clone(),
+        api_key: gw.key.clone(),
+        policy: attestation::Policy { allow_insecure_simulated_tee: true, ..Default::default() },
+        timeout: Duration::from_secs(20),
+        default_max_tokens: 16,
+        pad_to: 0,
+        reverify_after: Duration::from_secs(300),
+    })
+    .unwrap();
+    // Both verified and cached (the client reuses the list for reverify_after).
+    let trusted = sealed_client.trusted_workers("cocoon-test", true).await.unwrap();
+    let gone = trusted.iter().find(|w| w.worker_id == "b").expect("b verified").clone();
+    assert_eq!(trusted.len(), 2);
+
+    b.stop.cancel();
+    let _ = b.link.await;
+    wait_workers(&gw, 1).await;
+
+    // A request sealed to b: the gateway cannot route it elsewhere (the seal binds b and its
+    // key), so it says so at once.
+    let body = serde_json::to_vec(&simple()).unwrap();
+    let facts = attestation::e2e::E2eFacts {
+        request_id: uuid::Uuid::new_v4(),
+        model: "cocoon-test".into(),
+        endpoint: "/v1/chat/completions".into(),
+        stream: false,
+        max_prompt_tokens: 1000,
+        max_output_tokens: 16,
+        worker_id: gone.worker_id.clone(),
+        worker_key: gone.hpke_key,
+        pad_to: 0,
+    };
+    let (sealed, _) = attestation::e2e::seal_request(&facts, &body).unwrap();
+    let r = client()
+        .post(format!("{}/chat/completions", gw.base))
+        .bearer_auth(&gw.key)
+        .header("content-type", "application/cocoon-e2e")
+        .header("cocoon-e2e", "1")
+        .header("cocoon-e2e-request-id", facts.request_id.to_string())
+        .header("cocoon-e2e-model", "cocoon-test")
+        .header("cocoon-e2e-stream", "false")
+        .header("cocoon-e2e-max-prompt-tokens", "1000")
+        .header("cocoon-e2e-max-output-tokens", "16")
+        .header("cocoon-e2e-worker", "b")
+        .header("cocoon-e2e-key", gone.hpke_key.to_hex())
+        .header("cocoon-e2e-enc", sealed.enc.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        .body(sealed.ciphertext)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status, 409, "{e}");
+    assert_eq!(e["error"]["code"], "e2e_worker_unavailable", "{e}");
+
+    // The library, still holding b in its cached list, picks among a and b; whenever it
+    // picks b it gets that 409, verifies afresh (b is no longer in the report) and seals to
+    // a. Every send succeeds on a; the cache shrinking to one worker shows the retry ran.
+    let mut sends = 0;
+    while sealed_client.trusted_workers("cocoon-test", false).await.unwrap().len() == 2 {
+        sends += 1;
+        assert!(sends <= 40, "the client never picked the departed worker in 40 sends");
+        let mut answer = sealed_client.send("/v1/chat/completions", &body).await.unwrap();
+        assert_eq!(answer.worker().worker_id, "a");
+        while let Some(frame) = answer.next_frame().await {
+            frame.unwrap();
+        }
+        assert_eq!(answer.receipt().expect("a receipt").worker_id, "a");
+    }
+}
