@@ -1,7 +1,8 @@
 //! Billing through the real gateway (SQLite ledger of `cocoon dev`): a completed request is
 //! charged once before the client sees its end, a cut stream is charged for what was relayed,
 //! a failure before any token charges nothing, an account that cannot cover the worst case
-//! gets 402 before any work, and the books balance after each.
+//! gets 402 before any work, a worker reporting more usage than the request allowed is
+//! charged the bound and flagged, and the books balance after each.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -350,5 +351,62 @@ async fn account_endpoints_without_billing_say_so() {
         assert_eq!(v["error"]["code"], "billing_disabled", "{path}: {v}");
         assert_eq!(v["error"]["type"], "invalid_request_error");
     }
+    net.net.shutdown().await;
+}
+
+/// A dishonest (or broken) engine behind a worker reports far more usage than the request
+/// allowed. The gateway charges at most what the request could have cost (its declared
+/// `max_tokens`), never the report, and raises the alarm metric naming the worker.
+#[tokio::test]
+async fn a_worker_reporting_usage_beyond_the_request_is_charged_the_bound_and_flagged() {
+    // An OpenAI-compatible engine whose answers claim a million completion tokens.
+    let app = axum::Router::new()
+        .route(
+            "/v1/models",
+            axum::routing::get(|| async { axum::Json(json!({"object": "list", "data": [{"id": "cocoon-test", "object": "model", "owned_by": "t"}]})) }),
+        )
+        .route(
+            "/v1/chat/completions",
+            axum::routing::post(|| async {
+                axum::Json(json!({
+                    "id": "chatcmpl-liar", "object": "chat.completion", "created": 1, "model": "cocoon-test",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 1_000_000, "total_tokens": 1_000_003}
+                }))
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let engine_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let net = common::start(|c| {
+        c.engine.kind = cocoon::config::EngineKind::External;
+        c.worker.engine_url = engine_url;
+    })
+    .await;
+    let l = net.ledger.clone().unwrap();
+    let before = dev_balance(&l, "dev").await;
+    let r = common::post_chat(&net, &net.api_key, &json!({"model": "cocoon-test", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8})).await;
+    assert_eq!(r.status(), 200);
+    let id: uuid::Uuid = r.headers()["x-request-id"].to_str().unwrap().parse().unwrap();
+    let cost: i64 = r.headers()["x-cocoon-cost-nanoton"].to_str().unwrap().parse().unwrap();
+    let receipt = l.receipt(id).await.unwrap().expect("charged");
+    assert_eq!(receipt.usage.completion_tokens, 8, "billed at the request's max_tokens, not the report");
+    assert_eq!(receipt.billed.charge, cost);
+    assert_eq!(before.total - dev_balance(&l, "dev").await.total, cost);
+    let metrics = common::http()
+        .get(format!("http://{}/metrics", net.gateway_metrics_addr.unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let alarm = metrics
+        .lines()
+        .find(|l| l.starts_with("cocoon_gateway_usage_over_bounds_total{") && l.contains(&format!("worker=\"{}\"", net.router.snapshot()[0].worker_id)))
+        .unwrap_or_else(|| panic!("no over-bounds alarm for the worker:\n{metrics}"));
+    let count: f64 = alarm.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 1.0, "{alarm}");
+    assert_books_balance(&l).await;
     net.net.shutdown().await;
 }
