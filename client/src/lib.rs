@@ -157,6 +157,9 @@ pub fn declared_facts(body: &serde_json::Value, endpoint: &str, body_len: usize,
     let choices = int("n").unwrap_or(1).max(int("best_of").unwrap_or(1)).max(1);
     let output = if endpoint.ends_with("/embeddings") {
         0
+    } else if endpoint.ends_with("/responses") {
+        // One output; its cap is `max_output_tokens`.
+        int("max_output_tokens").unwrap_or(default_max_tokens)
     } else {
         int("max_completion_tokens").or_else(|| int("max_tokens")).unwrap_or(default_max_tokens).saturating_mul(choices)
     };
@@ -239,8 +242,8 @@ impl SealedClient {
         Ok(trusted)
     }
 
-    /// Seals `body` (JSON) for `endpoint` (`/v1/chat/completions`, `/v1/completions` or
-    /// `/v1/embeddings`) to a trusted worker and sends it. A worker that turns out to be gone
+    /// Seals `body` (JSON) for `endpoint` (`/v1/chat/completions`, `/v1/completions`,
+    /// `/v1/embeddings` or `/v1/responses`) to a trusted worker and sends it. A worker that turns out to be gone
     /// (409, before anything ran) is replaced by another after a fresh verification.
     pub async fn send(&self, endpoint: &str, body: &[u8]) -> Result<SealedAnswer, ClientError> {
         let json: serde_json::Value = serde_json::from_slice(body).map_err(|e| ClientError::Body(e.to_string()))?;

@@ -5,8 +5,11 @@
 //! the gateway sees only the routing facts. The answer is opened and checked frame by frame
 //! here, and given to the SDK as the plain OpenAI response it expects: a JSON body with the
 //! worker's receipt in `x-cocoon-receipt`, or SSE with the receipt as the comment
-//! `: cocoon-receipt …` before `data: [DONE]`. A stream whose frames or receipt fail their
-//! checks ends with an error event and no `[DONE]`, so an SDK reports it as failed.
+//! `: cocoon-receipt …` before `data: [DONE]` (a Responses stream: `event: <type>` before each
+//! `data:` line and no `[DONE]`, as OpenAI frames it). A stream whose frames or receipt fail
+//! their checks ends with an error event and no `[DONE]` or terminal event, so an SDK
+//! reports it as failed. Responses bodies are validated here first, with the gateway's own
+//! validator, so a sealed request is refused with the same errors as a clear one.
 //!
 //! The proxy holds the API key and the plaintext: it is meant to listen on loopback, on the
 //! client's own machine.
@@ -27,7 +30,7 @@ const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// The endpoints a sealed request may target; anything else is refused, never forwarded in
 /// clear (docs/e2e.md, section 2).
-const SEALED_ENDPOINTS: [&str; 3] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
+const SEALED_ENDPOINTS: [&str; 4] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"];
 
 #[derive(Clone)]
 struct Proxy {
@@ -43,6 +46,11 @@ pub fn app(client: Arc<SealedClient>) -> Router {
         .route("/v1/chat/completions", post(sealed))
         .route("/v1/completions", post(sealed))
         .route("/v1/embeddings", post(sealed))
+        .route("/v1/responses", post(sealed))
+        // Nothing is stored in end-to-end mode: answered here, as the gateway answers.
+        .route("/v1/responses/{id}", get(not_stored).delete(not_stored))
+        .route("/v1/responses/{id}/input_items", get(not_stored))
+        .route("/v1/responses/{id}/cancel", post(not_stored))
         .route("/v1/models", get(models))
         .fallback(not_sealable)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -99,10 +107,26 @@ async fn models(State(p): State<Proxy>) -> Response {
     }
 }
 
+async fn not_stored(axum::extract::Path(id): axum::extract::Path<String>) -> Response {
+    gateway::handlers::no_stored_response(&id).into_response()
+}
+
 async fn sealed(State(p): State<Proxy>, uri: Uri, body: Bytes) -> Response {
     let endpoint = uri.path().to_string();
+    let responses = endpoint == "/v1/responses";
     let stream = match serde_json::from_slice::<serde_json::Value>(&body) {
-        Ok(v) => v.get("stream").and_then(|s| s.as_bool()).unwrap_or(false),
+        Ok(v) => {
+            if responses {
+                let checked = match &v {
+                    serde_json::Value::Object(o) => gateway::validate_responses::responses(o).map(|_| ()),
+                    _ => gateway::validate::parse_object(&body).map(|_| ()),
+                };
+                if let Err(e) = checked {
+                    return e.into_response();
+                }
+            }
+            v.get("stream").and_then(|s| s.as_bool()).unwrap_or(false)
+        }
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_json", format!("The body is not valid JSON: {e}")),
     };
     let answer = match p.client.send(&endpoint, &body).await {
@@ -111,7 +135,7 @@ async fn sealed(State(p): State<Proxy>, uri: Uri, body: Bytes) -> Response {
     };
     tracing::debug!(worker = %answer.worker().worker_id, request_id = %answer.request_id(), "sealed request sent");
     if stream {
-        streamed(answer)
+        streamed(answer, responses)
     } else {
         whole(answer).await
     }
@@ -155,35 +179,54 @@ async fn whole(mut answer: SealedAnswer) -> Response {
 }
 
 /// A stream: each opened frame becomes one SSE event as it arrives.
-fn streamed(answer: SealedAnswer) -> Response {
+fn streamed(answer: SealedAnswer, responses: bool) -> Response {
     let worker = answer.worker().worker_id.clone();
     let simulated = answer.worker().insecure_simulated;
-    let events = futures::stream::unfold(Some(answer), |state| async move {
-        let mut answer = state?;
+    let framing = responses.then(ResponsesFraming::default);
+    let events = futures::stream::unfold(Some((answer, framing)), |state| async move {
+        let (mut answer, mut framing) = state?;
         let chunk = match answer.next_frame().await {
-            Some(Ok(Frame::Data { data })) => sse_data(&data),
+            Some(Ok(Frame::Data { data })) => match framing.as_mut() {
+                Some(f) => f.event(&data),
+                None => sse_data(&data),
+            },
             Some(Ok(Frame::Error { status, body })) => {
                 tracing::warn!(status, "the worker failed mid-stream");
-                return Some((Ok::<Bytes, std::convert::Infallible>(sse_data(&body)), None));
+                let out = match framing.as_mut() {
+                    Some(f) => f.error(&body),
+                    None => sse_data(&body),
+                };
+                return Some((Ok::<Bytes, std::convert::Infallible>(out), None));
             }
             Some(Ok(Frame::Final { .. })) => return None,
             Some(Err(e)) => {
                 tracing::error!(error = %e, "sealed stream failed its checks");
                 let body = serde_json::json!({"error": {"message": e.to_string(), "type": "cocoon_verification_error", "param": null, "code": "verification_failed"}});
-                return Some((Ok(sse_data(body.to_string().as_bytes())), None));
+                let body = body.to_string().into_bytes();
+                let out = match framing.as_mut() {
+                    Some(f) => f.error(&body),
+                    None => sse_data(&body),
+                };
+                return Some((Ok(out), None));
             }
             None => {
-                // The final frame was read and the receipt checked.
-                let mut end = String::new();
+                // The final frame was read and the receipt checked: only now the end that
+                // tells the SDK the answer is whole ([DONE], or the held terminal event).
+                let mut end = Vec::new();
                 if let Some(r) = answer.signed_receipt() {
-                    end.push_str(&format!(": cocoon-receipt {}\n\n", r.to_header()));
+                    end.extend_from_slice(format!(": cocoon-receipt {}\n\n", r.to_header()).as_bytes());
                 }
-                end.push_str("data: [DONE]\n\n");
+                match framing.as_mut() {
+                    Some(f) => end.extend_from_slice(&f.terminal.take().unwrap_or_default()),
+                    None => end.extend_from_slice(b"data: [DONE]\n\n"),
+                }
                 return Some((Ok(Bytes::from(end)), None));
             }
         };
-        Some((Ok(chunk), Some(answer)))
+        Some((Ok(chunk), Some((answer, framing))))
     });
+    // A held terminal event yields nothing at its turn: no empty chunk goes out.
+    let events = futures::StreamExt::filter(events, |c| std::future::ready(c.as_ref().map_or(true, |b| !b.is_empty())));
     let mut resp = Response::new(Body::from_stream(events));
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -195,6 +238,56 @@ fn streamed(answer: SealedAnswer) -> Response {
         h.insert("x-cocoon-tee", HeaderValue::from_static("simulated"));
     }
     resp
+}
+
+/// A Responses stream framed as OpenAI does (`event: <type>` before each `data:` line, no
+/// `[DONE]`), with its terminal event (`response.completed` / `response.incomplete`) held
+/// until the final frame and receipt have been checked, as the gateway holds it until the
+/// charge is durable: a stream that fails its checks never ends as a success.
+#[derive(Default)]
+struct ResponsesFraming {
+    last_seq: Option<u64>,
+    terminal: Option<Bytes>,
+}
+
+impl ResponsesFraming {
+    fn event(&mut self, data: &[u8]) -> Bytes {
+        #[derive(serde::Deserialize)]
+        struct Peek {
+            #[serde(rename = "type")]
+            kind: String,
+            #[serde(default)]
+            sequence_number: Option<u64>,
+        }
+        let Ok(p) = serde_json::from_slice::<Peek>(data) else { return sse_data(data) };
+        if p.kind.contains(['\n', '\r']) {
+            return sse_data(data);
+        }
+        if p.sequence_number.is_some() {
+            self.last_seq = p.sequence_number;
+        }
+        let mut b = Vec::with_capacity(data.len() + p.kind.len() + 16);
+        b.extend_from_slice(b"event: ");
+        b.extend_from_slice(p.kind.as_bytes());
+        b.extend_from_slice(b"\n");
+        b.extend_from_slice(&sse_data(data));
+        if matches!(p.kind.as_str(), "response.completed" | "response.incomplete") {
+            self.terminal = Some(Bytes::from(b));
+            return Bytes::new();
+        }
+        Bytes::from(b)
+    }
+
+    /// OpenAI's `error` event for an error body (`{"error": {...}}`), numbered after the
+    /// last event; a held terminal event is dropped.
+    fn error(&mut self, body: &[u8]) -> Bytes {
+        self.terminal = None;
+        let e = serde_json::from_slice::<serde_json::Value>(body).ok().and_then(|v| v.get("error").cloned()).unwrap_or_default();
+        let field = |k: &str| e.get(k).cloned().unwrap_or(serde_json::Value::Null);
+        let seq = self.last_seq.map_or(0, |s| s + 1);
+        let ev = serde_json::json!({"type": "error", "code": field("code"), "message": field("message"), "param": field("param"), "sequence_number": seq});
+        self.event(ev.to_string().as_bytes())
+    }
 }
 
 fn sse_data(data: &[u8]) -> Bytes {

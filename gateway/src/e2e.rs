@@ -68,13 +68,6 @@ impl SealedCall {
                 code: Some("e2e_disabled"),
             });
         }
-        if endpoint == Endpoint::Responses {
-            return Err(ApiError::InvalidRequest {
-                message: "The Responses API cannot be sent end-to-end sealed yet: seal a /v1/chat/completions request instead.".into(),
-                param: None,
-                code: Some("unsupported_endpoint"),
-            });
-        }
         if v.as_bytes() != VERSION.as_bytes() {
             return Err(bad(E2E_HEADER, "unsupported version (this gateway speaks 1)"));
         }

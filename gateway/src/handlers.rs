@@ -77,8 +77,9 @@ pub async fn create_response(State(state): State<AppState>, principal: Principal
     crate::inference::run(state, principal, Endpoint::Responses, req).await
 }
 
-/// Every stored-response route: none is ever stored, so none can be found.
-fn no_stored_response(id: &str) -> ApiError {
+/// Every stored-response route: none is ever stored, so none can be found. (Also what
+/// `cocoon client-proxy` answers: in end-to-end mode nothing is kept either.)
+pub fn no_stored_response(id: &str) -> ApiError {
     ApiError::NotFound {
         message: format!(
             "Response with id '{id}' not found: stored responses are not supported yet. This network keeps no response after answering it (`store: true` is refused), so none can be retrieved, listed, cancelled or deleted."

@@ -3,9 +3,10 @@ and on the wire: every Response object and every stream event validates against 
 OpenAPI document, events carry gapless `sequence_number`s, and what is not served (stored
 responses, built-in tools) is refused with a clear error.
 
-The gateway serves /v1/responses (the worker translates it to the engine's chat completions),
-so these run against the gateway only; end-to-end sealed Responses requests are not supported
-yet, so they are skipped through `cocoon client-proxy` as well."""
+The worker translates /v1/responses to the engine's chat completions inside the TEE, so the
+same tests run against the gateway and through `cocoon client-proxy` (sealed end to end; the
+proxy validates the body with the gateway's own rules and answers the stored-response routes
+itself, since nothing is stored in either mode)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,6 @@ from pydantic import BaseModel
 
 from helpers import MODEL
 from openai_schema import validate
-
-pytestmark = pytest.mark.gateway
 
 WEATHER = [
     {

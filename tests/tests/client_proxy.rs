@@ -39,13 +39,16 @@ enum Tamper {
     ReportOtherKey,
 }
 
+/// Each sealed request's body and its sealed answer, as they crossed the hop.
+type Exchanges = Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>;
+
 #[derive(Clone)]
 struct Relay {
     upstream: String,
     http: reqwest::Client,
     seen: Arc<Mutex<Vec<u8>>>,
     /// Each sealed request's body and its sealed answer, as they crossed the hop.
-    sealed: Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>,
+    sealed: Exchanges,
     tamper: Tamper,
 }
 
@@ -117,7 +120,7 @@ struct Setup {
     net: common::Net,
     proxy: String,
     seen: Arc<Mutex<Vec<u8>>>,
-    sealed: Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>,
+    sealed: Exchanges,
 }
 
 async fn setup(tamper: Tamper) -> Setup {
@@ -501,4 +504,127 @@ async fn a_report_with_a_swapped_worker_key_is_refused_and_nothing_is_sealed_to_
     let seen = String::from_utf8_lossy(&s.seen.lock().unwrap()).into_owned();
     assert!(!seen.contains("cocoon-e2e-enc"), "a request was sealed to the swapped key");
     s.net.net.shutdown().await;
+}
+
+/// The Responses API sealed end to end: the proxy validates the body as the gateway would,
+/// seals it to the worker, which translates it to the engine's chat completions inside the
+/// TEE; the answer comes back as OpenAI's Response object or event stream, with a receipt,
+/// billed as the receipt says, and the gateway hop never carries the marker.
+#[tokio::test]
+async fn responses_requests_are_sealed_end_to_end_whole_and_streamed() {
+    let s = setup(Tamper::None).await;
+    let url = format!("{}/responses", s.proxy);
+    let body = |stream: bool| json!({"model": MODEL, "input": format!("Repeat after me: {MARKER}"), "instructions": "Be brief.", "max_output_tokens": 12, "stream": stream});
+
+    let resp = post(&url, &body(false)).await;
+    assert_eq!(resp.status(), 200);
+    let receipt = SignedReceipt::from_header(resp.headers()["x-cocoon-receipt"].to_str().unwrap()).unwrap();
+    let r = receipt.verify(&identity(&s.net).await).expect("signed by the attested identity");
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["object"], "response", "{v}");
+    // Cut at max_output_tokens by the test engine: OpenAI's "incomplete", as in clear mode.
+    assert!(v["status"] == "completed" || v["incomplete_details"]["reason"] == "max_output_tokens", "{v}");
+    let text = v["output"][0]["content"][0]["text"].as_str().unwrap().to_string();
+    assert!(!text.is_empty());
+    assert_eq!(v["usage"]["output_tokens"].as_u64().unwrap(), r.usage.completion_tokens);
+
+    // A stream: `event:` + `data:` per event, gapless sequence numbers, the receipt comment
+    // before the terminal event (held until the final frame checked out), no [DONE].
+    let resp = post(&url, &body(true)).await;
+    assert_eq!(resp.status(), 200);
+    let raw = resp.text().await.unwrap();
+    assert!(!raw.contains("[DONE]"), "{raw}");
+    let mut kinds = Vec::new();
+    let mut seqs = Vec::new();
+    let mut receipt_before_end = false;
+    for block in raw.split("\n\n").filter(|b| !b.is_empty()) {
+        if let Some(r) = block.strip_prefix(": cocoon-receipt ") {
+            SignedReceipt::from_header(r).unwrap().verify(&identity(&s.net).await).unwrap();
+            receipt_before_end = !kinds.iter().any(|k| k == "response.completed" || k == "response.incomplete");
+            continue;
+        }
+        let (event, data) = block.split_once('\n').unwrap_or_else(|| panic!("{block}"));
+        let kind = event.strip_prefix("event: ").unwrap_or_else(|| panic!("{block}"));
+        let data: serde_json::Value = serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(data["type"], kind);
+        seqs.push(data["sequence_number"].as_u64().unwrap());
+        kinds.push(kind.to_string());
+    }
+    assert_eq!(kinds.first().map(String::as_str), Some("response.created"), "{kinds:?}");
+    assert!(matches!(kinds.last().map(String::as_str), Some("response.completed" | "response.incomplete")), "{kinds:?}");
+    assert!(kinds.iter().any(|k| k == "response.output_text.delta"), "{kinds:?}");
+    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+    assert!(receipt_before_end, "the receipt comes before the terminal event");
+
+    // Refused here as the gateway refuses it in clear; nothing stored, so nothing to fetch.
+    let resp = post(&url, &json!({"model": MODEL, "input": "hi", "store": true})).await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["error"]["param"], "store");
+    let resp = common::http().get(format!("{}/responses/resp_123", s.proxy)).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["error"]["code"], "response_not_found");
+
+    let seen = String::from_utf8_lossy(&s.seen.lock().unwrap()).into_owned();
+    assert!(seen.contains("cocoon-e2e"), "the relay saw the sealed requests");
+    assert!(!seen.contains(MARKER), "the prompt marker crossed the gateway hop in clear");
+    assert!(text.len() < 8 || !seen.contains(text.as_str()), "the answer crossed the gateway hop in clear");
+    // Charged as the receipt says.
+    let usage: serde_json::Value = common::http()
+        .get(format!("{}/account/usage", s.net.base_url))
+        .bearer_auth(&s.net.api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let row = usage["data"].as_array().unwrap().iter().find(|row| row["job_id"] == r.job_id.to_string()).expect("charged");
+    assert_eq!(row["usage"]["completion_tokens"].as_u64().unwrap(), r.usage.completion_tokens, "{row}");
+    assert!(s.net.ledger.as_ref().unwrap().check().await.unwrap().is_empty());
+    s.net.net.shutdown().await;
+}
+
+/// `gateway.e2e`: "require" refuses every clear inference request and serves sealed ones;
+/// "off" refuses sealed ones.
+#[tokio::test]
+async fn gateway_e2e_require_refuses_clear_requests_and_off_refuses_sealed_ones() {
+    let sealed_client = |net: &common::Net| {
+        SealedClient::new(ClientConfig {
+            base_url: net.base_url.clone(),
+            api_key: net.api_key.clone(),
+            policy: attestation::Policy { allow_insecure_simulated_tee: true, ..Default::default() },
+            timeout: Duration::from_secs(30),
+            default_max_tokens: 16,
+            pad_to: 0,
+            reverify_after: Duration::from_secs(300),
+        })
+        .unwrap()
+    };
+    let body = serde_json::to_vec(&chat(false)).unwrap();
+
+    let net = common::start(|c| c.gateway.e2e = gateway::config::E2eMode::Require).await;
+    for path in ["chat/completions", "responses"] {
+        let clear = if path == "responses" { json!({"model": MODEL, "input": "hi"}) } else { chat(false) };
+        let r = common::http().post(format!("{}/{path}", net.base_url)).bearer_auth(&net.api_key).json(&clear).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"]["code"], "e2e_required", "{path}");
+    }
+    let mut answer = sealed_client(&net).send("/v1/chat/completions", &body).await.unwrap();
+    let mut data = 0;
+    while let Some(f) = answer.next_frame().await {
+        if matches!(f.unwrap(), attestation::e2e::Frame::Data { .. }) {
+            data += 1;
+        }
+    }
+    assert_eq!(data, 1, "a whole answer is one data frame");
+    assert!(answer.receipt().is_some());
+    net.net.shutdown().await;
+
+    let net = common::start(|c| c.gateway.e2e = gateway::config::E2eMode::Off).await;
+    match sealed_client(&net).send("/v1/chat/completions", &body).await {
+        Err(cocoon_client::ClientError::Status { status: 400, body }) => assert!(body.contains("e2e_disabled"), "{body}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a sealed request was served with gateway.e2e = off"),
+    }
+    net.net.shutdown().await;
 }

@@ -95,7 +95,36 @@ fn check_body(body: &[u8], facts: &E2eFacts) -> Result<(Bytes, bool), JobError> 
         )));
     }
     let generates = facts.endpoint != protocol::Endpoint::Embeddings.path();
+    let responses = facts.endpoint == protocol::Endpoint::Responses.path();
     let int = |k: &str| obj.get(k).and_then(Value::as_u64);
+    if responses {
+        // The Responses API (translated to the engine's chat completions inside this TEE,
+        // after this check): its cap is `max_output_tokens`, one output. What needs a stored
+        // response cannot be honoured: nothing is kept in end-to-end mode.
+        for (k, stateful) in [
+            ("previous_response_id", obj.get("previous_response_id").is_some_and(|v| !v.is_null())),
+            ("conversation", obj.get("conversation").is_some_and(|v| !v.is_null())),
+            ("store", obj.get("store") == Some(&Value::Bool(true))),
+            ("background", obj.get("background") == Some(&Value::Bool(true))),
+        ] {
+            if stateful {
+                return Err(refuse(400, format!("`{k}` needs a stored response, and nothing is stored in end-to-end mode")));
+            }
+        }
+        match int("max_output_tokens") {
+            Some(cap) if cap > facts.max_output_tokens => {
+                return Err(bad(format!("max_output_tokens {cap} exceeds the declared max_output_tokens {}", facts.max_output_tokens)));
+            }
+            Some(_) => {}
+            None if facts.max_output_tokens == 0 => return Err(bad("max_output_tokens 0 leaves nothing to generate".into())),
+            None => {
+                obj.insert("max_output_tokens".into(), Value::from(facts.max_output_tokens));
+            }
+        }
+        let out = serde_json::to_vec(&obj).map_err(|e| refuse(500, format!("re-encoding the body: {e}")))?;
+        // Responses events are never usage-only chunks: nothing to drop.
+        return Ok((Bytes::from(out), false));
+    }
     let choices = int("n").unwrap_or(1).max(int("best_of").unwrap_or(1)).max(1);
     if generates {
         match int("max_completion_tokens").or_else(|| int("max_tokens")) {
@@ -218,5 +247,38 @@ mod tests {
         assert!(reason(msg(json!({})), "w2", &[&key]).contains("sealed for worker"));
         let other = JobOpener::generate().unwrap();
         assert!(reason(msg(json!({})), "w1", &[&other]).contains("stale_key"));
+    }
+
+    #[test]
+    fn a_sealed_responses_request_is_capped_by_max_output_tokens_and_needs_nothing_stored() {
+        let key = JobOpener::generate().unwrap();
+        let mut f = facts(&key);
+        f.endpoint = "/v1/responses".into();
+        let job = |body: Value| {
+            let mut j = sealed_job(&key, &f, &body);
+            j.endpoint = Endpoint::Responses;
+            j
+        };
+        let req = |extra: Value| {
+            let mut b = json!({"model": "m", "stream": true, "input": "hi"});
+            for (k, v) in extra.as_object().unwrap() {
+                b[k] = v.clone();
+            }
+            b
+        };
+        // No cap: the declared bound becomes max_output_tokens; no chat stream_options added.
+        let o = open(job(req(json!({}))), "w1", &[&key]).map_err(|e| e.message).unwrap();
+        let body: Value = serde_json::from_slice(&o.job.body).unwrap();
+        assert_eq!(body["max_output_tokens"], 100);
+        assert!(body.get("stream_options").is_none() && body.get("max_tokens").is_none(), "{body}");
+        assert_eq!(o.job.endpoint, Endpoint::Responses, "translated to chat after this, inside the TEE");
+        let reason = |b: Value| open(job(b), "w1", &[&key]).err().unwrap().message;
+        assert!(reason(req(json!({"max_output_tokens": 101}))).contains("exceeds the declared max_output_tokens 100"));
+        for stateful in [json!({"previous_response_id": "resp_1"}), json!({"store": true}), json!({"background": true}), json!({"conversation": "c"})] {
+            let why = reason(req(stateful.clone()));
+            assert!(why.contains("nothing is stored in end-to-end mode"), "{stateful}: {why}");
+        }
+        // `store: false` (what SDKs send to opt out) is fine.
+        assert!(open(job(req(json!({"store": false}))), "w1", &[&key]).is_ok());
     }
 }
