@@ -460,3 +460,95 @@ async fn a_sealed_request_for_a_worker_that_left_gets_409_and_is_resealed_to_ano
         assert_eq!(answer.receipt().expect("a receipt").worker_id, "a");
     }
 }
+
+/// #13, the second hop: a relay between the gateway's worker port and the worker records
+/// every byte of the link while a sealed request (prompt with a marker) is served. Neither
+/// the marker nor the completion appears in it. (The link is mutual TLS whose worker key the
+/// evidence binds, so this shows the hop carries nothing in clear; that the gateway process
+/// holds no plaintext of a sealed request is `client_proxy`'s trace-log and database scan.)
+#[tokio::test]
+async fn the_gateway_to_worker_hop_carries_no_prompt_or_completion_in_clear() {
+    use cocoon_client::{ClientConfig, SealedClient};
+    use tokio::io::AsyncWriteExt;
+    const MARKER: &str = "okapi-lantern-marker-5521";
+    let gw = gateway(5_000).await;
+    let upstream = gw.worker_url.trim_start_matches("wss://").trim_end_matches("/v1/worker").to_string();
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_url = format!("wss://{}/v1/worker", relay.local_addr().unwrap());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut down, _) = relay.accept().await.unwrap();
+            let mut up = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+            let log = log.clone();
+            tokio::spawn(async move {
+                let (mut dr, mut dw) = down.split();
+                let (mut ur, mut uw) = up.split();
+                let a = async {
+                    let mut buf = [0u8; 16384];
+                    loop {
+                        let n = tokio::io::AsyncReadExt::read(&mut dr, &mut buf).await.unwrap_or(0);
+                        if n == 0 || uw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        log.lock().unwrap().extend_from_slice(&buf[..n]);
+                    }
+                };
+                let b = async {
+                    let mut buf = [0u8; 16384];
+                    loop {
+                        let n = tokio::io::AsyncReadExt::read(&mut ur, &mut buf).await.unwrap_or(0);
+                        if n == 0 || dw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        log.lock().unwrap().extend_from_slice(&buf[..n]);
+                    }
+                };
+                tokio::join!(a, b);
+            });
+        }
+    });
+    // The worker dials the relay, pinning the router's certificate as usual.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let engine_url = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(test_engine::serve(listener, test_engine::TestEngine::new(test_engine::EngineConfig::default()), async move { s.cancelled().await }));
+    let agent = worker_agent::WorkerAgent::new(
+        worker_agent::WorkerConfig { worker_id: "w".into(), engine_url, health_interval_ms: 200, ..Default::default() },
+        worker_agent::WorkerTee::simulated().unwrap(),
+    )
+    .unwrap();
+    let link = worker_agent::net::RouterLink { url: relay_url, cert_sha256: gw.pin.clone() };
+    tokio::spawn(worker_agent::net::run(agent, link, Duration::from_secs(10), stop.clone()));
+    wait_workers(&gw, 1).await;
+
+    let sealed_client = SealedClient::new(ClientConfig {
+        base_url: gw.base.clone(),
+        api_key: gw.key.clone(),
+        policy: attestation::Policy { allow_insecure_simulated_tee: true, ..Default::default() },
+        timeout: Duration::from_secs(20),
+        default_max_tokens: 16,
+        pad_to: 0,
+        reverify_after: Duration::from_secs(300),
+    })
+    .unwrap();
+    let body = json!({"model": "cocoon-test", "stream": true, "max_tokens": 12, "messages": [{"role": "user", "content": format!("Repeat: {MARKER}")}]});
+    let mut answer = sealed_client.send("/v1/chat/completions", &serde_json::to_vec(&body).unwrap()).await.unwrap();
+    let mut text = String::new();
+    while let Some(f) = answer.next_frame().await {
+        if let attestation::e2e::Frame::Data { data } = f.unwrap() {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&data) {
+                text.push_str(v["choices"][0]["delta"]["content"].as_str().unwrap_or_default());
+            }
+        }
+    }
+    assert!(text.len() >= 8, "{text:?}");
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.len() > 1000, "the relay carried the link ({} bytes)", seen.len());
+    let contains = |needle: &[u8]| seen.windows(needle.len()).any(|w| w == needle);
+    assert!(!contains(MARKER.as_bytes()), "the prompt marker crossed the gateway→worker hop in clear");
+    assert!(!contains(text.trim().as_bytes()), "the completion crossed the gateway→worker hop in clear");
+    stop.cancel();
+}
