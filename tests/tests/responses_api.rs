@@ -298,7 +298,8 @@ async fn what_is_not_served_is_refused_clearly_and_costs_nothing() {
         assert_eq!(e["error"]["code"], "response_not_found");
         assert!(e["error"]["message"].as_str().unwrap().contains("stored responses are not supported yet"), "{e}");
     }
-    // End-to-end sealed Responses requests are not supported yet, and say so.
+    // A sealed Responses request is served (tests/tests/client_proxy.rs); one whose clear
+    // facts are missing is refused before anything runs, naming the header.
     let r = common::http()
         .post(format!("{}/responses", net.base_url))
         .bearer_auth(&net.api_key)
@@ -310,7 +311,8 @@ async fn what_is_not_served_is_refused_clearly_and_costs_nothing() {
         .unwrap();
     assert_eq!(r.status(), 400);
     let e: Value = r.json().await.unwrap();
-    assert_eq!(e["error"]["code"], "unsupported_endpoint", "{e}");
+    assert_eq!(e["error"]["code"], "invalid_e2e_header", "{e}");
+    assert_eq!(e["error"]["param"], "cocoon-e2e-request-id", "{e}");
     let r = common::http().get(format!("{}/responses/resp_abc", net.base_url)).send().await.unwrap();
     assert_eq!(r.status(), 401, "the stored-response routes need a key like every other");
     assert_eq!(l.balance(dev).await.unwrap(), before, "a refusal holds and charges nothing");
