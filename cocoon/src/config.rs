@@ -115,6 +115,11 @@ pub struct BillingSection {
     /// With group commit, how long a batch waits for more calls after its first (µs); 0
     /// waits for none. Bounds the extra delay an answer can get from batching.
     pub commit_window_us: u64,
+    /// How long a ledger call waits for a database connection. Past it, a request gets 503
+    /// `billing_unavailable` (with `Retry-After`) before anything runs, and a capture goes
+    /// to the capture outbox: a database that is down answers fast instead of holding every
+    /// request for sqlx's 30 s default.
+    pub db_timeout_ms: u64,
     /// `cocoon dev` only: nanoTON credited to the dev account at start (once per data dir),
     /// and the price set for the dev models that have none (nanoTON per 1M tokens).
     pub dev_credit_nanoton: i64,
@@ -131,6 +136,7 @@ impl Default for BillingSection {
             reap_interval_secs: 30,
             group_commit: GroupCommit::Auto,
             commit_window_us: 0,
+            db_timeout_ms: 5_000,
             dev_credit_nanoton: 1_000_000_000_000,
             dev_price_per_million: 100_000_000,
         }
@@ -333,6 +339,9 @@ impl Config {
                 "billing.commit_window_us must be <= 10000 (it delays every ledger answer by up to that), got {}",
                 self.billing.commit_window_us
             ));
+        }
+        if !(100..=60_000).contains(&self.billing.db_timeout_ms) {
+            errs.push(format!("billing.db_timeout_ms must be in 100..=60000, got {}", self.billing.db_timeout_ms));
         }
         if let Some(u) = &self.billing.database_url {
             if !(u.starts_with("postgres://") || u.starts_with("postgresql://") || u.starts_with("sqlite:")) {

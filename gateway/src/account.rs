@@ -47,8 +47,10 @@ pub(crate) fn meter(state: &AppState) -> Result<&dyn Meter, ApiError> {
 }
 
 pub(crate) fn ledger_error(e: MeterError) -> ApiError {
-    // Reads fail only when the ledger cannot be reached; the detail is logged, not shown.
-    ApiError::Internal(e.to_string())
+    // Reads fail only when the ledger cannot be reached: 503 with Retry-After; the detail
+    // is logged, not shown.
+    tracing::error!(error = %e, "account read failed: the ledger is unavailable");
+    ApiError::LedgerUnavailable(e.to_string())
 }
 
 /// `GET /v1/account/balance`.
@@ -77,6 +79,7 @@ pub struct BalanceResponse {
         (status = 200, description = "The caller's balance: total, held by requests in flight, and available", body = BalanceResponse),
         (status = 401, description = "Missing or invalid API key / JWT", body = ErrorBody),
         (status = 404, description = "Billing is disabled on this gateway (`billing_disabled`)", body = ErrorBody),
+        (status = 503, description = "The ledger cannot be reached (`billing_unavailable`); see Retry-After", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -167,6 +170,7 @@ pub struct UsageList {
         (status = 400, description = "`limit` out of range (`param` = `limit`)", body = ErrorBody),
         (status = 401, description = "Missing or invalid API key / JWT", body = ErrorBody),
         (status = 404, description = "Billing is disabled on this gateway (`billing_disabled`)", body = ErrorBody),
+        (status = 503, description = "The ledger cannot be reached (`billing_unavailable`); see Retry-After", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -268,6 +272,7 @@ pub struct EarningsResponse {
         (status = 200, description = "The worker's balance, lifetime earnings, charged jobs and payouts", body = EarningsResponse),
         (status = 401, description = "Missing or invalid API key / JWT", body = ErrorBody),
         (status = 404, description = "Not the caller's worker (`worker_not_found`), or billing is disabled (`billing_disabled`)", body = ErrorBody),
+        (status = 503, description = "The ledger cannot be reached (`billing_unavailable`); see Retry-After", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]

@@ -45,6 +45,10 @@ pub enum ApiError {
     /// The rate-limit store is down and limits fail closed (`gateway.rate_limit_fail_open`).
     #[error("Rate limits cannot be checked right now; retry shortly")]
     LimiterUnavailable,
+    /// The ledger's database cannot be reached, so no hold can be placed: nothing ran and
+    /// nothing was charged; the cause is logged, not sent.
+    #[error("Billing cannot reserve this request's cost right now (the ledger is unavailable); nothing was run or charged, retry shortly")]
+    LedgerUnavailable(String),
     #[error("The request body did not arrive within {0:?}")]
     BodyTimeout(std::time::Duration),
     /// The worker a sealed request names is gone, or refused the key as stale, before
@@ -100,9 +104,11 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::InsufficientQuota(_) => StatusCode::PAYMENT_REQUIRED,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Overloaded | ApiError::NoCapacity { .. } | ApiError::NotReady(_) | ApiError::LimiterUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Overloaded
+            | ApiError::NoCapacity { .. }
+            | ApiError::NotReady(_)
+            | ApiError::LimiterUnavailable
+            | ApiError::LedgerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::E2eWorkerUnavailable(_) => StatusCode::CONFLICT,
             // A worker says what status it wants; only error statuses are believed.
@@ -132,9 +138,11 @@ impl ApiError {
             | ApiError::NotFound { .. } => "invalid_request_error",
             ApiError::RateLimited { .. } => "requests",
             ApiError::InsufficientQuota(_) => "insufficient_quota",
-            ApiError::Overloaded | ApiError::NoCapacity { .. } | ApiError::NotReady(_) | ApiError::LimiterUnavailable => {
-                "service_unavailable_error"
-            }
+            ApiError::Overloaded
+            | ApiError::NoCapacity { .. }
+            | ApiError::NotReady(_)
+            | ApiError::LimiterUnavailable
+            | ApiError::LedgerUnavailable(_) => "service_unavailable_error",
             ApiError::Upstream { .. } if self.status().is_client_error() => "invalid_request_error",
             ApiError::Upstream { .. } | ApiError::Internal(_) => "server_error",
         }
@@ -154,6 +162,7 @@ impl ApiError {
             ApiError::Overloaded => Some("server_overloaded"),
             ApiError::NoCapacity { .. } => Some("no_capacity"),
             ApiError::LimiterUnavailable => Some("rate_limiter_unavailable"),
+            ApiError::LedgerUnavailable(_) => Some("billing_unavailable"),
             ApiError::BodyTimeout(_) => Some("request_timeout"),
             ApiError::E2eWorkerUnavailable(_) => Some("e2e_worker_unavailable"),
             ApiError::NotReady(_) => Some("not_ready"),
@@ -180,6 +189,7 @@ impl ApiError {
             | ApiError::Overloaded
             | ApiError::NoCapacity { .. }
             | ApiError::LimiterUnavailable
+            | ApiError::LedgerUnavailable(_)
             | ApiError::BodyTimeout(_)
             | ApiError::NotReady(_) => true,
             ApiError::Upstream { .. } => {
@@ -256,6 +266,9 @@ impl ApiError {
             ApiError::RateLimited { decision, .. } => decision.apply_headers(headers),
             ApiError::Overloaded | ApiError::NotReady(_) | ApiError::LimiterUnavailable => {
                 headers.insert("retry-after", HeaderValue::from_static("1"));
+            }
+            ApiError::LedgerUnavailable(_) => {
+                headers.insert("retry-after", HeaderValue::from_static("2"));
             }
             ApiError::NoCapacity { retry_after, .. } => {
                 headers.insert("retry-after", HeaderValue::from(*retry_after));

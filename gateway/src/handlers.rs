@@ -26,7 +26,7 @@ pub use crate::inference::{MAX_PRICE_COEFFICIENT, TEE_HEADER};
         (status = 413, description = "Body over the configured limit", body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After and x-ratelimit-* headers", body = ErrorBody),
         (status = 408, description = "The request body did not arrive in time (`gateway.body_read_timeout_ms`)", body = ErrorBody),
-        (status = 503, description = "No worker can take the model now, its queue is full, the request waited past `router.queue_timeout_ms`, or the gateway is at capacity; see Retry-After", body = ErrorBody),
+        (status = 503, description = "No worker can take the model now, its queue is full, the request waited past `router.queue_timeout_ms`, the gateway is at capacity, or the ledger cannot be reached (`billing_unavailable`); see Retry-After", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]

@@ -273,7 +273,11 @@ impl Call {
                 message: e.to_string(),
                 body: None,
             },
-            MeterError::Unavailable(m) | MeterError::CaptureDeferred(m) => ApiError::Internal(m),
+            MeterError::Unavailable(m) | MeterError::CaptureDeferred(m) => {
+                tracing::error!(job_id = %self.job_id, error = %m, "cannot place the hold: the ledger is unavailable");
+                metrics::counter!("cocoon_gateway_ledger_unavailable_total", "step" => "hold").increment(1);
+                ApiError::LedgerUnavailable(m)
+            }
         })?;
         Ok(Some(Bill::new(meter.clone(), self.job_id, demand.prompt_tokens)))
     }
