@@ -600,6 +600,19 @@ struct RedisBackend {
     adjust: Arc<redis::Script>,
 }
 
+/// The most one limiter call may take. The connection manager's own timeouts bound each
+/// attempt, not a call made while it reconnects (it retries with backoff): without this,
+/// requests waited out a whole Redis outage (3.7 s in tests/tests/chaos.rs) instead of
+/// failing closed (or open) at once.
+const STORE_DEADLINE: Duration = Duration::from_secs(1);
+
+async fn within_deadline<T>(call: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, RateLimitError> {
+    match tokio::time::timeout(STORE_DEADLINE, call).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(RateLimitError::Store(format!("no answer from Redis within {STORE_DEADLINE:?}"))),
+    }
+}
+
 impl RedisBackend {
     /// Both keys share the `{ns:key}` hash tag, so they hash to one cluster
     /// slot and a single script may touch both.
@@ -619,15 +632,9 @@ impl RedisBackend {
         let tl = clamp_limit(limits.tokens_per_minute);
         let mut conn = self.conn.clone();
         // EVALSHA, falling back to SCRIPT LOAD on NOSCRIPT (e.g. after a restart).
-        let (ok, req_level, tok_level): (i64, i64, i64) = self
-            .check
-            .key(kr)
-            .key(kt)
-            .arg(rl)
-            .arg(tl)
-            .arg(tokens)
-            .invoke_async(&mut conn)
-            .await?;
+        let mut invocation = self.check.key(kr);
+        invocation.key(kt).arg(rl).arg(tl).arg(tokens);
+        let (ok, req_level, tok_level): (i64, i64, i64) = within_deadline(invocation.invoke_async(&mut conn)).await?;
         let out = evaluate(limits, tokens, req_level, tok_level);
         if out.decision.allowed != (ok == 1) {
             // Unreachable unless the two implementations diverge; Redis is authoritative.
@@ -657,13 +664,9 @@ impl RedisBackend {
         }
         let (_, kt) = self.keys(key);
         let mut conn = self.conn.clone();
-        let _: i64 = self
-            .adjust
-            .key(kt)
-            .arg(tl)
-            .arg(clamp_delta(delta, tl))
-            .invoke_async(&mut conn)
-            .await?;
+        let mut invocation = self.adjust.key(kt);
+        invocation.arg(tl).arg(clamp_delta(delta, tl));
+        let _: i64 = within_deadline(invocation.invoke_async(&mut conn)).await?;
         Ok(())
     }
 }
