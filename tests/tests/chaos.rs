@@ -1,0 +1,397 @@
+//! Chaos under load (#17). Each test runs a steady load of streaming and non-streaming
+//! requests against a real gateway (its ledger on a fresh Postgres database, two networked
+//! workers over TLS), breaks one shared part in the middle of the load, heals it, and then
+//! checks what an operator needs to hold:
+//! - no client waited past its timeout, and no request got a 500;
+//! - while the part was down, requests were refused at once with 503 and `Retry-After`;
+//! - after the heal, service resumed by itself;
+//! - every answer the client saw complete is charged exactly once (its receipt in the
+//!   ledger, equal to the cost header when the client got one; a capture deferred to the
+//!   capture outbox during the outage lands once the database is back);
+//! - the ledger's invariants hold (`cocoon ledger check`).
+//!
+//! Loopback only; each test owns its database (and its Redis server) and removes them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use billing::{AccountKind, Price};
+use futures::StreamExt;
+use serde_json::json;
+use sqlx::Connection;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const MODEL: &str = "cocoon-test";
+const ACCOUNT: &str = "chaos";
+/// The client's own timeout: no request may take longer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A fresh database on the local Postgres that can be made to refuse every connection.
+struct Db {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl Db {
+    async fn create() -> Db {
+        sqlx::any::install_default_drivers();
+        let admin = std::env::var("BILLING_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let name = format!("cocoon_chaos_{}", Uuid::new_v4().simple());
+        let mut conn = sqlx::AnyConnection::connect(&admin).await.unwrap_or_else(|e| panic!("Postgres at {admin}: {e}"));
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
+        Db { url: format!("{base}/{name}"), admin, name }
+    }
+
+    /// To the gateway the same as its database server going down (every connection ended,
+    /// new ones refused) and coming back.
+    async fn allow(&self, allow: bool) {
+        let mut conn = sqlx::AnyConnection::connect(&self.admin).await.unwrap();
+        sqlx::query(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS {allow}", self.name)).execute(&mut conn).await.unwrap();
+        if !allow {
+            sqlx::query(&format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'", self.name))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn drop_it(self) {
+        let mut conn = sqlx::AnyConnection::connect(&self.admin).await.unwrap();
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut conn).await.unwrap();
+    }
+}
+
+/// A Redis server of the test's own (the shared one must not go down under other tests).
+struct Redis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut r = Redis { port, dir: tempfile::tempdir().unwrap(), child: None };
+        r.up();
+        r
+    }
+
+    fn up(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .current_dir(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server package)");
+        self.child = Some(child);
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+struct Net {
+    base: String,
+    key: String,
+    ledger: billing::Ledger,
+    meter: Arc<cocoon::metering::LedgerMeter>,
+    stop: CancellationToken,
+}
+
+async fn network(db: &Db, tweak: impl FnOnce(&mut cocoon::Config)) -> Net {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let mut cfg = cocoon::Config::default();
+    cfg.environment = cocoon::config::Environment::Development;
+    cfg.data_dir = dir;
+    cfg.log = "warn".into();
+    cfg.gateway.listen = "127.0.0.1:0".into();
+    cfg.gateway.metrics_listen = Some("127.0.0.1:0".into());
+    cfg.router.worker_listen = Some("127.0.0.1:0".into());
+    cfg.attestation.policy.allow_insecure_simulated_tee = true;
+    cfg.billing.database_url = Some(db.url.clone());
+    // A database that is down is noticed within a second, not sqlx's 30 s.
+    cfg.billing.db_timeout_ms = 1_000;
+    tweak(&mut cfg);
+    cfg.validate().unwrap();
+    let stop = CancellationToken::new();
+    let router = cocoon::routing::start_router(&cfg, stop.clone()).await.unwrap();
+    let l = cocoon::roles::start_worker_listener(&cfg, router.clone(), stop.clone()).await.unwrap().unwrap();
+    let gw = cocoon::roles::start_gateway(&cfg, router.clone(), stop.clone()).await.unwrap();
+    let limits = gateway::ratelimit::Limits { requests_per_minute: 1_000_000, tokens_per_minute: 0 };
+    let key = gw.keys.create("chaos", ACCOUNT, Some(limits)).await.unwrap().key;
+    let meter = gw.meter.clone().expect("billing on");
+    let ledger = meter.ledger().clone();
+    ledger.set_price(MODEL, Price { prompt: 1_000_000_000, cached_prompt: 0, completion: 2_000_000_000, reasoning: 0 }).await.unwrap();
+    let client = ledger.ensure_account(AccountKind::Client, ACCOUNT).await.unwrap();
+    ledger.credit(client, 1_000_000_000_000, "seed", "chaos").await.unwrap();
+    for id in ["w1", "w2"] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let engine_url = format!("http://{}", listener.local_addr().unwrap());
+        let engine = test_engine::TestEngine::new(test_engine::EngineConfig::default());
+        let s = stop.clone();
+        tokio::spawn(test_engine::serve(listener, engine, async move { s.cancelled().await }));
+        let agent = worker_agent::WorkerAgent::new(
+            worker_agent::WorkerConfig { worker_id: id.into(), engine_url, health_interval_ms: 200, ..Default::default() },
+            worker_agent::WorkerTee::simulated().unwrap(),
+        )
+        .unwrap();
+        let link = worker_agent::net::RouterLink { url: format!("wss://{}/v1/worker", l.addr), cert_sha256: l.cert_sha256.clone() };
+        tokio::spawn(worker_agent::net::run(agent, link, Duration::from_secs(10), stop.clone()));
+    }
+    let t0 = Instant::now();
+    while router.snapshot().len() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "workers did not join");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Net { base: format!("http://{}/v1", gw.addr), key, ledger, meter, stop }
+}
+
+#[derive(Debug, Clone)]
+enum Outcome {
+    /// The client saw the whole answer: its job id and the cost header, if any.
+    Completed { job: Uuid, cost: Option<i64> },
+    /// Refused: status, `code`, whether `Retry-After` came with it.
+    Refused { status: u16, code: String, retry_after: bool },
+    /// A stream that started and then ended with an error event, or a transport error.
+    Broken(String),
+}
+
+#[derive(Debug, Clone)]
+struct Record {
+    at: Duration,
+    took: Duration,
+    outcome: Outcome,
+}
+
+async fn one(http: &reqwest::Client, net: &Net, stream: bool) -> Outcome {
+    let body = json!({"model": MODEL, "stream": stream, "max_tokens": 8,
+                      "messages": [{"role": "user", "content": "hi"}],
+                      "test_engine": {"tokens_per_second": 40.0}});
+    let r = match http.post(format!("{}/chat/completions", net.base)).bearer_auth(&net.key).json(&body).send().await {
+        Ok(r) => r,
+        Err(e) => return Outcome::Broken(format!("send: {e}")),
+    };
+    let status = r.status().as_u16();
+    let header = |k: &str| r.headers().get(k).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let job = header("x-request-id").and_then(|v| v.parse::<Uuid>().ok());
+    let cost = header("x-cocoon-cost-nanoton").and_then(|v| v.parse::<i64>().ok());
+    let retry_after = header("retry-after").is_some();
+    if status != 200 {
+        let v: serde_json::Value = r.json().await.unwrap_or_default();
+        return Outcome::Refused { status, code: v["error"]["code"].as_str().unwrap_or_default().to_string(), retry_after };
+    }
+    let Some(job) = job else { return Outcome::Broken("200 without x-request-id".into()) };
+    if !stream {
+        return match r.json::<serde_json::Value>().await {
+            Ok(v) if v["choices"].is_array() => Outcome::Completed { job, cost },
+            other => Outcome::Broken(format!("{other:?}")),
+        };
+    }
+    let mut text = String::new();
+    let mut body = r.bytes_stream();
+    while let Some(c) = body.next().await {
+        match c {
+            Ok(c) => text.push_str(&String::from_utf8_lossy(&c)),
+            Err(e) => return Outcome::Broken(format!("stream: {e}")),
+        }
+    }
+    if text.ends_with("data: [DONE]\n\n") {
+        Outcome::Completed { job, cost: None }
+    } else {
+        Outcome::Broken(text.lines().rev().find(|l| l.starts_with("data:")).unwrap_or_default().to_string())
+    }
+}
+
+/// `tasks` clients in a loop until `stop`; every request recorded.
+fn load(net: Arc<Net>, tasks: usize, stop: CancellationToken) -> (Arc<Mutex<Vec<Record>>>, Vec<tokio::task::JoinHandle<()>>) {
+    let records = Arc::new(Mutex::new(Vec::new()));
+    let t0 = Instant::now();
+    let handles = (0..tasks)
+        .map(|i| {
+            let (net, records, stop) = (net.clone(), records.clone(), stop.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::builder().timeout(CLIENT_TIMEOUT).build().unwrap();
+                let mut n = 0usize;
+                while !stop.is_cancelled() {
+                    let started = Instant::now();
+                    let outcome = one(&http, &net, (i + n) % 2 == 0).await;
+                    let refused = matches!(outcome, Outcome::Refused { .. });
+                    records.lock().unwrap().push(Record { at: started - t0, took: started.elapsed(), outcome });
+                    n += 1;
+                    if refused {
+                        // A client honouring Retry-After would wait longer; a short pause keeps
+                        // the load on without spinning.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    (records, handles)
+}
+
+/// The checks every chaos test ends with.
+async fn assert_books(net: &Net, records: &[Record], outage: std::ops::Range<Duration>) {
+    assert!(!records.is_empty());
+    for r in records {
+        assert!(r.took < CLIENT_TIMEOUT, "a client waited {:?}: {r:?}", r.took);
+        if let Outcome::Refused { status, .. } = &r.outcome {
+            assert_ne!(*status, 500, "{r:?}");
+        }
+    }
+    // Service resumed by itself: the requests started well after the heal all completed.
+    let after: Vec<&Record> = records.iter().filter(|r| r.at > outage.end + Duration::from_secs(2)).collect();
+    assert!(after.len() >= 4, "too little load after the heal: {}", after.len());
+    for r in &after {
+        assert!(matches!(r.outcome, Outcome::Completed { .. }), "after the heal: {r:?}");
+    }
+    // Deferred captures land from the outbox.
+    let t0 = Instant::now();
+    while net.meter.outbox_len() > 0 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "the capture outbox did not drain");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every completed answer charged exactly once, as the client was told.
+    let mut seen = std::collections::HashSet::new();
+    for r in records {
+        if let Outcome::Completed { job, cost } = &r.outcome {
+            assert!(seen.insert(*job), "job {job} completed twice");
+            let receipt = net.ledger.receipt(*job).await.unwrap().unwrap_or_else(|| panic!("completed job {job} was not charged: {r:?}"));
+            if let Some(c) = cost {
+                assert_eq!(receipt.billed.charge, *c, "{r:?}");
+            }
+        }
+    }
+    let v = net.ledger.check().await.unwrap();
+    assert!(v.is_empty(), "ledger invariants violated: {v:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_going_down_under_load_refuses_fast_loses_nothing_and_recovers() {
+    let db = Db::create().await;
+    let net = Arc::new(network(&db, |_| {}).await);
+    let stop = CancellationToken::new();
+    let (records, tasks) = load(net.clone(), 4, stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let down_at = Instant::now();
+    db.allow(false).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    db.allow(true).await;
+    let outage = Duration::from_secs(2)..Duration::from_secs(2) + down_at.elapsed();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let records = records.lock().unwrap().clone();
+    let refused: Vec<&Record> = records.iter().filter(|r| matches!(r.outcome, Outcome::Refused { .. })).collect();
+    assert!(!refused.is_empty(), "nothing was refused while the database was down");
+    for r in &refused {
+        let Outcome::Refused { status, code, retry_after } = &r.outcome else { unreachable!() };
+        assert_eq!((*status, code.as_str(), *retry_after), (503, "billing_unavailable", true), "{r:?}");
+        assert!(r.took < Duration::from_secs(5), "a refusal took {:?}", r.took);
+    }
+    let completed = records.iter().filter(|r| matches!(r.outcome, Outcome::Completed { .. })).count();
+    eprintln!(
+        "postgres outage: {} requests, {completed} completed, {} refused (503 billing_unavailable), broken: {:?}",
+        records.len(),
+        refused.len(),
+        broken(&records)
+    );
+    assert_books(&net, &records, outage).await;
+    net.stop.cancel();
+    db.drop_it().await;
+}
+
+/// Streams cut by the fault (an error event after a 200), named for the log.
+fn broken(records: &[Record]) -> Vec<&str> {
+    records.iter().filter_map(|r| if let Outcome::Broken(why) = &r.outcome { Some(why.as_str()) } else { None }).collect()
+}
+
+/// Redis (rate limits and the shared worker registry) killed for 3 s under load, then
+/// restarted: limits fail closed (503 `rate_limiter_unavailable` with `Retry-After`, within
+/// about a second) or, configured so, open (served unlimited); either way service resumes.
+async fn redis_outage(fail_open: bool) {
+    let db = Db::create().await;
+    let mut redis = Redis::start();
+    let url = redis.url();
+    let net = Arc::new(
+        network(&db, |c| {
+            c.gateway.redis_url = Some(url.clone());
+            c.router.redis_url = Some(url.clone());
+            c.gateway.rate_limit_fail_open = fail_open;
+        })
+        .await,
+    );
+    let stop = CancellationToken::new();
+    let (records, tasks) = load(net.clone(), 4, stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let down_at = Instant::now();
+    redis.down();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    redis.up();
+    let outage = Duration::from_secs(2)..Duration::from_secs(2) + down_at.elapsed();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let records = records.lock().unwrap().clone();
+    let refused: Vec<&Record> = records.iter().filter(|r| matches!(r.outcome, Outcome::Refused { .. })).collect();
+    if fail_open {
+        assert!(refused.is_empty(), "fail-open refused: {refused:?}");
+        let during = records.iter().filter(|r| r.at > outage.start && r.at < outage.end);
+        assert!(during.clone().count() >= 4, "served while Redis was down");
+        assert!(during.clone().all(|r| r.took < Duration::from_secs(3)), "slow while Redis was down");
+    } else {
+        assert!(refused.len() >= 4, "limits were not enforced closed while Redis was down: {refused:?}");
+        for r in &refused {
+            let Outcome::Refused { status, code, retry_after } = &r.outcome else { unreachable!() };
+            assert_eq!((*status, code.as_str(), *retry_after), (503, "rate_limiter_unavailable", true), "{r:?}");
+            assert!(r.took < Duration::from_secs(2), "a refusal took {:?}", r.took);
+        }
+    }
+    eprintln!(
+        "redis outage (fail_open = {fail_open}): {} requests, {} refused (503 rate_limiter_unavailable), broken: {:?}",
+        records.len(),
+        refused.len(),
+        broken(&records)
+    );
+    assert_books(&net, &records, outage).await;
+    net.stop.cancel();
+    db.drop_it().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_going_down_under_load_fails_closed_then_recovers() {
+    redis_outage(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_going_down_under_load_fails_open_when_configured_then_recovers() {
+    redis_outage(true).await;
+}
