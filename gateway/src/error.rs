@@ -45,9 +45,10 @@ pub enum ApiError {
     /// The rate-limit store is down and limits fail closed (`gateway.rate_limit_fail_open`).
     #[error("Rate limits cannot be checked right now; retry shortly")]
     LimiterUnavailable,
-    /// The ledger's database cannot be reached, so no hold can be placed: nothing ran and
-    /// nothing was charged; the cause is logged, not sent.
-    #[error("Billing cannot reserve this request's cost right now (the ledger is unavailable); nothing was run or charged, retry shortly")]
+    /// The ledger's database cannot be reached or written: no hold could be placed, or an
+    /// answer's capture could be neither written nor journalled, so the answer is withheld.
+    /// Nothing is charged; the cause is logged, not sent.
+    #[error("The ledger is unavailable right now, so this request cannot be billed: it was not served and nothing was charged; retry shortly")]
     LedgerUnavailable(String),
     #[error("The request body did not arrive within {0:?}")]
     BodyTimeout(std::time::Duration),

@@ -409,7 +409,7 @@ impl Call {
                         Err(MeterError::CaptureDeferred(_)) => None,
                         Err(e) => {
                             tracing::error!(error = %e, "capture failed and could not be journalled; withholding the answer");
-                            return Err(ApiError::Internal(format!("capture failed: {e}")));
+                            return Err(ApiError::LedgerUnavailable(format!("capture failed: {e}")));
                         }
                     },
                     None => None,

@@ -347,7 +347,7 @@ impl SseRelay {
                             // success. (Its content is out; the hold stays for the reaper.)
                             tracing::error!(model = %self.model, error = %e, "capture failed and could not be journalled");
                             metrics::counter!(m::STREAMS_CUT, "reason" => "capture").increment(1);
-                            self.error_frame(&ApiError::Internal(format!("capture failed: {e}")))
+                            self.error_frame(&ApiError::LedgerUnavailable(format!("capture failed: {e}")))
                         }
                     }));
                 }
