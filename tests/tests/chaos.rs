@@ -119,10 +119,71 @@ struct Net {
     key: String,
     ledger: billing::Ledger,
     meter: Arc<cocoon::metering::LedgerMeter>,
+    router: router::Router,
+    /// The engines of w1 and w2.
+    engines: Vec<Arc<test_engine::TestEngine>>,
     stop: CancellationToken,
 }
 
+/// A TCP relay that can stall: while paused it forwards nothing either way (the bytes wait
+/// in the sockets' buffers, as on a network that stopped delivering).
+struct StallingRelay {
+    addr: std::net::SocketAddr,
+    paused: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StallingRelay {
+    async fn start(upstream: std::net::SocketAddr) -> StallingRelay {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let p = paused.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((down, _)) = listener.accept().await else { return };
+                let Ok(up) = tokio::net::TcpStream::connect(upstream).await else { continue };
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                for (mut from, mut to) in [(dr, uw), (ur, dw)].map(|(r, w)| (Box::new(r) as Box<dyn tokio::io::AsyncRead + Send + Unpin>, Box::new(w) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>)) {
+                    let p = p.clone();
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 16384];
+                        loop {
+                            while p.load(Ordering::Relaxed) {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                            let n = match from.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            while p.load(Ordering::Relaxed) {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                            if to.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown().await;
+                    });
+                }
+            }
+        });
+        StallingRelay { addr, paused }
+    }
+
+    fn pause(&self, on: bool) {
+        self.paused.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 async fn network(db: &Db, tweak: impl FnOnce(&mut cocoon::Config)) -> Net {
+    network_via(&db.url, tweak, None).await
+}
+
+/// As [`network`]; with `relay`, w2 reaches the router through it (it is started here).
+async fn network_via(database_url: &str, tweak: impl FnOnce(&mut cocoon::Config), relay: Option<&mut Option<StallingRelay>>) -> Net {
     let dir = tempfile::tempdir().unwrap().keep();
     let mut cfg = cocoon::Config::default();
     cfg.environment = cocoon::config::Environment::Development;
@@ -132,7 +193,7 @@ async fn network(db: &Db, tweak: impl FnOnce(&mut cocoon::Config)) -> Net {
     cfg.gateway.metrics_listen = Some("127.0.0.1:0".into());
     cfg.router.worker_listen = Some("127.0.0.1:0".into());
     cfg.attestation.policy.allow_insecure_simulated_tee = true;
-    cfg.billing.database_url = Some(db.url.clone());
+    cfg.billing.database_url = Some(database_url.to_string());
     // A database that is down is noticed within a second, not sqlx's 30 s.
     cfg.billing.db_timeout_ms = 1_000;
     tweak(&mut cfg);
@@ -148,18 +209,27 @@ async fn network(db: &Db, tweak: impl FnOnce(&mut cocoon::Config)) -> Net {
     ledger.set_price(MODEL, Price { prompt: 1_000_000_000, cached_prompt: 0, completion: 2_000_000_000, reasoning: 0 }).await.unwrap();
     let client = ledger.ensure_account(AccountKind::Client, ACCOUNT).await.unwrap();
     ledger.credit(client, 1_000_000_000_000, "seed", "chaos").await.unwrap();
+    let mut engines = Vec::new();
+    let mut relay = relay;
     for id in ["w1", "w2"] {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let engine_url = format!("http://{}", listener.local_addr().unwrap());
         let engine = test_engine::TestEngine::new(test_engine::EngineConfig::default());
+        engines.push(engine.clone());
         let s = stop.clone();
         tokio::spawn(test_engine::serve(listener, engine, async move { s.cancelled().await }));
+        let mut router_addr = l.addr;
+        if let (Some(slot), "w2") = (relay.as_deref_mut(), id) {
+            let r = StallingRelay::start(l.addr).await;
+            router_addr = r.addr;
+            *slot = Some(r);
+        }
         let agent = worker_agent::WorkerAgent::new(
             worker_agent::WorkerConfig { worker_id: id.into(), engine_url, health_interval_ms: 200, ..Default::default() },
             worker_agent::WorkerTee::simulated().unwrap(),
         )
         .unwrap();
-        let link = worker_agent::net::RouterLink { url: format!("wss://{}/v1/worker", l.addr), cert_sha256: l.cert_sha256.clone() };
+        let link = worker_agent::net::RouterLink { url: format!("wss://{router_addr}/v1/worker"), cert_sha256: l.cert_sha256.clone() };
         tokio::spawn(worker_agent::net::run(agent, link, Duration::from_secs(10), stop.clone()));
     }
     let t0 = Instant::now();
@@ -167,7 +237,7 @@ async fn network(db: &Db, tweak: impl FnOnce(&mut cocoon::Config)) -> Net {
         assert!(t0.elapsed() < Duration::from_secs(20), "workers did not join");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Net { base: format!("http://{}/v1", gw.addr), key, ledger, meter, stop }
+    Net { base: format!("http://{}/v1", gw.addr), key, ledger, meter, router, engines, stop }
 }
 
 #[derive(Debug, Clone)]
@@ -394,4 +464,155 @@ async fn redis_going_down_under_load_fails_closed_then_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_going_down_under_load_fails_open_when_configured_then_recovers() {
     redis_outage(true).await;
+}
+
+/// One worker's network stalls for 10 s under load (its link relayed, the relay stops
+/// delivering). Jobs sent to it get no first token and move to the other worker before the
+/// first token (`router.first_token_timeout_ms`); a stream it had already started ends with an
+/// error event within the link's liveness timeout, never a hang; afterwards the worker is
+/// back (it reconnects) and serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_network_stalls_10s_loses_its_jobs_to_the_other_and_comes_back() {
+    let db = Db::create().await;
+    let mut relay = None;
+    let net = Arc::new(
+        network_via(
+            &db.url,
+            |c| {
+                c.router.first_token_timeout_ms = 2_000;
+                c.router.worker_liveness_ms = 3_000;
+            },
+            Some(&mut relay),
+        )
+        .await,
+    );
+    let relay = relay.unwrap();
+    let stop = CancellationToken::new();
+    let (records, tasks) = load(net.clone(), 4, stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let w2_before = net.engines[1].stats().snapshot().requests_started;
+    assert!(w2_before > 0, "w2 served before the stall");
+    let stalled_at = Instant::now();
+    relay.pause(true);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    relay.pause(false);
+    let outage = Duration::from_secs(2)..Duration::from_secs(2) + stalled_at.elapsed();
+    // The worker is back (reconnected if the router dropped its link) and gets jobs again.
+    let t0 = Instant::now();
+    let w2_after_heal = net.engines[1].stats().snapshot().requests_started;
+    while net.router.snapshot().len() < 2 || net.engines[1].stats().snapshot().requests_started <= w2_after_heal {
+        assert!(t0.elapsed() < Duration::from_secs(20), "w2 did not come back: {:?}", net.router.snapshot());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let back_after = t0.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let records = records.lock().unwrap().clone();
+    let during: Vec<&Record> = records.iter().filter(|r| r.at > outage.start && r.at < outage.end).collect();
+    let completed_during = during.iter().filter(|r| matches!(r.outcome, Outcome::Completed { .. })).count();
+    assert!(completed_during >= 10, "the other worker kept serving during the stall: {completed_during} of {}", during.len());
+    for r in &during {
+        assert!(!matches!(r.outcome, Outcome::Refused { .. }), "refused during a one-worker stall: {r:?}");
+    }
+    eprintln!(
+        "worker stall: {} requests, {} during the 10 s stall ({completed_during} completed), broken: {:?}, w2 serving again {back_after:?} after the heal",
+        records.len(),
+        during.len(),
+        broken(&records)
+    );
+    assert_books(&net, &records, outage).await;
+    net.stop.cancel();
+    db.drop_it().await;
+}
+
+/// A small filesystem of the test's own (tmpfs), for filling. `None` where this process may
+/// not mount (not root, or no CAP_SYS_ADMIN in its container).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(bytes: u64) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk { dir })
+    }
+
+    /// Writes a filler file until the disk is full.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.dir.path().join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 16 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.flush();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// The embedded ledger's disk fills up under load (its data dir on an 8 MiB tmpfs, filled
+/// by another file for 3 s, then freed). Requests are refused with 503 `billing_unavailable`
+/// and `Retry-After` (an answer whose capture could not be kept either is withheld, not
+/// given away), nothing hangs, SQLite's own integrity check passes, and service resumes
+/// once space frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_ledgers_disk_filling_up_is_a_clear_error_without_corruption() {
+    let Some(disk) = SmallDisk::mount(8 << 20) else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root); the disk-full case is not exercised");
+        return;
+    };
+    let data = disk.dir.path().to_path_buf();
+    let db_file = data.join("ledger.db");
+    let net = Arc::new(network_via(&format!("sqlite:{}?mode=rwc", db_file.display()), |c| c.data_dir = data.clone(), None).await);
+    let stop = CancellationToken::new();
+    let (records, tasks) = load(net.clone(), 4, stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let full_at = Instant::now();
+    let filler = disk.fill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    std::fs::remove_file(&filler).unwrap();
+    let outage = Duration::from_secs(2)..Duration::from_secs(2) + full_at.elapsed();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let records = records.lock().unwrap().clone();
+    let refused: Vec<&Record> = records.iter().filter(|r| matches!(r.outcome, Outcome::Refused { .. })).collect();
+    assert!(!refused.is_empty(), "nothing was refused while the disk was full");
+    for r in &refused {
+        let Outcome::Refused { status, code, retry_after } = &r.outcome else { unreachable!() };
+        assert_eq!((*status, code.as_str(), *retry_after), (503, "billing_unavailable", true), "{r:?}");
+    }
+    // A stream whose capture could not be kept ends with the same error as an event.
+    for why in broken(&records) {
+        assert!(why.contains("billing_unavailable"), "{why}");
+    }
+    eprintln!(
+        "sqlite disk full: {} requests, {} refused (503 billing_unavailable), broken: {:?}",
+        records.len(),
+        refused.len(),
+        broken(&records)
+    );
+    assert_books(&net, &records, outage).await;
+    let mut conn = sqlx::AnyConnection::connect(&format!("sqlite:{}", db_file.display())).await.unwrap();
+    let (check,): (String,) = sqlx::query_as("PRAGMA integrity_check").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(check, "ok", "SQLite integrity check after the disk filled up");
+    drop(conn);
+    net.stop.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
 }
