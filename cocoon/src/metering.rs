@@ -219,6 +219,16 @@ impl LedgerMeter {
 
 #[async_trait]
 impl Meter for LedgerMeter {
+    async fn price(&self, model: &str) -> Result<Option<protocol::openai::ModelPricing>, MeterError> {
+        let p = self.ledger.price(model).await.map_err(unavailable)?;
+        Ok(p.map(|p| protocol::openai::ModelPricing {
+            prompt: p.prompt,
+            cached_prompt: p.cached_prompt,
+            completion: p.completion,
+            reasoning: p.reasoning,
+        }))
+    }
+
     async fn hold(&self, req: &HoldRequest) -> Result<(), MeterError> {
         let price = self
             .ledger

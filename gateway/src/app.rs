@@ -78,13 +78,30 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 }
 
 async fn request_id(req: Request, next: Next) -> Response {
+    let client_id = client_request_id(req.headers()).cloned();
     let mut resp = next.run(req).await;
     if !resp.headers().contains_key("x-request-id") {
         if let Ok(v) = HeaderValue::from_str(&Uuid::now_v7().to_string()) {
             resp.headers_mut().insert("x-request-id", v);
         }
     }
+    // Echoed, as OpenAI does, so a client can match our answer (and our logs, where
+    // inference records it with the job id) to its own id.
+    if let Some(v) = client_id {
+        resp.headers_mut().insert(CLIENT_REQUEST_ID, v);
+    }
     resp
+}
+
+/// The client's own request id (OpenAI's `X-Client-Request-Id`).
+pub(crate) const CLIENT_REQUEST_ID: &str = "x-client-request-id";
+
+/// The client's `X-Client-Request-Id` when usable as given: at most 512 characters of visible
+/// ASCII (OpenAI's limits). Anything else is ignored rather than altered: an altered id would
+/// no longer match what the client logged.
+pub(crate) fn client_request_id(h: &axum::http::HeaderMap) -> Option<&HeaderValue> {
+    h.get(CLIENT_REQUEST_ID)
+        .filter(|v| !v.is_empty() && v.len() <= 512 && v.as_bytes().iter().all(|b| (0x20..0x7f).contains(b)))
 }
 
 fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response {

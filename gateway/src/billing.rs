@@ -170,6 +170,10 @@ pub trait Meter: Send + Sync + 'static {
     async fn usage(&self, account: &str, limit: u32) -> Result<Vec<UsageRecord>, MeterError>;
     /// Worker `worker`'s earnings and its most recent payouts.
     async fn worker_earnings(&self, worker: &str) -> Result<WorkerEarnings, MeterError>;
+    /// The price of `model`, if one is set (for `/v1/models`).
+    async fn price(&self, _model: &str) -> Result<Option<protocol::openai::ModelPricing>, MeterError> {
+        Ok(None)
+    }
 }
 
 /// One request's bill. Settle it with [`Bill::capture`] or [`Bill::release`]; if it is dropped

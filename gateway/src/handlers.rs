@@ -113,12 +113,32 @@ pub async fn stored_response_action(_p: Principal, Path(id): Path<String>) -> Ap
     no_stored_response(&id)
 }
 
-fn model_object(m: protocol::ModelInfo) -> Model {
+/// A model as OpenAI lists it, with what the network knows of it in `x_cocoon`.
+async fn model_object(state: &AppState, m: protocol::ModelInfo) -> Model {
+    let serving: Vec<_> = state.router.snapshot().into_iter().filter(|w| w.available && w.models.contains(&m.id)).collect();
+    let mut tee: Vec<String> = serving.iter().map(|w| w.tee.clone()).collect();
+    tee.sort();
+    tee.dedup();
+    // Best effort: a ledger that cannot be read leaves the price out, not the model list.
+    let pricing = match &state.meter {
+        Some(meter) => meter.price(&m.id).await.unwrap_or_else(|e| {
+            tracing::warn!(model = %m.id, error = %e, "cannot read the model's price for /v1/models");
+            None
+        }),
+        None => None,
+    };
+    let ext = protocol::openai::ModelExtensions {
+        workers: u32::try_from(serving.len()).unwrap_or(u32::MAX),
+        tee,
+        context_length: state.router.context_len(&m.id),
+        pricing,
+    };
     Model {
         id: m.id,
         object: "model".into(),
         created: m.created,
         owned_by: if m.owned_by.is_empty() { "cocoon".into() } else { m.owned_by },
+        x_cocoon: Some(ext),
     }
 }
 
@@ -128,10 +148,11 @@ fn model_object(m: protocol::ModelInfo) -> Model {
     security(("bearer" = []))
 )]
 pub async fn list_models(State(state): State<AppState>, _p: Principal) -> Json<ModelList> {
-    Json(ModelList {
-        object: "list".into(),
-        data: state.router.models().into_iter().map(model_object).collect(),
-    })
+    let mut data = Vec::new();
+    for m in state.router.models() {
+        data.push(model_object(&state, m).await);
+    }
+    Json(ModelList { object: "list".into(), data })
 }
 
 #[utoipa::path(
@@ -141,13 +162,8 @@ pub async fn list_models(State(state): State<AppState>, _p: Principal) -> Json<M
     security(("bearer" = []))
 )]
 pub async fn get_model(State(state): State<AppState>, _p: Principal, Path(id): Path<String>) -> Result<Json<Model>, ApiError> {
-    state
-        .router
-        .models()
-        .into_iter()
-        .find(|m| m.id == id)
-        .map(|m| Json(model_object(m)))
-        .ok_or(ApiError::ModelNotFound(id))
+    let m = state.router.models().into_iter().find(|m| m.id == id).ok_or(ApiError::ModelNotFound(id))?;
+    Ok(Json(model_object(&state, m).await))
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "The process is up")))]

@@ -54,9 +54,14 @@ pub(crate) async fn run(state: AppState, principal: Principal, endpoint: Endpoin
         %job_id,
         endpoint = endpoint.label(),
         account = %principal.account,
+        client_request_id = tracing::field::Empty,
         model = tracing::field::Empty,
         worker = tracing::field::Empty,
     );
+    if let Some(id) = crate::app::client_request_id(req.headers()).and_then(|v| v.to_str().ok()) {
+        span.record("client_request_id", id);
+        tracing::info!(parent: &span, client_request_id = id, "request");
+    }
     let mut call = Call {
         state,
         principal,

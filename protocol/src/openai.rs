@@ -223,6 +223,32 @@ pub struct Model {
     pub object: String,
     pub created: u64,
     pub owned_by: String,
+    /// Cocoon's extensions (SDKs ignore unknown fields).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x_cocoon: Option<ModelExtensions>,
+}
+
+/// What the network can say about a model right now: `GET /v1/models` `x_cocoon`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ModelExtensions {
+    /// Attested workers serving it that can take a job now.
+    pub workers: u32,
+    /// Their TEE types: "tdx", "sev-snp", "simulated".
+    pub tee: Vec<String>,
+    /// Context length in tokens (prompt + completion) every such worker holds, where known.
+    pub context_length: Option<u32>,
+    /// The ledger's price, nanoTON per 1,000,000 tokens of each class, before the serving
+    /// worker's coefficient (`None`: billing off, or no price set).
+    pub pricing: Option<ModelPricing>,
+}
+
+/// nanoTON per 1,000,000 tokens of each class.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ModelPricing {
+    pub prompt: i64,
+    pub cached_prompt: i64,
+    pub completion: i64,
+    pub reasoning: i64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]

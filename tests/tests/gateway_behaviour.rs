@@ -199,3 +199,56 @@ async fn insecure_disable_auth_serves_without_a_key() {
     assert_eq!(send(normal.base_url.clone()).await.status(), 401);
     normal.net.shutdown().await;
 }
+
+/// #15: `/v1/models` entries carry Cocoon's extensions in `x_cocoon` (worker count, TEE
+/// types, context length, the ledger's price), which SDKs ignore; the client's
+/// `X-Client-Request-Id` is echoed on every answer (an invalid one is ignored, not altered).
+#[tokio::test]
+async fn models_carry_x_cocoon_and_client_request_ids_are_echoed() {
+    let net = common::start(|_| {}).await;
+    let get = |path: &str, client_id: Option<&str>| {
+        let mut r = common::http().get(format!("{}/{path}", net.base_url)).bearer_auth(&net.api_key);
+        if let Some(id) = client_id {
+            r = r.header("x-client-request-id", id);
+        }
+        r.send()
+    };
+    let r = get("models", Some("my-trace-42")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-client-request-id"], "my-trace-42");
+    let list: Value = r.json().await.unwrap();
+    let m = list["data"].as_array().unwrap().iter().find(|m| m["id"] == "cocoon-test").expect("the dev model");
+    let x = &m["x_cocoon"];
+    assert_eq!(x["workers"], 1, "{m}");
+    assert_eq!(x["tee"], json!(["simulated"]), "{m}");
+    // `cocoon dev` prices its models (billing.dev_price_per_million, nanoTON per 1M tokens).
+    let dev_price = cocoon::Config::default().billing.dev_price_per_million;
+    assert_eq!(x["pricing"]["prompt"], dev_price, "{m}");
+    assert_eq!(x["pricing"]["completion"], dev_price, "{m}");
+    let one: Value = get("models/cocoon-test", None).await.unwrap().json().await.unwrap();
+    assert_eq!(one["x_cocoon"], *x);
+
+    // Echoed on inference answers and errors too; an unusable id is not echoed.
+    let r = common::http()
+        .post(format!("{}/chat/completions", net.base_url))
+        .bearer_auth(&net.api_key)
+        .header("x-client-request-id", "req-7")
+        .json(&json!({"model": "cocoon-test", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-client-request-id"], "req-7");
+    assert!(r.headers().contains_key("x-request-id"), "our own id as well");
+    let r = common::http()
+        .post(format!("{}/chat/completions", net.base_url))
+        .bearer_auth(&net.api_key)
+        .header("x-client-request-id", "x".repeat(513))
+        .json(&json!({"model": "nope", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "an error answer");
+    assert!(!r.headers().contains_key("x-client-request-id"), "over 512 characters: ignored");
+    net.net.shutdown().await;
+}
