@@ -24,6 +24,10 @@ pub struct Principal {
     /// The rate-limit bucket: one per API key, one per JWT subject.
     pub rate_key: String,
     pub limits: Limits,
+    /// The key's model allow-list (`None`: every model).
+    pub allowed_models: Option<std::sync::Arc<[String]>>,
+    /// The key's price-coefficient cap, applied when a request sets none.
+    pub max_price_coefficient: Option<u32>,
 }
 
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
@@ -53,6 +57,11 @@ fn redact(token: &str) -> String {
 }
 
 impl Principal {
+    /// Whether this key may use `model` (its allow-list, if any, names it).
+    pub fn may_use(&self, model: &str) -> bool {
+        self.allowed_models.as_ref().is_none_or(|a| a.iter().any(|m| m == model))
+    }
+
     /// The worker this principal operates, for a worker operator's key.
     pub fn worker(&self) -> Option<&str> {
         self.account.strip_prefix(WORKER_ACCOUNT_PREFIX)
@@ -64,6 +73,8 @@ impl Principal {
                 account: ANONYMOUS_ACCOUNT.to_string(),
                 rate_key: ANONYMOUS_ACCOUNT.to_string(),
                 limits: state.cfg.default_limits,
+                allowed_models: None,
+                max_price_coefficient: None,
             });
         }
         let token = bearer(parts)?;
@@ -73,6 +84,8 @@ impl Principal {
                     account: rec.account.clone(),
                     rate_key: format!("key:{}", rec.id),
                     limits: rec.limits.unwrap_or(state.cfg.default_limits),
+                    allowed_models: rec.controls.allowed_models.clone().map(Into::into),
+                    max_price_coefficient: rec.controls.max_price_coefficient,
                 }),
                 None => Err(ApiError::InvalidApiKey(format!(
                     "Incorrect API key provided: {}. You can create one with `cocoon keys create` or in the dashboard.",
@@ -87,6 +100,8 @@ impl Principal {
                         rate_key: format!("jwt:{}", claims.sub),
                         account: claims.sub,
                         limits: claims.limits.unwrap_or(state.cfg.default_limits),
+                        allowed_models: None,
+                        max_price_coefficient: None,
                     }),
                     Err(e) => Err(ApiError::InvalidApiKey(format!("Invalid token: {e}."))),
                 };

@@ -147,9 +147,9 @@ async fn model_object(state: &AppState, m: protocol::ModelInfo) -> Model {
     responses((status = 200, body = ModelList), (status = 401, body = ErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn list_models(State(state): State<AppState>, _p: Principal) -> Json<ModelList> {
+pub async fn list_models(State(state): State<AppState>, p: Principal) -> Json<ModelList> {
     let mut data = Vec::new();
-    for m in state.router.models() {
+    for m in state.router.models().into_iter().filter(|m| p.may_use(&m.id)) {
         data.push(model_object(&state, m).await);
     }
     Json(ModelList { object: "list".into(), data })
@@ -161,8 +161,8 @@ pub async fn list_models(State(state): State<AppState>, _p: Principal) -> Json<M
     responses((status = 200, body = Model), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn get_model(State(state): State<AppState>, _p: Principal, Path(id): Path<String>) -> Result<Json<Model>, ApiError> {
-    let m = state.router.models().into_iter().find(|m| m.id == id).ok_or(ApiError::ModelNotFound(id))?;
+pub async fn get_model(State(state): State<AppState>, p: Principal, Path(id): Path<String>) -> Result<Json<Model>, ApiError> {
+    let m = state.router.models().into_iter().find(|m| m.id == id && p.may_use(&m.id)).ok_or(ApiError::ModelNotFound(id))?;
     Ok(Json(model_object(&state, m).await))
 }
 

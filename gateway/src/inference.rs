@@ -154,7 +154,8 @@ impl Call {
         }
         let v = self.validate(req).await?;
         let cap = self.default_cap(&v.valid)?;
-        let demand = Demand::from_valid(&v, cap);
+        let mut demand = Demand::from_valid(&v, cap);
+        self.apply_key_controls(&mut demand);
         self.limit(&demand).await?;
         let permit = self.shed()?;
         let bill = self.hold(&demand).await?;
@@ -170,10 +171,11 @@ impl Call {
 
     /// An end-to-end sealed request: the same steps from the declared facts, never reading
     /// the body; the answer is the worker's sealed frames, billed only from its receipt.
-    async fn execute_sealed(&mut self, sealed: crate::e2e::SealedCall, req: Request) -> Result<Response, ApiError> {
-        if !self.state.router.knows_model(&sealed.demand.model) {
+    async fn execute_sealed(&mut self, mut sealed: crate::e2e::SealedCall, req: Request) -> Result<Response, ApiError> {
+        if !self.state.router.knows_model(&sealed.demand.model) || !self.principal.may_use(&sealed.demand.model) {
             return Err(ApiError::ModelNotFound(sealed.demand.model));
         }
+        self.apply_key_controls(&mut sealed.demand);
         tracing::Span::current().record("model", sealed.demand.model.as_str());
         self.model = Some(sealed.demand.model.clone());
         let body = read_body(&self.state, req).await?;
@@ -193,6 +195,13 @@ impl Call {
         crate::e2e::relay(ticket, job, bill, sealed.demand.bounds, settle, permit).await
     }
 
+    /// The key's price-coefficient cap, for a request that sets none.
+    fn apply_key_controls(&self, demand: &mut Demand) {
+        if demand.max_price_coefficient.is_none() {
+            demand.max_price_coefficient = self.principal.max_price_coefficient;
+        }
+    }
+
     /// Reads (bounded in size and time), parses and validates the body.
     async fn validate(&mut self, req: Request) -> Result<Validated, ApiError> {
         let raw = read_json_body(&self.state, req).await?;
@@ -203,7 +212,8 @@ impl Call {
             Endpoint::Embeddings => validate::embeddings(&obj)?,
             Endpoint::Responses => crate::validate_responses::responses(&obj)?,
         };
-        if !self.state.router.knows_model(&valid.model) {
+        // A model outside the key's allow-list is answered as one that does not exist.
+        if !self.state.router.knows_model(&valid.model) || !self.principal.may_use(&valid.model) {
             return Err(ApiError::ModelNotFound(valid.model));
         }
         tracing::Span::current().record("model", valid.model.as_str());

@@ -45,8 +45,10 @@ pub const MAX_NAME_CHARS: usize = 100;
 /// Shortest spacing between two catch-up queries caused by unknown key ids.
 const MISS_REFRESH_SPACING: Duration = Duration::from_millis(50);
 
-/// Per-key controls stored with the key (model allow-list, budgets, price cap). They are
-/// kept and shown but NOT enforced yet. `None` = no restriction.
+/// Per-key controls stored with the key. Enforced: the model allow-list (other models are
+/// answered 404 `model_not_found` and left out of `/v1/models`) and the price-coefficient
+/// cap (applied when a request sets none). The day and month budgets are kept and shown but
+/// NOT enforced yet. `None` = no restriction.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KeyControls {
     pub allowed_models: Option<Vec<String>>,
@@ -407,7 +409,25 @@ impl KeyStore {
         limits: Option<Limits>,
         created_by: &str,
     ) -> Result<NewKey, KeyStoreError> {
+        self.create_with(name, account, limits, &KeyControls::default(), created_by).await
+    }
+
+    /// [`Self::create_by`] with per-key controls.
+    pub async fn create_with(
+        &self,
+        name: &str,
+        account: &str,
+        limits: Option<Limits>,
+        controls: &KeyControls,
+        created_by: &str,
+    ) -> Result<NewKey, KeyStoreError> {
         let name = check_name(name)?;
+        let stored_controls = billing::KeyControls {
+            allowed_models: controls.allowed_models.as_ref().map(|m| serde_json::to_string(m).unwrap_or_else(|_| "[]".into())),
+            daily_budget_nanoton: controls.daily_budget_nanoton,
+            monthly_budget_nanoton: controls.monthly_budget_nanoton,
+            max_price_coefficient: controls.max_price_coefficient.map(i64::from),
+        };
         // 62^12 ids make a clash practically impossible; the insert reports one anyway.
         for _ in 0..8 {
             let (id, key) = generate();
@@ -420,7 +440,7 @@ impl KeyStore {
                 created_at_ms: now_ms(),
                 revoked_at_ms: None,
                 limits: limits.map(|l| (l.requests_per_minute, l.tokens_per_minute)),
-                controls: billing::KeyControls::default(),
+                controls: stored_controls.clone(),
             };
             if let Some(stored) = self.db.insert_api_key(&row).await? {
                 let record = KeyRecord::from_row(stored.clone());

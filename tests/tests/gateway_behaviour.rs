@@ -252,3 +252,61 @@ async fn models_carry_x_cocoon_and_client_request_ids_are_echoed() {
     assert!(!r.headers().contains_key("x-client-request-id"), "over 512 characters: ignored");
     net.net.shutdown().await;
 }
+
+/// #15 per-key controls: a model allow-list (other models are 404 `model_not_found`, as if
+/// they did not exist, and are left out of `/v1/models`) and a price-coefficient cap used
+/// when a request sets none (the hold is placed at it instead of the network's maximum).
+#[tokio::test]
+async fn a_keys_model_allow_list_and_price_cap_are_enforced() {
+    let net = common::start(|_| {}).await;
+    let key = |models: Option<Vec<&str>>, cap: Option<u32>| {
+        let controls = gateway::keys::KeyControls {
+            allowed_models: models.map(|m| m.into_iter().map(String::from).collect()),
+            max_price_coefficient: cap,
+            ..Default::default()
+        };
+        let keys = net.keys.clone();
+        async move { keys.create_with("t", "dev", None, &controls, "cli").await.unwrap().key }
+    };
+    let chat = |key: String, body: Value| {
+        let url = format!("{}/chat/completions", net.base_url);
+        async move { common::http().post(url).bearer_auth(key).json(&body).send().await.unwrap() }
+    };
+    let models = |key: String| {
+        let url = format!("{}/models", net.base_url);
+        async move { common::http().get(url).bearer_auth(key).send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let hi = json!({"model": "cocoon-test", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+
+    let elsewhere = key(Some(vec!["another-model"]), None).await;
+    let r = chat(elsewhere.clone(), hi.clone()).await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "model_not_found");
+    assert_eq!(models(elsewhere.clone()).await["data"], json!([]));
+    let r = common::http().get(format!("{}/models/cocoon-test", net.base_url)).bearer_auth(&elsewhere).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    let allowed = key(Some(vec!["cocoon-test"]), None).await;
+    assert_eq!(chat(allowed.clone(), hi.clone()).await.status(), 200);
+    assert_eq!(models(allowed).await["data"][0]["id"], "cocoon-test");
+
+    // The hold while a slow stream runs: at the key's cap (1.0x) versus the network's
+    // maximum coefficient (4.0x) for a key without one.
+    let held_during_stream = |key: String| {
+        let (base, chat) = (net.base_url.clone(), chat.clone());
+        async move {
+            let body = json!({"model": "cocoon-test", "stream": true, "max_tokens": 10,
+                              "messages": [{"role": "user", "content": "hi"}],
+                              "test_engine": {"tokens_per_second": 5.0}});
+            let r = chat(key.clone(), body).await;
+            assert_eq!(r.status(), 200);
+            let b: Value = common::http().get(format!("{base}/account/balance")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+            let _ = r.text().await;
+            b["held"].as_i64().unwrap()
+        }
+    };
+    let capped = held_during_stream(key(None, Some(1000)).await).await;
+    let uncapped = held_during_stream(key(None, None).await).await;
+    assert!(capped > 0 && capped * 3 < uncapped, "held at 1.0x: {capped}, at the network's maximum: {uncapped}");
+    net.net.shutdown().await;
+}

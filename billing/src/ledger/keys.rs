@@ -14,8 +14,8 @@ use super::{now_ms, Ledger};
 use crate::error::{Error, Result};
 use crate::types::UnixMillis;
 
-/// Per-key controls kept with the key. Stored now so that they can be enforced later
-/// (model allow-list, budgets, price cap); nothing enforces them yet. `None` = no restriction.
+/// Per-key controls kept with the key (model allow-list, budgets, price cap); the gateway
+/// enforces the allow-list and the price cap, not yet the budgets. `None` = no restriction.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyControls {
     /// JSON array of the model ids the key may use, as stored.

@@ -38,6 +38,14 @@ enum KeysCmd {
         /// Tokens per minute (0 = unlimited).
         #[arg(long)]
         tpm: Option<u64>,
+        /// Comma-separated model ids the key may use; others get 404 `model_not_found` and are
+        /// left out of its `/v1/models` (default: every model).
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        /// Highest worker price coefficient (thousandths, 1000 = 1.0x) for the key's requests
+        /// that set none themselves.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1000..=1_000_000))]
+        max_price_coefficient: Option<u32>,
     },
     /// List keys: id, name, account, limits, created by, state.
     List {
@@ -70,7 +78,7 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
     let db = cocoon::roles::open_database(&cfg).await?;
     let store = cocoon::roles::open_key_store(&cfg, db.clone()).await?;
     match args.cmd {
-        KeysCmd::Create { name, account, worker, rpm, tpm } => {
+        KeysCmd::Create { name, account, worker, rpm, tpm, models, max_price_coefficient } => {
             let account = match worker {
                 Some(w) => format!("{}{w}", gateway::auth::WORKER_ACCOUNT_PREFIX),
                 None if account.starts_with(gateway::auth::WORKER_ACCOUNT_PREFIX) => {
@@ -85,7 +93,12 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
                     tokens_per_minute: t.unwrap_or(cfg.gateway.default_limits.tokens_per_minute),
                 }),
             };
-            let new = store.create_by(&name, &account, limits, "cli").await?;
+            let models: Option<Vec<String>> = models.map(|m| m.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect());
+            if models.as_ref().is_some_and(Vec::is_empty) {
+                anyhow::bail!("--models names no model");
+            }
+            let controls = gateway::keys::KeyControls { allowed_models: models, max_price_coefficient, ..Default::default() };
+            let new = store.create_with(&name, &account, limits, &controls, "cli").await?;
             eprintln!("created key {} ({name}, account {account}); it is shown once:", new.record.id);
             println!("{}", new.key);
         }
