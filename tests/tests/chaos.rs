@@ -10,7 +10,10 @@
 //!   capture outbox during the outage lands once the database is back);
 //! - the ledger's invariants hold (`cocoon ledger check`).
 //!
-//! Loopback only; each test owns its database (and its Redis server) and removes them.
+//! Faults: Postgres refusing connections, Redis killed (limits failing closed, or open), one
+//! worker's network stalled 10 s, the SQLite ledger's disk full, one of two gateway
+//! processes SIGKILLed. Loopback only; each test owns its database (and its Redis server)
+//! and removes them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -119,7 +122,8 @@ struct Net {
     key: String,
     ledger: billing::Ledger,
     meter: Arc<cocoon::metering::LedgerMeter>,
-    router: router::Router,
+    /// The in-process gateway's router (`None` for a gateway in another process).
+    router: Option<router::Router>,
     /// The engines of w1 and w2.
     engines: Vec<Arc<test_engine::TestEngine>>,
     stop: CancellationToken,
@@ -237,7 +241,7 @@ async fn network_via(database_url: &str, tweak: impl FnOnce(&mut cocoon::Config)
         assert!(t0.elapsed() < Duration::from_secs(20), "workers did not join");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Net { base: format!("http://{}/v1", gw.addr), key, ledger, meter, router, engines, stop }
+    Net { base: format!("http://{}/v1", gw.addr), key, ledger, meter, router: Some(router), engines, stop }
 }
 
 #[derive(Debug, Clone)]
@@ -309,10 +313,10 @@ fn load(net: Arc<Net>, tasks: usize, stop: CancellationToken) -> (Arc<Mutex<Vec<
                 while !stop.is_cancelled() {
                     let started = Instant::now();
                     let outcome = one(&http, &net, (i + n) % 2 == 0).await;
-                    let refused = matches!(outcome, Outcome::Refused { .. });
+                    let failed = !matches!(outcome, Outcome::Completed { .. });
                     records.lock().unwrap().push(Record { at: started - t0, took: started.elapsed(), outcome });
                     n += 1;
-                    if refused {
+                    if failed {
                         // A client honouring Retry-After would wait longer; a short pause keeps
                         // the load on without spinning.
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -500,8 +504,8 @@ async fn a_worker_whose_network_stalls_10s_loses_its_jobs_to_the_other_and_comes
     // The worker is back (reconnected if the router dropped its link) and gets jobs again.
     let t0 = Instant::now();
     let w2_after_heal = net.engines[1].stats().snapshot().requests_started;
-    while net.router.snapshot().len() < 2 || net.engines[1].stats().snapshot().requests_started <= w2_after_heal {
-        assert!(t0.elapsed() < Duration::from_secs(20), "w2 did not come back: {:?}", net.router.snapshot());
+    while net.router.as_ref().unwrap().snapshot().len() < 2 || net.engines[1].stats().snapshot().requests_started <= w2_after_heal {
+        assert!(t0.elapsed() < Duration::from_secs(20), "w2 did not come back: {:?}", net.router.as_ref().unwrap().snapshot());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let back_after = t0.elapsed();
@@ -615,4 +619,177 @@ async fn the_sqlite_ledgers_disk_filling_up_is_a_clear_error_without_corruption(
     drop(conn);
     net.stop.cancel();
     tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+/// One replica of two `cocoon gateway` processes (shared Postgres and Redis, one worker
+/// each) is SIGKILLed under load. Its clients' requests end at once (a cut stream, a refused
+/// connection), never a hang; the other replica serves every one of its clients throughout;
+/// the dead replica's open holds are released by the survivor's reaper; every completed answer
+/// is charged once and the books balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_one_gateway_replica_under_load_leaves_the_other_serving_and_the_books_whole() {
+    use std::io::BufRead;
+    let db = Db::create().await;
+    let redis = Redis::start();
+    // Keys, prices and credit live in the shared database: both replicas see them.
+    let ledger = billing::Ledger::connect(&db.url, billing::LedgerOptions::default()).await.unwrap();
+    ledger.set_price(MODEL, Price { prompt: 1_000_000_000, cached_prompt: 0, completion: 2_000_000_000, reasoning: 0 }).await.unwrap();
+    let client = ledger.ensure_account(AccountKind::Client, ACCOUNT).await.unwrap();
+    ledger.credit(client, 1_000_000_000_000, "seed", "chaos").await.unwrap();
+    let keys = gateway::keys::KeyStore::open(ledger.clone()).await.unwrap();
+    let key = keys.create("chaos", ACCOUNT, None).await.unwrap().key;
+
+    let stop = CancellationToken::new();
+    let mut replicas = Vec::new();
+    for i in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut child = std::process::Command::new(common_bin())
+            .arg("gateway")
+            .env("COCOON__ENVIRONMENT", "development")
+            .env("COCOON__DATA_DIR", dir.path())
+            .env("COCOON__LOG", "warn")
+            .env("COCOON__GATEWAY__LISTEN", format!("127.0.0.1:{port}"))
+            .env("COCOON__GATEWAY__METRICS_LISTEN", "127.0.0.1:0")
+            .env("COCOON__GATEWAY__REDIS_URL", redis.url())
+            .env("COCOON__ROUTER__REDIS_URL", redis.url())
+            .env("COCOON__ROUTER__INSTANCE_ID", format!("replica-{i}"))
+            .env("COCOON__ROUTER__WORKER_LISTEN", "127.0.0.1:0")
+            .env("COCOON__BILLING__DATABASE_URL", &db.url)
+            .env("COCOON__BILLING__HOLD_TTL_SECS", "3")
+            .env("COCOON__BILLING__REAP_INTERVAL_SECS", "1")
+            .env("COCOON__ATTESTATION__POLICY__ALLOW_INSECURE_SIMULATED_TEE", "true")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut workers, mut pin) = (None, None);
+        while workers.is_none() || pin.is_none() {
+            let line = lines.next().expect("cocoon gateway exited before it was up").unwrap();
+            if let Some(u) = line.strip_prefix("workers:") {
+                workers = Some(u.trim().to_string());
+            } else if let Some((_, hex)) = line.split_once("router certificate SHA-256 (set as worker.router_cert_sha256): ") {
+                pin = Some(hex.trim().to_string());
+            }
+        }
+        // Its worker (built-in test engine, simulated TEE) dials this replica.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let engine_url = format!("http://{}", listener.local_addr().unwrap());
+        let s = stop.clone();
+        tokio::spawn(test_engine::serve(listener, test_engine::TestEngine::new(test_engine::EngineConfig::default()), async move { s.cancelled().await }));
+        let agent = worker_agent::WorkerAgent::new(
+            worker_agent::WorkerConfig { worker_id: format!("w{i}"), engine_url, health_interval_ms: 200, ..Default::default() },
+            worker_agent::WorkerTee::simulated().unwrap(),
+        )
+        .unwrap();
+        let link = worker_agent::net::RouterLink { url: workers.unwrap(), cert_sha256: pin.unwrap() };
+        tokio::spawn(worker_agent::net::run(agent, link, Duration::from_secs(10), stop.clone()));
+        let base = format!("http://127.0.0.1:{port}/v1");
+        let t0 = Instant::now();
+        while common_http_status(&format!("http://127.0.0.1:{port}/readyz")).await != Some(200) {
+            assert!(t0.elapsed() < Duration::from_secs(20), "replica {i} never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        replicas.push((child, base, dir));
+    }
+
+    // Two clients per replica.
+    let meter = Arc::new(cocoon::metering::LedgerMeter::new(ledger.clone(), Duration::from_secs(3)));
+    let mut loads = Vec::new();
+    let load_stop = CancellationToken::new();
+    for (_, base, _) in &replicas {
+        let net = Arc::new(Net {
+            base: base.clone(),
+            key: key.clone(),
+            ledger: ledger.clone(),
+            meter: meter.clone(),
+            router: None,
+            engines: Vec::new(),
+            stop: stop.clone(),
+        });
+        loads.push((net.clone(), load(net, 2, load_stop.clone())));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed_at = Duration::from_secs(2);
+    let (mut dead, _, _) = replicas.remove(0);
+    dead.kill().unwrap();
+    let _ = dead.wait();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    load_stop.cancel();
+    let mut per_replica = Vec::new();
+    for (net, (records, tasks)) in loads {
+        for t in tasks {
+            t.await.unwrap();
+        }
+        per_replica.push((net, records.lock().unwrap().clone()));
+    }
+
+    // The killed replica: everything ended fast, nothing hung; after the kill, refused.
+    let (_, a) = &per_replica[0];
+    for r in a {
+        assert!(r.took < Duration::from_secs(5), "a client of the killed replica waited {:?}: {r:?}", r.took);
+    }
+    let a_after: Vec<&Record> = a.iter().filter(|r| r.at > killed_at + Duration::from_millis(500)).collect();
+    assert!(!a_after.is_empty() && a_after.iter().all(|r| matches!(r.outcome, Outcome::Broken(_))), "{a_after:?}");
+    // The survivor: every request completed, before and after the kill.
+    let (_, b) = &per_replica[1];
+    assert!(b.len() >= 10);
+    for r in b {
+        assert!(matches!(r.outcome, Outcome::Completed { .. }), "the surviving replica failed a request: {r:?}");
+    }
+    eprintln!(
+        "replica killed: its clients sent {} requests ({} completed before the kill, {} cut or refused); the survivor completed {} of {}",
+        a.len(),
+        a.iter().filter(|r| matches!(r.outcome, Outcome::Completed { .. })).count(),
+        a.iter().filter(|r| matches!(r.outcome, Outcome::Broken(_))).count(),
+        b.iter().filter(|r| matches!(r.outcome, Outcome::Completed { .. })).count(),
+        b.len()
+    );
+    // The dead replica's open holds are released by the survivor's reaper (TTL 3 s).
+    let t0 = Instant::now();
+    loop {
+        let bal = ledger.balance(client).await.unwrap();
+        if bal.held == 0 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(15), "holds of the killed replica were never released: {bal:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Every answer a client saw complete, on either replica, charged once.
+    let mut seen = std::collections::HashSet::new();
+    for (_, records) in &per_replica {
+        for r in records {
+            if let Outcome::Completed { job, cost } = &r.outcome {
+                assert!(seen.insert(*job));
+                let receipt = ledger.receipt(*job).await.unwrap().unwrap_or_else(|| panic!("completed job {job} not charged"));
+                if let Some(c) = cost {
+                    assert_eq!(receipt.billed.charge, *c);
+                }
+            }
+        }
+    }
+    assert!(ledger.check().await.unwrap().is_empty());
+    for (mut child, _, _) in replicas {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    stop.cancel();
+    drop(redis);
+    db.drop_it().await;
+}
+
+/// The `cocoon` binary next to this test executable (target/<profile>/), or `COCOON_BIN`.
+fn common_bin() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("COCOON_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(std::path::Path::parent).unwrap().join("cocoon");
+    assert!(bin.exists(), "{} is missing: run `cargo build -p cocoon` or set COCOON_BIN", bin.display());
+    bin
+}
+
+async fn common_http_status(url: &str) -> Option<u16> {
+    reqwest::Client::new().get(url).timeout(Duration::from_secs(2)).send().await.ok().map(|r| r.status().as_u16())
 }
