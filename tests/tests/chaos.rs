@@ -127,6 +127,8 @@ struct Net {
     /// The engines of w1 and w2.
     engines: Vec<Arc<test_engine::TestEngine>>,
     stop: CancellationToken,
+    /// The gateway's data dir, removed with the network.
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// A TCP relay that can stall: while paused it forwards nothing either way (the bytes wait
@@ -188,10 +190,10 @@ async fn network(db: &Db, tweak: impl FnOnce(&mut cocoon::Config)) -> Net {
 
 /// As [`network`]; with `relay`, w2 reaches the router through it (it is started here).
 async fn network_via(database_url: &str, tweak: impl FnOnce(&mut cocoon::Config), relay: Option<&mut Option<StallingRelay>>) -> Net {
-    let dir = tempfile::tempdir().unwrap().keep();
+    let dir = tempfile::tempdir().unwrap();
     let mut cfg = cocoon::Config::default();
     cfg.environment = cocoon::config::Environment::Development;
-    cfg.data_dir = dir;
+    cfg.data_dir = dir.path().to_path_buf();
     cfg.log = "warn".into();
     cfg.gateway.listen = "127.0.0.1:0".into();
     cfg.gateway.metrics_listen = Some("127.0.0.1:0".into());
@@ -241,7 +243,7 @@ async fn network_via(database_url: &str, tweak: impl FnOnce(&mut cocoon::Config)
         assert!(t0.elapsed() < Duration::from_secs(20), "workers did not join");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Net { base: format!("http://{}/v1", gw.addr), key, ledger, meter, router: Some(router), engines, stop }
+    Net { base: format!("http://{}/v1", gw.addr), key, ledger, meter, router: Some(router), engines, stop, _dir: Some(dir) }
 }
 
 #[derive(Debug, Clone)]
@@ -312,7 +314,7 @@ fn load(net: Arc<Net>, tasks: usize, stop: CancellationToken) -> (Arc<Mutex<Vec<
                 let mut n = 0usize;
                 while !stop.is_cancelled() {
                     let started = Instant::now();
-                    let outcome = one(&http, &net, (i + n) % 2 == 0).await;
+                    let outcome = one(&http, &net, (i + n).is_multiple_of(2)).await;
                     let failed = !matches!(outcome, Outcome::Completed { .. });
                     records.lock().unwrap().push(Record { at: started - t0, took: started.elapsed(), outcome });
                     n += 1;
@@ -707,6 +709,7 @@ async fn killing_one_gateway_replica_under_load_leaves_the_other_serving_and_the
             router: None,
             engines: Vec::new(),
             stop: stop.clone(),
+            _dir: None,
         });
         loads.push((net.clone(), load(net, 2, load_stop.clone())));
     }

@@ -47,7 +47,7 @@ enum KeysCmd {
         #[arg(long, value_parser = clap::value_parser!(u32).range(1000..=1_000_000))]
         max_price_coefficient: Option<u32>,
     },
-    /// List keys: id, name, account, limits, created by, state.
+    /// List keys: id, name, account, limits, controls, created by, state.
     List {
         /// Only this account's keys.
         #[arg(long)]
@@ -104,8 +104,15 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
         }
         KeysCmd::List { account } => {
             for k in store.list(account.as_deref()).await? {
+                let mut controls = Vec::new();
+                if let Some(m) = &k.controls.allowed_models {
+                    controls.push(format!("models={}", m.join(",")));
+                }
+                if let Some(c) = k.controls.max_price_coefficient {
+                    controls.push(format!("max_price_coefficient={c}"));
+                }
                 println!(
-                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
                     k.id,
                     k.name,
                     k.account,
@@ -113,6 +120,7 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
                         "rpm={} tpm={}",
                         l.requests_per_minute, l.tokens_per_minute
                     )),
+                    if controls.is_empty() { "all models".to_string() } else { controls.join(" ") },
                     k.created_by,
                     if k.revoked { "revoked" } else { "active" }
                 );
