@@ -216,6 +216,16 @@ impl Call {
         if !self.state.router.knows_model(&valid.model) || !self.principal.may_use(&valid.model) {
             return Err(ApiError::ModelNotFound(valid.model));
         }
+        if asks_for_tools(&obj) && self.state.router.tool_calls(&valid.model) == Some(false) {
+            return Err(ApiError::InvalidRequest {
+                message: format!(
+                    "The model `{}` cannot call tools on this network: no engine serving it can make tool calls (llama-server: the model's chat template has no tool support, so it would answer in plain text; vLLM: started without --enable-auto-tool-choice). Send the request without `tools`, or with `tool_choice: \"none\"`.",
+                    valid.model
+                ),
+                param: Some("tools".into()),
+                code: Some("unsupported_parameter"),
+            });
+        }
         tracing::Span::current().record("model", valid.model.as_str());
         self.model = Some(valid.model.clone());
         Ok(Validated { valid, raw, obj })
@@ -466,6 +476,13 @@ impl Call {
         }
         resp
     }
+}
+
+/// Whether a chat or Responses request asks the model for tool calls: some `tools`, and a
+/// `tool_choice` other than "none".
+fn asks_for_tools(obj: &serde_json::Map<String, serde_json::Value>) -> bool {
+    let has_tools = obj.get("tools").and_then(serde_json::Value::as_array).is_some_and(|t| !t.is_empty());
+    has_tools && obj.get("tool_choice").and_then(serde_json::Value::as_str) != Some("none")
 }
 
 /// Chat-template tokens a prompt may have beyond one per body byte.

@@ -414,6 +414,24 @@ impl Router {
         self.read().iter().any(|w| w.serves(model))
     }
 
+    /// Whether `model` can call tools here: `Some(false)` only when every worker serving it
+    /// reports it cannot (its engine would ignore `tools`), `Some(true)` when one reports it
+    /// can, `None` when none says.
+    pub fn tool_calls(&self, model: &str) -> Option<bool> {
+        let reports: Vec<Option<bool>> = self
+            .read()
+            .iter()
+            .flat_map(|w| w.info.models.iter().filter(|m| m.id == model).map(|m| m.tool_calls))
+            .collect();
+        if reports.contains(&Some(true)) {
+            Some(true)
+        } else if !reports.is_empty() && reports.iter().all(|r| *r == Some(false)) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
     /// The context length (tokens) every worker serving `model` can hold, where they report
     /// one: the smallest.
     pub fn context_len(&self, model: &str) -> Option<u32> {

@@ -518,6 +518,24 @@ async fn one_worker_serves_streams_and_survives_its_engine_crashing() {
     samples.extend(chunks.into_iter().map(|c| ("CompletionChunk", c)));
     validate_with_openai_schema(&samples);
 
+    // Honest capabilities: SmolLM2's chat template has no tool support, so llama-server would
+    // answer `tool_choice: "required"` in plain text. The worker reads that from /props and
+    // the gateway refuses the request instead; without tools, or with "none", it is served.
+    let weather = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    let r = gw
+        .post("chat/completions", &json!({"model": model, "max_tokens": 4, "tools": weather, "tool_choice": "required",
+                                          "messages": [{"role": "user", "content": "Weather in Paris?"}]}))
+        .await;
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["param"], "tools", "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("cannot call tools"), "{e}");
+    let r = gw
+        .post("chat/completions", &json!({"model": model, "max_tokens": 4, "tools": weather, "tool_choice": "none",
+                                          "messages": [{"role": "user", "content": "Weather in Paris?"}]}))
+        .await;
+    assert_eq!(r.status(), 200);
+
     // Kill the engine mid-stream: the client gets an error, not a hang or a fake [DONE].
     let first_pid = w
         .engine_pid()

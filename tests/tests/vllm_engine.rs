@@ -334,7 +334,8 @@ async fn a_hung_vllm_is_restarted_and_its_requests_move() {
     let a = Worker::start(&gw, "a", None).await;
     let b = Worker::start(&gw, "b", None).await;
     gw.wait_workers(2, &[&a, &b]).await;
-    // Item 1 without a parser: vLLM's own 400 for "auto" tool choice reaches the client.
+    // Item 1 without a parser: the worker reports that this vLLM cannot call tools, and the
+    // gateway refuses the request before routing it (it names the missing vLLM flag).
     let tools = json!({"model": MODEL, "messages": [{"role": "user", "content": "weather?"}],
         "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]});
     let r = gw.post("chat/completions", &tools).await;

@@ -159,6 +159,22 @@ impl EngineClient {
         crate::engine_load::parse_props(&resp.bytes().await.ok()?).0
     }
 
+    /// Whether the engine can call tools, where that is known: vLLM's from the flags it was
+    /// started with (`--enable-auto-tool-choice`), llama-server's from its `/props`.
+    pub async fn tool_calls(&self) -> Option<bool> {
+        match self.kind {
+            Some(EngineProcessKind::Vllm) => Some(self.facts().tool_calls),
+            Some(EngineProcessKind::LlamaServer) => {
+                let resp = self.http.get(format!("{}/props", self.base)).timeout(Duration::from_secs(2)).send().await.ok()?;
+                if !resp.status().is_success() {
+                    return None;
+                }
+                crate::engine_load::parse_template_tools(&resp.bytes().await.ok()?)
+            }
+            Some(EngineProcessKind::Command) | None => None,
+        }
+    }
+
     fn quirks(&self) -> Quirks {
         match self.kind {
             Some(EngineProcessKind::LlamaServer) => Quirks::LLAMA_SERVER,

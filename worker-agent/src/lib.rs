@@ -141,8 +141,7 @@ impl WorkerAgent {
                 "advertising the engine's parallelism as this worker's slots"
             );
         }
-        if self.engine.kind() == Some(config::EngineProcessKind::Vllm) {
-            let tools = self.engine.facts().tool_calls;
+        if let Some(tools) = self.engine.tool_calls().await {
             for m in &mut models {
                 m.tool_calls = Some(tools);
             }
