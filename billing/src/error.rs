@@ -68,6 +68,13 @@ impl Error {
     /// Transient database conflicts (Postgres serialization failure or deadlock, SQLite
     /// busy/locked). The ledger already retries these a few times itself; a caller that
     /// still sees one may retry the whole call, every call being idempotent by its key.
+    /// A Postgres serialization failure or detected deadlock: the transaction was chosen to
+    /// abort (a deadlock only after `deadlock_timeout`, 1 s by default), and running it again
+    /// is the cure whatever time it took.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Database(sqlx::Error::Database(db)) if matches!(db.code().as_deref(), Some("40001") | Some("40P01")))
+    }
+
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Database(sqlx::Error::Database(db)) => {

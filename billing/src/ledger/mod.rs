@@ -37,11 +37,12 @@ static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
 /// SQLite busy) before the error is returned.
 const MAX_ATTEMPTS: u32 = 5;
 
-/// A conflict reported sooner than this is transient (a deadlock broken, SQLite's immediate
-/// `SQLITE_BUSY` on a snapshot) and worth retrying. One that took longer already waited out
-/// the database's own wait (SQLite's 10 s `busy_timeout`: another process holds the write
-/// lock): retrying would only multiply that wait, e.g. a capture answer held 50 s instead of
-/// 10 s before it goes to the capture outbox.
+/// A busy database or an exhausted pool that answered sooner than this is transient (SQLite's
+/// immediate `SQLITE_BUSY` on a snapshot) and worth retrying. One that took longer already
+/// waited out the database's own wait (SQLite's 10 s `busy_timeout`: another process holds
+/// the write lock; the pool's `acquire_timeout`: the database is down): retrying would only
+/// multiply that wait, e.g. a capture answer held 50 s instead of 10 s before it goes to the
+/// capture outbox. Postgres conflicts (serialization failure, deadlock) are always retried.
 const RETRY_IF_FAILED_WITHIN: Duration = Duration::from_secs(1);
 
 /// Which database a [`Ledger`] talks to.
@@ -270,7 +271,11 @@ impl Ledger {
         loop {
             let started = std::time::Instant::now();
             match op().await {
-                Err(e) if e.is_retryable() && attempt < MAX_ATTEMPTS && started.elapsed() < RETRY_IF_FAILED_WITHIN => {
+                Err(e)
+                    if e.is_retryable()
+                        && attempt < MAX_ATTEMPTS
+                        && (e.is_conflict() || started.elapsed() < RETRY_IF_FAILED_WITHIN) =>
+                {
                     tracing::debug!(what, attempt, error = %e, "ledger retry");
                     tokio::time::sleep(Duration::from_millis(2u64 << attempt)).await;
                     attempt += 1;
