@@ -24,6 +24,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use cocoon_client::{ClientError, SealedAnswer, SealedClient};
+use gateway::relay::frame;
+use gateway::responses::ResponsesFraming;
 
 /// Bodies larger than this are refused before sealing (the gateway's default cap).
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -182,50 +184,44 @@ async fn whole(mut answer: SealedAnswer) -> Response {
 fn streamed(answer: SealedAnswer, responses: bool) -> Response {
     let worker = answer.worker().worker_id.clone();
     let simulated = answer.worker().insecure_simulated;
+    // A Responses stream is framed as the gateway frames one (`event:` lines, no `[DONE]`),
+    // its terminal event held until the final frame and receipt have checked out.
     let framing = responses.then(ResponsesFraming::default);
     let events = futures::stream::unfold(Some((answer, framing)), |state| async move {
         let (mut answer, mut framing) = state?;
+        let error = |framing: &mut Option<ResponsesFraming>, body: &[u8]| match framing {
+            Some(f) => f.error_body(body),
+            None => frame(body),
+        };
         let chunk = match answer.next_frame().await {
             Some(Ok(Frame::Data { data })) => match framing.as_mut() {
-                Some(f) => f.event(&data),
-                None => sse_data(&data),
+                // A held terminal event yields nothing now (filtered out below).
+                Some(f) => f.event(&data).unwrap_or_default(),
+                None => frame(&data),
             },
             Some(Ok(Frame::Error { status, body })) => {
                 tracing::warn!(status, "the worker failed mid-stream");
-                let out = match framing.as_mut() {
-                    Some(f) => f.error(&body),
-                    None => sse_data(&body),
-                };
-                return Some((Ok::<Bytes, std::convert::Infallible>(out), None));
+                return Some((Ok::<Bytes, std::convert::Infallible>(error(&mut framing, &body)), None));
             }
             Some(Ok(Frame::Final { .. })) => return None,
             Some(Err(e)) => {
                 tracing::error!(error = %e, "sealed stream failed its checks");
                 let body = serde_json::json!({"error": {"message": e.to_string(), "type": "cocoon_verification_error", "param": null, "code": "verification_failed"}});
-                let body = body.to_string().into_bytes();
-                let out = match framing.as_mut() {
-                    Some(f) => f.error(&body),
-                    None => sse_data(&body),
-                };
-                return Some((Ok(out), None));
+                return Some((Ok(error(&mut framing, body.to_string().as_bytes())), None));
             }
             None => {
                 // The final frame was read and the receipt checked: only now the end that
                 // tells the SDK the answer is whole ([DONE], or the held terminal event).
-                let mut end = Vec::new();
-                if let Some(r) = answer.signed_receipt() {
-                    end.extend_from_slice(format!(": cocoon-receipt {}\n\n", r.to_header()).as_bytes());
-                }
-                match framing.as_mut() {
-                    Some(f) => end.extend_from_slice(&f.terminal.take().unwrap_or_default()),
-                    None => end.extend_from_slice(b"data: [DONE]\n\n"),
-                }
-                return Some((Ok(Bytes::from(end)), None));
+                let receipt = answer.signed_receipt().map(|r| Bytes::from(format!(": cocoon-receipt {}\n\n", r.to_header())));
+                let end = match framing.as_mut() {
+                    Some(f) => f.end(receipt),
+                    None => Bytes::from([receipt.unwrap_or_default(), Bytes::from_static(b"data: [DONE]\n\n")].concat()),
+                };
+                return Some((Ok(end), None));
             }
         };
         Some((Ok(chunk), Some((answer, framing))))
     });
-    // A held terminal event yields nothing at its turn: no empty chunk goes out.
     let events = futures::StreamExt::filter(events, |c| std::future::ready(c.as_ref().map_or(true, |b| !b.is_empty())));
     let mut resp = Response::new(Body::from_stream(events));
     let h = resp.headers_mut();
@@ -238,64 +234,6 @@ fn streamed(answer: SealedAnswer, responses: bool) -> Response {
         h.insert("x-cocoon-tee", HeaderValue::from_static("simulated"));
     }
     resp
-}
-
-/// A Responses stream framed as OpenAI does (`event: <type>` before each `data:` line, no
-/// `[DONE]`), with its terminal event (`response.completed` / `response.incomplete`) held
-/// until the final frame and receipt have been checked, as the gateway holds it until the
-/// charge is durable: a stream that fails its checks never ends as a success.
-#[derive(Default)]
-struct ResponsesFraming {
-    last_seq: Option<u64>,
-    terminal: Option<Bytes>,
-}
-
-impl ResponsesFraming {
-    fn event(&mut self, data: &[u8]) -> Bytes {
-        #[derive(serde::Deserialize)]
-        struct Peek {
-            #[serde(rename = "type")]
-            kind: String,
-            #[serde(default)]
-            sequence_number: Option<u64>,
-        }
-        let Ok(p) = serde_json::from_slice::<Peek>(data) else { return sse_data(data) };
-        if p.kind.contains(['\n', '\r']) {
-            return sse_data(data);
-        }
-        if p.sequence_number.is_some() {
-            self.last_seq = p.sequence_number;
-        }
-        let mut b = Vec::with_capacity(data.len() + p.kind.len() + 16);
-        b.extend_from_slice(b"event: ");
-        b.extend_from_slice(p.kind.as_bytes());
-        b.extend_from_slice(b"\n");
-        b.extend_from_slice(&sse_data(data));
-        if matches!(p.kind.as_str(), "response.completed" | "response.incomplete") {
-            self.terminal = Some(Bytes::from(b));
-            return Bytes::new();
-        }
-        Bytes::from(b)
-    }
-
-    /// OpenAI's `error` event for an error body (`{"error": {...}}`), numbered after the
-    /// last event; a held terminal event is dropped.
-    fn error(&mut self, body: &[u8]) -> Bytes {
-        self.terminal = None;
-        let e = serde_json::from_slice::<serde_json::Value>(body).ok().and_then(|v| v.get("error").cloned()).unwrap_or_default();
-        let field = |k: &str| e.get(k).cloned().unwrap_or(serde_json::Value::Null);
-        let seq = self.last_seq.map_or(0, |s| s + 1);
-        let ev = serde_json::json!({"type": "error", "code": field("code"), "message": field("message"), "param": field("param"), "sequence_number": seq});
-        self.event(ev.to_string().as_bytes())
-    }
-}
-
-fn sse_data(data: &[u8]) -> Bytes {
-    let mut b = Vec::with_capacity(data.len() + 8);
-    b.extend_from_slice(b"data: ");
-    b.extend_from_slice(data);
-    b.extend_from_slice(b"\n\n");
-    Bytes::from(b)
 }
 
 /// Serves [`app`] on `listener` until `stop`.

@@ -26,7 +26,7 @@ pub mod server;
 pub mod state;
 pub mod validate;
 pub mod validate_responses;
-pub(crate) mod responses;
+pub mod responses;
 
 pub use config::GatewayConfig;
 pub use error::ApiError;

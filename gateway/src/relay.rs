@@ -147,7 +147,8 @@ enum Phase {
 
 const KEEPALIVE: &[u8] = b": keep-alive\n\n";
 
-pub(crate) fn frame(data: &[u8]) -> Bytes {
+/// One SSE event carrying `data` as its `data:` line.
+pub fn frame(data: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(data.len() + 8);
     b.put_slice(b"data: ");
     b.put_slice(data);

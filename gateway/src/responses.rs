@@ -6,7 +6,9 @@
 //! the terminal event (`response.completed` or `response.incomplete`) waits until the
 //! charge is durable, so a stream whose capture fails never ends as a success; the receipt
 //! comment precedes it. A failure mid-stream becomes OpenAI's `error` event, numbered after
-//! the last event relayed.
+//! the last event relayed. `cocoon client-proxy` frames the Responses streams it opens
+//! (end to end sealed) with the same code, holding the terminal event until the answer's
+//! final frame and receipt have been checked.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -14,7 +16,7 @@ use crate::error::ApiError;
 
 /// Per-stream state of the framing.
 #[derive(Default)]
-pub(crate) struct ResponsesFraming {
+pub struct ResponsesFraming {
     /// The `sequence_number` of the last event relayed.
     last_seq: Option<u64>,
     /// The terminal event, held until the capture is durable.
@@ -41,10 +43,12 @@ fn event_frame(kind: &str, data: &[u8]) -> Bytes {
 
 impl ResponsesFraming {
     /// One event from the worker as SSE; `None` for the terminal event, which is held.
-    pub(crate) fn event(&mut self, data: &[u8]) -> Option<Bytes> {
-        let Ok(p) = serde_json::from_slice::<Peek>(data) else {
+    pub fn event(&mut self, data: &[u8]) -> Option<Bytes> {
+        let p = match serde_json::from_slice::<Peek>(data) {
+            // A type that would break the `event:` line cannot be one.
+            Ok(p) if !p.kind.contains(['\n', '\r']) => p,
             // Not an event the worker makes; relayed as a bare `data:` line rather than lost.
-            return Some(crate::relay::frame(data));
+            _ => return Some(crate::relay::frame(data)),
         };
         if p.sequence_number.is_some() {
             self.last_seq = p.sequence_number;
@@ -58,7 +62,7 @@ impl ResponsesFraming {
     }
 
     /// The end of a stream whose charge is durable: the receipt comment, then the held event.
-    pub(crate) fn end(&mut self, receipt: Option<Bytes>) -> Bytes {
+    pub fn end(&mut self, receipt: Option<Bytes>) -> Bytes {
         let mut b = BytesMut::new();
         if let Some(r) = receipt {
             b.put_slice(&r);
@@ -70,9 +74,15 @@ impl ResponsesFraming {
     }
 
     /// OpenAI's `error` stream event for a failure.
-    pub(crate) fn error(&mut self, err: &ApiError) -> Bytes {
+    pub fn error(&mut self, err: &ApiError) -> Bytes {
+        self.error_body(&err.into_body_json())
+    }
+
+    /// OpenAI's `error` stream event for an OpenAI error body (`{"error": {…}}`), numbered
+    /// after the last event; a held terminal event is dropped.
+    pub fn error_body(&mut self, body: &[u8]) -> Bytes {
         self.terminal = None;
-        let body: serde_json::Value = serde_json::from_slice(&err.into_body_json()).unwrap_or_default();
+        let body: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
         let e = &body["error"];
         let seq = self.last_seq.map_or(0, |s| s + 1);
         self.last_seq = Some(seq);
@@ -100,6 +110,13 @@ mod tests {
         assert!(f.event(br#"{"type":"response.completed","sequence_number":1}"#).is_none());
         let end = f.end(Some(Bytes::from_static(b": cocoon-receipt x\n\n")));
         assert!(end.starts_with(b": cocoon-receipt x\n\nevent: response.completed\n"));
+    }
+
+    #[test]
+    fn a_type_that_would_break_the_event_line_is_relayed_as_bare_data() {
+        let mut f = ResponsesFraming::default();
+        let out = f.event(b"{\"type\":\"x\\ndata: forged\"}").unwrap();
+        assert!(out.starts_with(b"data: {"), "{out:?}");
     }
 
     #[test]
