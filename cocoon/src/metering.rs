@@ -219,14 +219,15 @@ impl LedgerMeter {
 
 #[async_trait]
 impl Meter for LedgerMeter {
-    async fn price(&self, model: &str) -> Result<Option<protocol::openai::ModelPricing>, MeterError> {
-        let p = self.ledger.price(model).await.map_err(unavailable)?;
-        Ok(p.map(|p| protocol::openai::ModelPricing {
-            prompt: p.prompt,
-            cached_prompt: p.cached_prompt,
-            completion: p.completion,
-            reasoning: p.reasoning,
-        }))
+    async fn prices(&self) -> Result<Vec<(String, protocol::openai::ModelPricing)>, MeterError> {
+        let all = self.ledger.prices().await.map_err(unavailable)?;
+        Ok(all
+            .into_iter()
+            .map(|m| {
+                let p = m.price;
+                (m.model, protocol::openai::ModelPricing { prompt: p.prompt, cached_prompt: p.cached_prompt, completion: p.completion, reasoning: p.reasoning })
+            })
+            .collect())
     }
 
     async fn hold(&self, req: &HoldRequest) -> Result<(), MeterError> {

@@ -170,9 +170,9 @@ pub trait Meter: Send + Sync + 'static {
     async fn usage(&self, account: &str, limit: u32) -> Result<Vec<UsageRecord>, MeterError>;
     /// Worker `worker`'s earnings and its most recent payouts.
     async fn worker_earnings(&self, worker: &str) -> Result<WorkerEarnings, MeterError>;
-    /// The price of `model`, if one is set (for `/v1/models`).
-    async fn price(&self, _model: &str) -> Result<Option<protocol::openai::ModelPricing>, MeterError> {
-        Ok(None)
+    /// Every model's price that is set, by model id (for `/v1/models`).
+    async fn prices(&self) -> Result<Vec<(String, protocol::openai::ModelPricing)>, MeterError> {
+        Ok(Vec::new())
     }
 }
 

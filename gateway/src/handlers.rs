@@ -113,32 +113,44 @@ pub async fn stored_response_action(_p: Principal, Path(id): Path<String>) -> Ap
     no_stored_response(&id)
 }
 
-/// A model as OpenAI lists it, with what the network knows of it in `x_cocoon`.
-async fn model_object(state: &AppState, m: protocol::ModelInfo) -> Model {
-    let serving: Vec<_> = state.router.snapshot().into_iter().filter(|w| w.available && w.models.contains(&m.id)).collect();
-    let mut tee: Vec<String> = serving.iter().map(|w| w.tee.clone()).collect();
-    tee.sort();
-    tee.dedup();
-    // Best effort: a ledger that cannot be read leaves the price out, not the model list.
-    let pricing = match &state.meter {
-        Some(meter) => meter.price(&m.id).await.unwrap_or_else(|e| {
-            tracing::warn!(model = %m.id, error = %e, "cannot read the model's price for /v1/models");
-            None
-        }),
-        None => None,
-    };
-    let ext = protocol::openai::ModelExtensions {
-        workers: u32::try_from(serving.len()).unwrap_or(u32::MAX),
-        tee,
-        context_length: state.router.context_len(&m.id),
-        pricing,
-    };
-    Model {
-        id: m.id,
-        object: "model".into(),
-        created: m.created,
-        owned_by: if m.owned_by.is_empty() { "cocoon".into() } else { m.owned_by },
-        x_cocoon: Some(ext),
+/// What `x_cocoon` is made from, read once per request: the workers and the price list.
+struct ModelFacts {
+    workers: Vec<router::WorkerSnapshot>,
+    prices: std::collections::HashMap<String, protocol::openai::ModelPricing>,
+}
+
+impl ModelFacts {
+    async fn read(state: &AppState) -> Self {
+        // Best effort: a ledger that cannot be read leaves the prices out, not the models.
+        let prices = match &state.meter {
+            Some(meter) => meter.prices().await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read model prices for /v1/models");
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
+        Self { workers: state.router.snapshot(), prices: prices.into_iter().collect() }
+    }
+
+    /// A model as OpenAI lists it, with what the network knows of it in `x_cocoon`.
+    fn model(&self, state: &AppState, m: protocol::ModelInfo) -> Model {
+        let serving: Vec<_> = self.workers.iter().filter(|w| w.available && w.models.contains(&m.id)).collect();
+        let mut tee: Vec<String> = serving.iter().map(|w| w.tee.clone()).collect();
+        tee.sort();
+        tee.dedup();
+        let ext = protocol::openai::ModelExtensions {
+            workers: u32::try_from(serving.len()).unwrap_or(u32::MAX),
+            tee,
+            context_length: state.router.context_len(&m.id),
+            pricing: self.prices.get(&m.id).copied(),
+        };
+        Model {
+            id: m.id,
+            object: "model".into(),
+            created: m.created,
+            owned_by: if m.owned_by.is_empty() { "cocoon".into() } else { m.owned_by },
+            x_cocoon: Some(ext),
+        }
     }
 }
 
@@ -148,10 +160,8 @@ async fn model_object(state: &AppState, m: protocol::ModelInfo) -> Model {
     security(("bearer" = []))
 )]
 pub async fn list_models(State(state): State<AppState>, p: Principal) -> Json<ModelList> {
-    let mut data = Vec::new();
-    for m in state.router.models().into_iter().filter(|m| p.may_use(&m.id)) {
-        data.push(model_object(&state, m).await);
-    }
+    let facts = ModelFacts::read(&state).await;
+    let data = state.router.models().into_iter().filter(|m| p.may_use(&m.id)).map(|m| facts.model(&state, m)).collect();
     Json(ModelList { object: "list".into(), data })
 }
 
@@ -163,7 +173,7 @@ pub async fn list_models(State(state): State<AppState>, p: Principal) -> Json<Mo
 )]
 pub async fn get_model(State(state): State<AppState>, p: Principal, Path(id): Path<String>) -> Result<Json<Model>, ApiError> {
     let m = state.router.models().into_iter().find(|m| m.id == id && p.may_use(&m.id)).ok_or(ApiError::ModelNotFound(id))?;
-    Ok(Json(model_object(&state, m).await))
+    Ok(Json(ModelFacts::read(&state).await.model(&state, m)))
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "The process is up")))]
