@@ -46,9 +46,10 @@ pub enum ApiError {
     #[error("Rate limits cannot be checked right now; retry shortly")]
     LimiterUnavailable,
     /// The ledger's database cannot be reached or written: no hold could be placed, or an
-    /// answer's capture could be neither written nor journalled, so the answer is withheld.
-    /// Nothing is charged; the cause is logged, not sent.
-    #[error("The ledger is unavailable right now, so this request cannot be billed: it was not served and nothing was charged; retry shortly")]
+    /// answer's capture could be neither written nor journalled. A whole answer is then
+    /// withheld; a stream, whose chunks already went out, ends with this error instead of its
+    /// end. Nothing is charged; the cause is logged, not sent.
+    #[error("The ledger is unavailable right now, so this request could not be billed and has failed; nothing was charged. Retry shortly")]
     LedgerUnavailable(String),
     #[error("The request body did not arrive within {0:?}")]
     BodyTimeout(std::time::Duration),
