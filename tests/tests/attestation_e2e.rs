@@ -39,14 +39,7 @@ async fn dev_network_seals_jobs_and_marks_simulated_answers() {
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
 
     // Both jobs travelled sealed (HPKE) to the worker's attested key.
-    let metrics = common::http()
-        .get(format!("http://{}/metrics", net.gateway_metrics_addr.unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(net.gateway_metrics_addr.unwrap()).await;
     let sealed: f64 = metrics
         .lines()
         .find(|l| l.starts_with("cocoon_router_jobs_sealed_total"))

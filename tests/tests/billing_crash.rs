@@ -30,7 +30,6 @@ use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use sqlx::Connection;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
@@ -45,49 +44,6 @@ const HOLD_TTL_SECS: u64 = 4;
 /// restarted gateway during its start-up).
 const ROUNDS: usize = 10;
 const LOAD_TASKS: usize = 4;
-
-/// A fresh database on the local Postgres, dropped at the end of a passing run (a failing
-/// run leaves it for inspection and prints its name).
-struct Db {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl Db {
-    async fn create() -> Db {
-        sqlx::any::install_default_drivers();
-        let admin = std::env::var("BILLING_TEST_PG_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let name = format!(
-            "cocoon_crash_{}_{}",
-            std::process::id(),
-            Uuid::new_v4().simple()
-        );
-        let mut conn = sqlx::AnyConnection::connect(&admin)
-            .await
-            .unwrap_or_else(|e| panic!("Postgres at {admin} (set BILLING_TEST_PG_URL): {e}"));
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        conn.close().await.unwrap();
-        let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
-        let url = format!("{base}/{name}");
-        Db { admin, name, url }
-    }
-
-    async fn drop_it(self) {
-        let mut conn = sqlx::AnyConnection::connect(&self.admin).await.unwrap();
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    }
-}
 
 /// The two processes, their settings and logs.
 struct Procs {
@@ -342,7 +298,7 @@ async fn sigkilled_gateway_and_worker_never_lose_or_double_a_charge() {
     eprintln!("billing_crash: CRASH_SEED={seed}");
     let mut rng = StdRng::seed_from_u64(seed);
 
-    let db = Db::create().await;
+    let db = common::PgDb::create("cocoon_crash").await;
     eprintln!("billing_crash: database {}", db.name);
     let tmp = tempfile::tempdir().unwrap();
     let (gw_dir, wk_dir) = (tmp.path().join("gateway"), tmp.path().join("worker"));

@@ -393,14 +393,7 @@ async fn a_worker_reporting_usage_beyond_the_request_is_charged_the_bound_and_fl
     assert_eq!(receipt.usage.completion_tokens, 8, "billed at the request's max_tokens, not the report");
     assert_eq!(receipt.billed.charge, cost);
     assert_eq!(before.total - dev_balance(&l, "dev").await.total, cost);
-    let metrics = common::http()
-        .get(format!("http://{}/metrics", net.gateway_metrics_addr.unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(net.gateway_metrics_addr.unwrap()).await;
     let alarm = metrics
         .lines()
         .find(|l| l.starts_with("cocoon_gateway_usage_over_bounds_total{") && l.contains(&format!("worker=\"{}\"", net.router.snapshot()[0].worker_id)))

@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::time::Duration;
 
 use billing::{AccountKind, Ledger, LedgerOptions, Price};
@@ -13,63 +15,33 @@ use gateway::billing::{HoldRequest, Meter, MeterError};
 use sqlx::Connection;
 use uuid::Uuid;
 
-struct Db {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl Db {
-    async fn create() -> Db {
-        sqlx::any::install_default_drivers();
-        let admin = std::env::var("BILLING_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let name = format!("cocoon_outbox_{}", Uuid::new_v4().simple());
-        let mut conn = sqlx::AnyConnection::connect(&admin).await.unwrap_or_else(|e| panic!("Postgres at {admin}: {e}"));
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
-        conn.close().await.unwrap();
-        let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
-        Db { url: format!("{base}/{name}"), admin, name }
-    }
-
-    /// Makes the database refuse every connection (and ends the open ones), or accept again:
-    /// to the ledger, the same as its server going down and coming back.
-    async fn allow(&self, allow: bool) {
-        let mut conn = sqlx::AnyConnection::connect(&self.admin).await.unwrap();
-        sqlx::query(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS {allow}", self.name)).execute(&mut conn).await.unwrap();
-        if !allow {
-            sqlx::query(&format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'", self.name))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-        }
-    }
-
-    async fn drop_it(self) {
-        let mut conn = sqlx::AnyConnection::connect(&self.admin).await.unwrap();
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut conn).await.unwrap();
-    }
-}
-
-#[tokio::test]
-async fn a_capture_the_ledger_cannot_take_lands_from_the_outbox_exactly_once() {
-    let db = Db::create().await;
-    let opts = LedgerOptions { acquire_timeout: Duration::from_secs(2), ..Default::default() };
-    let ledger = Ledger::connect(&db.url, opts.clone()).await.unwrap();
+/// One held request on `ledger`, about to be captured: alice (1,000,000 nanoTON) holds job
+/// for model "m"; the worker account w1 exists (as once a worker has served). Returns the
+/// meter (its outbox in `dir`), alice's and w1's accounts, the job and the usage to capture.
+async fn held(ledger: &Ledger, dir: &std::path::Path) -> (cocoon::metering::LedgerMeter, billing::AccountId, billing::AccountId, Uuid, protocol::Usage) {
     ledger.set_price("m", Price { prompt: 1_000_000_000, cached_prompt: 0, completion: 2_000_000_000, reasoning: 0 }).await.unwrap();
     let client = ledger.ensure_account(AccountKind::Client, "alice").await.unwrap();
     ledger.credit(client, 1_000_000, "seed", "test").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let outbox = dir.path().join("capture-outbox.jsonl");
-    let meter = cocoon::metering::LedgerMeter::new(ledger.clone(), Duration::from_secs(3600)).with_outbox(outbox.clone());
-
+    let meter = cocoon::metering::LedgerMeter::new(ledger.clone(), Duration::from_secs(3600)).with_outbox(dir.join("capture-outbox.jsonl"));
     let job = Uuid::new_v4();
     meter
         .hold(&HoldRequest { job_id: job, account: "alice".into(), model: "m".into(), prompt_tokens: 10, completion_tokens: 20, max_coefficient: 1000 })
         .await
         .unwrap();
-    // The worker account exists before the outage (as it does once a worker has served).
-    let worker_acct = ledger.ensure_account(AccountKind::Worker, "w1").await.unwrap();
+    let worker = ledger.ensure_account(AccountKind::Worker, "w1").await.unwrap();
     let usage = protocol::Usage { prompt_tokens: 10, completion_tokens: 7, total_tokens: 17, ..Default::default() };
+    (meter, client, worker, job, usage)
+}
+
+#[tokio::test]
+async fn a_capture_the_ledger_cannot_take_lands_from_the_outbox_exactly_once() {
+    let db = common::PgDb::create("cocoon_outbox").await;
+    let opts = LedgerOptions { acquire_timeout: Duration::from_secs(2), ..Default::default() };
+    let ledger = Ledger::connect(&db.url, opts.clone()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = dir.path().join("capture-outbox.jsonl");
+    // The worker account exists before the outage (as it does once a worker has served).
+    let (meter, client, worker_acct, job, usage) = held(&ledger, dir.path()).await;
 
     db.allow(false).await;
     let started = tokio::time::Instant::now();
@@ -101,7 +73,7 @@ async fn a_capture_the_ledger_cannot_take_lands_from_the_outbox_exactly_once() {
     assert_eq!(earned.jobs, 1);
     // Draining again (or the original capture retried) changes nothing.
     assert_eq!(meter2.drain_outbox().await, 0);
-    assert!(matches!(meter2.capture(job, "w1", 1000, &usage, None).await, Ok(_)));
+    assert!(meter2.capture(job, "w1", 1000, &usage, None).await.is_ok());
     assert_eq!(ledger2.balance(client).await.unwrap().total, b.total, "captured exactly once");
     assert!(ledger2.check().await.unwrap().is_empty(), "ledger invariants hold");
     drop((meter, meter2, ledger, ledger2));
@@ -112,7 +84,7 @@ async fn a_capture_the_ledger_cannot_take_lands_from_the_outbox_exactly_once() {
 async fn a_capture_the_ledger_refuses_is_not_deferred() {
     // An unknown hold is the request's fault, not the database's: retrying cannot help, so
     // it is reported, not written to the outbox.
-    let db = Db::create().await;
+    let db = common::PgDb::create("cocoon_outbox").await;
     let ledger = Ledger::connect(&db.url, LedgerOptions::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let meter = cocoon::metering::LedgerMeter::new(ledger.clone(), Duration::from_secs(3600)).with_outbox(dir.path().join("o.jsonl"));
@@ -133,18 +105,7 @@ async fn a_capture_while_the_sqlite_ledger_is_locked_lands_from_the_outbox_exact
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}?mode=rwc", dir.path().join("ledger.db").display());
     let ledger = Ledger::connect(&url, LedgerOptions::default()).await.unwrap();
-    ledger.set_price("m", Price { prompt: 1_000_000_000, cached_prompt: 0, completion: 2_000_000_000, reasoning: 0 }).await.unwrap();
-    let client = ledger.ensure_account(AccountKind::Client, "alice").await.unwrap();
-    ledger.credit(client, 1_000_000, "seed", "test").await.unwrap();
-    let outbox = dir.path().join("capture-outbox.jsonl");
-    let meter = cocoon::metering::LedgerMeter::new(ledger.clone(), Duration::from_secs(3600)).with_outbox(outbox.clone());
-    let job = Uuid::new_v4();
-    meter
-        .hold(&HoldRequest { job_id: job, account: "alice".into(), model: "m".into(), prompt_tokens: 10, completion_tokens: 20, max_coefficient: 1000 })
-        .await
-        .unwrap();
-    let worker_acct = ledger.ensure_account(AccountKind::Worker, "w1").await.unwrap();
-    let usage = protocol::Usage { prompt_tokens: 10, completion_tokens: 7, total_tokens: 17, ..Default::default() };
+    let (meter, client, worker_acct, job, usage) = held(&ledger, dir.path()).await;
 
     // Another connection takes the write lock and keeps it.
     let mut locker = sqlx::AnyConnection::connect(&url).await.unwrap();

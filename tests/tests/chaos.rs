@@ -17,6 +17,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,43 +33,6 @@ const MODEL: &str = "cocoon-test";
 const ACCOUNT: &str = "chaos";
 /// The client's own timeout: no request may take longer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// A fresh database on the local Postgres that can be made to refuse every connection.
-struct Db {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl Db {
-    async fn create() -> Db {
-        sqlx::any::install_default_drivers();
-        let admin = std::env::var("BILLING_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let name = format!("cocoon_chaos_{}", Uuid::new_v4().simple());
-        let mut conn = sqlx::AnyConnection::connect(&admin).await.unwrap_or_else(|e| panic!("Postgres at {admin}: {e}"));
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
-        let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
-        Db { url: format!("{base}/{name}"), admin, name }
-    }
-
-    /// To the gateway the same as its database server going down (every connection ended,
-    /// new ones refused) and coming back.
-    async fn allow(&self, allow: bool) {
-        let mut conn = sqlx::AnyConnection::connect(&self.admin).await.unwrap();
-        sqlx::query(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS {allow}", self.name)).execute(&mut conn).await.unwrap();
-        if !allow {
-            sqlx::query(&format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'", self.name))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-        }
-    }
-
-    async fn drop_it(self) {
-        let mut conn = sqlx::AnyConnection::connect(&self.admin).await.unwrap();
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut conn).await.unwrap();
-    }
-}
 
 /// A Redis server of the test's own (the shared one must not go down under other tests).
 struct Redis {
@@ -184,7 +149,7 @@ impl StallingRelay {
     }
 }
 
-async fn network(db: &Db, tweak: impl FnOnce(&mut cocoon::Config)) -> Net {
+async fn network(db: &common::PgDb, tweak: impl FnOnce(&mut cocoon::Config)) -> Net {
     network_via(&db.url, tweak, None).await
 }
 
@@ -366,31 +331,56 @@ async fn assert_books(net: &Net, records: &[Record], outage: std::ops::Range<Dur
     assert!(v.is_empty(), "ledger invariants violated: {v:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_going_down_under_load_refuses_fast_loses_nothing_and_recovers() {
-    let db = Db::create().await;
-    let net = Arc::new(network(&db, |_| {}).await);
+/// The run every single-fault test shares: four clients load `net` for 2 s, `fault(true)`
+/// breaks a part, `down_for` later `fault(false)` heals it, then `after()` runs with the load
+/// still on (made only then: a timer made earlier would already have run), and the load stops. Returns every request, the outage (measured from the load's
+/// start) and what `after` returned.
+async fn under_load<F, Fut, A, AFut, T>(net: &Arc<Net>, down_for: Duration, mut fault: F, after: A) -> (Vec<Record>, std::ops::Range<Duration>, T)
+where
+    F: FnMut(bool) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+    A: FnOnce() -> AFut,
+    AFut: std::future::Future<Output = T>,
+{
     let stop = CancellationToken::new();
     let (records, tasks) = load(net.clone(), 4, stop.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let down_at = Instant::now();
-    db.allow(false).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    db.allow(true).await;
+    fault(true).await;
+    tokio::time::sleep(down_for).await;
+    fault(false).await;
     let outage = Duration::from_secs(2)..Duration::from_secs(2) + down_at.elapsed();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let out = after().await;
     stop.cancel();
     for t in tasks {
         t.await.unwrap();
     }
     let records = records.lock().unwrap().clone();
+    (records, outage, out)
+}
+
+/// The refusals in `records`: each 503 `code` with `Retry-After`, each answered within
+/// `within` when given; at least `min` of them, else the fault was not noticed.
+fn refusals<'a>(records: &'a [Record], code: &str, min: usize, within: Option<Duration>) -> Vec<&'a Record> {
     let refused: Vec<&Record> = records.iter().filter(|r| matches!(r.outcome, Outcome::Refused { .. })).collect();
-    assert!(!refused.is_empty(), "nothing was refused while the database was down");
+    assert!(refused.len() >= min, "{} refusals with {code}, expected at least {min}: {refused:?}", refused.len());
     for r in &refused {
-        let Outcome::Refused { status, code, retry_after } = &r.outcome else { unreachable!() };
-        assert_eq!((*status, code.as_str(), *retry_after), (503, "billing_unavailable", true), "{r:?}");
-        assert!(r.took < Duration::from_secs(5), "a refusal took {:?}", r.took);
+        let Outcome::Refused { status, code: got, retry_after } = &r.outcome else { unreachable!() };
+        assert_eq!((*status, got.as_str(), *retry_after), (503, code, true), "{r:?}");
+        if let Some(limit) = within {
+            assert!(r.took < limit, "a refusal took {:?}", r.took);
+        }
     }
+    refused
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_going_down_under_load_refuses_fast_loses_nothing_and_recovers() {
+    let db = common::PgDb::create("cocoon_chaos").await;
+    let net = Arc::new(network(&db, |_| {}).await);
+    let (records, outage, ()) =
+        under_load(&net, Duration::from_secs(4), |down| db.allow(!down), || tokio::time::sleep(Duration::from_secs(5))).await;
+    let refused = refusals(&records, "billing_unavailable", 1, Some(Duration::from_secs(5)));
     let completed = records.iter().filter(|r| matches!(r.outcome, Outcome::Completed { .. })).count();
     eprintln!(
         "postgres outage: {} requests, {completed} completed, {} refused (503 billing_unavailable), broken: {:?}",
@@ -412,7 +402,7 @@ fn broken(records: &[Record]) -> Vec<&str> {
 /// restarted: limits fail closed (503 `rate_limiter_unavailable` with `Retry-After`, within
 /// about a second) or, configured so, open (served unlimited); either way service resumes.
 async fn redis_outage(fail_open: bool) {
-    let db = Db::create().await;
+    let db = common::PgDb::create("cocoon_chaos").await;
     let mut redis = Redis::start();
     let url = redis.url();
     let net = Arc::new(
@@ -423,34 +413,25 @@ async fn redis_outage(fail_open: bool) {
         })
         .await,
     );
-    let stop = CancellationToken::new();
-    let (records, tasks) = load(net.clone(), 4, stop.clone());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let down_at = Instant::now();
-    redis.down();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    redis.up();
-    let outage = Duration::from_secs(2)..Duration::from_secs(2) + down_at.elapsed();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    stop.cancel();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let records = records.lock().unwrap().clone();
-    let refused: Vec<&Record> = records.iter().filter(|r| matches!(r.outcome, Outcome::Refused { .. })).collect();
-    if fail_open {
+    let redis_fault = |down: bool| {
+        if down {
+            redis.down();
+        } else {
+            redis.up();
+        }
+        std::future::ready(())
+    };
+    let (records, outage, ()) = under_load(&net, Duration::from_secs(3), redis_fault, || tokio::time::sleep(Duration::from_secs(5))).await;
+    let refused = if fail_open {
+        let refused = refusals(&records, "rate_limiter_unavailable", 0, None);
         assert!(refused.is_empty(), "fail-open refused: {refused:?}");
         let during = records.iter().filter(|r| r.at > outage.start && r.at < outage.end);
         assert!(during.clone().count() >= 4, "served while Redis was down");
         assert!(during.clone().all(|r| r.took < Duration::from_secs(3)), "slow while Redis was down");
+        refused
     } else {
-        assert!(refused.len() >= 4, "limits were not enforced closed while Redis was down: {refused:?}");
-        for r in &refused {
-            let Outcome::Refused { status, code, retry_after } = &r.outcome else { unreachable!() };
-            assert_eq!((*status, code.as_str(), *retry_after), (503, "rate_limiter_unavailable", true), "{r:?}");
-            assert!(r.took < Duration::from_secs(2), "a refusal took {:?}", r.took);
-        }
-    }
+        refusals(&records, "rate_limiter_unavailable", 4, Some(Duration::from_secs(2)))
+    };
     eprintln!(
         "redis outage (fail_open = {fail_open}): {} requests, {} refused (503 rate_limiter_unavailable), broken: {:?}",
         records.len(),
@@ -479,7 +460,7 @@ async fn redis_going_down_under_load_fails_open_when_configured_then_recovers() 
 /// back (it reconnects) and serves again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_network_stalls_10s_loses_its_jobs_to_the_other_and_comes_back() {
-    let db = Db::create().await;
+    let db = common::PgDb::create("cocoon_chaos").await;
     let mut relay = None;
     let net = Arc::new(
         network_via(
@@ -493,30 +474,27 @@ async fn a_worker_whose_network_stalls_10s_loses_its_jobs_to_the_other_and_comes
         .await,
     );
     let relay = relay.unwrap();
-    let stop = CancellationToken::new();
-    let (records, tasks) = load(net.clone(), 4, stop.clone());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let w2_before = net.engines[1].stats().snapshot().requests_started;
-    assert!(w2_before > 0, "w2 served before the stall");
-    let stalled_at = Instant::now();
-    relay.pause(true);
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    relay.pause(false);
-    let outage = Duration::from_secs(2)..Duration::from_secs(2) + stalled_at.elapsed();
-    // The worker is back (reconnected if the router dropped its link) and gets jobs again.
-    let t0 = Instant::now();
-    let w2_after_heal = net.engines[1].stats().snapshot().requests_started;
-    while net.router.as_ref().unwrap().snapshot().len() < 2 || net.engines[1].stats().snapshot().requests_started <= w2_after_heal {
-        assert!(t0.elapsed() < Duration::from_secs(20), "w2 did not come back: {:?}", net.router.as_ref().unwrap().snapshot());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let back_after = t0.elapsed();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.cancel();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let records = records.lock().unwrap().clone();
+    let stall = |on: bool| {
+        if on {
+            assert!(net.engines[1].stats().snapshot().requests_started > 0, "w2 served before the stall");
+        }
+        relay.pause(on);
+        std::future::ready(())
+    };
+    // After the heal, the worker is back (reconnected if the router dropped its link) and
+    // gets jobs again, with the load still on.
+    let back = || async {
+        let t0 = Instant::now();
+        let w2_after_heal = net.engines[1].stats().snapshot().requests_started;
+        while net.router.as_ref().unwrap().snapshot().len() < 2 || net.engines[1].stats().snapshot().requests_started <= w2_after_heal {
+            assert!(t0.elapsed() < Duration::from_secs(20), "w2 did not come back: {:?}", net.router.as_ref().unwrap().snapshot());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let back_after = t0.elapsed();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        back_after
+    };
+    let (records, outage, back_after) = under_load(&net, Duration::from_secs(10), stall, back).await;
     let during: Vec<&Record> = records.iter().filter(|r| r.at > outage.start && r.at < outage.end).collect();
     let completed_during = during.iter().filter(|r| matches!(r.outcome, Outcome::Completed { .. })).count();
     assert!(completed_during >= 10, "the other worker kept serving during the stall: {completed_during} of {}", during.len());
@@ -553,14 +531,17 @@ impl SmallDisk {
     }
 
     /// Writes a filler file until the disk is full.
-    fn fill(&self) -> std::path::PathBuf {
+    fn fill(&self) {
         use std::io::Write;
-        let path = self.dir.path().join("filler");
-        let mut f = std::fs::File::create(&path).unwrap();
+        let mut f = std::fs::File::create(self.dir.path().join("filler")).unwrap();
         let chunk = vec![0u8; 16 * 1024];
         while f.write_all(&chunk).is_ok() {}
         let _ = f.flush();
-        path
+    }
+
+    /// Removes the filler file.
+    fn free(&self) {
+        std::fs::remove_file(self.dir.path().join("filler")).unwrap();
     }
 }
 
@@ -584,26 +565,16 @@ async fn the_sqlite_ledgers_disk_filling_up_is_a_clear_error_without_corruption(
     let data = disk.dir.path().to_path_buf();
     let db_file = data.join("ledger.db");
     let net = Arc::new(network_via(&format!("sqlite:{}?mode=rwc", db_file.display()), |c| c.data_dir = data.clone(), None).await);
-    let stop = CancellationToken::new();
-    let (records, tasks) = load(net.clone(), 4, stop.clone());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let full_at = Instant::now();
-    let filler = disk.fill();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    std::fs::remove_file(&filler).unwrap();
-    let outage = Duration::from_secs(2)..Duration::from_secs(2) + full_at.elapsed();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    stop.cancel();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let records = records.lock().unwrap().clone();
-    let refused: Vec<&Record> = records.iter().filter(|r| matches!(r.outcome, Outcome::Refused { .. })).collect();
-    assert!(!refused.is_empty(), "nothing was refused while the disk was full");
-    for r in &refused {
-        let Outcome::Refused { status, code, retry_after } = &r.outcome else { unreachable!() };
-        assert_eq!((*status, code.as_str(), *retry_after), (503, "billing_unavailable", true), "{r:?}");
-    }
+    let fill = |full: bool| {
+        if full {
+            disk.fill();
+        } else {
+            disk.free();
+        }
+        std::future::ready(())
+    };
+    let (records, outage, ()) = under_load(&net, Duration::from_secs(3), fill, || tokio::time::sleep(Duration::from_secs(5))).await;
+    let refused = refusals(&records, "billing_unavailable", 1, None);
     // A stream whose capture could not be kept ends with the same error as an event.
     for why in broken(&records) {
         assert!(why.contains("billing_unavailable"), "{why}");
@@ -631,7 +602,7 @@ async fn the_sqlite_ledgers_disk_filling_up_is_a_clear_error_without_corruption(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_one_gateway_replica_under_load_leaves_the_other_serving_and_the_books_whole() {
     use std::io::BufRead;
-    let db = Db::create().await;
+    let db = common::PgDb::create("cocoon_chaos").await;
     let redis = Redis::start();
     // Keys, prices and credit live in the shared database: both replicas see them.
     let ledger = billing::Ledger::connect(&db.url, billing::LedgerOptions::default()).await.unwrap();
@@ -645,8 +616,8 @@ async fn killing_one_gateway_replica_under_load_leaves_the_other_serving_and_the
     let mut replicas = Vec::new();
     for i in 0..2 {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut child = std::process::Command::new(common_bin())
+        let port = common::free_port();
+        let mut child = std::process::Command::new(common::cocoon_bin())
             .arg("gateway")
             .env("COCOON__ENVIRONMENT", "development")
             .env("COCOON__DATA_DIR", dir.path())
@@ -780,17 +751,6 @@ async fn killing_one_gateway_replica_under_load_leaves_the_other_serving_and_the
     stop.cancel();
     drop(redis);
     db.drop_it().await;
-}
-
-/// The `cocoon` binary next to this test executable (target/<profile>/), or `COCOON_BIN`.
-fn common_bin() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("COCOON_BIN") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(std::path::Path::parent).unwrap().join("cocoon");
-    assert!(bin.exists(), "{} is missing: run `cargo build -p cocoon` or set COCOON_BIN", bin.display());
-    bin
 }
 
 async fn common_http_status(url: &str) -> Option<u16> {

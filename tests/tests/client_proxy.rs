@@ -15,7 +15,6 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::Response;
-use cocoon_client::{ClientConfig, SealedClient};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -138,19 +137,7 @@ async fn setup_padded(tamper: Tamper, pad_to: usize) -> Setup {
     let app = axum::Router::new().fallback(relay).with_state(r);
     tokio::spawn(async move { axum::serve(relay_listener, app).await.unwrap() });
 
-    let policy = attestation::Policy { allow_insecure_simulated_tee: true, ..Default::default() };
-    let client = Arc::new(
-        SealedClient::new(ClientConfig {
-            base_url: format!("http://{relay_addr}/v1"),
-            api_key: net.api_key.clone(),
-            policy,
-            timeout: Duration::from_secs(30),
-            default_max_tokens: 64,
-            pad_to,
-            reverify_after: Duration::from_secs(300),
-        })
-        .unwrap(),
-    );
+    let client = Arc::new(common::sealed_client(&format!("http://{relay_addr}/v1"), &net.api_key, pad_to));
     let verdict = cocoon::client_proxy::verify_all(&client).await.unwrap();
     if tamper == Tamper::ReportOtherModel {
         assert!(verdict.contains("NOT TRUSTED") && verdict.contains("(models_digest)"), "{verdict}");
@@ -187,17 +174,22 @@ async fn identity(net: &common::Net) -> attestation::receipt::IdentityPublicKey 
     report.workers[0].identity_key.expect("the dev worker attests an identity key")
 }
 
-/// The dev account's balance: (total, held).
-async fn balance(net: &common::Net) -> (i64, i64) {
-    let b: serde_json::Value = common::http()
-        .get(format!("{}/account/balance", net.base_url))
+/// `GET /v1/account/<what>` for the dev account.
+async fn account(net: &common::Net, what: &str) -> serde_json::Value {
+    common::http()
+        .get(format!("{}/account/{what}", net.base_url))
         .bearer_auth(&net.api_key)
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The dev account's balance: (total, held).
+async fn balance(net: &common::Net) -> (i64, i64) {
+    let b = account(net, "balance").await;
     (b["total"].as_i64().unwrap(), b["held"].as_i64().unwrap())
 }
 
@@ -250,15 +242,7 @@ async fn sdk_requests_through_the_proxy_are_sealed_end_to_end_with_receipts() {
     }
 
     // The ledger charged exactly what the receipts state, job by job.
-    let usage: serde_json::Value = common::http()
-        .get(format!("{}/account/usage", s.net.base_url))
-        .bearer_auth(&s.net.api_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage = account(&s.net, "usage").await;
     let rows = usage["data"].as_array().expect("usage rows");
     for rec in [&r, &streamed] {
         let row = rows.iter().find(|row| row["job_id"] == rec.job_id.to_string()).unwrap_or_else(|| panic!("no charge for job {}: {usage}", rec.job_id));
@@ -439,16 +423,7 @@ async fn sealed_requests_leave_no_text_in_trace_logs_or_the_database() {
     let state = dir.path().join("dev.json");
     common::wait_until("cocoon dev to start", Duration::from_secs(60), || state.exists()).await;
     let dev: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
-    let client = SealedClient::new(ClientConfig {
-        base_url: dev["base_url"].as_str().unwrap().to_string(),
-        api_key: dev["api_key"].as_str().unwrap().to_string(),
-        policy: attestation::Policy { allow_insecure_simulated_tee: true, ..Default::default() },
-        timeout: Duration::from_secs(30),
-        default_max_tokens: 64,
-        pad_to: 0,
-        reverify_after: Duration::from_secs(300),
-    })
-    .unwrap();
+    let client = common::sealed_client(dev["base_url"].as_str().unwrap(), dev["api_key"].as_str().unwrap(), 0);
     let mut completions = String::new();
     for stream in [false, true] {
         let body = serde_json::to_vec(&chat(stream)).unwrap();
@@ -569,15 +544,7 @@ async fn responses_requests_are_sealed_end_to_end_whole_and_streamed() {
     assert!(!seen.contains(MARKER), "the prompt marker crossed the gateway hop in clear");
     assert!(text.len() < 8 || !seen.contains(text.as_str()), "the answer crossed the gateway hop in clear");
     // Charged as the receipt says.
-    let usage: serde_json::Value = common::http()
-        .get(format!("{}/account/usage", s.net.base_url))
-        .bearer_auth(&s.net.api_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage = account(&s.net, "usage").await;
     let row = usage["data"].as_array().unwrap().iter().find(|row| row["job_id"] == r.job_id.to_string()).expect("charged");
     assert_eq!(row["usage"]["completion_tokens"].as_u64().unwrap(), r.usage.completion_tokens, "{row}");
     assert!(s.net.ledger.as_ref().unwrap().check().await.unwrap().is_empty());
@@ -588,18 +555,7 @@ async fn responses_requests_are_sealed_end_to_end_whole_and_streamed() {
 /// "off" refuses sealed ones.
 #[tokio::test]
 async fn gateway_e2e_require_refuses_clear_requests_and_off_refuses_sealed_ones() {
-    let sealed_client = |net: &common::Net| {
-        SealedClient::new(ClientConfig {
-            base_url: net.base_url.clone(),
-            api_key: net.api_key.clone(),
-            policy: attestation::Policy { allow_insecure_simulated_tee: true, ..Default::default() },
-            timeout: Duration::from_secs(30),
-            default_max_tokens: 16,
-            pad_to: 0,
-            reverify_after: Duration::from_secs(300),
-        })
-        .unwrap()
-    };
+    let sealed_client = |net: &common::Net| common::sealed_client(&net.base_url, &net.api_key, 0);
     let body = serde_json::to_vec(&chat(false)).unwrap();
 
     let net = common::start(|c| c.gateway.e2e = gateway::config::E2eMode::Require).await;

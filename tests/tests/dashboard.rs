@@ -13,7 +13,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sqlx::Connection;
 
 struct Kill(Vec<Child>);
 
@@ -23,33 +22,6 @@ impl Drop for Kill {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-}
-
-struct Db {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl Db {
-    async fn create() -> Db {
-        sqlx::any::install_default_drivers();
-        let admin = std::env::var("BILLING_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let name = format!("cocoon_dash_{}_{}", std::process::id(), uuid::Uuid::new_v4().simple());
-        let mut conn = tokio::time::timeout(Duration::from_secs(10), sqlx::AnyConnection::connect(&admin))
-            .await
-            .expect("connecting to Postgres timed out")
-            .unwrap_or_else(|e| panic!("Postgres at {admin} (set BILLING_TEST_PG_URL): {e}"));
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
-        conn.close().await.unwrap();
-        let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
-        Db { url: format!("{base}/{name}"), admin, name }
-    }
-
-    async fn drop_it(self) {
-        let mut conn = sqlx::AnyConnection::connect(&self.admin).await.unwrap();
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut conn).await.unwrap();
     }
 }
 
@@ -95,7 +67,7 @@ async fn until_refused(http: &reqwest::Client, base: &str, key: &str, limit: Dur
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_replicas_on_one_database_see_new_and_revoked_keys_within_a_second() {
-    let db = Db::create().await;
+    let db = common::PgDb::create("cocoon_dash").await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let s = |v: &str| v.to_string();

@@ -126,14 +126,7 @@ async fn metrics_count_requests_tokens_and_ttft() {
     let net = common::start(|_| {}).await;
     let r = common::post_chat(&net, &net.api_key, &slow_stream_body(5, 0.0)).await;
     let _ = r.text().await.unwrap();
-    let text = common::http()
-        .get(format!("http://{}/metrics", net.gateway_metrics_addr.unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics_text(net.gateway_metrics_addr.unwrap()).await;
     for needle in [
         "cocoon_http_requests_total{route=\"/v1/chat/completions\",model=\"cocoon-test\",status=\"200\"}",
         "cocoon_time_to_first_token_seconds_bucket",
@@ -293,7 +286,7 @@ async fn a_keys_model_allow_list_and_price_cap_are_enforced() {
     // The hold while a slow stream runs: at the key's cap (1.0x) versus the network's
     // maximum coefficient (4.0x) for a key without one.
     let held_during_stream = |key: String| {
-        let (base, chat) = (net.base_url.clone(), chat.clone());
+        let (base, chat) = (net.base_url.clone(), chat);
         async move {
             let body = json!({"model": "cocoon-test", "stream": true, "max_tokens": 10,
                               "messages": [{"role": "user", "content": "hi"}],

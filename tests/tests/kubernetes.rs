@@ -10,6 +10,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -338,8 +340,8 @@ async fn the_gateway_process_drains_on_sigterm_within_its_drain_timeout() {
     use tokio_util::sync::CancellationToken;
 
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut child = std::process::Command::new(cocoon_bin())
+    let port = common::free_port();
+    let mut child = std::process::Command::new(common::cocoon_bin())
         .arg("gateway")
         .env("COCOON__ENVIRONMENT", "development")
         .env("COCOON__DATA_DIR", dir.path())
@@ -432,19 +434,4 @@ async fn the_gateway_process_drains_on_sigterm_within_its_drain_timeout() {
     // Dev-only behaviour (here the simulated TEE) needs environment = "development", announced.
     assert!(stderr.contains("WARNING: cocoon gateway runs with environment = \"development\""), "{stderr}");
     assert!(stderr.contains("draining in-flight ones for up to 3000 ms"), "{stderr}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// The `cocoon` binary next to this test executable (target/<profile>/), or `COCOON_BIN`.
-fn cocoon_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("COCOON_BIN") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join("cocoon");
-    assert!(bin.exists(), "{} is missing: run `cargo build -p cocoon` or set COCOON_BIN", bin.display());
-    bin
 }

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,6 +81,11 @@ async fn worker_with(gw: &Gateway, id: &str, ttft_ms: u64, pin: &str, price_coef
 
 /// A worker; `weights` is the digest it measured for the test model's weights, if any.
 async fn spawn_worker(gw: &Gateway, id: &str, ttft_ms: u64, pin: &str, price_coefficient: u32, weights: Option<&str>) -> Worker {
+    spawn_worker_at(&gw.worker_url, id, ttft_ms, pin, price_coefficient, weights).await
+}
+
+/// [`spawn_worker`] dialling `url` (e.g. a relay in front of the router).
+async fn spawn_worker_at(router_url: &str, id: &str, ttft_ms: u64, pin: &str, price_coefficient: u32, weights: Option<&str>) -> Worker {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let engine = test_engine::TestEngine::new(test_engine::EngineConfig {
@@ -99,7 +106,7 @@ async fn spawn_worker(gw: &Gateway, id: &str, ttft_ms: u64, pin: &str, price_coe
     if let Some(d) = weights {
         agent.set_model_digest("cocoon-test", d.into());
     }
-    let link = worker_agent::net::RouterLink { url: gw.worker_url.clone(), cert_sha256: pin.into() };
+    let link = worker_agent::net::RouterLink { url: router_url.to_string(), cert_sha256: pin.into() };
     let link = tokio::spawn(worker_agent::net::run(agent, link, Duration::from_secs(10), stop.clone()));
     Worker { engine, link, stop }
 }
@@ -384,21 +391,11 @@ async fn a_worker_serving_other_weights_under_a_pinned_model_id_is_refused() {
 /// runs) then fetches a fresh report and seals the request again to a worker that is there.
 #[tokio::test]
 async fn a_sealed_request_for_a_worker_that_left_gets_409_and_is_resealed_to_another() {
-    use cocoon_client::{ClientConfig, SealedClient};
     let gw = gateway(5_000).await;
     let _a = worker(&gw, "a", 0, &gw.pin).await;
     let b = worker(&gw, "b", 0, &gw.pin).await;
     wait_workers(&gw, 2).await;
-    let sealed_client = SealedClient::new(ClientConfig {
-        base_url: gw.base.clone(),
-        api_key: gw.key.clone(),
-        policy: attestation::Policy { allow_insecure_simulated_tee: true, ..Default::default() },
-        timeout: Duration::from_secs(20),
-        default_max_tokens: 16,
-        pad_to: 0,
-        reverify_after: Duration::from_secs(300),
-    })
-    .unwrap();
+    let sealed_client = common::sealed_client(&gw.base, &gw.key, 0);
     // Both verified and cached (the client reuses the list for reverify_after).
     let trusted = sealed_client.trusted_workers("cocoon-test", true).await.unwrap();
     let gone = trusted.iter().find(|w| w.worker_id == "b").expect("b verified").clone();
@@ -468,7 +465,6 @@ async fn a_sealed_request_for_a_worker_that_left_gets_409_and_is_resealed_to_ano
 /// holds no plaintext of a sealed request is `client_proxy`'s trace-log and database scan.)
 #[tokio::test]
 async fn the_gateway_to_worker_hop_carries_no_prompt_or_completion_in_clear() {
-    use cocoon_client::{ClientConfig, SealedClient};
     use tokio::io::AsyncWriteExt;
     const MARKER: &str = "okapi-lantern-marker-5521";
     let gw = gateway(5_000).await;
@@ -510,30 +506,10 @@ async fn the_gateway_to_worker_hop_carries_no_prompt_or_completion_in_clear() {
         }
     });
     // The worker dials the relay, pinning the router's certificate as usual.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let engine_url = format!("http://{}", listener.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    tokio::spawn(test_engine::serve(listener, test_engine::TestEngine::new(test_engine::EngineConfig::default()), async move { s.cancelled().await }));
-    let agent = worker_agent::WorkerAgent::new(
-        worker_agent::WorkerConfig { worker_id: "w".into(), engine_url, health_interval_ms: 200, ..Default::default() },
-        worker_agent::WorkerTee::simulated().unwrap(),
-    )
-    .unwrap();
-    let link = worker_agent::net::RouterLink { url: relay_url, cert_sha256: gw.pin.clone() };
-    tokio::spawn(worker_agent::net::run(agent, link, Duration::from_secs(10), stop.clone()));
+    let w = spawn_worker_at(&relay_url, "w", 0, &gw.pin, 1000, None).await;
     wait_workers(&gw, 1).await;
 
-    let sealed_client = SealedClient::new(ClientConfig {
-        base_url: gw.base.clone(),
-        api_key: gw.key.clone(),
-        policy: attestation::Policy { allow_insecure_simulated_tee: true, ..Default::default() },
-        timeout: Duration::from_secs(20),
-        default_max_tokens: 16,
-        pad_to: 0,
-        reverify_after: Duration::from_secs(300),
-    })
-    .unwrap();
+    let sealed_client = common::sealed_client(&gw.base, &gw.key, 0);
     let body = json!({"model": "cocoon-test", "stream": true, "max_tokens": 12, "messages": [{"role": "user", "content": format!("Repeat: {MARKER}")}]});
     let mut answer = sealed_client.send("/v1/chat/completions", &serde_json::to_vec(&body).unwrap()).await.unwrap();
     let mut text = String::new();
@@ -550,5 +526,5 @@ async fn the_gateway_to_worker_hop_carries_no_prompt_or_completion_in_clear() {
     let contains = |needle: &[u8]| seen.windows(needle.len()).any(|w| w == needle);
     assert!(!contains(MARKER.as_bytes()), "the prompt marker crossed the gateway→worker hop in clear");
     assert!(!contains(text.trim().as_bytes()), "the completion crossed the gateway→worker hop in clear");
-    stop.cancel();
+    w.stop.cancel();
 }

@@ -57,13 +57,18 @@ class H(BaseHTTPRequestHandler):
 HTTPServer(("127.0.0.1", port), H).serve_forever()
 "#
     );
-    std::fs::write(&path, script).unwrap();
+    executable(&path, &script);
+    path
+}
+
+/// Writes `text` to `path`, executable.
+fn executable(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    path
 }
 
 /// Runs the smoke test on `server`: (exit code, verdict JSON).
@@ -130,13 +135,7 @@ fn fuzz_smoke_with(bin: &Path) -> (Option<i32>, String) {
 }
 
 fn script(dir: &Path, name: &str, body: &str) {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    executable(&dir.join(name), &format!("#!/bin/sh\n{body}\n"));
 }
 
 #[test]

@@ -149,3 +149,69 @@ echo "$venv/bin/python""#)
     );
     venv
 }
+
+/// A fresh database on the test Postgres (`BILLING_TEST_PG_URL`, default the local server),
+/// named `<prefix>_<pid>_<uuid>`; [`PgDb::drop_it`] removes it (a failing test that skips it
+/// leaves the database for inspection).
+pub struct PgDb {
+    pub admin: String,
+    pub name: String,
+    pub url: String,
+}
+
+impl PgDb {
+    pub async fn create(prefix: &str) -> PgDb {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let admin = std::env::var("BILLING_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let name = format!("{prefix}_{}_{}", std::process::id(), uuid::Uuid::new_v4().simple());
+        let mut conn = tokio::time::timeout(Duration::from_secs(10), sqlx::AnyConnection::connect(&admin))
+            .await
+            .expect("connecting to Postgres timed out")
+            .unwrap_or_else(|e| panic!("Postgres at {admin} (set BILLING_TEST_PG_URL): {e}"));
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
+        PgDb { url: format!("{base}/{name}"), admin, name }
+    }
+
+    /// Makes the database refuse every connection (and ends the open ones), or accept again:
+    /// to its clients, the same as the server going down and coming back.
+    pub async fn allow(&self, allow: bool) {
+        use sqlx::Connection;
+        let mut conn = sqlx::AnyConnection::connect(&self.admin).await.unwrap();
+        sqlx::query(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS {allow}", self.name)).execute(&mut conn).await.unwrap();
+        if !allow {
+            sqlx::query(&format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'", self.name))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+
+    pub async fn drop_it(self) {
+        use sqlx::Connection;
+        let mut conn = sqlx::AnyConnection::connect(&self.admin).await.unwrap();
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut conn).await.unwrap();
+    }
+}
+
+/// The gateway's Prometheus text at `addr` (its `gateway.metrics_listen`).
+pub async fn metrics_text(addr: std::net::SocketAddr) -> String {
+    http().get(format!("http://{addr}/metrics")).send().await.expect("GET /metrics").text().await.expect("metrics body")
+}
+
+/// A `cocoon-client` for end-to-end sealed requests to the gateway at `base_url` (…/v1),
+/// accepting the simulated TEE (these networks run it), padding to `pad_to` (0: off).
+pub fn sealed_client(base_url: &str, api_key: &str, pad_to: usize) -> cocoon_client::SealedClient {
+    cocoon_client::SealedClient::new(cocoon_client::ClientConfig {
+        base_url: base_url.to_string(),
+        api_key: api_key.to_string(),
+        policy: attestation::Policy { allow_insecure_simulated_tee: true, ..Default::default() },
+        timeout: Duration::from_secs(30),
+        default_max_tokens: 64,
+        pad_to,
+        reverify_after: Duration::from_secs(300),
+    })
+    .unwrap()
+}
