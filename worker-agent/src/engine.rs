@@ -159,20 +159,21 @@ impl EngineClient {
         crate::engine_load::parse_props(&resp.bytes().await.ok()?).0
     }
 
-    /// Whether the engine can call tools, where that is known: vLLM's from the flags it was
-    /// started with (`--enable-auto-tool-choice`), llama-server's from its `/props`.
+    /// Whether the engine can call tools, where that is known: the supervisor's (vLLM's
+    /// `--enable-auto-tool-choice`, llama-server's `/props` read when it became ready), else,
+    /// for a llama-server not read yet, asked of it (`/props`).
     pub async fn tool_calls(&self) -> Option<bool> {
-        match self.kind {
-            Some(EngineProcessKind::Vllm) => Some(self.facts().tool_calls),
-            Some(EngineProcessKind::LlamaServer) => {
-                let resp = self.http.get(format!("{}/props", self.base)).timeout(Duration::from_secs(2)).send().await.ok()?;
-                if !resp.status().is_success() {
-                    return None;
-                }
-                crate::engine_load::parse_template_tools(&resp.bytes().await.ok()?)
-            }
-            Some(EngineProcessKind::Command) | None => None,
+        if let Some(t) = self.facts().tool_calls {
+            return Some(t);
         }
+        if self.kind != Some(EngineProcessKind::LlamaServer) {
+            return None;
+        }
+        let resp = self.http.get(format!("{}/props", self.base)).timeout(Duration::from_secs(2)).send().await.ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        crate::engine_load::parse_template_tools(&resp.bytes().await.ok()?)
     }
 
     fn quirks(&self) -> Quirks {

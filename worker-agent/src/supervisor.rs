@@ -68,8 +68,9 @@ pub struct EngineFacts {
     pub version: Option<String>,
     /// Arguments a start-up crash made the supervisor add (e.g. `--no-repack`).
     pub fallback_args: Vec<String>,
-    /// A tool-call parser is configured (vLLM).
-    pub tool_calls: bool,
+    /// Whether the engine can call tools: vLLM's from its tool-call parser flags (set by the
+    /// worker), llama-server's from its chat template (`/props` `chat_template_caps`).
+    pub tool_calls: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -185,7 +186,7 @@ impl EngineSupervisor {
         let (epoch_tx, epoch_rx) = watch::channel(0u64);
         let facts = Arc::new(Mutex::new(EngineFacts {
             parallelism: cfg.parallelism,
-            tool_calls: cfg.tool_calls,
+            tool_calls: (cfg.kind == EngineProcessKind::Vllm).then_some(cfg.tool_calls),
             ..Default::default()
         }));
         let log = EngineLog::new(cfg.log_file.clone(), cfg.log_max_bytes);
@@ -729,7 +730,11 @@ impl Run {
                 if let Ok(r) = get("/props").await {
                     if let Ok(b) = r.bytes().await {
                         let (slots, build) = crate::engine_load::parse_props(&b);
+                        let tools = crate::engine_load::parse_template_tools(&b);
                         let mut f = self.facts();
+                        if tools.is_some() {
+                            f.tool_calls = tools;
+                        }
                         if slots.is_some() {
                             f.parallelism = slots;
                         }
