@@ -104,7 +104,10 @@ impl WorkerTracker {
 
     /// Records the workers linked now.
     pub fn sample(&self, snapshot: &[WorkerSnapshot]) {
-        let now = now_ms();
+        self.record(snapshot, now_ms());
+    }
+
+    fn record(&self, snapshot: &[WorkerSnapshot], now: i64) {
         let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
         for w in snapshot {
             seen.insert(
@@ -120,8 +123,11 @@ impl WorkerTracker {
     /// The status of `worker_id` given the router's current `live` snapshot.
     pub fn status(&self, worker_id: &str, live: &[WorkerSnapshot]) -> WorkerStatus {
         if let Some(w) = live.iter().find(|w| w.worker_id == worker_id) {
-            self.sample(std::slice::from_ref(w));
-            return view(w, true, Some(now_ms()));
+            // One clock reading: the time shown is the time kept, so a worker that goes
+            // down later shows the same last-seen time it showed while up.
+            let now = now_ms();
+            self.record(std::slice::from_ref(w), now);
+            return view(w, true, Some(now));
         }
         let seen = self.seen.read().unwrap_or_else(PoisonError::into_inner);
         match seen.get(worker_id) {
