@@ -118,6 +118,7 @@ mod link_sealing;
 mod nonce;
 pub mod nvidia;
 pub mod nvidia_rim;
+pub mod nvidia_sim;
 mod pem_chain;
 mod policy;
 pub mod receipt;
@@ -146,7 +147,7 @@ pub use evidence::{
 };
 pub use link_sealing::{LinkOpener, LinkSealedJob, LinkSealer};
 pub use nvidia::{
-    gpu_nonce, GpuClaims, GpuError, GpuEvidence, GpuPolicy, NVIDIA_DEVICE_ROOT_PEM,
+    gpu_nonce, GpuClaims, GpuError, GpuEvidence, GpuPolicy, GpuProtectionMode, NVIDIA_DEVICE_ROOT_PEM,
 };
 pub use nonce::{MemoryNonceStore, NonceStore, NonceTake};
 pub use policy::{MeasurementPattern, Policy, SimulatedKey, SnpPolicy, TdxAllowed, TdxPolicy};

@@ -21,8 +21,11 @@
 //!
 //! RIMs are not read here: `cocoon policy import-rim` checks their signatures once, offline
 //! ([`crate::nvidia_rim`]), and writes their golden values into [`GpuPolicy`]. Not verified:
-//! OCSP revocation of the chain, and any debug / CC-mode flag (the Hopper report carries none that NVIDIA's verifier
-//! reads). See `docs/gpu-attestation.md`.
+//! OCSP revocation of the chain, and any debug or devtools flag (the Hopper report carries
+//! none that NVIDIA's verifier reads; CC mode itself is implied, see [`GpuClaims::cc_mode`]).
+//! Simulated evidence (`insecure_simulated`, [`crate::nvidia_sim`]) runs through the same
+//! checks against the root in its own chain, and only when the policy allows the simulated
+//! TEE. See `docs/gpu-attestation.md`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -69,6 +72,10 @@ const OPAQUE_VBIOS_VERSION: u16 = 6;
 const OPAQUE_CHIP_SKU: u16 = 15;
 const OPAQUE_PROJECT: u16 = 17;
 const OPAQUE_PROJECT_SKU: u16 = 18;
+/// OPAQUE_DATA_VERSION: 1 and later carry FEATURE_FLAG (`config.py`,
+/// `MIN_OPAQUE_DATA_VERSION_TO_SUPPORT_FEATURE_FLAG`).
+const OPAQUE_DATA_VERSION: u16 = 34;
+const OPAQUE_FEATURE_FLAG: u16 = 36;
 
 const OID_ECDSA_WITH_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
 const OID_BASIC_CONSTRAINTS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.19");
@@ -93,6 +100,10 @@ pub struct GpuEvidence {
     pub report: Vec<u8>,
     /// The device certificate chain, PEM, leaf first (`attestationCertChain`).
     pub cert_chain_pem: String,
+    /// Made by [`crate::nvidia_sim::SimulatedGpu`] (dev only): the chain ends at a root of
+    /// its own, which only a policy allowing the simulated TEE accepts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_simulated: bool,
 }
 
 /// Why GPU evidence was rejected. [`GpuError::rule`] gives a stable label per rule.
@@ -129,6 +140,12 @@ pub enum GpuError {
     VbiosNotAllowed { got: String, allowed: String },
     #[error("policy requires NVIDIA GPU evidence (attestation.policy.gpu.require = true) and the worker sent none")]
     Missing,
+    #[error("simulated GPU evidence is refused: it is not backed by a GPU (allow_insecure_simulated_tee is off)")]
+    SimulatedNotAllowed,
+    #[error("GPU architecture {got} is not allowed by policy (allowed: {allowed})")]
+    ArchitectureNotAllowed { got: String, allowed: String },
+    #[error("GPU protection mode {got} is not allowed by policy (allowed: {allowed})")]
+    ProtectionModeNotAllowed { got: String, allowed: String },
 }
 
 impl GpuError {
@@ -151,6 +168,9 @@ impl GpuError {
             DriverNotAllowed { .. } => "gpu_driver_version",
             VbiosNotAllowed { .. } => "gpu_vbios_version",
             Missing => "gpu_missing",
+            SimulatedNotAllowed => "gpu_simulated_not_allowed",
+            ArchitectureNotAllowed { .. } => "gpu_architecture_not_allowed",
+            ProtectionModeNotAllowed { .. } => "gpu_protection_mode",
         }
     }
 }
@@ -199,6 +219,29 @@ impl GpuReport {
 
     /// The VBIOS version from the opaque data, formatted as NVIDIA's verifier does
     /// (`format_vbios_version`): `96.00.9f.00.01`.
+    /// The protection mode from FEATURE_FLAG, read as NVIDIA's `parse_feature_flag` does
+    /// (little-endian integer: 0 SPT, 1 MPT, 2 PPCIE) when OPAQUE_DATA_VERSION >= 1. `Ok(None)`:
+    /// firmware that reports none (such as the 2.7.3 sample); an unknown value is malformed.
+    pub fn protection_mode(&self) -> Result<Option<GpuProtectionMode>, GpuError> {
+        let int = |v: &[u8]| -> Option<u64> {
+            (v.len() <= 8).then(|| v.iter().rev().fold(0u64, |acc, &b| acc << 8 | u64::from(b)))
+        };
+        let version = match self.opaque.get(&OPAQUE_DATA_VERSION) {
+            None => return Ok(None),
+            Some(v) => int(v).ok_or_else(|| malformed("OPAQUE_DATA_VERSION is longer than 8 bytes"))?,
+        };
+        if version < 1 {
+            return Ok(None);
+        }
+        let Some(flag) = self.opaque.get(&OPAQUE_FEATURE_FLAG) else { return Ok(None) };
+        match int(flag) {
+            Some(0) => Ok(Some(GpuProtectionMode::Spt)),
+            Some(1) => Ok(Some(GpuProtectionMode::Mpt)),
+            Some(2) => Ok(Some(GpuProtectionMode::Ppcie)),
+            _ => Err(malformed(format!("unknown FEATURE_FLAG {}", hex::encode(flag)))),
+        }
+    }
+
     pub fn vbios_version(&self) -> Option<String> {
         let v = self.opaque.get(&OPAQUE_VBIOS_VERSION)?;
         // The 8 bytes read little-endian as 0x0000_00mm_aabb_ccdd give "aa.bb.cc.dd.mm".
@@ -384,6 +427,39 @@ impl std::fmt::Display for GpuArchitecture {
     }
 }
 
+/// The GPU's protection mode, signed in the report's FEATURE_FLAG (newer firmware only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GpuProtectionMode {
+    /// Single GPU passthrough (confidential computing, one GPU per VM).
+    Spt,
+    /// Multi-GPU passthrough (confidential computing, several GPUs per VM).
+    Mpt,
+    /// Protected PCIe (several GPUs with NVSwitch, link encryption off).
+    Ppcie,
+}
+
+impl GpuProtectionMode {
+    /// The FEATURE_FLAG value.
+    pub fn flag(self) -> u8 {
+        match self {
+            GpuProtectionMode::Spt => 0,
+            GpuProtectionMode::Mpt => 1,
+            GpuProtectionMode::Ppcie => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for GpuProtectionMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GpuProtectionMode::Spt => "spt",
+            GpuProtectionMode::Mpt => "mpt",
+            GpuProtectionMode::Ppcie => "ppcie",
+        })
+    }
+}
+
 /// What verified GPU evidence says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuClaims {
@@ -400,19 +476,65 @@ pub struct GpuClaims {
     pub measurements: Vec<GpuMeasurement>,
     /// Unix seconds: the earliest notAfter in the chain.
     pub valid_until: u64,
+    /// FEATURE_FLAG, signed; `None` when the firmware reports none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protection_mode: Option<GpuProtectionMode>,
+    /// Simulated evidence ([`crate::nvidia_sim`]): no GPU backs it.
+    #[serde(default)]
+    pub insecure_simulated: bool,
 }
 
 impl GpuClaims {
+    /// The confidential-computing mode this evidence implies: `"ppcie"` when the signed
+    /// FEATURE_FLAG says protected PCIe, otherwise `"on"`. Hopper reports carry no signed
+    /// CC-mode bit; `"on"` rests on NVML producing a report only with CC mode on (with it off,
+    /// `nvmlDeviceGetConfComputeGpuAttestationReport` fails with Unknown Error, as seen on an
+    /// H200 with driver 580, and NVIDIA's verifier refuses to collect evidence).
+    pub fn cc_mode(&self) -> &'static str {
+        match self.protection_mode {
+            Some(GpuProtectionMode::Ppcie) => "ppcie",
+            _ => "on",
+        }
+    }
+
+    /// The verdict as `/v1/attestation/report` shows it (what the router verified).
+    pub fn verdict(&self) -> serde_json::Value {
+        serde_json::json!({
+            "architecture": self.architecture,
+            "driver_version": self.driver_version,
+            "vbios_version": self.vbios_version,
+            "cc_mode": self.cc_mode(),
+            "protection_mode": self.protection_mode,
+            "device_subject": self.device_subject,
+            "measurement_blocks": self.measurements.len(),
+            "valid_until": self.valid_until,
+            "insecure_simulated": self.insecure_simulated,
+        })
+    }
+
     /// Human-readable lines for `cocoon verify` and logs.
     pub fn describe(&self) -> String {
-        format!(
+        let mut out = String::new();
+        if self.insecure_simulated {
+            out.push_str("WARNING: SIMULATED GPU - no GPU backs this evidence (dev only)\n");
+        }
+        out.push_str(&format!(
             "GPU: NVIDIA {} ({}), driver {}, VBIOS {}, {} measurement blocks\n",
             self.architecture,
             self.device_subject,
             self.driver_version,
             self.vbios_version,
             self.measurements.len()
-        )
+        ));
+        let mode = match self.protection_mode {
+            Some(m) => format!("protection mode {m} (signed FEATURE_FLAG)"),
+            None => "no protection mode in the report".into(),
+        };
+        out.push_str(&format!(
+            "GPU CC mode: {} (implied: NVML makes this report only in CC mode; not a signed field), {mode}\n",
+            self.cc_mode()
+        ));
+        out
     }
 }
 
@@ -439,6 +561,7 @@ pub fn verify_gpu_evidence(
     let driver_version = report.driver_version().ok_or_else(|| malformed("no driver version in the opaque data"))?;
     let vbios_version = report.vbios_version().ok_or_else(|| malformed("no 8-byte VBIOS version in the opaque data"))?;
     let field = |kind| report.opaque.get(&kind).map(|v| c_string(v));
+    let protection_mode = report.protection_mode()?;
     Ok(GpuClaims {
         architecture,
         device_subject: leaf.tbs_certificate.subject.to_string(),
@@ -450,6 +573,8 @@ pub fn verify_gpu_evidence(
         nonce: hex::encode(report.request_nonce),
         measurements: report.measurements,
         valid_until,
+        protection_mode,
+        insecure_simulated: false,
     })
 }
 
@@ -599,6 +724,8 @@ fn check_extensions(cert: &Certificate, is_leaf: bool) -> Result<(), GpuError> {
 ///
 /// ```toml
 /// require = false                  # true: a worker without GPU evidence is refused
+/// allowed_architectures = []       # e.g. ["hopper"]; empty: any the verifier supports
+/// allowed_protection_modes = []    # e.g. ["spt"]; empty: any, also none reported
 /// allowed_driver_versions = []     # e.g. ["550.90.07"]; empty: any
 /// allowed_vbios_versions = []      # e.g. ["96.00.9f.00.01"]; empty: any
 /// measurements = []                # [{ index = 2, allowed = ["<hex>", ...] }, ...]
@@ -606,11 +733,16 @@ fn check_extensions(cert: &Certificate, is_leaf: bool) -> Result<(), GpuError> {
 ///
 /// GPU evidence that is present is always verified; its measurements must match: every
 /// listed index must be in the report with one of its allowed values. With no measurements
-/// listed, no GPU evidence is accepted (as with an empty TDX image list).
+/// listed, no GPU evidence is accepted (as with an empty TDX image list), except simulated
+/// evidence under a policy that allows the simulated TEE: its blocks are fixed labels.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GpuPolicy {
     pub require: bool,
+    /// Empty: any architecture the verifier supports (Hopper).
+    pub allowed_architectures: Vec<GpuArchitecture>,
+    /// FEATURE_FLAG modes accepted; when set, a report naming no mode is refused too.
+    pub allowed_protection_modes: Vec<GpuProtectionMode>,
     pub allowed_driver_versions: Vec<String>,
     pub allowed_vbios_versions: Vec<String>,
     pub measurements: Vec<GpuGolden>,
@@ -653,6 +785,21 @@ impl GpuPolicy {
     /// The rules on verified claims.
     pub fn check(&self, claims: &GpuClaims) -> Result<(), GpuError> {
         let listed = |l: &[String], v: &str| l.is_empty() || l.iter().any(|a| a.eq_ignore_ascii_case(v));
+        let names = |l: &[String]| l.join(", ");
+        if !self.allowed_architectures.is_empty() && !self.allowed_architectures.contains(&claims.architecture) {
+            return Err(GpuError::ArchitectureNotAllowed {
+                got: claims.architecture.to_string(),
+                allowed: names(&self.allowed_architectures.iter().map(|a| a.to_string()).collect::<Vec<_>>()),
+            });
+        }
+        if !self.allowed_protection_modes.is_empty()
+            && !claims.protection_mode.is_some_and(|m| self.allowed_protection_modes.contains(&m))
+        {
+            return Err(GpuError::ProtectionModeNotAllowed {
+                got: claims.protection_mode.map_or_else(|| "(none reported)".to_string(), |m| m.to_string()),
+                allowed: names(&self.allowed_protection_modes.iter().map(|m| m.to_string()).collect::<Vec<_>>()),
+            });
+        }
         if !listed(&self.allowed_driver_versions, &claims.driver_version) {
             return Err(GpuError::DriverNotAllowed {
                 got: claims.driver_version.clone(),
@@ -664,6 +811,9 @@ impl GpuPolicy {
                 got: claims.vbios_version.clone(),
                 allowed: self.allowed_vbios_versions.join(", "),
             });
+        }
+        if self.measurements.is_empty() && claims.insecure_simulated {
+            return Ok(());
         }
         if self.measurements.is_empty() {
             return Err(GpuError::MeasurementNotAllowed {
@@ -695,21 +845,56 @@ impl GpuPolicy {
 
     /// The whole GPU step for a worker: evidence required or not, verified against
     /// `root_pem` at `now` for the session's [`gpu_nonce`], then the rules. `Ok(None)`: no
-    /// evidence and none required.
+    /// evidence and none required. Simulated evidence needs `allow_simulated` and is checked
+    /// against the root its own chain ends with.
     pub fn verify(
         &self,
         evidence: Option<&GpuEvidence>,
         nonce: &[u8; 32],
         root_pem: &str,
+        allow_simulated: bool,
         now: u64,
     ) -> Result<Option<GpuClaims>, GpuError> {
         let Some(ev) = evidence else {
             return if self.require { Err(GpuError::Missing) } else { Ok(None) };
         };
-        let claims = verify_gpu_evidence(ev, nonce, root_pem, now)?;
+        let claims = if ev.insecure_simulated {
+            if !allow_simulated {
+                return Err(GpuError::SimulatedNotAllowed);
+            }
+            let root = simulated_root(&ev.cert_chain_pem)?;
+            GpuClaims { insecure_simulated: true, ..verify_gpu_evidence(ev, nonce, &root, now)? }
+        } else {
+            verify_gpu_evidence(ev, nonce, root_pem, now)?
+        };
         self.check(&claims)?;
         Ok(Some(claims))
     }
+}
+
+/// The root of a simulated chain: its last certificate, which must carry the simulated
+/// root's name (so no real-looking chain passes as simulated by accident).
+fn simulated_root(chain_pem: &str) -> Result<String, GpuError> {
+    let certs = parse_chain(chain_pem, "simulated certificate chain")?;
+    let root = certs.last().ok_or_else(|| GpuError::MalformedChain("empty simulated chain".into()))?;
+    let subject = root.tbs_certificate.subject.to_string();
+    if !subject.contains(&format!("CN={}", crate::nvidia_sim::SIMULATED_GPU_ROOT_CN)) {
+        return Err(GpuError::UntrustedRoot(format!("a simulated chain must end at its simulated root, not {subject:?}")));
+    }
+    let der = root.to_der().map_err(|e| GpuError::MalformedChain(format!("re-encoding the simulated root: {e}")))?;
+    Ok(pem_encode(&der))
+}
+
+fn pem_encode(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
 }
 
 #[cfg(test)]

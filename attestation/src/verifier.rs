@@ -213,6 +213,7 @@ impl Verifier {
             att.gpu.as_ref(),
             &crate::nvidia::gpu_nonce(&att.binding()),
             &self.nvidia_root_pem,
+            self.policy.allow_insecure_simulated_tee,
             now,
         )?;
         let expires_at = now

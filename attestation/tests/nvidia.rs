@@ -27,6 +27,7 @@ fn sample() -> GpuEvidence {
     GpuEvidence {
         report: hex::decode(hex_text.trim()).unwrap(),
         cert_chain_pem: std::fs::read_to_string(format!("{dir}hopperCertChain.txt")).unwrap(),
+        insecure_simulated: false,
     }
 }
 
@@ -50,6 +51,7 @@ fn policy_allowing(claims: &GpuClaims) -> GpuPolicy {
             .iter()
             .map(|m| GpuGolden { index: m.index, allowed: vec![GoldenValue(m.value.clone())], source: None })
             .collect(),
+        ..GpuPolicy::default()
     }
 }
 
@@ -57,7 +59,7 @@ fn full(ev: &GpuEvidence, now: u64) -> Result<GpuClaims, GpuError> {
     static POLICY: std::sync::OnceLock<GpuPolicy> = std::sync::OnceLock::new();
     POLICY
         .get_or_init(|| policy_allowing(&verify(&sample(), NOW).unwrap()))
-        .verify(Some(ev), &nonce(), NVIDIA_DEVICE_ROOT_PEM, now).map(Option::unwrap)
+        .verify(Some(ev), &nonce(), NVIDIA_DEVICE_ROOT_PEM, false, now).map(Option::unwrap)
 }
 
 fn rule(r: Result<GpuClaims, GpuError>) -> &'static str {
@@ -134,7 +136,7 @@ fn flipped_signed_byte_fails() {
 #[test]
 fn wrong_nonce_fails() {
     let claims = verify(&sample(), NOW).unwrap();
-    let err = policy_allowing(&claims).verify(Some(&sample()), &[7; 32], NVIDIA_DEVICE_ROOT_PEM, NOW).map_err(shown).unwrap_err();
+    let err = policy_allowing(&claims).verify(Some(&sample()), &[7; 32], NVIDIA_DEVICE_ROOT_PEM, false, NOW).map_err(shown).unwrap_err();
     assert_eq!(err.rule(), "gpu_nonce");
     assert!(err.to_string().contains(SAMPLE_NONCE), "{err}");
     // Wrapped for the router's verdicts, the rule is kept.
@@ -188,7 +190,7 @@ fn wrong_root_fails() {
     let mut ders = chain_der(&sample());
     ders.pop();
     ders.pop();
-    ders.push(chain_der(&GpuEvidence { report: vec![], cert_chain_pem: rim_root })[0].clone());
+    ders.push(chain_der(&GpuEvidence { report: vec![], cert_chain_pem: rim_root, insecure_simulated: false })[0].clone());
     let mut bad = sample();
     bad.cert_chain_pem = to_pem(&ders);
     assert_eq!(rule(full(&bad, NOW)), "gpu_untrusted_root");
@@ -247,9 +249,9 @@ fn measurement_not_allowed_fails() {
 fn required_evidence_missing_fails() {
     let claims = verify(&sample(), NOW).unwrap();
     let p = policy_allowing(&claims);
-    assert_eq!(p.verify(None, &nonce(), NVIDIA_DEVICE_ROOT_PEM, NOW).map_err(shown).unwrap_err().rule(), "gpu_missing");
+    assert_eq!(p.verify(None, &nonce(), NVIDIA_DEVICE_ROOT_PEM, false, NOW).map_err(shown).unwrap_err().rule(), "gpu_missing");
     let p = GpuPolicy::default();
-    assert_eq!(p.verify(None, &nonce(), NVIDIA_DEVICE_ROOT_PEM, NOW).unwrap(), None);
+    assert_eq!(p.verify(None, &nonce(), NVIDIA_DEVICE_ROOT_PEM, false, NOW).unwrap(), None);
 }
 
 #[test]
@@ -345,4 +347,128 @@ fn worker_attestation_requires_gpu_evidence_for_this_session() {
     let json = serde_json::to_string(&att).unwrap();
     let back: attestation::WorkerAttestation = serde_json::from_str(&json).unwrap();
     assert_eq!(back, att);
+}
+
+// ---- Simulated GPU evidence (`attestation::nvidia_sim`, what `cocoon dev` sends) ----
+//
+// Same format and the same verifier as the real sample; what differs is the root (generated
+// per run, travelling in the evidence) and so the rule that only a policy allowing the
+// simulated TEE accepts it. The spec is varied to exercise the rules the real sample cannot
+// (its firmware reports no protection mode).
+
+mod simulated {
+    use super::*;
+    use attestation::nvidia_sim::{simulated_measurement, SimulatedGpu, SimulatedGpuSpec};
+    use attestation::GpuProtectionMode;
+
+    fn now() -> u64 {
+        attestation::unix_now()
+    }
+
+    fn check(policy: &GpuPolicy, ev: &GpuEvidence, nonce: &[u8; 32], allow: bool) -> Result<GpuClaims, GpuError> {
+        policy.verify(Some(ev), nonce, NVIDIA_DEVICE_ROOT_PEM, allow, now()).map(Option::unwrap)
+    }
+
+    #[test]
+    fn passes_the_real_verifier_flagged_and_only_where_simulation_is_allowed() {
+        let gpu = SimulatedGpu::generate().unwrap();
+        let nonce = [3; 32];
+        let ev = gpu.evidence(nonce).unwrap();
+        let claims = check(&GpuPolicy::default(), &ev, &nonce, true).unwrap();
+        assert!(claims.insecure_simulated);
+        assert_eq!(claims.architecture.to_string(), "Hopper");
+        assert_eq!(claims.protection_mode, Some(GpuProtectionMode::Spt));
+        assert_eq!(claims.cc_mode(), "on");
+        assert_eq!(claims.vbios_version, "96.00.00.00.00");
+        assert_eq!(claims.measurements.len(), 8);
+        assert_eq!(claims.measurements[6].value, hex::encode(simulated_measurement(7)));
+        let v = claims.verdict();
+        assert_eq!(v["insecure_simulated"], true);
+        assert_eq!(v["cc_mode"], "on");
+        assert_eq!(v["protection_mode"], "spt");
+        assert!(claims.describe().starts_with("WARNING: SIMULATED GPU"), "{}", claims.describe());
+
+        assert_eq!(rule(check(&GpuPolicy::default(), &ev, &nonce, false)), "gpu_simulated_not_allowed");
+        // Another session's nonce, a flipped signed byte, a flipped signature byte.
+        assert_eq!(rule(check(&GpuPolicy::default(), &ev, &[4; 32], true)), "gpu_nonce");
+        let mut bad = ev.clone();
+        bad.report[40] ^= 1;
+        assert_eq!(rule(check(&GpuPolicy::default(), &bad, &nonce, true)), "gpu_report_signature");
+        let mut bad = ev.clone();
+        let last = bad.report.len() - 1;
+        bad.report[last] ^= 1;
+        assert_eq!(rule(check(&GpuPolicy::default(), &bad, &nonce, true)), "gpu_report_signature");
+        // Unflagged, it is checked against NVIDIA's root, which did not sign it.
+        let mut bad = ev.clone();
+        bad.insecure_simulated = false;
+        assert_eq!(rule(check(&GpuPolicy::default(), &bad, &nonce, true)), "gpu_untrusted_root");
+        // Another run's chain (another device key) with this report.
+        let mut bad = ev.clone();
+        bad.cert_chain_pem = SimulatedGpu::generate().unwrap().cert_chain_pem().to_string();
+        assert_eq!(rule(check(&GpuPolicy::default(), &bad, &nonce, true)), "gpu_report_signature");
+        // NVIDIA's real chain flagged simulated: a simulated chain must end at a simulated root.
+        let mut bad = sample();
+        bad.insecure_simulated = true;
+        assert_eq!(rule(check(&GpuPolicy::default(), &bad, &super::nonce(), true)), "gpu_untrusted_root");
+    }
+
+    #[test]
+    fn policy_rules_apply_to_simulated_evidence_too() {
+        let nonce = [5; 32];
+        let ev = SimulatedGpu::generate().unwrap().evidence(nonce).unwrap();
+        let allow = |p: GpuPolicy| check(&p, &ev, &nonce, true);
+        let hopper: Vec<attestation::nvidia::GpuArchitecture> = serde_json::from_str(r#"["hopper"]"#).unwrap();
+        assert!(allow(GpuPolicy { allowed_architectures: hopper, ..GpuPolicy::default() }).is_ok());
+        assert!(allow(GpuPolicy { allowed_protection_modes: vec![GpuProtectionMode::Spt], ..GpuPolicy::default() }).is_ok());
+        let e = allow(GpuPolicy { allowed_protection_modes: vec![GpuProtectionMode::Mpt], ..GpuPolicy::default() });
+        assert_eq!(rule(e), "gpu_protection_mode");
+        let e = allow(GpuPolicy { allowed_driver_versions: vec!["550.90.07".into()], ..GpuPolicy::default() });
+        assert_eq!(rule(e), "gpu_driver_version");
+        // Golden values listed: checked, as for real evidence.
+        let golden = |v: Vec<u8>| GpuPolicy {
+            measurements: vec![GpuGolden { index: 3, allowed: vec![GoldenValue(hex::encode(v))], source: None }],
+            ..GpuPolicy::default()
+        };
+        assert!(allow(golden(simulated_measurement(3))).is_ok());
+        assert_eq!(rule(allow(golden(simulated_measurement(4)))), "gpu_measurement");
+    }
+
+    #[test]
+    fn protection_mode_is_read_from_the_signed_feature_flag() {
+        let nonce = [6; 32];
+        for mode in [GpuProtectionMode::Spt, GpuProtectionMode::Mpt, GpuProtectionMode::Ppcie] {
+            let spec = SimulatedGpuSpec { protection_mode: Some(mode), ..SimulatedGpuSpec::default() };
+            let ev = SimulatedGpu::with_spec(spec).unwrap().evidence(nonce).unwrap();
+            let claims = check(&GpuPolicy::default(), &ev, &nonce, true).unwrap();
+            assert_eq!(claims.protection_mode, Some(mode));
+            assert_eq!(claims.cc_mode(), if mode == GpuProtectionMode::Ppcie { "ppcie" } else { "on" });
+        }
+        // Firmware that reports no mode (as the real 2.7.3 sample): none, and a policy
+        // requiring one refuses it.
+        let spec = SimulatedGpuSpec { protection_mode: None, ..SimulatedGpuSpec::default() };
+        let ev = SimulatedGpu::with_spec(spec).unwrap().evidence(nonce).unwrap();
+        assert_eq!(check(&GpuPolicy::default(), &ev, &nonce, true).unwrap().protection_mode, None);
+        let p = GpuPolicy { allowed_protection_modes: vec![GpuProtectionMode::Spt], ..GpuPolicy::default() };
+        let e = check(&p, &ev, &nonce, true).map_err(shown).unwrap_err();
+        assert_eq!(e.rule(), "gpu_protection_mode");
+        assert!(e.to_string().contains("(none reported)"), "{e}");
+        assert_eq!(verify(&sample(), NOW).unwrap().protection_mode, None);
+    }
+
+    #[test]
+    fn a_worker_in_the_simulated_tee_with_a_simulated_gpu_verifies_end_to_end() {
+        use attestation::{gpu_nonce, EvidenceProducer, JobOpener, Nonce, Verifier};
+        let gpu = SimulatedGpu::generate().unwrap();
+        let keys = JobOpener::generate().unwrap();
+        let nonce = Nonce::random().unwrap();
+        let mut att = EvidenceProducer::simulated().unwrap().attest(keys.public_key(), b"spki", nonce, now()).unwrap();
+        att.gpu = Some(gpu.evidence(gpu_nonce(&att.binding())).unwrap());
+        let w = Verifier::new(Policy::insecure_dev()).verify_attestation(&att, &nonce, now()).unwrap();
+        let g = w.gpu.as_ref().unwrap();
+        assert!(g.insecure_simulated);
+        assert!(w.describe().contains("WARNING: SIMULATED GPU"), "{}", w.describe());
+        // The strict default policy refuses the simulated CPU TEE before the GPU is looked at.
+        let e = Verifier::new(Policy::default()).verify_attestation(&att, &nonce, now()).unwrap_err();
+        assert_eq!(e.rule(), "simulated_not_allowed", "{e}");
+    }
 }

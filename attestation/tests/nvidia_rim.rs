@@ -42,12 +42,13 @@ fn sample() -> GpuEvidence {
     GpuEvidence {
         report: hex::decode(std::fs::read_to_string(data("hopperAttestationReport.txt")).unwrap().trim()).unwrap(),
         cert_chain_pem: std::fs::read_to_string(data("hopperCertChain.txt")).unwrap(),
+        insecure_simulated: false,
     }
 }
 
 fn check_sample(policy: &GpuPolicy) -> Result<(), attestation::GpuError> {
     let nonce: [u8; 32] = hex::decode(SAMPLE_NONCE).unwrap().try_into().unwrap();
-    policy.verify(Some(&sample()), &nonce, NVIDIA_DEVICE_ROOT_PEM, NOW).map(|_| ())
+    policy.verify(Some(&sample()), &nonce, NVIDIA_DEVICE_ROOT_PEM, false, NOW).map(|_| ())
 }
 
 #[test]

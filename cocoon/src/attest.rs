@@ -48,6 +48,10 @@ pub struct AttestationSection {
     /// only to measure what sealing costs; production refuses it.
     pub seal_jobs: bool,
     pub worker_tee: WorkerTeeMode,
+    /// Attach INSECURE simulated NVIDIA GPU evidence ([`worker_agent::gpu::SimulatedNvml`])
+    /// when the worker runs in the simulated TEE. Unset: on in `cocoon dev`, off elsewhere;
+    /// `true` is refused in production.
+    pub simulated_gpu: Option<bool>,
     /// A fixed TDX collateral file (JSON written by `CollateralStore::save_file`), used only
     /// with `collateral.enabled = false` (an air-gapped router); never refreshed.
     pub collateral_file: Option<PathBuf>,
@@ -62,6 +66,7 @@ impl Default for AttestationSection {
         Self {
             seal_jobs: true,
             worker_tee: WorkerTeeMode::Auto,
+            simulated_gpu: None,
             collateral_file: None,
             collateral: CollateralConfig::default(),
             policy: Policy::default(),
@@ -78,6 +83,9 @@ impl AttestationSection {
             }
             if !self.seal_jobs {
                 errs.push("attestation.seal_jobs = false sends prompts in clear to workers and is refused in production".into());
+            }
+            if self.simulated_gpu == Some(true) {
+                errs.push("attestation.simulated_gpu = true is refused in production: simulated GPU evidence is not backed by any GPU".into());
             }
             if self.worker_tee == WorkerTeeMode::Simulated {
                 errs.push("attestation.worker_tee = \"simulated\" is refused in production: simulated evidence is not backed by any hardware".into());

@@ -294,6 +294,15 @@ impl Config {
         // Built with `nvidia`: the worker attests its GPU too, or refuses to start saying why.
         #[cfg(feature = "nvidia")]
         let tee = tee.with_gpu(std::sync::Arc::new(worker_agent::gpu::nvml::Nvml::init()?));
+        // A simulated CPU TEE may carry a simulated GPU (flagged as such), so dev networks
+        // exercise the GPU path end to end.
+        #[cfg(not(feature = "nvidia"))]
+        let tee = if tee.is_insecure_simulated() && self.attestation.simulated_gpu == Some(true) {
+            let gpu = worker_agent::gpu::SimulatedNvml::generate().map_err(|e| anyhow::anyhow!("simulated GPU: {e}"))?;
+            tee.with_gpu(std::sync::Arc::new(gpu))
+        } else {
+            tee
+        };
         let log_path = self.data_dir.join("receipts.log");
         let log = worker_agent::ReceiptLog::open(&log_path)
             .map_err(|e| anyhow::anyhow!("opening the worker's receipt log {}: {e}", log_path.display()))?;

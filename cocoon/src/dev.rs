@@ -82,6 +82,7 @@ impl DevNetwork {
             "cocoon dev runs the insecure simulated TEE and refuses environment = \"production\""
         );
         cfg.attestation.policy.allow_insecure_simulated_tee = true;
+        cfg.attestation.simulated_gpu.get_or_insert(true);
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
         let shutdown = CancellationToken::new();

@@ -117,6 +117,13 @@ pub async fn run(args: VerifyArgs, out: &mut impl std::io::Write) -> anyhow::Res
     if ok && verdict.any_simulated() {
         writeln!(out, "\nWARNING: the evidence comes from the INSECURE SIMULATED TEE: nothing protects prompts on this network (dev only).")?;
     }
+    let simulated_gpu = verdict
+        .workers
+        .iter()
+        .any(|w| w.result.as_ref().is_ok_and(|v| v.gpu.as_ref().is_some_and(|g| g.insecure_simulated)));
+    if ok && simulated_gpu {
+        writeln!(out, "WARNING: the GPU evidence is SIMULATED: no GPU and no confidential-computing mode is proven (dev only).")?;
+    }
     writeln!(out, "\nverdict: {}", if ok { "OK: every worker verified" } else { "FAILED" })?;
     Ok(ok)
 }

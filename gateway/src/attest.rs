@@ -79,6 +79,13 @@ pub struct WorkerAttestationDoc {
     /// Jobs running on the worker and its slots, when the report was made.
     #[schema(value_type = Object)]
     load: serde_json::Value,
+    /// What this gateway's router verified about the worker's NVIDIA GPU (informational: a
+    /// client verifies `gpu` itself): `architecture`, `driver_version`, `vbios_version`,
+    /// `cc_mode` ("on", implied by the report's existence, or "ppcie"), `protection_mode`
+    /// (signed FEATURE_FLAG, or null), `device_subject`, `measurement_blocks`, `valid_until`,
+    /// `insecure_simulated`. `null`: the worker sent no GPU evidence.
+    #[schema(value_type = Option<Object>)]
+    gpu_verdict: Option<serde_json::Value>,
 }
 
 #[utoipa::path(
@@ -160,6 +167,7 @@ async fn fresh_report(state: &AppState, model: &str, nonce: [u8; 32]) -> Result<
     let _slot = REPORT_SLOTS.try_acquire().map_err(|_| ApiError::Overloaded)?;
     let answers = state.router.attest_workers(model, nonce, WORKER_TIMEOUT).await;
     let snapshot: HashMap<String, router::WorkerSnapshot> = state.router.snapshot().into_iter().map(|w| (w.worker_id.clone(), w)).collect();
+    let gpu = state.router.gpu_verdicts();
     let mut workers: Vec<serde_json::Value> = Vec::with_capacity(answers.len());
     for (worker, answer) in answers {
         match answer.and_then(|att| serde_json::to_value(att).map_err(|e| e.to_string())) {
@@ -177,6 +185,8 @@ async fn fresh_report(state: &AppState, model: &str, nonce: [u8; 32]) -> Result<
                         .map(|w| w.model_weights.iter().map(|(id, d)| serde_json::json!({"id": id, "digest": d})).collect())
                         .unwrap_or_default();
                     o.insert("models".into(), models.into());
+                    let verdict = gpu.get(&worker).and_then(|g| g.as_ref()).map(attestation::GpuClaims::verdict);
+                    o.insert("gpu_verdict".into(), verdict.unwrap_or(serde_json::Value::Null));
                 }
                 workers.push(v)
             }

@@ -483,6 +483,15 @@ impl Router {
             .collect()
     }
 
+    /// Each attached worker's GPU verdict from its last verified attestation (`None`: it
+    /// sent no GPU evidence). Read for attestation reports only, not on the request path.
+    pub fn gpu_verdicts(&self) -> std::collections::HashMap<String, Option<attestation::GpuClaims>> {
+        self.read()
+            .iter()
+            .map(|w| (w.info.worker_id.clone(), w.verified.lock().unwrap_or_else(|p| p.into_inner()).gpu.clone()))
+            .collect()
+    }
+
     /// Sets, per attached worker, the jobs other replicas run on it.
     pub(crate) fn set_remote_load(&self, remote: impl Fn(&str) -> u32) {
         for w in self.read().iter() {

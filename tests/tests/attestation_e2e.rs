@@ -75,6 +75,16 @@ async fn attestation_report_validates_its_input() {
     assert_eq!(rep["workers"].as_array().unwrap().len(), 1);
     assert_eq!(rep["workers"][0]["nonce"], nonce, "the evidence answers the client's nonce");
     assert_eq!(rep["policy"]["allow_insecure_simulated_tee"], true);
+    // The dev worker's simulated GPU: its evidence, and what the router verified of it.
+    let w = &rep["workers"][0];
+    assert!(w["gpu"]["report"].is_string() && w["gpu"]["insecure_simulated"] == true, "{w}");
+    let g = &w["gpu_verdict"];
+    assert_eq!(g["insecure_simulated"], true, "{g}");
+    assert_eq!(g["architecture"], "hopper", "{g}");
+    assert_eq!(g["cc_mode"], "on", "{g}");
+    assert_eq!(g["protection_mode"], "spt", "{g}");
+    assert_eq!(g["driver_version"], "580.00.00-simulated", "{g}");
+    assert_eq!(g["vbios_version"], "96.00.00.00.00", "{g}");
     net.net.shutdown().await;
 }
 
@@ -97,6 +107,9 @@ async fn cocoon_verify_passes_on_dev_and_fails_on_a_tampered_report() {
     assert!(ok, "{out}");
     assert!(out.contains("SIMULATED") && out.contains("verdict: OK"), "{out}");
     assert!(out.contains("HPKE key fingerprint"), "{out}");
+    assert!(out.contains("WARNING: SIMULATED GPU") && out.contains("GPU CC mode: on"), "{out}");
+    assert!(out.contains("driver 580.00.00-simulated, VBIOS 96.00.00.00.00"), "{out}");
+    assert!(out.contains("WARNING: the GPU evidence is SIMULATED"), "{out}");
 
     // A client that does not accept the simulated TEE says exactly why.
     let b = base.clone();
@@ -106,7 +119,7 @@ async fn cocoon_verify_passes_on_dev_and_fails_on_a_tampered_report() {
 
     // A man in the middle swapping the worker's HPKE key (to read sealed jobs) is caught by
     // the report_data binding; flipping a byte of the signed evidence by the signature.
-    for tamper in [Tamper::HpkeKey, Tamper::Signature] {
+    for tamper in [Tamper::HpkeKey, Tamper::Signature, Tamper::GpuReport] {
         let proxy = tampering_proxy(net.gateway_addr, tamper).await;
         let (ok, out) = tokio::task::spawn_blocking(move || verify(&format!("http://{proxy}/v1"), &["--allow-simulated"])).await.unwrap();
         assert!(!ok, "{tamper:?}: {out}");
@@ -114,6 +127,7 @@ async fn cocoon_verify_passes_on_dev_and_fails_on_a_tampered_report() {
         let rule = match tamper {
             Tamper::HpkeKey => "(report_data)",
             Tamper::Signature => "(bad_signature)",
+            Tamper::GpuReport => "(gpu_report_signature)",
         };
         assert!(out.contains(rule), "{tamper:?}: {out}");
     }
@@ -124,6 +138,8 @@ async fn cocoon_verify_passes_on_dev_and_fails_on_a_tampered_report() {
 enum Tamper {
     HpkeKey,
     Signature,
+    /// One byte of the (simulated) GPU's signed measurements.
+    GpuReport,
 }
 
 /// A one-request-per-connection HTTP proxy that forwards a GET to the gateway and alters the
@@ -154,6 +170,13 @@ async fn tampering_proxy(gateway: std::net::SocketAddr, tamper: Tamper) -> std::
                     let mut bytes = sig.into_bytes();
                     bytes[4] = if bytes[4] == b'0' { b'1' } else { b'0' };
                     sim["signature"] = json!(String::from_utf8(bytes).unwrap());
+                }
+                Tamper::GpuReport => {
+                    use base64::Engine as _;
+                    let b64 = base64::engine::general_purpose::STANDARD;
+                    let mut report = b64.decode(w["gpu"]["report"].as_str().expect("simulated GPU evidence")).unwrap();
+                    report[60] ^= 1;
+                    w["gpu"]["report"] = json!(b64.encode(report));
                 }
             }
             let body = serde_json::to_vec(&v).unwrap();

@@ -27,6 +27,36 @@ pub trait NvmlCalls: Send + Sync {
     fn attestation_report(&self, nonce: [u8; 32]) -> Result<Vec<u8>, NvmlFailure>;
     /// `nvmlDeviceGetConfComputeGpuCertificate`: `attestationCertChain` (PEM, NUL-padded).
     fn attestation_cert_chain(&self) -> Result<Vec<u8>, NvmlFailure>;
+    /// True only for [`SimulatedNvml`]: its evidence is flagged `insecure_simulated`.
+    fn insecure_simulated(&self) -> bool {
+        false
+    }
+}
+
+/// The simulated GPU of `cocoon dev` ([`attestation::nvidia_sim::SimulatedGpu`]) behind the
+/// same calls as NVML, so the collection path is the real one. Its evidence says
+/// `insecure_simulated: true`; only a router allowing the simulated TEE accepts it.
+pub struct SimulatedNvml(attestation::nvidia_sim::SimulatedGpu);
+
+impl SimulatedNvml {
+    /// This run's simulated device key and chain.
+    pub fn generate() -> Result<Self, String> {
+        attestation::nvidia_sim::SimulatedGpu::generate().map(Self)
+    }
+}
+
+impl NvmlCalls for SimulatedNvml {
+    fn attestation_report(&self, nonce: [u8; 32]) -> Result<Vec<u8>, NvmlFailure> {
+        self.0.report(nonce).map_err(NvmlFailure::Other)
+    }
+
+    fn attestation_cert_chain(&self) -> Result<Vec<u8>, NvmlFailure> {
+        Ok(self.0.cert_chain_pem().as_bytes().to_vec())
+    }
+
+    fn insecure_simulated(&self) -> bool {
+        true
+    }
 }
 
 /// Why the worker has no GPU evidence to send. Each says its cause: a worker that should
@@ -81,7 +111,7 @@ pub fn collect(nvml: &dyn NvmlCalls, nonce: [u8; 32]) -> Result<GpuEvidence, Gpu
             detail: format!("{} bytes without a PEM certificate (or over {MAX_GPU_CERT_CHAIN_BYTES})", pem.len()),
         });
     }
-    Ok(GpuEvidence { report, cert_chain_pem: pem.to_string() })
+    Ok(GpuEvidence { report, cert_chain_pem: pem.to_string(), insecure_simulated: nvml.insecure_simulated() })
 }
 
 /// NVML through the `nvml-wrapper` crate (GPU 0).
@@ -196,6 +226,20 @@ mod tests {
         let mut padded = pem.clone().into_bytes();
         padded.resize(5120, 0); // NVML's fixed-size attestationCertChain buffer
         let ev = collect(&fake(Ok(report.clone()), Ok(padded)), [0; 32]).unwrap();
-        assert_eq!(ev, GpuEvidence { report, cert_chain_pem: pem });
+        assert_eq!(ev, GpuEvidence { report, cert_chain_pem: pem, insecure_simulated: false });
+    }
+
+    #[test]
+    fn simulated_gpu_evidence_is_flagged_and_verifies_only_where_simulation_is_allowed() {
+        let nonce = [9; 32];
+        let ev = collect(&SimulatedNvml::generate().unwrap(), nonce).unwrap();
+        assert!(ev.insecure_simulated);
+        let policy = attestation::GpuPolicy::default();
+        let root = attestation::NVIDIA_DEVICE_ROOT_PEM;
+        let claims = policy.verify(Some(&ev), &nonce, root, true, attestation::unix_now()).unwrap().unwrap();
+        assert!(claims.insecure_simulated);
+        assert!(claims.describe().contains("SIMULATED GPU"), "{}", claims.describe());
+        let refused = policy.verify(Some(&ev), &nonce, root, false, attestation::unix_now()).unwrap_err();
+        assert_eq!(refused.rule(), "gpu_simulated_not_allowed");
     }
 }

@@ -20,11 +20,12 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = parse_gpu_report(rest);
     let ev = if selector & 1 == 0 {
-        GpuEvidence { report: rest.to_vec(), cert_chain_pem: CHAIN.to_string() }
+        GpuEvidence { report: rest.to_vec(), cert_chain_pem: CHAIN.to_string(), insecure_simulated: false }
     } else {
         GpuEvidence {
             report: hex::decode(REPORT_HEX.trim()).unwrap_or_default(),
             cert_chain_pem: String::from_utf8_lossy(rest).into_owned(),
+            insecure_simulated: false,
         }
     };
     let _ = verify_gpu_evidence(&ev, &NONCE, NVIDIA_DEVICE_ROOT_PEM, NOW);
