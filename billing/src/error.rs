@@ -15,6 +15,17 @@ pub enum Error {
     /// `insufficient_quota`.
     #[error("insufficient funds: {available} nanoTON available, {needed} needed")]
     InsufficientFunds { available: i64, needed: i64 },
+    /// The API key's daily or monthly budget cannot take the hold; nothing was written. The
+    /// gateway answers 402 `budget_exceeded` with the reset time.
+    #[error("the key's {period} budget of {budget} nanoTON has {committed} committed; this request needs {needed}")]
+    BudgetExceeded {
+        period: crate::types::BudgetPeriod,
+        budget: i64,
+        committed: i64,
+        needed: i64,
+        /// Unix ms when the period ends (UTC midnight / first of the month).
+        resets_at_ms: i64,
+    },
     /// Checked arithmetic failed: the result does not fit an `i64` (or the `i128`
     /// intermediate). Nothing was written.
     #[error("amount overflow: {0}")]

@@ -92,6 +92,6 @@ pub use ledger::keys::{ApiKeyRow, KeyControls, NewApiKey};
 pub use ledger::{Backend, GroupCommitStats, Ledger, LedgerOptions, StoredReceipt};
 pub use money::{cost, split, Breakdown, Price, Usage};
 pub use types::{
-    Account, AccountId, AccountKind, Balance, CaptureOutcome, CreditOutcome, Hold, HoldOutcome,
+    Account, AccountId, AccountKind, Balance, BudgetPeriod, CaptureOutcome, CreditOutcome, Hold, HoldOutcome, KeyBudget,
     HoldStatus, ModelPrice, Receipt, ReleaseOutcome, UnixMillis, Violation, WorkerEarnings,
 };

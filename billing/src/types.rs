@@ -133,6 +133,47 @@ pub struct Hold {
     pub expires_at_ms: UnixMillis,
     /// When it was captured, released or reaped.
     pub closed_at_ms: Option<UnixMillis>,
+    /// The API key whose budgets it counts against, and the periods it counts in
+    /// (`day:YYYY-MM-DD`, `month:YYYY-MM`, UTC); `None` where no budget applied.
+    #[serde(default)]
+    pub key_id: Option<String>,
+    #[serde(default)]
+    pub budget_day: Option<String>,
+    #[serde(default)]
+    pub budget_month: Option<String>,
+}
+
+/// An API key's spend budgets, in nanoTON (`None`: no limit for that period). See
+/// `ledger::budgets` for how holds count against them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyBudget {
+    pub key_id: String,
+    pub daily_nanoton: Option<i64>,
+    pub monthly_nanoton: Option<i64>,
+}
+
+impl KeyBudget {
+    /// `None` when the key has neither budget.
+    pub fn new(key_id: &str, daily_nanoton: Option<i64>, monthly_nanoton: Option<i64>) -> Option<Self> {
+        (daily_nanoton.is_some() || monthly_nanoton.is_some()).then(|| Self { key_id: key_id.to_owned(), daily_nanoton, monthly_nanoton })
+    }
+}
+
+/// Which budget a hold did not fit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BudgetPeriod {
+    Day,
+    Month,
+}
+
+impl std::fmt::Display for BudgetPeriod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BudgetPeriod::Day => "daily",
+            BudgetPeriod::Month => "monthly",
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

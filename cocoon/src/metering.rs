@@ -249,10 +249,17 @@ impl Meter for LedgerMeter {
             // A free model still gets a (1 nanoTON) hold, so every request has one record.
             .max(1);
         let client = self.account(AccountKind::Client, &req.account).await?;
-        match self.ledger.hold(req.job_id, client, &req.model, amount, self.hold_ttl).await {
+        match self.ledger.hold_for_key(req.job_id, client, &req.model, amount, self.hold_ttl, req.budget.as_ref()).await {
             Ok(_) => Ok(()),
             Err(billing::Error::InsufficientFunds { available, needed }) => {
                 Err(MeterError::InsufficientFunds { available, needed })
+            }
+            Err(billing::Error::BudgetExceeded { period, budget, committed, needed, resets_at_ms }) => {
+                let now_ms = i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(i64::MAX);
+                let resets_at = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(resets_at_ms)
+                    .map_or_else(|| format!("{resets_at_ms} ms"), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string());
+                let resets_in_secs = u64::try_from(resets_at_ms.saturating_sub(now_ms).div_euclid(1000)).unwrap_or(0).max(1);
+                Err(MeterError::BudgetExceeded { period, budget, committed, needed, resets_at, resets_in_secs })
             }
             Err(e) => Err(unavailable(e)),
         }

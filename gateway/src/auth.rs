@@ -28,6 +28,8 @@ pub struct Principal {
     pub allowed_models: Option<std::sync::Arc<[String]>>,
     /// The key's price-coefficient cap, applied when a request sets none.
     pub max_price_coefficient: Option<u32>,
+    /// The key's day / month spend budgets, counted in the ledger hold (`None`: no budget).
+    pub budget: Option<billing::KeyBudget>,
 }
 
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
@@ -75,6 +77,7 @@ impl Principal {
                 limits: state.cfg.default_limits,
                 allowed_models: None,
                 max_price_coefficient: None,
+                budget: None,
             });
         }
         let token = bearer(parts)?;
@@ -86,6 +89,7 @@ impl Principal {
                     limits: rec.limits.unwrap_or(state.cfg.default_limits),
                     allowed_models: rec.controls.allowed_models.clone().map(Into::into),
                     max_price_coefficient: rec.controls.max_price_coefficient,
+                    budget: billing::KeyBudget::new(&rec.id, rec.controls.daily_budget_nanoton, rec.controls.monthly_budget_nanoton),
                 }),
                 None => Err(ApiError::InvalidApiKey(format!(
                     "Incorrect API key provided: {}. You can create one with `cocoon keys create` or in the dashboard.",
@@ -102,6 +106,7 @@ impl Principal {
                         limits: claims.limits.unwrap_or(state.cfg.default_limits),
                         allowed_models: None,
                         max_price_coefficient: None,
+                        budget: None,
                     }),
                     Err(e) => Err(ApiError::InvalidApiKey(format!("Invalid token: {e}."))),
                 };

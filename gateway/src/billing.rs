@@ -64,6 +64,8 @@ pub struct HoldRequest {
     pub completion_tokens: u64,
     /// Highest worker price coefficient (thousandths) the request may be served at.
     pub max_coefficient: u32,
+    /// The API key's spend budgets the hold must fit, in the same ledger transaction.
+    pub budget: Option<billing::KeyBudget>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +76,9 @@ pub enum MeterError {
     Unpriced(String),
     #[error("billing unavailable: {0}")]
     Unavailable(String),
+    /// The key's daily or monthly budget is spent (counting requests in flight at their hold).
+    #[error("This API key's {period} budget of {budget} nanoTON is spent ({committed} nanoTON charged or held, this request needs up to {needed}); it resets at {resets_at}.")]
+    BudgetExceeded { period: billing::BudgetPeriod, budget: i64, committed: i64, needed: i64, resets_at: String, resets_in_secs: u64 },
     /// Not a failure of the request: the ledger could not take the capture now, so it was
     /// written durably to the capture outbox and will be retried until it lands. The answer
     /// may be released; its charge is not known yet.

@@ -36,6 +36,10 @@ pub enum ApiError {
     },
     #[error("{0}")]
     InsufficientQuota(String),
+    /// The API key's day or month budget is spent: 402 `budget_exceeded`, `Retry-After` the
+    /// seconds until it resets (UTC midnight or the first of the month).
+    #[error("{message}")]
+    BudgetExceeded { message: String, resets_in_secs: u64 },
     #[error("The gateway is at its in-flight request limit; retry shortly")]
     Overloaded,
     /// No worker can take the request now (none available, the model's queue is full, or
@@ -104,7 +108,7 @@ impl ApiError {
             | ApiError::WorkerNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::InsufficientQuota(_) => StatusCode::PAYMENT_REQUIRED,
+            ApiError::InsufficientQuota(_) | ApiError::BudgetExceeded { .. } => StatusCode::PAYMENT_REQUIRED,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Overloaded
             | ApiError::NoCapacity { .. }
@@ -139,7 +143,7 @@ impl ApiError {
             | ApiError::SignInFailed { .. }
             | ApiError::NotFound { .. } => "invalid_request_error",
             ApiError::RateLimited { .. } => "requests",
-            ApiError::InsufficientQuota(_) => "insufficient_quota",
+            ApiError::InsufficientQuota(_) | ApiError::BudgetExceeded { .. } => "insufficient_quota",
             ApiError::Overloaded
             | ApiError::NoCapacity { .. }
             | ApiError::NotReady(_)
@@ -161,6 +165,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => Some("request_too_large"),
             ApiError::RateLimited { .. } => Some("rate_limit_exceeded"),
             ApiError::InsufficientQuota(_) => Some("insufficient_quota"),
+            ApiError::BudgetExceeded { .. } => Some("budget_exceeded"),
             ApiError::Overloaded => Some("server_overloaded"),
             ApiError::NoCapacity { .. } => Some("no_capacity"),
             ApiError::LimiterUnavailable => Some("rate_limiter_unavailable"),
@@ -274,6 +279,9 @@ impl ApiError {
             }
             ApiError::NoCapacity { retry_after, .. } => {
                 headers.insert("retry-after", HeaderValue::from(*retry_after));
+            }
+            ApiError::BudgetExceeded { resets_in_secs, .. } => {
+                headers.insert("retry-after", HeaderValue::from(*resets_in_secs));
             }
             _ => {}
         }

@@ -288,11 +288,13 @@ impl Call {
             prompt_tokens: demand.prompt_tokens,
             completion_tokens: demand.completion_tokens,
             max_coefficient: demand.max_price_coefficient.unwrap_or(MAX_PRICE_COEFFICIENT),
+            budget: self.principal.budget.clone(),
         };
         meter.hold(&hold).await.map_err(|e| match e {
             MeterError::InsufficientFunds { .. } => {
                 ApiError::InsufficientQuota(format!("You exceeded your current quota: {e}. Top up the account's balance."))
             }
+            MeterError::BudgetExceeded { resets_in_secs, .. } => ApiError::BudgetExceeded { message: e.to_string(), resets_in_secs },
             MeterError::Unpriced(_) => ApiError::Upstream {
                 status: 503,
                 message: e.to_string(),

@@ -47,8 +47,8 @@ const MISS_REFRESH_SPACING: Duration = Duration::from_millis(50);
 
 /// Per-key controls stored with the key. Enforced: the model allow-list (other models are
 /// answered 404 `model_not_found` and left out of `/v1/models`) and the price-coefficient
-/// cap (applied when a request sets none). The day and month budgets are kept and shown but
-/// NOT enforced yet. `None` = no restriction.
+/// cap (applied when a request sets none), spend budgets per UTC day and month (enforced in
+/// the ledger hold's transaction: `billing::KeyBudget`). `None` = no restriction.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KeyControls {
     pub allowed_models: Option<Vec<String>>,

@@ -25,7 +25,7 @@ async fn held(ledger: &Ledger, dir: &std::path::Path) -> (cocoon::metering::Ledg
     let meter = cocoon::metering::LedgerMeter::new(ledger.clone(), Duration::from_secs(3600)).with_outbox(dir.join("capture-outbox.jsonl"));
     let job = Uuid::new_v4();
     meter
-        .hold(&HoldRequest { job_id: job, account: "alice".into(), model: "m".into(), prompt_tokens: 10, completion_tokens: 20, max_coefficient: 1000 })
+        .hold(&HoldRequest { job_id: job, account: "alice".into(), model: "m".into(), prompt_tokens: 10, completion_tokens: 20, max_coefficient: 1000, budget: None })
         .await
         .unwrap();
     let worker = ledger.ensure_account(AccountKind::Worker, "w1").await.unwrap();

@@ -303,3 +303,46 @@ async fn a_keys_model_allow_list_and_price_cap_are_enforced() {
     assert!(capped > 0 && capped * 3 < uncapped, "held at 1.0x: {capped}, at the network's maximum: {uncapped}");
     net.net.shutdown().await;
 }
+
+/// #15 per-key budgets: a key whose daily budget cannot take a request's hold gets 402
+/// `budget_exceeded` with the reset time and `Retry-After`, and nothing is charged; a key
+/// with room is served, and its day and month spend is the charge once the request settled.
+#[tokio::test]
+async fn a_keys_daily_and_monthly_budgets_are_enforced() {
+    let net = common::start(|_| {}).await;
+    let key = |daily: Option<i64>, monthly: Option<i64>| {
+        let controls = gateway::keys::KeyControls { daily_budget_nanoton: daily, monthly_budget_nanoton: monthly, ..Default::default() };
+        let keys = net.keys.clone();
+        async move { keys.create_with("t", "dev", None, &controls, "cli").await.unwrap() }
+    };
+    let hi = json!({"model": "cocoon-test", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+    let chat = |key: String| {
+        let (url, body) = (format!("{}/chat/completions", net.base_url), hi.clone());
+        async move { common::http().post(url).bearer_auth(key).json(&body).send().await.unwrap() }
+    };
+    let ledger = net.net.ledger.clone().unwrap();
+    let dev = ledger.ensure_account(billing::AccountKind::Client, "dev").await.unwrap();
+    let before = ledger.balance(dev).await.unwrap();
+
+    let tight = key(Some(1), None).await;
+    let r = chat(tight.key.clone()).await;
+    assert_eq!(r.status(), 402);
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=86_400).contains(&retry), "{retry}");
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "budget_exceeded", "{e}");
+    assert_eq!(e["error"]["type"], "insufficient_quota", "{e}");
+    let msg = e["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("daily budget of 1 nanoTON") && msg.contains("resets at") && msg.ends_with("Z."), "{msg}");
+    assert_eq!(ledger.balance(dev).await.unwrap(), before, "a refused request holds and charges nothing");
+
+    let roomy = key(Some(1_000_000_000_000), Some(1_000_000_000_000)).await;
+    let r = chat(roomy.key.clone()).await;
+    assert_eq!(r.status(), 200);
+    let _ = r.text().await;
+    let charged = before.total - ledger.balance(dev).await.unwrap().total;
+    assert!(charged > 0);
+    let (day, month) = ledger.key_spend(&roomy.record.id, std::time::SystemTime::now()).await.unwrap();
+    assert_eq!((day, month), (charged, charged), "the hold settled to the charge");
+    net.net.shutdown().await;
+}

@@ -48,6 +48,7 @@ pub(super) enum Op {
         model: String,
         amount: i64,
         ttl_ms: i64,
+        budget: Option<crate::types::KeyBudget>,
         reply: oneshot::Sender<Result<HoldOutcome>>,
     },
     Capture {
@@ -209,9 +210,9 @@ impl Ledger {
         let mut done = Vec::with_capacity(batch.len());
         for op in batch {
             match op {
-                Op::Hold { job_id, client, model, amount, ttl_ms, reply } => {
+                Op::Hold { job_id, client, model, amount, ttl_ms, budget, reply } => {
                     let r = self
-                        .hold_in(&mut tx, job_id, client, &model, amount, ttl_ms)
+                        .hold_in(&mut tx, job_id, client, &model, amount, ttl_ms, budget.as_ref())
                         .await;
                     match r {
                         Err(e) if is_database(&e) => return Err(e),

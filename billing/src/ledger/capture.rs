@@ -312,6 +312,9 @@ impl Ledger {
             Backend::Postgres => write.postgres(conn).await?,
             Backend::Sqlite => write.portable(conn).await?,
         };
+        // Its key's budgets now count the charge instead of the hold (an expired hold
+        // counted nothing any more, so its late charge is added).
+        super::budgets::adjust(conn, &hold, billed.charge - reserved).await?;
         // Logged before the commit, which may still fail (the call then fails and is retried).
         if late {
             tracing::warn!(%job_id, cost = full.charge, billed = billed.charge, "hold expired before its capture; charged late from the available balance");

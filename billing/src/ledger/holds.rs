@@ -11,7 +11,7 @@ use super::rows::{hold_and_account, hold_columns, hold_from_row, parse_job};
 use super::{now_ms, unix_ms, Backend, Ledger};
 use crate::error::{Error, Result};
 use crate::money::Price;
-use crate::types::{AccountId, AccountKind, Hold, HoldOutcome, HoldStatus, ReleaseOutcome};
+use crate::types::{AccountId, AccountKind, Hold, HoldOutcome, HoldStatus, KeyBudget, ReleaseOutcome};
 
 const REAP_BATCH: i64 = 500;
 
@@ -31,6 +31,21 @@ impl Ledger {
         amount: i64,
         ttl: Duration,
     ) -> Result<HoldOutcome> {
+        self.hold_for_key(job_id, client, model, amount, ttl, None).await
+    }
+
+    /// [`Self::hold`] that also counts against an API key's day and month budgets
+    /// (`ledger::budgets`), in the same transaction: [`Error::BudgetExceeded`] when it does
+    /// not fit, nothing written.
+    pub async fn hold_for_key(
+        &self,
+        job_id: Uuid,
+        client: AccountId,
+        model: &str,
+        amount: i64,
+        ttl: Duration,
+        budget: Option<&KeyBudget>,
+    ) -> Result<HoldOutcome> {
         if amount <= 0 {
             return Err(Error::InvalidAmount(amount));
         }
@@ -43,6 +58,7 @@ impl Ledger {
                 model: model.to_owned(),
                 amount,
                 ttl_ms,
+                budget: budget.cloned(),
                 reply,
             };
             // No answer: the batch failed (rolled back) or the committer is gone; the call
@@ -54,7 +70,7 @@ impl Ledger {
             }
         }
         self.retrying("hold", || {
-            self.hold_once(job_id, client, model, amount, ttl_ms)
+            self.hold_once(job_id, client, model, amount, ttl_ms, budget)
         })
         .await
     }
@@ -66,11 +82,12 @@ impl Ledger {
         model: &str,
         amount: i64,
         ttl_ms: i64,
+        budget: Option<&KeyBudget>,
     ) -> Result<HoldOutcome> {
         let mut tx = self.begin().await?;
         // An error drops `tx`, which rolls back: nothing of a refused hold is written.
         let outcome = self
-            .hold_in(&mut tx, job_id, client, model, amount, ttl_ms)
+            .hold_in(&mut tx, job_id, client, model, amount, ttl_ms, budget)
             .await?;
         tx.commit().await?;
         Ok(outcome)
@@ -79,7 +96,9 @@ impl Ledger {
     /// The body of a hold inside a write transaction that the caller commits (alone, or in a
     /// group commit with other calls). Every refusal (`InsufficientFunds`, unknown model or
     /// account, overflow) is decided before the first write, so a refused hold leaves the
-    /// transaction as it found it; only a database error can come after a write.
+    /// transaction as it found it; only a database error can come after a write. The key's
+    /// budgets are read after the account row is locked, which serialises them per key.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn hold_in(
         &self,
         conn: &mut AnyConnection,
@@ -88,6 +107,7 @@ impl Ledger {
         model: &str,
         amount: i64,
         ttl_ms: i64,
+        budget: Option<&KeyBudget>,
     ) -> Result<HoldOutcome> {
         let now = now_ms();
         let expires = now
@@ -142,21 +162,26 @@ impl Ledger {
             });
         }
         let new_held = held.checked_add(amount).ok_or(Error::Overflow("held"))?;
+        let (budget_day, budget_month) = match budget {
+            Some(b) => super::budgets::check(conn, b, amount, now).await?,
+            None => (None, None),
+        };
+        let key_id = budget.map(|b| b.key_id.clone());
         // Postgres: insert and account update in one statement (data-modifying CTE);
         // SQLite: two statements. Same rows either way.
         let insert_hold = self.pick(
             "WITH h AS ( \
                INSERT INTO holds (job_id, account_id, model, amount, price_prompt, \
                  price_cached_prompt, price_completion, price_reasoning, fee_bps, status, \
-                 created_at, expires_at) \
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', $10, $11) \
+                 created_at, expires_at, key_id, budget_day, budget_month) \
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', $10, $11, $12, $13, $14) \
                ON CONFLICT (job_id) DO NOTHING RETURNING job_id), \
-             a AS (UPDATE accounts SET held = $12 WHERE id = $2 AND EXISTS (SELECT 1 FROM h)) \
+             a AS (UPDATE accounts SET held = $15 WHERE id = $2 AND EXISTS (SELECT 1 FROM h)) \
              SELECT job_id FROM h",
             "INSERT INTO holds (job_id, account_id, model, amount, price_prompt, \
                price_cached_prompt, price_completion, price_reasoning, fee_bps, status, \
-               created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', $10, $11) \
+               created_at, expires_at, key_id, budget_day, budget_month) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', $10, $11, $12, $13, $14) \
              ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
         );
         let mut query = sqlx::query(insert_hold)
@@ -170,7 +195,10 @@ impl Ledger {
             .bind(price.reasoning)
             .bind(i64::from(self.fee_bps))
             .bind(now)
-            .bind(expires);
+            .bind(expires)
+            .bind(key_id.clone())
+            .bind(budget_day.clone())
+            .bind(budget_month.clone());
         if self.backend == Backend::Postgres {
             query = query.bind(new_held);
         }
@@ -186,7 +214,7 @@ impl Ledger {
                 .execute(&mut *conn)
                 .await?;
         }
-        Ok(HoldOutcome::Placed(Hold {
+        let hold = Hold {
             job_id,
             client,
             model: model.to_owned(),
@@ -197,7 +225,12 @@ impl Ledger {
             created_at_ms: now,
             expires_at_ms: expires,
             closed_at_ms: None,
-        }))
+            key_id,
+            budget_day,
+            budget_month,
+        };
+        super::budgets::adjust(conn, &hold, amount).await?;
+        Ok(HoldOutcome::Placed(hold))
     }
 
     /// Releases job `job_id`'s hold without charging anything. Releasing a hold that is no
@@ -288,6 +321,8 @@ impl Ledger {
             .bind(hold.client.0)
             .execute(&mut *tx)
             .await?;
+        // Released or expired: it no longer counts against its key's budgets.
+        super::budgets::adjust(&mut tx, &hold, -hold.amount).await?;
         tx.commit().await?;
         hold.status = status;
         hold.closed_at_ms = Some(now);

@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
 use crate::types::UnixMillis;
 
 /// Per-key controls kept with the key (model allow-list, budgets, price cap); the gateway
-/// enforces the allow-list and the price cap, not yet the budgets. `None` = no restriction.
+/// enforces the allow-list and the price cap, the ledger the budgets (in the hold,
+/// `ledger::budgets`). `None` = no restriction.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyControls {
     /// JSON array of the model ids the key may use, as stored.

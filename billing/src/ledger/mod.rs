@@ -3,6 +3,7 @@
 
 mod accounts;
 mod batch;
+mod budgets;
 mod capture;
 mod check;
 pub(crate) mod dashboard;

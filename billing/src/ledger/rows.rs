@@ -14,7 +14,7 @@ macro_rules! hold_columns {
     () => {
         "h.job_id, h.account_id, h.model, h.amount, h.price_prompt, h.price_cached_prompt, \
          h.price_completion, h.price_reasoning, h.fee_bps, h.status, h.created_at, \
-         h.expires_at, h.closed_at"
+         h.expires_at, h.closed_at, h.key_id, h.budget_day, h.budget_month"
     };
 }
 
@@ -62,6 +62,9 @@ pub(crate) fn hold_from_row(row: &AnyRow) -> Result<Hold> {
         created_at_ms: row.try_get("created_at")?,
         expires_at_ms: row.try_get("expires_at")?,
         closed_at_ms: row.try_get("closed_at")?,
+        key_id: row.try_get("key_id")?,
+        budget_day: row.try_get("budget_day")?,
+        budget_month: row.try_get("budget_month")?,
     })
 }
 

@@ -46,6 +46,13 @@ enum KeysCmd {
         /// that set none themselves.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1000..=1_000_000))]
         max_price_coefficient: Option<u32>,
+        /// Spend budget per UTC day, nanoTON: once its charges and in-flight holds reach it,
+        /// requests get 402 `budget_exceeded` until midnight UTC.
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+        daily_budget_nanoton: Option<i64>,
+        /// Spend budget per UTC calendar month, nanoTON (402 until the 1st, 00:00 UTC).
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+        monthly_budget_nanoton: Option<i64>,
     },
     /// List keys: id, name, account, limits, controls, created by, state.
     List {
@@ -78,7 +85,7 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
     let db = cocoon::roles::open_database(&cfg).await?;
     let store = cocoon::roles::open_key_store(&cfg, db.clone()).await?;
     match args.cmd {
-        KeysCmd::Create { name, account, worker, rpm, tpm, models, max_price_coefficient } => {
+        KeysCmd::Create { name, account, worker, rpm, tpm, models, max_price_coefficient, daily_budget_nanoton, monthly_budget_nanoton } => {
             let account = match worker {
                 Some(w) => format!("{}{w}", gateway::auth::WORKER_ACCOUNT_PREFIX),
                 None if account.starts_with(gateway::auth::WORKER_ACCOUNT_PREFIX) => {
@@ -97,7 +104,7 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
             if models.as_ref().is_some_and(Vec::is_empty) {
                 anyhow::bail!("--models names no model");
             }
-            let controls = gateway::keys::KeyControls { allowed_models: models, max_price_coefficient, ..Default::default() };
+            let controls = gateway::keys::KeyControls { allowed_models: models, max_price_coefficient, daily_budget_nanoton, monthly_budget_nanoton };
             let new = store.create_with(&name, &account, limits, &controls, "cli").await?;
             eprintln!("created key {} ({name}, account {account}); it is shown once:", new.record.id);
             println!("{}", new.key);
@@ -110,6 +117,12 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
                 }
                 if let Some(c) = k.controls.max_price_coefficient {
                     controls.push(format!("max_price_coefficient={c}"));
+                }
+                if let Some(b) = k.controls.daily_budget_nanoton {
+                    controls.push(format!("daily_budget_nanoton={b}"));
+                }
+                if let Some(b) = k.controls.monthly_budget_nanoton {
+                    controls.push(format!("monthly_budget_nanoton={b}"));
                 }
                 println!(
                     "{}\t{}\t{}\t{}\t{}\t{}\t{}",

@@ -354,7 +354,7 @@ pub struct KeyView {
     /// Requests and tokens per minute; `null` = the gateway's defaults.
     #[schema(value_type = Option<Object>)]
     pub limits: Option<Limits>,
-    /// Stored per-key controls (model allow-list, budgets, price cap): shown, not yet enforced.
+    /// Per-key controls (model allow-list, day / month budgets, price cap), all enforced.
     #[schema(value_type = Object)]
     pub controls: KeyControls,
 }
