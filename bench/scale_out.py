@@ -44,6 +44,7 @@ import os
 import platform
 import pwd
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -537,16 +538,30 @@ class Net:
             time.sleep(0.3)
 
     def cpu_seconds(self):
-        """CPU time (user + system) of each service so far, from /proc (pids are host pids)."""
+        """CPU time (user + system) of each service so far with all its descendants (Postgres
+        backends), live and reaped, from /proc (the pids are host pids in either mode)."""
         tick = os.sysconf("SC_CLK_TCK")
+        stat, children = {}, {}
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            pid = int(d)
+            # utime, stime, cutime, cstime: the process and its children already reaped.
+            stat[pid] = sum(int(x) for x in fields[11:15]) / tick
+            children.setdefault(int(fields[1]), []).append(pid)
         out = {}
         for p in self.procs:
-            try:
-                with open(f"/proc/{p.p.pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                out[p.name] = (int(fields[11]) + int(fields[12])) / tick
-            except (OSError, IndexError, ValueError):
-                out[p.name] = None
+            total, todo = 0.0, [p.p.pid]
+            while todo:
+                pid = todo.pop()
+                total += stat.get(pid, 0.0)
+                todo += children.get(pid, [])
+            out[p.name] = total
         return out
 
     def stop(self):
@@ -579,6 +594,18 @@ def spread(delta):
             "cv": round(statistics.pstdev(vals) / mean, 4) if mean else None}
 
 
+def cpu_row(cpu, wall, requests):
+    """CPU seconds per part during one measurement (warm-up included), what that is per request
+    and how many cores were busy on average."""
+    groups = {"gateways": sum(cpu.get(g, 0.0) for g in GATEWAYS), "workers": sum(cpu.get(w, 0.0) for w in WORKERS),
+              "postgres": cpu.get("postgres", 0.0), "redis": cpu.get("redis", 0.0), "client": cpu.get("client", 0.0)}
+    total = sum(groups.values())
+    return {"seconds": {k: round(v, 2) for k, v in cpu.items()}, "wall_s": round(wall, 2),
+            "busy_cores": round(total / wall, 2) if wall else None,
+            "ms_per_request": {k: round(v * 1000 / requests, 3) if requests else None
+                               for k, v in {**groups, "total": total}.items()}}
+
+
 def diff(after, before):
     return {w: after.get(w, 0) - before.get(w, 0) for w in WORKERS}
 
@@ -606,6 +633,10 @@ def share_text(s):
     if not s or not s.get("total"):
         return "–"
     return " / ".join(f"{s['share'][w] * 100:.0f}%" for w in WORKERS) + f" (CV {s['cv']:.3f})"
+
+
+def m_cores(res):
+    return res["machine"]["cores"]
 
 
 def render_md(res):
@@ -661,7 +692,23 @@ def render_md(res):
     ]
     if res.get("plot"):
         lines += [f"![scale-out]({res['plot']})", ""]
-    if cpu_line:
+    cpu_rows = []
+    for kind, rs in (("max", res["closed"]), ("fixed", res["open"])):
+        for r in rs:
+            c = r.get("cpu")
+            if not c:
+                continue
+            m = c["ms_per_request"]
+            cpu_rows.append(f"| {r['replicas']} | {kind} | {fmt(c['busy_cores'], 2)} | {fmt(m['gateways'], 3)} | "
+                            f"{fmt(m['workers'], 3)} | {fmt(m['postgres'], 3)} | {fmt(m['redis'], 3)} | "
+                            f"{fmt(m['client'], 3)} | {fmt(m['total'], 3)} |")
+    if cpu_rows:
+        lines += ["Where the CPU went in each measurement (warm-up included; from /proc, Postgres with its backends, "
+                  f"the client from its rusage; busy cores = CPU seconds / wall seconds, at most {m_cores(res)}):", "",
+                  "| replicas | measurement | busy cores | CPU ms/request: gateways | workers | Postgres | Redis "
+                  "| client | total |",
+                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|", *cpu_rows, ""]
+    elif cpu_line:
         lines += [f"CPU time over the whole run, per process: {cpu_line}.", ""]
     lines += [f"- {n}" for n in res.get("notes", [])]
     return "\n".join(lines).rstrip() + "\n"
@@ -732,13 +779,21 @@ def measure(net, key, plan, res):
         nonlocal sent, ok
         before = net.charges_by_worker()
         before_sent, before_ok = sent, ok
+        cpu_before = net.cpu_seconds()
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.monotonic()
         r = net.load(k, key, **load_args)
+        wall = time.monotonic() - t0
+        ru2 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = {n: v - cpu_before.get(n, 0.0) for n, v in net.cpu_seconds().items()}
+        # The load generator ran as our child (ip netns exec execs it): its rusage.
+        cpu["client"] = (ru2.ru_utime + ru2.ru_stime) - (ru.ru_utime + ru.ru_stime)
         sent += r["sent"] + r["warmup"]["sent"]
         ok += r["ok"] + r["warmup"]["ok"]
         after = net.wait_charged(sum(before.values()) + (ok - before_ok))
         row = {"replicas": k, "load": r, "workers": spread(diff(after, before)),
                "charged": sum(after.values()) - sum(before.values()), "answered": ok - before_ok,
-               "sent": sent - before_sent}
+               "sent": sent - before_sent, "cpu": cpu_row(cpu, wall, sent - before_sent)}
         lat = r["latency_ms"] or {}
         log(f"{kind} {k} replica(s): {r['ok']}/{r['sent']} ok, {r['achieved_rps']:.0f} req/s, p50 "
             f"{fmt(lat.get('p50'), 2)} ms p99 {fmt(lat.get('p99'), 2)} ms; workers {row['workers']['jobs']}"
@@ -890,11 +945,8 @@ def main():
             "every_replica_served": all(u["ok"] > 0 for u in closed3["load"]["per_url"]) and len(closed3["load"]["per_url"]) == 3,
             "no_namespace_left": not res["namespaces_left"],
         })
-        if topo.mode == "netns":
-            res["notes"].append(f"This machine has {res['machine']['cores']} cores for all of it: 3 replicas, 3 workers, "
-                                "Postgres, Redis and the client. More replicas add no CPU here, so max req/s cannot "
-                                "grow with them; what the rows show is that spreading over replicas costs little, "
-                                "and that every replica routes to every worker.")
+        res["notes"].append(f"{res['machine']['cores']} cores run all of it: 3 replicas, 3 workers, Postgres, Redis "
+                            "and the client. More replicas in the balancer add processes, not CPU.")
     res["passed"] = not failure and all(res["checks"].values())
     out = args.out or (None if smoke else os.path.join(ROOT, "bench", "results"))
     if out and not failure:
