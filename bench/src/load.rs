@@ -31,9 +31,10 @@ pub struct LoadArgs {
     /// several replicas. Requests go to them round-robin.
     #[arg(long = "url", required = true, value_delimiter = ',')]
     pub urls: Vec<String>,
-    /// Sent as `Authorization: Bearer KEY`.
-    #[arg(long)]
-    pub key: Option<String>,
+    /// Sent as `Authorization: Bearer KEY`; repeat (or separate with commas) to spread the
+    /// requests over several keys (accounts): each key in turn goes to every URL in turn.
+    #[arg(long = "key", value_delimiter = ',')]
+    pub keys: Vec<String>,
     #[arg(long, default_value = "cocoon-test")]
     pub model: String,
     #[arg(long, default_value = "Say hello to the cocoon.")]
@@ -67,9 +68,15 @@ pub struct LoadArgs {
     pub max_in_flight: usize,
 }
 
-/// The index of the URL the next request goes to.
-pub fn pick(counter: &AtomicU64, urls: usize) -> usize {
-    (counter.fetch_add(1, Ordering::Relaxed) % urls.max(1) as u64) as usize
+/// The URL and the key (indices) of the next request: URLs in turn, and the key moves on
+/// after each round of the URLs, so every key reaches every URL whatever the two counts.
+pub fn pick(counter: &AtomicU64, urls: usize, keys: usize) -> (usize, usize) {
+    let i = counter.fetch_add(1, Ordering::Relaxed);
+    let urls = urls.max(1) as u64;
+    (
+        (i % urls) as usize,
+        ((i / urls) % keys.max(1) as u64) as usize,
+    )
 }
 
 /// Open loop: when request `i` is due, counted from the start.
@@ -218,7 +225,7 @@ fn classify(e: &reqwest::Error) -> &'static str {
 struct Shared {
     client: reqwest::Client,
     urls: Vec<String>,
-    key: Option<String>,
+    keys: Vec<String>,
     body: Value,
     stream: bool,
     start: Instant,
@@ -229,10 +236,10 @@ struct Shared {
 impl Shared {
     /// Sends one request due at `due` (from the start) and records it.
     async fn one(&self, due: Duration) {
-        let url = pick(&self.next_url, self.urls.len());
+        let (url, key) = pick(&self.next_url, self.urls.len(), self.keys.len());
         let send_lag = self.start.elapsed().saturating_sub(due);
         let mut req = self.client.post(&self.urls[url]).json(&self.body);
-        if let Some(k) = &self.key {
+        if let Some(k) = self.keys.get(key) {
             req = req.bearer_auth(k);
         }
         let (outcome, error_text) = match self.exchange(req).await {
@@ -322,7 +329,7 @@ pub async fn run(a: LoadArgs) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         client,
         urls: a.urls.clone(),
-        key: a.key.clone(),
+        keys: a.keys.clone(),
         body,
         stream: a.stream,
         start: Instant::now(),
@@ -357,7 +364,7 @@ pub async fn run(a: LoadArgs) -> anyhow::Result<()> {
                 i += 1;
                 if in_flight.load(Ordering::Relaxed) >= a.max_in_flight {
                     let s = Sample {
-                        url: pick(&shared.next_url, shared.urls.len()),
+                        url: pick(&shared.next_url, shared.urls.len(), shared.keys.len()).0,
                         due,
                         latency: Duration::ZERO,
                         send_lag: Duration::ZERO,
@@ -411,12 +418,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_are_taken_in_turn() {
+    fn urls_are_taken_in_turn_and_every_key_reaches_every_url() {
         let c = AtomicU64::new(0);
-        let picks: Vec<usize> = (0..7).map(|_| pick(&c, 3)).collect();
+        let picks: Vec<usize> = (0..7).map(|_| pick(&c, 3, 1).0).collect();
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2, 0]);
         let one = AtomicU64::new(0);
-        assert!((0..5).all(|_| pick(&one, 1) == 0));
+        assert!((0..5).all(|_| pick(&one, 1, 0) == (0, 0)));
+        // Three URLs, three keys: key k is not tied to URL k.
+        let c = AtomicU64::new(0);
+        let pairs: std::collections::BTreeSet<(usize, usize)> =
+            (0..9).map(|_| pick(&c, 3, 3)).collect();
+        assert_eq!(pairs.len(), 9);
     }
 
     #[test]
