@@ -416,12 +416,17 @@ class Net:
         import hashlib
         return cert, key, hashlib.sha256(der).hexdigest()
 
-    def seed(self):
-        """Price, credit and an unlimited key in the shared database (this also migrates it)."""
+    def seed(self, accounts):
+        """Price, and per account credit and an unlimited key, in the shared database (this also
+        migrates it). Returns the keys joined by commas (cocoon-bench takes them in turn)."""
         self.cocoon(["prices", "set", MODEL, "--prompt", "1000", "--completion", "2000"])
-        self.cocoon(["accounts", "credit", ACCOUNT, "--nanoton", str(10 ** 15), "--key", "scale-out-seed"])
-        out = self.cocoon(["keys", "create", "--name", "scale-out", "--account", ACCOUNT, "--rpm", "0", "--tpm", "0"])
-        return out.stdout.strip().splitlines()[-1]
+        keys = []
+        for i in range(accounts):
+            name = ACCOUNT if accounts == 1 else f"{ACCOUNT}-{i + 1}"
+            self.cocoon(["accounts", "credit", name, "--nanoton", str(10 ** 15), "--key", f"seed-{name}"])
+            out = self.cocoon(["keys", "create", "--name", name, "--account", name, "--rpm", "0", "--tpm", "0"])
+            keys.append(out.stdout.strip().splitlines()[-1])
+        return ",".join(keys)
 
     def start_gateways(self, cert, key):
         self.gw_urls = []
@@ -659,12 +664,14 @@ def render_md(res):
         + (" (each part in its own network namespace, veth pairs to a bridge in a hub namespace, subnet "
            f"{SUBNET}.0/24)" if res["mode"] == "netns" else f" (namespaces unavailable: {res.get('fallback_reason')})")
         + f". Machine: {m['cpu_model']}, **{m['cores']} cores** shared by everything below, {m['mem_gb']} GiB, "
-          f"Linux {m['kernel']}. Release binaries.",
+          f"Linux {m['kernel']}. " + ("Debug binaries (smoke run)." if res["smoke"] else "Release binaries."),
         "",
         "Three `cocoon gateway` replicas share one Postgres (ledger, keys, prices) and one Redis (worker registry, "
         "load, nonces), each in its own namespace; three `cocoon worker`s (built-in test engine, no model: answers "
         "as fast as it can, simulated TEE, jobs HPKE-sealed) each keep a link to every replica; the client "
-        "(`cocoon-bench load`) sends non-streaming chat completions (max_tokens 16) with one API key, round-robin "
+        "(`cocoon-bench load`) sends non-streaming chat completions (max_tokens 16) with "
+        + ("one API key (one client account)" if p["accounts"] == 1 else
+           f"{p['accounts']} API keys of {p['accounts']} client accounts, taken in turn") + ", round-robin "
         "over the replicas in the balancer. All three replicas run in every row; \"replicas\" is how many the "
         "client spreads over. Every request is authenticated, held and charged in Postgres.",
         "",
@@ -824,6 +831,9 @@ def main():
     ap.add_argument("--loopback", action="store_true", help="skip namespaces: loopback ports (to test the fallback)")
     ap.add_argument("--concurrency", type=int, default=None, help="closed loop in flight (default 64; smoke 8)")
     ap.add_argument("--rate", type=float, default=None, help="fixed offered rate (default: half the lowest max)")
+    ap.add_argument("--accounts", type=int, default=1,
+                    help="client accounts, one key each, taken in turn (default 1: every hold and capture "
+                         "locks the same account row)")
     ap.add_argument("--secs", type=float, default=None, help="seconds per measurement (default 20; smoke 3)")
     ap.add_argument("--cocoon", default=os.environ.get("COCOON_BIN"), help="cocoon binary (or COCOON_BIN)")
     ap.add_argument("--bench", default=os.environ.get("COCOON_BENCH_BIN"), help="cocoon-bench binary (or COCOON_BENCH_BIN)")
@@ -855,7 +865,8 @@ def main():
             "open_secs": args.secs or (3 if smoke else 20),
             "warmup_secs": 1 if smoke else 3,
             "rate": args.rate,
-            "rate_fraction": 0.5}
+            "rate_fraction": 0.5,
+            "accounts": max(1, args.accounts)}
     res = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "smoke": smoke,
            "machine": machine(), "plan": plan, "closed": [], "open": [], "notes": [], "binaries": bins}
     try:
@@ -888,7 +899,7 @@ def main():
         net.start_postgres()
         net.start_redis()
         cert, key_file, pin = net.router_certificate()
-        api_key = net.seed()
+        api_key = net.seed(plan["accounts"])
         net.start_gateways(cert, key_file)
         net.start_workers(pin)
         t_up = time.monotonic()
