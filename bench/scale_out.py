@@ -640,6 +640,16 @@ def share_text(s):
     return " / ".join(f"{s['share'][w] * 100:.0f}%" for w in WORKERS) + f" (CV {s['cv']:.3f})"
 
 
+def lag_text(res):
+    lags = [r["load"].get("send_lag_ms") or {} for ps in res["passes"] for r in ps["open"]]
+    means = [x["mean"] for x in lags if x.get("mean") is not None]
+    p99s = [x["p99"] for x in lags if x.get("p99") is not None]
+    if not means:
+        return "not measured"
+    return (f"mean {min(means):.1f}–{max(means):.1f} ms, p99 {min(p99s):.1f}–{max(p99s):.1f} ms here"
+            if len(means) > 1 else f"mean {means[0]:.1f} ms, p99 {p99s[0]:.1f} ms here")
+
+
 def render_md(res):
     m = res["machine"]
     p = res["plan"]
@@ -652,9 +662,10 @@ def render_md(res):
                 continue
             lc = (c or {}).get("load", {}).get("latency_ms") or {}
             lo = (o or {}).get("load", {}).get("latency_ms") or {}
+            ls = (o or {}).get("load", {}).get("latency_from_send_ms") or {}
             rows.append(f"| {ps['accounts']} | {k} | {fmt(c and c['load']['achieved_rps'], 0)} | {fmt(lc.get('p50'))} | "
                         f"{fmt(lc.get('p99'))} | {fmt(ps.get('fixed_rate'), 0)} | {fmt(lo.get('p50'))} | "
-                        f"{fmt(lo.get('p99'))} | {fmt(lo.get('max'))} | "
+                        f"{fmt(lo.get('p99'))} | {fmt(lo.get('max'))} | {fmt(ls.get('p50'))} / {fmt(ls.get('p99'))} | "
                         f"{share_text(c and c['workers'])} | {share_text(o and o['workers'])} |")
         for kind, rs in (("max", ps["closed"]), ("fixed", ps["open"])):
             for r in rs:
@@ -686,16 +697,17 @@ def render_md(res):
         f"- **fixed load**: open loop at one rate for the three rows of a pass ("
         + (res["passes"][0]["fixed_rate_how"] if res["passes"] else "?")
         + f"), {p['open_secs']:g} s after {p['warmup_secs']:g} s warm-up, latency from each request's due time "
-        "(no coordinated omission).",
+        "(no coordinated omission). That includes the client's own lag in sending (tokio's timer has millisecond "
+        f"resolution: {lag_text(res)}); \"from the send\" is the latency without it.",
         "- **per-worker share**: jobs each worker ran in that measurement (w1 / w2 / w3), from the ledger's "
         "charges (each records its worker), with the coefficient of variation of the three counts; the workers' "
         "own `cocoon_worker_jobs_total` over the run agree with the ledger: "
         + ("yes" if res.get("worker_metrics_agree") else f"no ({res.get('worker_metrics_note')})") + ".",
         "",
         "| accounts | replicas | max req/s | p50 at max (ms) | p99 at max (ms) | fixed load (req/s) "
-        "| p50 at fixed (ms) | p99 at fixed (ms) | max at fixed (ms) | per-worker share at max "
-        "| per-worker share at fixed |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| p50 at fixed (ms) | p99 at fixed (ms) | max at fixed (ms) | p50 / p99 at fixed from the send (ms) "
+        "| per-worker share at max | per-worker share at fixed |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
         *rows,
         "",
         f"Every request answered 200: **{'yes' if res['checks']['all_ok'] else 'no'}** "
