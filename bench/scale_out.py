@@ -599,7 +599,15 @@ def spread(delta):
             "cv": round(statistics.pstdev(vals) / mean, 4) if mean else None}
 
 
-def cpu_row(cpu, wall, requests):
+def machine_busy_seconds():
+    """CPU seconds every process on the machine has used (from /proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is already in user)
+    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_row(cpu, wall, requests, machine=None):
     """CPU seconds per part during one measurement (warm-up included), what that is per request
     and how many cores were busy on average."""
     groups = {"gateways": sum(cpu.get(g, 0.0) for g in GATEWAYS), "workers": sum(cpu.get(w, 0.0) for w in WORKERS),
@@ -607,6 +615,8 @@ def cpu_row(cpu, wall, requests):
     total = sum(groups.values())
     return {"seconds": {k: round(v, 2) for k, v in cpu.items()}, "wall_s": round(wall, 2),
             "busy_cores": round(total / wall, 2) if wall else None,
+            # Cores busy with anything else on the machine meanwhile (should be ~0 for a clean run).
+            "other_cores": round(max(0.0, machine - total) / wall, 2) if wall and machine is not None else None,
             "ms_per_request": {k: round(v * 1000 / requests, 3) if requests else None
                                for k, v in {**groups, "total": total}.items()}}
 
@@ -674,6 +684,7 @@ def render_md(res):
                     continue
                 q = c["ms_per_request"]
                 cpu_rows.append(f"| {ps['accounts']} | {r['replicas']} | {kind} | {fmt(c['busy_cores'], 2)} | "
+                                f"{fmt(c.get('other_cores'), 2)} | "
                                 f"{fmt(q['gateways'], 3)} | {fmt(q['workers'], 3)} | {fmt(q['postgres'], 3)} | "
                                 f"{fmt(q['redis'], 3)} | {fmt(q['client'], 3)} | {fmt(q['total'], 3)} |")
     lines = [
@@ -721,10 +732,11 @@ def render_md(res):
         lines += [f"![scale-out]({res['plot']})", ""]
     if cpu_rows:
         lines += ["Where the CPU went in each measurement (warm-up included; from /proc, Postgres with its backends, "
-                  f"the client from its rusage; busy cores = CPU seconds / wall seconds, at most {m['cores']}):", "",
-                  "| accounts | replicas | measurement | busy cores | CPU ms/request: gateways | workers | Postgres "
-                  "| Redis | client | total |",
-                  "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|", *cpu_rows, ""]
+                  f"the client from its rusage; busy cores = CPU seconds / wall seconds, at most {m['cores']}; other = "
+                  "cores busy with anything else on the machine meanwhile, from /proc/stat):", "",
+                  "| accounts | replicas | measurement | busy cores | other | CPU ms/request: gateways | workers "
+                  "| Postgres | Redis | client | total |",
+                  "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|", *cpu_rows, ""]
     lines += [f"- {n}" for n in res.get("notes", [])]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -805,9 +817,11 @@ def measure(net, keys, accounts, plan, totals):
         before_sent, before_ok = sent, ok
         cpu_before = net.cpu_seconds()
         ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        busy0 = machine_busy_seconds()
         t0 = time.monotonic()
         r = net.load(k, key, **load_args)
         wall = time.monotonic() - t0
+        busy = machine_busy_seconds() - busy0
         ru2 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = {n: v - cpu_before.get(n, 0.0) for n, v in net.cpu_seconds().items()}
         # The load generator ran as our child (ip netns exec execs it): its rusage.
@@ -817,7 +831,7 @@ def measure(net, keys, accounts, plan, totals):
         after = net.wait_charged(sum(before.values()) + (ok - before_ok))
         row = {"replicas": k, "load": r, "workers": spread(diff(after, before)),
                "charged": sum(after.values()) - sum(before.values()), "answered": ok - before_ok,
-               "sent": sent - before_sent, "cpu": cpu_row(cpu, wall, sent - before_sent)}
+               "sent": sent - before_sent, "cpu": cpu_row(cpu, wall, sent - before_sent, busy)}
         lat = r["latency_ms"] or {}
         log(f"{accounts} account(s), {kind} {k} replica(s): {r['ok']}/{r['sent']} ok, {r['achieved_rps']:.0f} req/s, p50 "
             f"{fmt(lat.get('p50'), 2)} ms p99 {fmt(lat.get('p99'), 2)} ms; workers {row['workers']['jobs']}"
