@@ -17,10 +17,12 @@ these namespaces: the host's network is not touched. Everything made is removed 
 also on failure, SIGINT, SIGTERM or SIGHUP, and the script checks that no namespace of its
 own is left.
 
-It measures, for 1, 2 and 3 replicas in the balancer (all three run; the others are idle):
+It measures, for 1, 2 and 3 replicas in the balancer (all three run; the others are idle),
+once per number of client accounts the load comes from (--accounts; full run 1 and 16):
   - max req/s: closed loop at --concurrency;
   - latency at one fixed offered rate (open loop, latency from each request's due time), the
-    same rate for every replica count: half the lowest max req/s measured, or --rate;
+    same rate for every replica count: half the pass's lowest max req/s, or --rate;
+  - the CPU each part used per request, and how busy the rest of the machine was;
   - how the jobs spread over the three workers, from the ledger (each capture records its
     worker) and checked against each worker's own /metrics.
 and at the end runs `cocoon ledger check`, and checks that every request answered 200 was
