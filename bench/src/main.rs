@@ -7,7 +7,12 @@
 //!   reports when all are open and keeps them until a line arrives on stdin, so the harness can
 //!   read each process's RSS with N streams open.
 //!
+//! - `load`: closed- or open-loop load spread round-robin over several gateway replicas
+//!   (`scripts/scale-out`); see `load.rs`.
+//!
 //! Output is one JSON object per line on stdout; the harness parses it.
+
+mod load;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,7 +25,7 @@ use serde_json::{json, Value};
 use tokio::io::AsyncBufReadExt;
 
 #[derive(Parser)]
-#[command(name = "cocoon-bench", about = "Streaming benchmark clients for scripts/bench")]
+#[command(name = "cocoon-bench", about = "Benchmark clients for scripts/bench and scripts/scale-out")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -87,16 +92,24 @@ enum Cmd {
         #[arg(long, default_value_t = 120)]
         hold_secs: u64,
     },
+    /// Closed-loop (--concurrency) or open-loop (--rate) load over several replicas; prints
+    /// throughput, latency percentiles, errors by kind and per-URL counts.
+    Load(load::LoadArgs),
 }
 
 fn body(t: &Target, max_tokens: u32) -> anyhow::Result<Value> {
+    make_body(&t.model, &t.prompt, &t.extra, max_tokens)
+}
+
+/// A streaming chat completion body with `extra` (a JSON object) merged in.
+fn make_body(model: &str, prompt: &str, extra: &str, max_tokens: u32) -> anyhow::Result<Value> {
     let mut b = json!({
-        "model": t.model,
-        "messages": [{"role": "user", "content": t.prompt}],
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens,
         "stream": true,
     });
-    let extra: Value = serde_json::from_str(&t.extra).context("--extra is not JSON")?;
+    let extra: Value = serde_json::from_str(extra).context("--extra is not JSON")?;
     let Value::Object(extra) = extra else { bail!("--extra must be a JSON object") };
     if let Value::Object(m) = &mut b {
         for (k, v) in extra {
@@ -394,6 +407,7 @@ async fn main() -> std::process::ExitCode {
             )
             .await
         }
+        Cmd::Load(args) => load::run(args).await,
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
