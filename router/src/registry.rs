@@ -88,10 +88,31 @@ pub(crate) struct WorkerEntry {
     pub(crate) connected: AtomicBool,
     /// Time to first event, exponentially weighted, in microseconds (0 = no sample yet).
     pub(crate) ewma_ttft_us: AtomicU64,
+    /// When `ewma_ttft_us` last took a sample, ms since [`clock_ms`]'s start.
+    ttft_sampled_ms: AtomicU64,
     pub(crate) circuit: Circuit,
 }
 
 const TTFT_FLOOR_US: u64 = 1_000;
+/// A TTFT average without new samples halves its excess over the floor every this long.
+/// Samples come only from jobs a worker gets, so without decay a worker that was slow once
+/// (say, queued under a burst) keeps losing every comparison and never gets the job that
+/// would correct its average: `scripts/scale-out` saw one of three lightly loaded workers run
+/// 9 of 12,857 jobs.
+const TTFT_HALF_LIFE_MS: u64 = 1_000;
+
+/// Milliseconds since this process first asked (monotonic).
+fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    u64::try_from(START.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `ewma` aged by `age_ms` without samples: its excess over the floor halved per half-life.
+fn decayed_ttft(ewma: u64, age_ms: u64) -> u64 {
+    let ewma = ewma.max(TTFT_FLOOR_US);
+    let halvings = u32::try_from(age_ms / TTFT_HALF_LIFE_MS).unwrap_or(u32::MAX);
+    TTFT_FLOOR_US + (ewma - TTFT_FLOOR_US).checked_shr(halvings).unwrap_or(0)
+}
 
 /// `w` is the worker named, or none is.
 fn named(w: &WorkerEntry, only: Option<&str>) -> bool {
@@ -163,6 +184,7 @@ impl WorkerEntry {
         let old = self.ewma_ttft_us.load(Ordering::Relaxed);
         let new = if old == 0 { micros } else { (old * 4 + micros) / 5 };
         self.ewma_ttft_us.store(new.max(1), Ordering::Relaxed);
+        self.ttft_sampled_ms.store(clock_ms(), Ordering::Relaxed);
     }
 
     /// Jobs on this worker from every replica.
@@ -175,8 +197,10 @@ impl WorkerEntry {
     fn score(&self) -> u128 {
         let running = u128::from(self.load()) + 1;
         // TTFT differences under a millisecond are jitter, not a slower worker: flooring keeps
-        // them from outweighing load. Unsampled workers sit at the floor, so they get traffic.
-        let ttft = u128::from(self.ewma_ttft_us.load(Ordering::Relaxed).max(TTFT_FLOOR_US));
+        // them from outweighing load. Unsampled workers sit at the floor, so they get traffic,
+        // and so, in time, do workers whose last samples were slow (see TTFT_HALF_LIFE_MS).
+        let age = clock_ms().saturating_sub(self.ttft_sampled_ms.load(Ordering::Relaxed));
+        let ttft = u128::from(decayed_ttft(self.ewma_ttft_us.load(Ordering::Relaxed), age));
         running * ttft
     }
 
@@ -293,6 +317,7 @@ impl Router {
             available: AtomicBool::new(true),
             connected: AtomicBool::new(true),
             ewma_ttft_us: AtomicU64::new(0),
+            ttft_sampled_ms: AtomicU64::new(0),
             circuit: Circuit::new(),
         });
         tracing::info!(
@@ -807,5 +832,20 @@ impl WorkerEntry {
 impl Drop for WorkerSession {
     fn drop(&mut self) {
         self.router.detach(&self.entry);
+    }
+}
+
+#[cfg(test)]
+mod ttft_decay_tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_average_without_samples_decays_to_the_floor() {
+        assert_eq!(decayed_ttft(0, 0), TTFT_FLOOR_US, "unsampled: the floor");
+        assert_eq!(decayed_ttft(101_000, 0), 101_000, "fresh: as measured");
+        assert_eq!(decayed_ttft(101_000, 999), 101_000);
+        assert_eq!(decayed_ttft(101_000, 1_000), 51_000, "one half-life");
+        assert_eq!(decayed_ttft(101_000, 3_500), 13_500, "three");
+        assert_eq!(decayed_ttft(u64::MAX, 10_000_000), TTFT_FLOOR_US, "no overflow, back to the floor");
     }
 }
