@@ -20,7 +20,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -29,6 +28,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from hostinfo import machine as host_machine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.path.expanduser(os.environ.get("COCOON_CACHE", "~/.cache/cocoon"))
@@ -996,19 +996,7 @@ def write_md(res, md_path, section):
 
 
 def machine():
-    model = ""
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem = 0
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal"):
-                mem = round(int(line.split()[1]) / 1024 / 1024)
-    return {"cpu_model": model, "cores": os.cpu_count(), "mem_gb": mem, "kernel": platform.release(),
-            "load_avg_at_start": os.getloadavg()}
+    return {**host_machine(), "load_avg_at_start": os.getloadavg()}
 
 
 def main():

@@ -43,7 +43,6 @@ import datetime
 import glob
 import json
 import os
-import platform
 import pwd
 import re
 import resource
@@ -55,6 +54,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from hostinfo import machine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.path.expanduser(os.environ.get("COCOON_CACHE", "~/.cache/cocoon"))
@@ -625,21 +626,6 @@ def cpu_row(cpu, wall, requests, machine=None):
 
 def diff(after, before):
     return {w: after.get(w, 0) - before.get(w, 0) for w in WORKERS}
-
-
-def machine():
-    model = ""
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem = 0
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal"):
-                mem = round(int(line.split()[1]) / 1024 / 1024)
-    return {"cpu_model": model, "cores": os.cpu_count(), "mem_gb": mem, "kernel": platform.release()}
 
 
 def fmt(v, nd=1):
