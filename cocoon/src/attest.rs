@@ -50,7 +50,8 @@ pub struct AttestationSection {
     pub worker_tee: WorkerTeeMode,
     /// Attach INSECURE simulated NVIDIA GPU evidence ([`worker_agent::gpu::SimulatedNvml`])
     /// when the worker runs in the simulated TEE. Unset: on in `cocoon dev`, off elsewhere;
-    /// `true` is refused in production.
+    /// `true` is refused in production. A build with the `nvidia` feature ignores it: it
+    /// always collects real evidence through NVML.
     pub simulated_gpu: Option<bool>,
     /// A fixed TDX collateral file (JSON written by `CollateralStore::save_file`), used only
     /// with `collateral.enabled = false` (an air-gapped router); never refreshed.
