@@ -507,7 +507,8 @@ const MAX_ACC_STATE_BITS = (1n << 16n) * 1023n;
 test('gas and storage with 100 TDX images, 100 SNP measurements and 100 models', async () => {
   const ctx = await setup();
   // Bounds with headroom over what this contract uses (the report below prints the numbers);
-  // an owner's update sent with 0.1 TON has 250,000 gas on basechain at today's prices.
+  // an owner's update sent with 0.1 TON may use 250,000 gas at the sandbox config's basechain
+  // price (400 nanoTON a unit).
   const UPDATE_GAS = 30_000n;
   const gas = (tx) => tx.description.computePhase.gasUsed;
   const report = [];
