@@ -44,6 +44,10 @@ pub enum Error {
     Mnemonic(String),
     #[error("TON config: {0}")]
     Config(String),
+    /// A registry value that the contract would refuse, or a registry state read from
+    /// the chain that does not decode (`registry`): nothing is applied from it.
+    #[error("policy registry: {0}")]
+    Registry(String),
     /// The service wallet cannot be deployed as asked (e.g. it holds too little).
     #[error("deploying the service wallet: {0}")]
     Deploy(String),

@@ -49,6 +49,7 @@ pub mod deposits;
 pub mod error;
 pub mod limiter;
 pub mod payouts;
+pub mod registry;
 pub mod wallet;
 
 pub use address::{parse_address, Address, AddressError, ParsedAddress};
@@ -60,7 +61,8 @@ pub use deposits::{classify, Classified, DepositWatcher, PollReport};
 pub use error::{Error, Result};
 pub use limiter::RateLimiter;
 pub use payouts::{parse_payout_comment, payout_comment, PayoutSender, RoundReport, Step};
-pub use wallet::{ServiceWallet, SignedMessage, Transfer};
+pub use registry::{RegistryPolicy, RegistryReader};
+pub use wallet::{Call, ServiceWallet, SignedMessage, Transfer};
 
 /// The deposit watcher and the payout sender `config` describes: validated, the service
 /// wallet's mnemonic loaded, deposits watched on the service wallet unless

@@ -33,6 +33,18 @@ pub struct Transfer {
     pub comment: String,
 }
 
+/// A message to a contract: any body, and the contract's state init when it deploys it
+/// (the registry's owner messages, `ton::registry::messages`).
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub to: Address,
+    /// nanoTON, > 0 (it pays the contract's gas).
+    pub amount: i64,
+    pub bounce: bool,
+    pub body: Cell,
+    pub state_init: Option<Cell>,
+}
+
 /// A signed external message, ready to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignedMessage {
@@ -154,6 +166,31 @@ impl ServiceWallet {
         self.sign_messages(msgs, seqno, valid_until, with_state_init)
     }
 
+    /// One external message carrying `calls` (mode 3, like transfers), signed for `seqno`.
+    pub fn sign_calls(&self, calls: &[Call], seqno: u32, valid_until: u32) -> Result<SignedMessage> {
+        if calls.is_empty() || calls.len() > self.kind.max_transfers() {
+            return Err(Error::Message(format!(
+                "{} messages in one external message (1..={} allowed)",
+                calls.len(),
+                self.kind.max_transfers()
+            )));
+        }
+        let msgs: Vec<ArcCell> = calls
+            .iter()
+            .map(|c| {
+                if c.amount <= 0 {
+                    return Err(Error::Message(format!("message carrying {} nanoTON", c.amount)));
+                }
+                let mut m = TransferMessage::new(internal_info(c.to, c.amount, c.bounce)?, Arc::new(c.body.clone()));
+                if let Some(init) = &c.state_init {
+                    m.with_state_init(init.clone());
+                }
+                m.build().map(Arc::new).map_err(|e| Error::Message(e.to_string()))
+            })
+            .collect::<Result<_>>()?;
+        self.sign_messages(msgs, seqno, valid_until, false)
+    }
+
     /// The message that deploys the wallet: seqno 0, its state init, and one zero-value,
     /// non-bounceable transfer to itself with comment `comment` (the action list is not
     /// empty, and nothing leaves the wallet but fees). Refused by the contract once the
@@ -200,30 +237,33 @@ fn internal_message(t: &Transfer) -> Result<Cell> {
 
 /// [`internal_message`] without the positive-amount check (the deploy's self-transfer).
 fn build_internal(t: &Transfer) -> Result<Cell> {
-    if t.amount < 0 {
-        return Err(Error::Message(format!("transfer of {} nanoTON", t.amount)));
+    let body = Arc::new(comment_cell(&t.comment)?);
+    TransferMessage::new(internal_info(t.to, t.amount, t.bounce)?, body)
+        .build()
+        .map_err(|e| Error::Message(e.to_string()))
+}
+
+/// `int_msg_info` from the wallet (which fills in its own address) to `to`.
+fn internal_info(to: Address, amount: i64, bounce: bool) -> Result<CommonMsgInfo> {
+    if amount < 0 {
+        return Err(Error::Message(format!("transfer of {amount} nanoTON")));
     }
-    let dest = t.to.to_ton();
+    let dest = to.to_ton();
     if dest == TonAddress::NULL {
         return Err(Error::Message("transfer to the zero address".into()));
     }
-    let info = CommonMsgInfo::InternalMessage(InternalMessage {
+    Ok(CommonMsgInfo::InternalMessage(InternalMessage {
         ihr_disabled: true,
-        bounce: t.bounce,
+        bounce,
         bounced: false,
-        // The wallet contract fills in its own address.
         src: TonAddress::NULL,
         dest,
-        value: BigUint::from(t.amount.unsigned_abs()),
+        value: BigUint::from(amount.unsigned_abs()),
         ihr_fee: BigUint::default(),
         fwd_fee: BigUint::default(),
         created_lt: 0,
         created_at: 0,
-    });
-    let body = Arc::new(comment_cell(&t.comment)?);
-    TransferMessage::new(info, body)
-        .build()
-        .map_err(|e| Error::Message(e.to_string()))
+    }))
 }
 
 fn read_secret_file(path: &Path) -> Result<String> {

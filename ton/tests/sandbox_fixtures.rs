@@ -233,3 +233,115 @@ async fn write_sandbox_fixtures() {
     eprintln!("wrote {}", path.display());
     db.finish().await;
 }
+
+/// `cocoon registry`'s messages, signed by the service wallet exactly as the CLI signs them
+/// (`registry::messages` bodies in `ServiceWallet::sign_calls`), for the node suite to run
+/// on the real wallet v5r1 and the compiled registry (`tests/ton/registry.test.js`):
+/// the wallet deploy (seqno 0), the registry deploy (seqno 1), then one update per
+/// seqno. A stranger's wallet (the second mnemonic) sends one update, which the registry
+/// must refuse with 401. `expected_policy` is what `get_registry_policy` must decode to.
+#[test]
+fn write_registry_fixtures() {
+    use ton::registry::{messages, Endpoint, Item, Params, Prices, RegistryPolicy, Role, TdxImage};
+    use ton::Call;
+    let Some(out) = std::env::var_os("TON_SANDBOX_OUT") else {
+        eprintln!("TON_SANDBOX_OUT is not set: nothing written (scripts/ton-tests sets it)");
+        return;
+    };
+    let out = std::path::PathBuf::from(out);
+    std::fs::create_dir_all(&out).unwrap();
+    let service = ServiceWallet::from_mnemonic(WORDS, WalletKind::V5r1, Network::Mainnet).unwrap();
+    let stranger = ServiceWallet::from_mnemonic(WORDS2, WalletKind::V5r1, Network::Mainnet).unwrap();
+    let params = Params {
+        max_price_coefficient: 3000,
+        fee_bps: 400,
+        ..Params::default()
+    };
+    let deploy = messages::deploy(&service.address(), &params).unwrap();
+    let registry = deploy.address;
+    let hx = |b: u8| hex::encode([b; 48]);
+    let tdx = Item::Tdx(TdxImage {
+        mrtd: hx(0x11),
+        rtmr0: hx(0x12),
+        rtmr1: hx(0x13),
+        rtmr2: hx(0x14),
+        rtmr3: "any".into(),
+    });
+    let model_a = Item::Model { id: "smollm2-135m".into(), sha256: hex::encode([0x21; 32]) };
+    let model_b = Item::Model { id: "smollm2-135m".into(), sha256: hex::encode([0x22; 32]) };
+    let model_gone = Item::Model { id: "retired-model".into(), sha256: hex::encode([0x23; 32]) };
+    let added = vec![
+        tdx,
+        Item::Snp(hx(0x31)),
+        model_a,
+        model_b,
+        model_gone.clone(),
+        Item::GpuDriver("550.54.15".into()),
+        Item::GpuVbios("96.00.9F.00.04".into()),
+        Item::GpuGolden { index: 2, value: hex::encode([0x41; 48]) },
+        Item::Endpoint(Endpoint {
+            role: Role::Gateway,
+            url: "https://gateway.example/v1".into(),
+            tls_sha256: hex::encode([0x51; 32]),
+        }),
+    ];
+    let final_params = Params {
+        prices: Prices { prompt: 100_000_000, cached_prompt: 50_000_000, completion: 300_000_000, reasoning: 300_000_000 },
+        max_price_coefficient: 2500,
+        fee_bps: 300,
+        gpu_require: true,
+        gpu_architectures: vec!["hopper".into()],
+        gpu_protection_modes: vec!["spt".into()],
+    };
+    let mut bodies: Vec<(String, _)> = added
+        .iter()
+        .enumerate()
+        .map(|(i, it)| (format!("add kind {}", it.kind()), messages::add_item(i as u64 + 1, it).unwrap()))
+        .collect();
+    bodies.push(("set params".into(), messages::set_params(100, &final_params).unwrap()));
+    bodies.push((
+        "remove the retired model".into(),
+        messages::remove_item(101, model_gone.kind(), model_gone.key().unwrap()).unwrap(),
+    ));
+    let wallet_deploy = service.sign_deploy(NOW + 600, ton::deploy::DEPLOY_COMMENT).unwrap();
+    let call = |body, state_init, amount: i64| Call { to: registry, amount, bounce: true, body, state_init };
+    let mut msgs = vec![json!({
+        "name": "deploy registry",
+        "boc": service.sign_calls(&[Call { bounce: false, ..call(messages::empty().unwrap(), Some(deploy.state_init.clone()), ton::registry::owner::DEPLOY_VALUE) }], 1, NOW + 600).unwrap().boc,
+        "registry_exit_code": 0,
+    })];
+    for (i, (name, body)) in bodies.into_iter().enumerate() {
+        let seqno = u32::try_from(i).unwrap() + 2;
+        let m = service
+            .sign_calls(&[call(body, None, ton::registry::owner::UPDATE_VALUE)], seqno, NOW + 600)
+            .unwrap();
+        msgs.push(json!({"name": name, "boc": m.boc, "registry_exit_code": 0}));
+    }
+    let intruder = Item::Snp(hx(0x66));
+    let stranger_deploy = stranger.sign_deploy(NOW + 600, ton::deploy::DEPLOY_COMMENT).unwrap();
+    let stranger_msg = stranger
+        .sign_calls(&[call(messages::add_item(7, &intruder).unwrap(), None, ton::registry::owner::UPDATE_VALUE)], 1, NOW + 600)
+        .unwrap();
+    let kept: Vec<Item> = added.into_iter().filter(|i| *i != model_gone).collect();
+    // Version: one per accepted update after the deploy (9 adds, params, remove).
+    let expected = RegistryPolicy::from_parts(11, &service.address(), final_params, kept);
+    let code = messages::code().unwrap();
+    let fixtures = json!({
+        "now": NOW,
+        "wallet_address": service.address().to_raw(),
+        "wallet_deploy": wallet_deploy.boc,
+        "registry_address": registry.to_raw(),
+        "registry_code_hash": hex::encode(code.cell_hash().as_slice()),
+        "messages": msgs,
+        "stranger": {
+            "wallet_address": stranger.address().to_raw(),
+            "wallet_deploy": stranger_deploy.boc,
+            "boc": stranger_msg.boc,
+            "registry_exit_code": 401,
+        },
+        "expected_policy": expected,
+    });
+    let path = out.join("registry.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&fixtures).unwrap()).unwrap();
+    eprintln!("wrote {}", path.display());
+}
