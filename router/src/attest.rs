@@ -64,9 +64,23 @@ impl From<AttestationError> for AdmitError {
     }
 }
 
+/// Where the policy in force came from, as `/v1/attestation/report` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "source", rename_all = "snake_case")]
+pub enum PolicyOrigin {
+    /// `[attestation.policy]` of the operator's config file.
+    #[default]
+    File,
+    /// The on-chain policy registry at `address` (raw form), version `version`.
+    Chain { address: String, version: u32 },
+}
+
 /// The router's attestation policy, nonce store, collateral and sealing switch.
 pub struct Attestor {
     verifier: RwLock<Arc<Verifier>>,
+    origin: RwLock<PolicyOrigin>,
+    /// Bumped on every policy change: admitted workers' links re-challenge at once.
+    generation: tokio::sync::watch::Sender<u64>,
     nonces: Arc<dyn NonceStore>,
     seal_jobs: bool,
     collateral: Option<Arc<CollateralService>>,
@@ -76,6 +90,8 @@ impl Attestor {
     pub fn new(verifier: Verifier, nonces: Arc<dyn NonceStore>, seal_jobs: bool) -> Self {
         Self {
             verifier: RwLock::new(Arc::new(verifier)),
+            origin: RwLock::new(PolicyOrigin::File),
+            generation: tokio::sync::watch::Sender::new(0),
             nonces,
             seal_jobs,
             collateral: None,
@@ -126,6 +142,26 @@ impl Attestor {
         let next = Arc::new(self.verifier().with_policy(policy));
         *self.verifier.write().unwrap_or_else(|p| p.into_inner()) = next;
         tracing::info!("attestation policy replaced: admitted workers meet it at their next re-challenge");
+    }
+
+    /// Replaces the policy and says where it came from, then re-challenges every admitted
+    /// worker at once: a worker the new policy refuses (or whose price now exceeds the
+    /// maximum) is detached, and its in-flight jobs fail over as when a worker dies.
+    pub fn set_policy_from(&self, policy: Policy, origin: PolicyOrigin) {
+        let next = Arc::new(self.verifier().with_policy(policy));
+        *self.verifier.write().unwrap_or_else(|p| p.into_inner()) = next;
+        tracing::info!(?origin, "attestation policy replaced: admitted workers re-attest now");
+        *self.origin.write().unwrap_or_else(|p| p.into_inner()) = origin;
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn policy_origin(&self) -> PolicyOrigin {
+        self.origin.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Changes whenever [`Attestor::set_policy_from`] replaces the policy.
+    pub fn policy_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     pub fn seal_jobs(&self) -> bool {

@@ -22,7 +22,7 @@ mod registry;
 mod session;
 
 pub use attest::{
-    publish_metrics, spawn_collateral_refresher, AdmitError, Attestor, RedisCollateralShare,
+    publish_metrics, spawn_collateral_refresher, AdmitError, Attestor, PolicyOrigin, RedisCollateralShare,
 };
 pub use config::RouterConfig;
 pub use session::{LinkError, PreAuth};

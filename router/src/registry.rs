@@ -25,6 +25,8 @@ pub struct Router {
 pub(crate) struct Inner {
     pub(crate) cfg: RouterConfig,
     pub(crate) attestor: Arc<Attestor>,
+    /// `cfg.max_price_coefficient`, or what the policy registry publishes (live).
+    max_price_coefficient: std::sync::atomic::AtomicU32,
     workers: RwLock<Vec<Arc<WorkerEntry>>>,
     next_conn: AtomicU64,
     next_attest_request: AtomicU64,
@@ -227,6 +229,7 @@ impl Router {
     pub fn new(cfg: RouterConfig, attestor: Arc<Attestor>) -> Self {
         Self {
             inner: Arc::new(Inner {
+                max_price_coefficient: std::sync::atomic::AtomicU32::new(cfg.max_price_coefficient),
                 cfg,
                 attestor,
                 workers: RwLock::new(Vec::new()),
@@ -256,6 +259,18 @@ impl Router {
 
     pub fn config(&self) -> &RouterConfig {
         &self.inner.cfg
+    }
+
+    /// The highest price coefficient a worker may declare (thousandths).
+    pub fn max_price_coefficient(&self) -> u32 {
+        self.inner.max_price_coefficient.load(Ordering::Relaxed)
+    }
+
+    /// Replaces the maximum price coefficient (the on-chain registry's). Workers joining
+    /// are checked against it at once; admitted workers at their next re-attestation,
+    /// which [`Attestor::set_policy_from`] triggers at once.
+    pub fn set_max_price_coefficient(&self, max: u32) {
+        self.inner.max_price_coefficient.store(max, Ordering::Relaxed);
     }
 
     pub fn attestor(&self) -> &Attestor {
@@ -345,16 +360,21 @@ impl Router {
         })
     }
 
-    /// What a worker says about itself is believed only within the network's rules: its price
-    /// coefficient is what its jobs are billed at, so it must not exceed the maximum.
-    fn check_declared(&self, info: &WorkerInfo) -> Result<(), AdmitError> {
-        let max = self.inner.cfg.max_price_coefficient;
+    fn check_price(&self, info: &WorkerInfo) -> Result<(), AdmitError> {
+        let max = self.max_price_coefficient();
         if info.price_coefficient == 0 || info.price_coefficient > max {
             return Err(AdmitError::Declared {
                 rule: "price_coefficient",
-                message: format!("price coefficient {} is outside 1..={max} (router.max_price_coefficient)", info.price_coefficient),
+                message: format!("price coefficient {} is outside 1..={max} (router.max_price_coefficient, or the policy registry's)", info.price_coefficient),
             });
         }
+        Ok(())
+    }
+
+    /// What a worker says about itself is believed only within the network's rules: its price
+    /// coefficient is what its jobs are billed at, so it must not exceed the maximum.
+    fn check_declared(&self, info: &WorkerInfo) -> Result<(), AdmitError> {
+        self.check_price(info)?;
         if info.slots == 0 {
             return Err(AdmitError::Declared { rule: "slots", message: "a worker with no slots can take no job".into() });
         }
@@ -673,6 +693,16 @@ impl WorkerSession {
     /// A fresh verification on the live link (re-challenge before expiry). The HPKE key must
     /// stay the one jobs are sealed to.
     pub(crate) fn reverified(&self, v: VerifiedWorker) -> Result<(), AdmitError> {
+        // The policy may have changed since admission (SIGHUP, the policy registry): the
+        // price cap and the model pins are judged again, not only the evidence.
+        self.router.check_price(&self.entry.info)?;
+        let info = &self.entry.info;
+        self.router
+            .inner
+            .attestor
+            .policy()
+            .check_models(info.models.iter().map(|m| (m.id.as_str(), m.digest.as_deref())))
+            .map_err(|message| AdmitError::Declared { rule: "model_digest", message })?;
         if v.hpke_public_key != self.entry.hpke_public_key {
             return Err(AdmitError::KeyChanged {
                 had: self.entry.hpke_public_key.fingerprint(),

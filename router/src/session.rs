@@ -107,6 +107,8 @@ impl Router {
         let mut pending: Option<attestation::Nonce> = None;
         let rechallenge = tokio::time::sleep_until(rechallenge_at(expires_at));
         let expiry = tokio::time::sleep_until(instant_at(expires_at));
+        let mut policy_changes = self.attestor().policy_changes();
+        policy_changes.mark_unchanged();
         tokio::pin!(rechallenge, expiry);
         let result = loop {
             tokio::select! {
@@ -152,6 +154,11 @@ impl Router {
                         }
                         Err(e) => tracing::warn!(%worker, error = %e, "could not re-challenge; retrying at expiry"),
                     }
+                }
+                // A new policy (e.g. the registry's next version): re-attest now, not at 3/4
+                // of the validity.
+                Ok(()) = policy_changes.changed(), if !challenged => {
+                    rechallenge.as_mut().reset(tokio::time::Instant::now());
                 }
                 () = &mut expiry => break Err(LinkError::Expired(worker.clone())),
                 () = shutdown.cancelled() => break Ok(()),

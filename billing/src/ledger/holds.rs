@@ -193,7 +193,7 @@ impl Ledger {
             .bind(price.cached_prompt)
             .bind(price.completion)
             .bind(price.reasoning)
-            .bind(i64::from(self.fee_bps))
+            .bind(i64::from(self.fee_bps()))
             .bind(now)
             .bind(expires)
             .bind(key_id.clone())
@@ -220,7 +220,7 @@ impl Ledger {
             model: model.to_owned(),
             amount,
             price,
-            fee_bps: self.fee_bps,
+            fee_bps: self.fee_bps(),
             status: HoldStatus::Active,
             created_at_ms: now,
             expires_at_ms: expires,

@@ -146,7 +146,9 @@ pub struct Ledger {
     read: AnyPool,
     fee_account: AccountId,
     clearing_account: AccountId,
-    fee_bps: u32,
+    /// Shared by clones: the policy registry can change the fee while running; each hold
+    /// records the fee it was placed with, so a change applies to new holds only.
+    fee_bps: Arc<std::sync::atomic::AtomicU32>,
     /// The group committer's queue, when group commit is on (see `ledger::batch`).
     committer: Option<Arc<Committer>>,
 }
@@ -210,7 +212,7 @@ impl Ledger {
             read,
             fee_account,
             clearing_account,
-            fee_bps: options.fee_bps,
+            fee_bps: Arc::new(std::sync::atomic::AtomicU32::new(options.fee_bps)),
             committer: None,
         };
         if options.group_commit {
@@ -236,7 +238,16 @@ impl Ledger {
 
     /// The fee new holds get, in basis points.
     pub fn fee_bps(&self) -> u32 {
-        self.fee_bps
+        self.fee_bps.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Changes the fee of holds placed from now on (every clone of this ledger).
+    pub fn set_fee_bps(&self, fee_bps: u32) -> Result<()> {
+        if fee_bps > BPS_ONE {
+            return Err(Error::InvalidFee(fee_bps));
+        }
+        self.fee_bps.store(fee_bps, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// Closes the pools, waiting for checked-out connections to come back.
