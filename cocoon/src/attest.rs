@@ -59,6 +59,10 @@ pub struct AttestationSection {
     /// Where the router fetches TDX collateral and SEV-SNP VCEKs, and how it keeps them fresh.
     /// `cache_dir` defaults to `<data_dir>/collateral`.
     pub collateral: CollateralConfig,
+    /// `file`: `[attestation.policy]` below; `chain`: the policy registry contract at
+    /// `[attestation.registry] address` decides the rules it holds ([`crate::registry`]).
+    pub policy_source: crate::registry::PolicySource,
+    pub registry: crate::registry::RegistrySection,
     pub policy: Policy,
 }
 
@@ -70,6 +74,8 @@ impl Default for AttestationSection {
             simulated_gpu: None,
             collateral_file: None,
             collateral: CollateralConfig::default(),
+            policy_source: crate::registry::PolicySource::File,
+            registry: crate::registry::RegistrySection::default(),
             policy: Policy::default(),
         }
     }
@@ -173,13 +179,23 @@ impl AttestationSection {
     /// Re-reads `[attestation.policy]` from the config file (and the environment) and applies
     /// it to `attestor`: how a TCB recovery raises `min_tcb_evaluation_data_number` without a
     /// restart. A config that does not validate is refused and the policy in force stays.
-    pub fn reload_policy(path: Option<&Path>, production: bool, attestor: &Attestor) -> anyhow::Result<()> {
+    /// With the policy registry in force (`chain`), the file's policy becomes the base
+    /// under the registry's rules, which stay.
+    pub fn reload_policy(
+        path: Option<&Path>,
+        production: bool,
+        attestor: &Attestor,
+        chain: Option<&crate::registry::ChainPolicy>,
+    ) -> anyhow::Result<()> {
         let mut cfg = crate::config::Config::from_env_and_file(path, crate::config::Role::Gateway)?;
         if production {
             cfg.environment = crate::config::Environment::Production;
             cfg.validate()?;
         }
-        attestor.set_policy(cfg.attestation.policy);
+        match chain {
+            Some(c) => c.set_base(cfg.attestation.policy)?,
+            None => attestor.set_policy(cfg.attestation.policy),
+        }
         Ok(())
     }
 
@@ -188,6 +204,7 @@ impl AttestationSection {
         config_path: Option<PathBuf>,
         production: bool,
         router: router::Router,
+        chain: Option<Arc<crate::registry::ChainPolicy>>,
         stop: tokio_util::sync::CancellationToken,
     ) {
         #[cfg(unix)]
@@ -201,14 +218,14 @@ impl AttestationSection {
                     () = stop.cancelled() => return,
                     got = hup.recv() => if got.is_none() { return },
                 }
-                match Self::reload_policy(config_path.as_deref(), production, router.attestor()) {
+                match Self::reload_policy(config_path.as_deref(), production, router.attestor(), chain.as_deref()) {
                     Ok(()) => tracing::info!("SIGHUP: attestation policy reloaded"),
                     Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: the new configuration is refused; the policy in force stays"),
                 }
             }
         });
         #[cfg(not(unix))]
-        let _ = (config_path, production, router, stop);
+        let _ = (config_path, production, router, chain, stop);
     }
 
     /// The worker's evidence source and HPKE key.

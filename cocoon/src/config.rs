@@ -319,6 +319,7 @@ impl Config {
         errs.extend(self.router.validate());
         errs.extend(self.worker.validate());
         errs.extend(self.attestation.validate(self.environment == Environment::Production));
+        errs.extend(self.attestation.registry.validate(self.attestation.policy_source, self.ton.network));
         if self.ton.enabled {
             errs.extend(self.ton.validate().into_iter().map(|e| format!("ton: {e}")));
             if !self.billing.enabled {

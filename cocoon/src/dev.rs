@@ -96,6 +96,8 @@ impl DevNetwork {
 
         // Router and the worker next to the engine, linked in-process.
         let router = crate::routing::start_router(&cfg, worker_shutdown.clone()).await?;
+        // `policy_source = "chain"`: the registry's rules are in force before the worker joins.
+        let chain = crate::registry::ChainPolicy::start(&cfg, router.clone(), worker_shutdown.clone()).await?;
         let agent = engine.agent(cfg.worker.clone(), cfg.worker_tee()?)?;
         let worker_metrics_addr = match &cfg.worker.metrics_listen {
             Some(listen) => Some(
@@ -127,6 +129,9 @@ impl DevNetwork {
             gw.keys.revoke(&old.id, None).await?;
         }
         let api_key = gw.keys.create_by(DEV_KEY_NAME, DEV_ACCOUNT, None, "dev").await?.key;
+        if let (Some(c), Some(m)) = (&chain, &gw.meter) {
+            c.attach_ledger(m.ledger().clone()).await?;
+        }
         if let Some(meter) = &gw.meter {
             seed_dev_ledger(meter.ledger(), &cfg, &router.models().iter().map(|m| m.id.clone()).collect::<Vec<_>>()).await?;
         }

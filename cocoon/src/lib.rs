@@ -8,6 +8,7 @@ pub mod dev;
 pub mod engine;
 pub mod link;
 pub mod metering;
+pub mod registry;
 pub mod roles;
 pub mod routing;
 pub mod settlement;

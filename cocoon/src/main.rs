@@ -44,6 +44,9 @@ enum Cmd {
     Payouts(cli::payouts::PayoutsArgs),
     /// The TON service wallet: `ton deploy-wallet` (do it before taking deposits).
     Ton(cli::ton::TonArgs),
+    /// The policy registry contract on TON: `registry deploy|show|set-measurement|set-model|
+    /// set-prices|set-gpu|set-gpu-value|set-endpoint` (the owner is the service wallet).
+    Registry(cli::registry::RegistryArgs),
     /// Attestation policy chores: `policy import-rim` verifies NVIDIA RIMs (with xmlsec1) and
     /// writes their golden GPU measurements into `[attestation.policy.gpu]`.
     Policy(cli::policy::PolicyArgs),
@@ -69,6 +72,7 @@ async fn main() -> std::process::ExitCode {
         Cmd::Ledger(a) => cli::ledger::run(a).await,
         Cmd::Payouts(a) => cli::payouts::run(a).await,
         Cmd::Ton(a) => cli::ton::run(a).await,
+        Cmd::Registry(a) => cli::registry::run(a).await,
         Cmd::Policy(a) => cli::policy::run(a),
         Cmd::Openapi => cli::openapi::run(),
         Cmd::ConfigCheck(a) => cli::config_check::run(a),

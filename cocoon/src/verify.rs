@@ -19,6 +19,73 @@ pub struct VerifyArgs {
     /// Where this client fetches TDX collateral and SEV-SNP VCEKs itself (it does not take
     /// the operator's word for them), and caches them.
     pub collateral: attestation::CollateralConfig,
+    /// The policy registry to hold the gateway to: its rules are read from the chain by
+    /// this client, applied on top of `policy`, and the gateway's report must claim
+    /// exactly them, at the same version.
+    pub registry: Option<RegistryCheck>,
+}
+
+/// Where `cocoon verify --registry` reads the chain.
+pub struct RegistryCheck {
+    pub address: String,
+    pub network: ton::Network,
+    /// A toncenter v3 API (`…/api/v3/runGetMethod` is called below it).
+    pub api_url: String,
+    pub api_key: Option<String>,
+}
+
+/// Reads the registry; prints what it holds.
+async fn read_registry(r: &RegistryCheck, timeout: Duration, out: &mut impl std::io::Write) -> anyhow::Result<ton::RegistryPolicy> {
+    let address = ton::parse_address(&r.address, r.network)?.address;
+    let api = ton::TonApi::new(&r.api_url, r.api_key.clone(), timeout)?;
+    let reg = ton::RegistryReader::new(api, address)
+        .read()
+        .await
+        .with_context(|| format!("reading the policy registry {} through {}", r.address, r.api_url))?;
+    writeln!(
+        out,
+        "registry {}: version {}, owner {}; {} TDX image(s), {} SEV-SNP measurement(s), {} pinned model(s), max price coefficient {}, fee {} bps",
+        address.to_raw(),
+        reg.version,
+        reg.owner,
+        reg.tdx.len(),
+        reg.snp.len(),
+        reg.models.len(),
+        reg.max_price_coefficient,
+        reg.fee_bps
+    )?;
+    Ok(reg)
+}
+
+/// Whether the report claims exactly the registry's rules at its version; the reasons it
+/// does not, one line each.
+fn registry_mismatches(body: &serde_json::Value, address: &str, reg: &ton::RegistryPolicy) -> anyhow::Result<Vec<String>> {
+    let mut why = Vec::new();
+    let origin = &body["policy_origin"];
+    if origin["source"] != "chain" {
+        why.push(format!("the gateway does not apply the registry: its policy comes from {}", origin["source"]));
+        return Ok(why);
+    }
+    if origin["address"].as_str().map(str::to_ascii_lowercase) != Some(address.to_ascii_lowercase()) {
+        why.push(format!("the gateway applies registry {} instead of {address}", origin["address"]));
+    }
+    if origin["version"].as_u64() != Some(u64::from(reg.version)) {
+        why.push(format!(
+            "the gateway applies registry version {} but the chain is at version {} (a gateway re-reads it every attestation.registry.refresh_secs: retry shortly)",
+            origin["version"], reg.version
+        ));
+    }
+    let claimed: Policy = serde_json::from_value(body["policy"].clone()).context("the report's policy")?;
+    if let Some(d) = crate::registry::differences(&claimed, reg)? {
+        why.push(format!("the gateway's policy differs from the registry's: {d}"));
+    }
+    if body["max_price_coefficient"].as_u64() != Some(u64::from(reg.max_price_coefficient)) {
+        why.push(format!(
+            "the gateway admits price coefficients up to {} but the registry says {}",
+            body["max_price_coefficient"], reg.max_price_coefficient
+        ));
+    }
+    Ok(why)
 }
 
 /// The report URL for a base URL given with or without its `/v1`.
@@ -53,7 +120,16 @@ pub fn load_policy(path: Option<&std::path::Path>, allow_simulated: bool) -> any
 
 /// Prints a verdict per worker; `Ok(true)` when every worker verified.
 pub async fn run(args: VerifyArgs, out: &mut impl std::io::Write) -> anyhow::Result<bool> {
-    let policy = load_policy(args.policy.as_deref(), args.allow_simulated)?;
+    let mut policy = load_policy(args.policy.as_deref(), args.allow_simulated)?;
+    let registry = match &args.registry {
+        Some(r) => {
+            let reg = read_registry(r, args.timeout, out).await?;
+            // The chain's rules, not the operator's word, are what the workers must meet.
+            policy = crate::registry::to_policy(&policy, &reg)?;
+            Some((ton::parse_address(&r.address, r.network)?.address.to_raw(), reg))
+        }
+        None => None,
+    };
     let nonce = Nonce::random().context("drawing a nonce")?;
     let created = attestation::unix_now();
     let url = report_url(&args.base_url, &args.model, &nonce);
@@ -73,6 +149,26 @@ pub async fn run(args: VerifyArgs, out: &mut impl std::io::Write) -> anyhow::Res
     );
     let report: AttestationReport =
         serde_json::from_slice(&body).context("the report is not a valid attestation report")?;
+    if let Some((address, reg)) = &registry {
+        let raw: serde_json::Value = serde_json::from_slice(&body)?;
+        let why = registry_mismatches(&raw, address, reg)?;
+        if !why.is_empty() {
+            for w in &why {
+                writeln!(out, "FAILED (registry): {w}")?;
+            }
+            return Ok(false);
+        }
+        writeln!(out, "the gateway applies this registry's rules at version {}", reg.version)?;
+        // The registry publishes the network's gateways; one not listed may still apply
+        // the rules, but it is not one the owner vouches for. (The TLS key fingerprints
+        // are published for clients that pin; this command does not pin.)
+        let gateways: Vec<&str> =
+            reg.endpoints.iter().filter(|e| e.role == ton::registry::Role::Gateway).map(|e| e.url.as_str()).collect();
+        let base = args.base_url.trim_end_matches('/');
+        if !gateways.is_empty() && !gateways.iter().any(|g| g.trim_end_matches('/') == base) {
+            writeln!(out, "WARNING: {base} is not among the registry's gateway endpoints ({})", gateways.join(", "))?;
+        }
+    }
     let now = attestation::unix_now();
     // Collateral: fetched and cached by this client, like the router does; collateral a
     // worker attached is checked the same way and used only when fetching fails.

@@ -53,6 +53,12 @@ pub struct AttestationReportDoc {
     /// The attestation policy this network applies (informational: verify against your own).
     #[schema(value_type = Object)]
     policy: serde_json::Value,
+    /// `{"source": "file"}`, or `{"source": "chain", "address": "0:…", "version": n}` when the
+    /// policy's rules come from the on-chain registry (`cocoon verify --registry` checks it).
+    #[schema(value_type = Object)]
+    policy_origin: serde_json::Value,
+    /// The highest price coefficient (thousandths) a worker may declare here.
+    max_price_coefficient: u32,
     /// One entry per worker serving the model.
     workers: Vec<WorkerAttestationDoc>,
 }
@@ -201,6 +207,10 @@ async fn fresh_report(state: &AppState, model: &str, nonce: [u8; 32]) -> Result<
         "model": model,
         "generated_at": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         "policy": state.router.attestor().policy(),
+        // Where the policy comes from: the config file, or the on-chain registry and the
+        // version in force (`cocoon verify --registry` compares both with the chain).
+        "policy_origin": state.router.attestor().policy_origin(),
+        "max_price_coefficient": state.router.max_price_coefficient(),
         "workers": workers,
     }))
 }

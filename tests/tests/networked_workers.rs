@@ -528,3 +528,155 @@ async fn the_gateway_to_worker_hop_carries_no_prompt_or_completion_in_clear() {
     assert!(!contains(text.trim().as_bytes()), "the completion crossed the gateway→worker hop in clear");
     w.stop.cancel();
 }
+
+/// A toncenter v3 fake serving the registry's get-methods from a policy state the test
+/// changes (cells from `RegistryPolicy::to_cell`, which `ton/tests/registry.rs` checks
+/// against what the compiled contract returns).
+#[derive(Clone)]
+struct FakeRegistry {
+    state: Arc<std::sync::Mutex<ton::RegistryPolicy>>,
+    address: ton::Address,
+}
+
+async fn fake_registry_answer(
+    axum::extract::State(f): axum::extract::State<FakeRegistry>,
+    axum::Json(body): axum::Json<serde_json::Value>,
+) -> axum::Json<serde_json::Value> {
+    let p = f.state.lock().unwrap().clone();
+    if body["address"].as_str() != Some(f.address.to_raw().as_str()) {
+        return axum::Json(json!({"gas_used": 0, "exit_code": -13, "stack": []}));
+    }
+    let boc = |c: &ton::registry::messages::Cell| ton::cell::to_boc_b64(c).unwrap();
+    let owner = ton::Address::from_raw(&p.owner).unwrap();
+    let stack = match body["method"].as_str().unwrap_or_default() {
+        "get_registry_policy" => json!([
+            {"type": "num", "value": format!("{:#x}", p.version)},
+            {"type": "cell", "value": boc(&p.to_cell().unwrap())},
+        ]),
+        "get_registry_version" => json!([{"type": "num", "value": format!("{:#x}", p.version)}]),
+        "get_registry_owner" => json!([{"type": "slice", "value": boc(&ton::registry::messages::address_cell(&owner).unwrap())}]),
+        _ => return axum::Json(json!({"gas_used": 0, "exit_code": 11, "stack": []})),
+    };
+    axum::Json(json!({"gas_used": 1000, "exit_code": 0, "stack": stack}))
+}
+
+async fn fake_registry(initial: ton::RegistryPolicy) -> (FakeRegistry, String) {
+    let f = FakeRegistry {
+        state: Arc::new(std::sync::Mutex::new(initial)),
+        address: ton::Address { workchain: 0, hash: [0x5e; 32] },
+    };
+    let app = axum::Router::new()
+        .route("/api/v3/runGetMethod", axum::routing::post(fake_registry_answer))
+        .with_state(f.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (f, url)
+}
+
+/// #19: `policy_source = "chain"`. The router applies the registry's rules and shows the
+/// version in the attestation report; a new version (a model pinned to other weights)
+/// re-attests the admitted worker at once and detaches it; an older version from a
+/// lagging API node is ignored; `cocoon verify --registry` passes while the gateway is at
+/// the chain's version and fails while it lags; an unreadable registry stops the start.
+#[tokio::test]
+async fn the_on_chain_registry_policy_applies_live_and_clients_can_check_it() {
+    use ton::registry::{Item, Params, RegistryPolicy};
+    let owner = ton::Address { workchain: 0, hash: [0x0e; 32] };
+    let served = "aa".repeat(32);
+    let v1 = RegistryPolicy::from_parts(1, &owner, Params { max_price_coefficient: 2000, ..Params::default() }, vec![]);
+    let (chain, api_url) = fake_registry(v1.clone()).await;
+    let address = chain.address.to_raw();
+    let tweak = |c: &mut cocoon::Config| {
+        c.attestation.policy_source = cocoon::registry::PolicySource::Chain;
+        c.attestation.registry.address = Some(address.clone());
+        c.ton.api_url = Some(api_url.clone());
+    };
+    let gw = gateway_cfg(5_000, true, tweak).await;
+    let mut cfg = cocoon::Config::default();
+    cfg.environment = cocoon::config::Environment::Development;
+    cfg.attestation.policy.allow_insecure_simulated_tee = true;
+    tweak(&mut cfg);
+    let registry = cocoon::registry::ChainPolicy::start(&cfg, gw.router.clone(), gw.stop.clone()).await.unwrap().unwrap();
+    assert_eq!(registry.in_force(), Some((address.clone(), 1)));
+    assert_eq!(gw.router.max_price_coefficient(), 2000);
+
+    // A worker above the registry's price cap is refused; one within it serves.
+    let pricey = worker_with(&gw, "pricey", 0, &gw.pin, 3000).await;
+    let w = spawn_worker(&gw, "w", 0, &gw.pin, 1000, Some(&served)).await;
+    wait_workers(&gw, 1).await;
+    assert_eq!(chat(&gw, simple()).await.status(), 200);
+    let report: serde_json::Value = client()
+        .get(format!("{}/attestation/report?model=cocoon-test", gw.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["policy_origin"], json!({"source": "chain", "address": address, "version": 1}));
+    assert_eq!(report["max_price_coefficient"], 2000);
+
+    let verify = |api_url: String| {
+        let base = gw.base.clone();
+        let address = address.clone();
+        async move {
+            let mut out = Vec::new();
+            let ok = cocoon::verify::run(
+                cocoon::verify::VerifyArgs {
+                    base_url: base,
+                    model: "cocoon-test".into(),
+                    policy: None,
+                    allow_simulated: true,
+                    timeout: Duration::from_secs(10),
+                    collateral: attestation::CollateralConfig { cache_dir: None, ..Default::default() },
+                    registry: Some(cocoon::verify::RegistryCheck { address, network: ton::Network::Testnet, api_url, api_key: None }),
+                },
+                &mut out,
+            )
+            .await
+            .unwrap();
+            (ok, String::from_utf8(out).unwrap())
+        }
+    };
+    let (ok, out) = verify(api_url.clone()).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("the gateway applies this registry's rules at version 1"), "{out}");
+
+    // Version 2 pins the model to other weights. Until the gateway re-reads, a client sees
+    // it lag behind the chain and refuses.
+    let v2 = RegistryPolicy::from_parts(
+        2,
+        &owner,
+        v1.params(),
+        vec![Item::Model { id: "cocoon-test".into(), sha256: "bb".repeat(32) }],
+    );
+    *chain.state.lock().unwrap() = v2;
+    let (ok, out) = verify(api_url.clone()).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("applies registry version 1 but the chain is at version 2"), "{out}");
+    registry.refresh().await;
+    assert_eq!(registry.in_force(), Some((address.clone(), 2)));
+    // The admitted worker re-attests at once (not at 3/4 of its validity) and is refused.
+    wait_workers(&gw, 0).await;
+    let status = chat(&gw, simple()).await.status().as_u16();
+    assert!(matches!(status, 404 | 503), "no worker may serve the model now, got {status}");
+
+    // A lagging API node serving version 1 again changes nothing.
+    *chain.state.lock().unwrap() = v1.clone();
+    registry.refresh().await;
+    assert_eq!(registry.in_force(), Some((address.clone(), 2)));
+
+    // No registry at the address: the router does not start on unpublished rules.
+    let mut bad = cfg.clone();
+    bad.attestation.registry.address = Some(ton::Address { workchain: 0, hash: [1; 32] }.to_raw());
+    let e = match cocoon::registry::ChainPolicy::start(&bad, gw.router.clone(), gw.stop.clone()).await {
+        Err(e) => format!("{e:#}"),
+        Ok(_) => panic!("started without a readable registry"),
+    };
+    assert!(e.contains("does not start without it") && e.contains("exited with code -13"), "{e}");
+    for x in [pricey, w] {
+        x.stop.cancel();
+    }
+    gw.stop.cancel();
+}

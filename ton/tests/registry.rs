@@ -157,3 +157,35 @@ async fn refuses_what_does_not_decode() {
     let e = elsewhere.read().await.unwrap_err().to_string();
     assert!(e.contains("exited with code -13"), "{e}");
 }
+
+/// What `cocoon registry` sends: `owner::send` reads the wallet's seqno and the chain time,
+/// signs one call to the registry and broadcasts it; the fake chain (a wallet v5r1 model
+/// that checks signature layout, wallet id, expiry and seqno) applies it.
+#[tokio::test]
+async fn the_owner_sends_an_update_from_the_service_wallet() {
+    use ton::registry::{messages, owner, Item};
+    const WORDS: &str = "section garden tomato dinner season dice renew length useful spin trade intact use universe what post spike keen mandate behind concert egg doll rug";
+    let wallet = ton::ServiceWallet::from_mnemonic(WORDS, ton::WalletKind::V5r1, ton::Network::Mainnet).unwrap();
+    let chain = common::fake_chain::FakeChain::start(wallet.address(), wallet.wallet_id(), 10_000_000_000).await;
+    let registry = Address { workchain: 0, hash: [0x77; 32] };
+    let body = messages::add_item(1, &Item::Snp("ab".repeat(48))).unwrap();
+
+    // Not deployed yet: refused before anything is signed.
+    let e = owner::send(&chain.api, &wallet, registry, body.clone(), None, owner::UPDATE_VALUE).await.unwrap_err();
+    assert!(e.to_string().contains("cocoon ton deploy-wallet"), "{e}");
+
+    chain.with(|s| {
+        s.deployed = true;
+        s.seqno = 5;
+        s.now = 1_700_000_000;
+    });
+    let sent = owner::send(&chain.api, &wallet, registry, body.clone(), None, owner::UPDATE_VALUE).await.unwrap();
+    assert_eq!(sent.seqno, 5);
+    assert_eq!(sent.valid_until, 1_700_000_000 + 120);
+    chain.with(|s| {
+        assert_eq!(s.seqno, 6, "the wallet took it: {:?}", s.refused);
+        let t = s.transfers.last().unwrap();
+        assert_eq!((t.to, t.amount, t.bounce), (registry, owner::UPDATE_VALUE, true));
+        assert_eq!(s.bodies.last().unwrap().as_slice(), body.cell_hash().as_slice());
+    });
+}

@@ -30,6 +30,11 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let http = tokio_util::sync::CancellationToken::new();
     let links = tokio_util::sync::CancellationToken::new();
     let router = cocoon::routing::start_router(&cfg, links.clone()).await?;
+    // The on-chain policy is in force before the first worker can connect.
+    let chain = cocoon::registry::ChainPolicy::start(&cfg, router.clone(), links.clone()).await?;
+    if let Some((address, version)) = chain.as_ref().and_then(|c| c.in_force()) {
+        println!("policy:   registry {address} version {version}");
+    }
     let listener = cocoon::roles::start_worker_listener(&cfg, router.clone(), links.clone())
         .await?
         .context("cocoon gateway needs router.worker_listen (where workers connect)")?;
@@ -38,9 +43,13 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         args.config.config.clone(),
         cfg.environment == cocoon::config::Environment::Production,
         router.clone(),
+        chain.clone(),
         links.clone(),
     );
     let gw = cocoon::roles::start_gateway(&cfg, router, http.clone()).await?;
+    if let (Some(c), Some(m)) = (&chain, &gw.meter) {
+        c.attach_ledger(m.ledger().clone()).await?;
+    }
     let settlement = match &gw.meter {
         Some(m) => cocoon::settlement::start(&cfg, m.ledger(), links.clone())?,
         None => None,

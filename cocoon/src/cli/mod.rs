@@ -14,6 +14,7 @@ pub mod payouts;
 pub mod policy;
 pub mod prices;
 pub mod receipt;
+pub mod registry;
 pub mod ton;
 pub mod verify;
 pub mod worker;

@@ -26,6 +26,20 @@ pub struct VerifyArgs {
     /// Collateral cache; default ~/.cache/cocoon/collateral.
     #[arg(long)]
     collateral_dir: Option<std::path::PathBuf>,
+    /// The policy registry contract (address): its rules are read from the chain by this
+    /// command and applied on top of --policy; the gateway must claim exactly them, at the
+    /// chain's version, or verification fails.
+    #[arg(long)]
+    registry: Option<String>,
+    /// TON network of --registry.
+    #[arg(long, default_value = "mainnet", value_parser = ["mainnet", "testnet"])]
+    ton_network: String,
+    /// toncenter v3 API to read --registry through; default toncenter's for --ton-network.
+    #[arg(long)]
+    ton_api: Option<String>,
+    /// toncenter API key (optional; raises the rate limit).
+    #[arg(long, env = "TONCENTER_API_KEY")]
+    ton_api_key: Option<String>,
 }
 
 /// Exits 1 (after printing why) when any worker fails verification.
@@ -44,6 +58,15 @@ pub async fn run(a: VerifyArgs) -> anyhow::Result<()> {
             }),
             ..Default::default()
         },
+        registry: a.registry.map(|address| {
+            let network = if a.ton_network == "testnet" { ton::Network::Testnet } else { ton::Network::Mainnet };
+            cocoon::verify::RegistryCheck {
+                address,
+                network,
+                api_url: a.ton_api.unwrap_or_else(|| network.default_api_url().to_owned()),
+                api_key: a.ton_api_key,
+            }
+        }),
     };
     let ok = cocoon::verify::run(args, &mut std::io::stdout()).await?;
     if !ok {

@@ -56,6 +56,8 @@ pub struct ChainState {
     /// Status of other accounts (default `nonexist`).
     pub accounts: HashMap<Address, &'static str>,
     pub transfers: Vec<Sent>,
+    /// The cell hash of every sent internal message's body, in order.
+    pub bodies: Vec<Vec<u8>>,
     pub posts: u32,
     pub applied: u32,
     /// Broadcasts are accepted and lost.
@@ -304,7 +306,9 @@ impl ChainState {
                 continue;
             }
             self.balance -= i128::from(amount);
-            let comment = ton::decode_comment(&t.body).unwrap().unwrap_or_default();
+            // A contract call (the registry's owner messages) carries no comment.
+            let comment = ton::decode_comment(&t.body).ok().flatten().unwrap_or_default();
+            self.bodies.push(Cell::cell_hash(&t.body).as_slice().to_vec());
             out.push(json!({
                 "hash": b64(Cell::cell_hash(m).as_slice()),
                 "source": self.wallet.to_raw().to_uppercase(),
@@ -575,6 +579,7 @@ impl FakeChain {
             txs: Vec::new(),
             accounts: HashMap::new(),
             transfers: Vec::new(),
+            bodies: Vec::new(),
             posts: 0,
             applied: 0,
             drop_messages: false,
