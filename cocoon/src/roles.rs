@@ -271,6 +271,14 @@ pub async fn start_gateway(cfg: &Config, router: Router, stop: CancellationToken
     } else {
         None
     };
+    if cfg.gateway.responses.enabled {
+        let path = cfg.gateway.responses.key_file.clone().unwrap_or_else(|| cfg.data_dir.join("responses.key"));
+        let key = gateway::stored::load_or_create_key(&path)
+            .with_context(|| format!("the stored-responses key {} (gateway.responses.key_file)", path.display()))?;
+        let store = Arc::new(gateway::stored::ResponseStore::new(database.clone(), key, &cfg.gateway.responses));
+        store.spawn_purger(Duration::from_secs(600), stop.clone());
+        state = state.with_responses(store);
+    }
     if dash.enabled {
         let d = Arc::new(gateway::dashboard::Dashboard::new(dash.clone(), database.clone(), dashboard_context(cfg)?));
         d.spawn_tracker(router, stop.clone());

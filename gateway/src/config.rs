@@ -74,6 +74,8 @@ pub struct GatewayConfig {
     pub insecure_disable_auth: bool,
     pub dashboard: crate::dashboard::DashboardConfig,
     pub cors: crate::dashboard::CorsConfig,
+    /// Stored Responses API objects (`store: true`, `previous_response_id`).
+    pub responses: crate::stored::StoreConfig,
 }
 
 impl Default for GatewayConfig {
@@ -103,6 +105,7 @@ impl Default for GatewayConfig {
             insecure_disable_auth: false,
             dashboard: crate::dashboard::DashboardConfig::default(),
             cors: crate::dashboard::CorsConfig::default(),
+            responses: crate::stored::StoreConfig::default(),
         }
     }
 }
@@ -167,6 +170,7 @@ impl GatewayConfig {
                 errs.push(format!("gateway.{k} must be at least 10 ms, got {v}"));
             }
         }
+        errs.extend(self.responses.validate());
         if let Some(m) = &self.metrics_listen {
             if m.parse::<SocketAddr>().is_err() {
                 errs.push(format!("gateway.metrics_listen {m:?} is not an address like 127.0.0.1:9464"));

@@ -67,7 +67,7 @@ pub async fn embeddings(State(state): State<AppState>, principal: Principal, req
     request_body = protocol::openai::ResponseRequestDoc,
     responses(
         (status = 200, description = "A Response object, or with `stream: true` a text/event-stream of Responses events (`event: <type>` and `data: {event}`, numbered by `sequence_number`) ending with `response.completed` or `response.incomplete`", body = protocol::openai::ResponseDoc),
-        (status = 400, description = "Invalid request, or a field this network does not serve (`unsupported_parameter`: `store: true`, `previous_response_id`, built-in tools, …); `param` names the field", body = ErrorBody),
+        (status = 400, description = "Invalid request, or a field this network does not serve (`unsupported_parameter`: built-in tools, `background`, `conversation`, …); `param` names the field", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 402, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 429, body = ErrorBody), (status = 503, body = ErrorBody),
     ),
@@ -77,39 +77,19 @@ pub async fn create_response(State(state): State<AppState>, principal: Principal
     crate::inference::run(state, principal, Endpoint::Responses, req).await
 }
 
-/// Every stored-response route: none is ever stored, so none can be found. (Also what
-/// `cocoon client-proxy` answers: in end-to-end mode nothing is kept either.)
+/// What the stored-response routes answer where nothing is stored: `cocoon client-proxy`
+/// (end-to-end mode keeps nothing), and `cancel` (there are no background responses).
 pub fn no_stored_response(id: &str) -> ApiError {
     ApiError::NotFound {
         message: format!(
-            "Response with id '{id}' not found: stored responses are not supported yet. This network keeps no response after answering it (`store: true` is refused), so none can be retrieved, listed, cancelled or deleted."
+            "Response with id '{id}' not found: end-to-end sealed responses are never stored, and this network runs no background responses to cancel."
         ),
         code: "response_not_found",
     }
 }
 
-#[utoipa::path(
-    get, path = "/v1/responses/{id}", tag = "inference",
-    params(("id" = String, Path, description = "Response id")),
-    responses((status = 404, description = "Always: stored responses are not supported yet (`response_not_found`)", body = ErrorBody), (status = 401, body = ErrorBody)),
-    security(("bearer" = []))
-)]
-pub async fn get_response(_p: Principal, Path(id): Path<String>) -> ApiError {
-    no_stored_response(&id)
-}
-
-#[utoipa::path(
-    delete, path = "/v1/responses/{id}", tag = "inference",
-    params(("id" = String, Path, description = "Response id")),
-    responses((status = 404, description = "Always: stored responses are not supported yet (`response_not_found`)", body = ErrorBody), (status = 401, body = ErrorBody)),
-    security(("bearer" = []))
-)]
-pub async fn delete_response(_p: Principal, Path(id): Path<String>) -> ApiError {
-    no_stored_response(&id)
-}
-
-/// `GET /v1/responses/{id}/input_items` and `POST /v1/responses/{id}/cancel`: the same answer.
-pub async fn stored_response_action(_p: Principal, Path(id): Path<String>) -> ApiError {
+/// `POST /v1/responses/{id}/cancel`: only background responses can be cancelled, and there are none.
+pub async fn cancel_response(_p: Principal, Path(id): Path<String>) -> ApiError {
     no_stored_response(&id)
 }
 

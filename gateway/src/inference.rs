@@ -97,6 +97,8 @@ struct Validated {
     valid: ValidRequest,
     raw: Bytes,
     obj: serde_json::Map<String, serde_json::Value>,
+    /// A Responses request with `store: true`: what its answer is stored with.
+    store: Option<crate::stored::Intent>,
 }
 
 /// What a request asks of the network, whatever its form (clear JSON, or sealed end to end
@@ -163,9 +165,9 @@ impl Call {
         let job = self.job(v.raw, v.obj, &v.valid, cap);
         let settle = self.token_settle(&demand);
         if v.valid.stream {
-            Ok(self.stream(ticket, job, v.valid, bill, demand.bounds, settle, permit))
+            Ok(self.stream(ticket, job, v.valid, bill, demand.bounds, settle, permit, v.store))
         } else {
-            self.answer(ticket, job, &v.valid, bill, demand.bounds, settle, permit).await
+            self.answer(ticket, job, &v.valid, bill, demand.bounds, settle, permit, v.store).await
         }
     }
 
@@ -204,8 +206,18 @@ impl Call {
 
     /// Reads (bounded in size and time), parses and validates the body.
     async fn validate(&mut self, req: Request) -> Result<Validated, ApiError> {
-        let raw = read_json_body(&self.state, req).await?;
-        let obj = validate::parse_object(&raw)?;
+        let mut raw = read_json_body(&self.state, req).await?;
+        let mut obj = validate::parse_object(&raw)?;
+        // Stored responses: `previous_response_id` becomes the earlier turns in `input`
+        // (before validation, so that limits and holds count them).
+        let store = match self.endpoint {
+            Endpoint::Responses => {
+                let intent = crate::stored::prepare(&self.state, &self.principal.account, &mut obj).await?;
+                raw = serde_json::to_vec(&obj).map(Bytes::from).map_err(|e| ApiError::Internal(e.to_string()))?;
+                intent
+            }
+            _ => None,
+        };
         let valid = match self.endpoint {
             Endpoint::ChatCompletions => validate::chat(&obj)?,
             Endpoint::Completions => validate::completion(&obj)?,
@@ -228,7 +240,7 @@ impl Call {
         }
         tracing::Span::current().record("model", valid.model.as_str());
         self.model = Some(valid.model.clone());
-        Ok(Validated { valid, raw, obj })
+        Ok(Validated { valid, raw, obj, store })
     }
 
     /// The key's per-minute budgets. With the limiter's store down, refuse (503) unless
@@ -370,9 +382,11 @@ impl Call {
         bounds: UsageBounds,
         settle: TokenSettle,
         permit: OwnedSemaphorePermit,
+        store: Option<crate::stored::Intent>,
     ) -> Response {
         metrics::gauge!(INFLIGHT_REQUESTS).increment(1.0);
         let relay = SseRelay::new(crate::relay::RelayParts {
+            store,
             dispatch: Box::pin(ticket.dispatch(job).in_current_span()),
             include_usage: valid.include_usage,
             responses: valid.endpoint == Endpoint::Responses,
@@ -408,6 +422,7 @@ impl Call {
         bounds: UsageBounds,
         settle: TokenSettle,
         permit: OwnedSemaphorePermit,
+        store: Option<crate::stored::Intent>,
     ) -> Result<Response, ApiError> {
         metrics::gauge!(INFLIGHT_REQUESTS).increment(1.0);
         let _inflight = scopeguard(|| metrics::gauge!(INFLIGHT_REQUESTS).decrement(1.0));
@@ -441,6 +456,14 @@ impl Call {
                     },
                     None => None,
                 };
+                // Stored before the client has it, so a `GET` or a `previous_response_id`
+                // right after finds it.
+                if let Some(intent) = store {
+                    match serde_json::from_slice::<serde_json::Value>(&body) {
+                        Ok(v) => intent.save(v).await,
+                        Err(e) => tracing::error!(error = %e, "the worker's Response object is not JSON; not stored"),
+                    }
+                }
                 let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response();
                 if let Some(c) = cost.and_then(|c| HeaderValue::from_str(&c.to_string()).ok()) {
                     resp.headers_mut().insert("x-cocoon-cost-nanoton", c);

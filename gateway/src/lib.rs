@@ -24,6 +24,7 @@ pub mod ratelimit;
 pub mod relay;
 pub mod server;
 pub mod state;
+pub mod stored;
 pub mod validate;
 pub mod validate_responses;
 pub mod responses;

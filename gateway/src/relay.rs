@@ -78,6 +78,9 @@ pub struct RelayParts {
     pub bill: Option<Bill>,
     pub bounds: UsageBounds,
     pub permit: OwnedSemaphorePermit,
+    /// A Responses stream with `store: true`: the final Response object is stored (after
+    /// the capture, before the terminal event reaches the client).
+    pub store: Option<crate::stored::Intent>,
 }
 
 /// The body of a streaming answer. Its headers went out when the job was admitted; it then
@@ -99,6 +102,7 @@ pub struct SseRelay {
     receipt: Option<Bytes>,
     /// Set for a Responses API stream (its framing differs from chat's).
     responses: Option<crate::responses::ResponsesFraming>,
+    store: Option<crate::stored::Intent>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -192,6 +196,7 @@ impl SseRelay {
             keepalive: Box::pin(tokio::time::sleep(p.keepalive)),
             receipt: None,
             responses: p.responses.then(crate::responses::ResponsesFraming::default),
+            store: p.store,
             _permit: p.permit,
         }
     }
@@ -259,15 +264,29 @@ impl SseRelay {
                 }
                 let usage = usage.map(|u| self.bounds.clamp(&u, &self.worker()));
                 self.finish(usage.as_ref());
-                match self.bill.take() {
-                    Some(bill) => {
+                let store = match (self.store.take(), self.responses.as_ref().and_then(|f| f.terminal_response())) {
+                    (Some(intent), Some(response)) => Some((intent, response)),
+                    _ => None,
+                };
+                match (self.bill.take(), store) {
+                    (None, None) => Some(self.done_frame()),
+                    (bill, store) => {
                         let u = usage;
-                        self.phase = Phase::Capturing(Box::pin(async move { bill.capture(u.as_ref()).await }));
+                        self.phase = Phase::Capturing(Box::pin(async move {
+                            let charged = match bill {
+                                Some(bill) => bill.capture(u.as_ref()).await,
+                                None => Ok(0),
+                            };
+                            // A paid answer is stored; one the ledger refused is not.
+                            if let (Some((intent, response)), Ok(_) | Err(crate::billing::MeterError::CaptureDeferred(_))) = (store, &charged) {
+                                intent.save(response).await;
+                            }
+                            charged
+                        }));
                         // Polled right away by the caller; [DONE] follows once it is durable.
                         cx.waker().wake_by_ref();
                         None
                     }
-                    None => Some(self.done_frame()),
                 }
             }
             JobEvent::Failed { error, usage } => {

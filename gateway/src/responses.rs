@@ -21,6 +21,8 @@ pub struct ResponsesFraming {
     last_seq: Option<u64>,
     /// The terminal event, held until the capture is durable.
     terminal: Option<Bytes>,
+    /// Its data: the final Response object, which a `store: true` request keeps.
+    terminal_data: Option<Bytes>,
 }
 
 #[derive(serde::Deserialize)]
@@ -56,9 +58,17 @@ impl ResponsesFraming {
         let f = event_frame(&p.kind, data);
         if matches!(p.kind.as_str(), "response.completed" | "response.incomplete") {
             self.terminal = Some(f);
+            self.terminal_data = Some(Bytes::copy_from_slice(data));
             return None;
         }
         Some(f)
+    }
+
+    /// The final Response object the terminal event carries, once it came.
+    pub fn terminal_response(&self) -> Option<serde_json::Value> {
+        let data = self.terminal_data.as_ref()?;
+        let mut v: serde_json::Value = serde_json::from_slice(data).ok()?;
+        Some(v.get_mut("response")?.take())
     }
 
     /// The end of a stream whose charge is durable: the receipt comment, then the held event.

@@ -26,6 +26,8 @@ pub struct AppState {
     pub report_cache: Arc<crate::attest::ReportCache>,
     /// The web dashboard and its API; `None` answers them 404 `dashboard_disabled`.
     pub dashboard: Option<Arc<crate::dashboard::Dashboard>>,
+    /// Stored responses; `None`: `store: true` and `previous_response_id` are refused.
+    pub responses: Option<Arc<crate::stored::ResponseStore>>,
 }
 
 impl AppState {
@@ -48,7 +50,13 @@ impl AppState {
             meter: None,
             report_cache: Arc::default(),
             dashboard: None,
+            responses: None,
         }
+    }
+
+    pub fn with_responses(mut self, store: Arc<crate::stored::ResponseStore>) -> Self {
+        self.responses = Some(store);
+        self
     }
 
     pub fn with_meter(mut self, meter: Arc<dyn Meter>) -> Self {

@@ -297,18 +297,9 @@ fn metadata(o: &Map<String, Value>) -> Result<(), ApiError> {
 
 /// What the fields this gateway does not serve mean, in the words of the refusal.
 fn refuse_unserved(o: &Map<String, Value>) -> Result<(), ApiError> {
-    if bool_field(o, "store")? == Some(true) {
-        return Err(unsupported(
-            "store",
-            "Stored responses are not supported yet: this network keeps no response after answering it. Set `store` to false (or leave it out).",
-        ));
-    }
-    if get(o, "previous_response_id").is_some() {
-        return Err(unsupported(
-            "previous_response_id",
-            "`previous_response_id` is not supported yet: responses are not stored. Send the earlier turns in `input` instead.",
-        ));
-    }
+    // `store` and `previous_response_id` are served (gateway/src/stored.rs expands and
+    // checks them before this runs); only their types are checked here.
+    bool_field(o, "store")?;
     if get(o, "conversation").is_some() {
         return Err(unsupported("conversation", "Conversations are not supported yet: nothing is stored. Send the earlier turns in `input`."));
     }
@@ -457,10 +448,9 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_served_and_says_why() {
-        let (p, code, m) = refusal(with("store", json!(true)));
-        assert_eq!((p.as_str(), code), ("store", Some("unsupported_parameter")));
-        assert!(m.contains("not supported yet"), "{m}");
-        assert_eq!(refusal(with("previous_response_id", json!("resp_1"))).0, "previous_response_id");
+        // Served now (gateway/src/stored.rs): only their types are checked here.
+        assert!(check(with("store", json!(true))).is_ok());
+        assert_eq!(refusal(with("store", json!("yes"))).0, "store");
         let (p, _, m) = refusal(with("tools", json!([{"type": "web_search"}])));
         assert_eq!(p, "tools[0].type");
         assert!(m.contains("web_search"), "{m}");

@@ -18,6 +18,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
+import helpers
 from helpers import MODEL
 from openai_schema import validate
 
@@ -117,17 +118,45 @@ def test_parse_with_a_pydantic_model(client: openai.OpenAI) -> None:
 
 
 def test_what_is_not_served_is_refused(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.BadRequestError) as e:
-        client.responses.create(model=MODEL, input="hi", store=True)
-    assert e.value.body["param"] == "store" and "not supported yet" in e.value.body["message"]
-    with pytest.raises(openai.BadRequestError) as e:
-        client.responses.create(model=MODEL, input="hi", previous_response_id="resp_123")
-    assert e.value.body["param"] == "previous_response_id"
+    if helpers.E2E_PROXY:
+        # Sealed end to end: nothing is stored, and the worker refuses stateful fields.
+        with pytest.raises(openai.BadRequestError) as e:
+            client.responses.create(model=MODEL, input="hi", previous_response_id="resp_123")
+    else:
+        with pytest.raises(openai.NotFoundError) as e:
+            client.responses.create(model=MODEL, input="hi", previous_response_id="resp_123")
+        assert "store: true" in e.value.body["message"]
     with pytest.raises(openai.BadRequestError) as e:
         client.responses.create(model=MODEL, input="hi", tools=[{"type": "web_search"}])
     assert e.value.body["code"] == "unsupported_parameter"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model=MODEL, input="hi", background=True)
+    assert e.value.body["param"] == "background"
     with pytest.raises(openai.NotFoundError) as e:
         client.responses.retrieve("resp_123")
-    assert "stored responses are not supported yet" in e.value.body["message"]
+    assert e.value.body["code"] == "response_not_found"
     with pytest.raises(openai.NotFoundError):
         client.responses.delete("resp_123")
+
+
+@pytest.mark.gateway
+def test_stored_responses_chain_retrieve_and_delete(client: openai.OpenAI) -> None:
+    """store=True keeps a response for its account; previous_response_id continues it;
+    retrieve, input_items.list and delete work through the official SDK."""
+    first = client.responses.create(model=MODEL, input="My name is Ada.", store=True)
+    assert first.store is True
+    assert client.responses.retrieve(first.id).id == first.id
+    alone = client.responses.create(model=MODEL, input="What is my name?")
+    assert alone.store is False
+    with client.responses.stream(model=MODEL, input="What is my name?", previous_response_id=first.id, store=True) as stream:
+        second = stream.get_final_response()
+    assert second.previous_response_id == first.id
+    assert second.usage.input_tokens > alone.usage.input_tokens
+    items = client.responses.input_items.list(second.id, order="asc")
+    assert [i.type for i in items.data] == ["message", "message", "message"]
+    third = client.responses.create(model=MODEL, input="And again?", previous_response_id=second.id)
+    assert third.usage.input_tokens > second.usage.input_tokens
+    deleted = client.responses.delete(first.id)
+    assert deleted is None or getattr(deleted, "deleted", True)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(first.id)

@@ -275,8 +275,7 @@ async fn what_is_not_served_is_refused_clearly_and_costs_nothing() {
         b
     };
     for (body, param, code, says) in [
-        (with("store", json!(true)), "store", "unsupported_parameter", "not supported yet"),
-        (with("previous_response_id", json!("resp_123")), "previous_response_id", "unsupported_parameter", "not supported yet"),
+        (with("background", json!(true)), "background", "unsupported_parameter", "not supported"),
         (with("tools", json!([{"type": "web_search"}])), "tools[0].type", "unsupported_parameter", "built-in tools"),
         (with("reasoning", json!({"effort": "high"})), "reasoning", "unsupported_parameter", "not supported"),
         (with("presence_penalty", json!(1)), "presence_penalty", "unknown_parameter", "Unknown parameter"),
@@ -290,14 +289,16 @@ async fn what_is_not_served_is_refused_clearly_and_costs_nothing() {
         assert_eq!(e["error"]["type"], "invalid_request_error");
         assert!(e["error"]["message"].as_str().unwrap().contains(says), "{e}");
     }
-    // Nothing is stored, so nothing can be fetched or deleted; the answer says so.
+    // An id nobody stored: 404, and so is a chain starting from it (before anything runs).
     for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
         let r = common::http().request(method, format!("{}/responses/resp_abc", net.base_url)).bearer_auth(&net.api_key).send().await.unwrap();
         assert_eq!(r.status(), 404);
         let e: Value = r.json().await.unwrap();
         assert_eq!(e["error"]["code"], "response_not_found");
-        assert!(e["error"]["message"].as_str().unwrap().contains("stored responses are not supported yet"), "{e}");
+        assert!(e["error"]["message"].as_str().unwrap().contains("store: true"), "{e}");
     }
+    let r = post(&net, &with("previous_response_id", json!("resp_123"))).await;
+    assert_eq!(r.status(), 404);
     // A sealed Responses request is served (tests/tests/client_proxy.rs); one whose clear
     // facts are missing is refused before anything runs, naming the header.
     let r = common::http()
@@ -316,5 +317,97 @@ async fn what_is_not_served_is_refused_clearly_and_costs_nothing() {
     let r = common::http().get(format!("{}/responses/resp_abc", net.base_url)).send().await.unwrap();
     assert_eq!(r.status(), 401, "the stored-response routes need a key like every other");
     assert_eq!(l.balance(dev).await.unwrap(), before, "a refusal holds and charges nothing");
+    net.net.shutdown().await;
+}
+
+/// `store: true` keeps the Response object (sealed at rest) for its account only;
+/// `previous_response_id` continues from it (the earlier turns count as input and are
+/// billed); a stream is stored before its `response.completed` reaches the client;
+/// `input_items` lists what was answered; DELETE removes it. Not storing is the default.
+#[tokio::test]
+async fn stored_responses_chain_and_belong_to_their_account() {
+    let net = common::start(|_| {}).await;
+    let get = |id: &str, key: &str| common::http().get(format!("{}/responses/{id}", net.base_url)).bearer_auth(key).send();
+    let r = post(&net, &json!({"model": MODEL, "input": "x", "store": "yes"})).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["param"], "store");
+    // Not asked: not kept.
+    let r: Value = post(&net, &json!({"model": MODEL, "input": "not kept"})).await.json().await.unwrap();
+    assert_eq!(r["store"], false);
+    assert_eq!(get(r["id"].as_str().unwrap(), &net.api_key).await.unwrap().status(), 404);
+
+    let first: Value = post(&net, &json!({"model": MODEL, "input": "My name is Ada.", "store": true})).await.json().await.unwrap();
+    assert_eq!(first["store"], true);
+    let id1 = first["id"].as_str().unwrap().to_owned();
+    let fetched: Value = get(&id1, &net.api_key).await.unwrap().json().await.unwrap();
+    assert_eq!(fetched, first, "GET returns the stored object as it was answered");
+
+    // The next turn carries the first one: more input tokens than the new text alone.
+    let alone: Value = post(&net, &json!({"model": MODEL, "input": "What is my name?"})).await.json().await.unwrap();
+    let r = post(&net, &json!({"model": MODEL, "input": "What is my name?", "previous_response_id": id1, "store": true, "stream": true})).await;
+    assert_eq!(r.status(), 200);
+    let (evs, _) = events(&r.text().await.unwrap());
+    let (kind, done) = evs.last().unwrap();
+    assert_eq!(kind, "response.completed");
+    let second = done["response"].clone();
+    assert_eq!(second["previous_response_id"], id1.as_str());
+    assert!(
+        second["usage"]["input_tokens"].as_u64().unwrap() > alone["usage"]["input_tokens"].as_u64().unwrap(),
+        "{second} vs {alone}"
+    );
+    // Stored before `response.completed` went out: readable at once.
+    let id2 = second["id"].as_str().unwrap().to_owned();
+    let stored2: Value = get(&id2, &net.api_key).await.unwrap().json().await.unwrap();
+    assert_eq!(stored2["id"], id2.as_str());
+    let items: Value = common::http()
+        .get(format!("{}/responses/{id2}/input_items?order=asc", net.base_url))
+        .bearer_auth(&net.api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let data = items["data"].as_array().unwrap();
+    assert_eq!(data.len(), 3, "first question, first answer, second question: {items}");
+    assert_eq!(data[0]["content"], "My name is Ada.");
+    assert_eq!(data[1]["role"], "assistant");
+    assert!(data.iter().all(|d| d["id"].is_string()));
+    // OpenAI's paging: newest first by default, `limit` and `after`.
+    let page = |q: &str| {
+        let url = format!("{}/responses/{id2}/input_items?{q}", net.base_url);
+        let key = net.api_key.clone();
+        async move { common::http().get(url).bearer_auth(key).send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let newest = page("limit=1").await;
+    assert_eq!((newest["data"][0]["content"].clone(), newest["has_more"].clone()), (json!("What is my name?"), json!(true)));
+    let rest = page(&format!("limit=5&after={}", newest["last_id"].as_str().unwrap())).await;
+    assert_eq!(rest["data"].as_array().unwrap().len(), 2);
+    assert_eq!(rest["has_more"], false);
+    validate(&[("Response", fetched), ("Response", stored2)]);
+
+    // Another account's key finds nothing, and cannot continue or delete it.
+    let other = net.keys.create("other", "someone-else", None).await.unwrap().key;
+    assert_eq!(get(&id1, &other).await.unwrap().status(), 404);
+    let r = common::http()
+        .post(format!("{}/responses", net.base_url))
+        .bearer_auth(&other)
+        .json(&json!({"model": MODEL, "input": "x", "previous_response_id": id1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = common::http().delete(format!("{}/responses/{id1}", net.base_url)).bearer_auth(&other).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Only ciphertext in the database.
+    let l = net.ledger.clone().unwrap();
+    let sealed = l.stored_response(&id1, "dev", 0).await.unwrap().expect("stored for the dev account");
+    assert!(!String::from_utf8_lossy(&sealed).contains("Ada"));
+
+    let r = common::http().delete(format!("{}/responses/{id1}", net.base_url)).bearer_auth(&net.api_key).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"id": id1, "object": "response", "deleted": true}));
+    assert_eq!(get(&id1, &net.api_key).await.unwrap().status(), 404);
     net.net.shutdown().await;
 }

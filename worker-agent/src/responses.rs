@@ -51,6 +51,10 @@ pub(crate) struct Ctx {
     text: Value,
     metadata: Value,
     user: Value,
+    /// Echoed as the gateway sent them: it stores the answer and expands
+    /// `previous_response_id` into `input` itself (gateway/src/stored.rs).
+    store: bool,
+    previous_response_id: Value,
 }
 
 fn text_of(content: &Value) -> String {
@@ -208,6 +212,8 @@ pub(crate) fn to_chat(body: &[u8]) -> Result<(Bytes, Ctx), Untranslatable> {
         text,
         metadata: get("metadata").cloned().unwrap_or_else(|| json!({})),
         user: get("user").cloned().unwrap_or(Value::Null),
+        store: get("store").and_then(Value::as_bool).unwrap_or(false),
+        previous_response_id: get("previous_response_id").cloned().unwrap_or(Value::Null),
     };
     let body = serde_json::to_vec(&chat).map_err(|e| Untranslatable(format!("encoding the chat request: {e}")))?;
     Ok((Bytes::from(body), ctx))
@@ -250,10 +256,10 @@ impl Ctx {
             "model": self.model,
             "output": output,
             "parallel_tool_calls": self.parallel_tool_calls,
-            "previous_response_id": null,
+            "previous_response_id": self.previous_response_id,
             "reasoning": {"effort": null, "summary": null},
             "service_tier": "default",
-            "store": false,
+            "store": self.store,
             "temperature": self.temperature,
             "text": self.text,
             "tool_choice": self.tool_choice,

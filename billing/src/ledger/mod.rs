@@ -9,6 +9,7 @@ mod check;
 pub(crate) mod dashboard;
 mod holds;
 mod identities;
+mod stored;
 pub(crate) mod keys;
 mod prices;
 mod receipts;
