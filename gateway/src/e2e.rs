@@ -133,6 +133,8 @@ impl SealedCall {
             max_price_coefficient,
             worker: Some(worker_id),
             bounds: UsageBounds { completion_tokens: max_output_tokens, prompt_tokens: max_prompt_tokens },
+            // The body is sealed: what it asks of the engine is the named worker's to check.
+            needs: protocol::Needs::default(),
         };
         Ok(Some(SealedCall { demand, route }))
     }

@@ -123,6 +123,16 @@ impl ModelFacts {
             tee,
             context_length: state.router.context_len(&m.id),
             pricing: self.prices.get(&m.id).copied(),
+            capabilities: {
+                let c = |cap| state.router.capability(&m.id, cap);
+                use protocol::Capability as C;
+                protocol::openai::ModelCapabilities {
+                    tools: c(C::ToolCalls),
+                    json_schema: c(C::JsonSchema),
+                    logprobs: c(C::Logprobs),
+                    multiple_choices: c(C::MultipleChoices),
+                }
+            },
         };
         Model {
             id: m.id,

@@ -99,6 +99,8 @@ struct Validated {
     obj: serde_json::Map<String, serde_json::Value>,
     /// A Responses request with `store: true`: what its answer is stored with.
     store: Option<crate::stored::Intent>,
+    /// What it needs of the engine (tools, json_schema, logprobs, several choices).
+    needs: protocol::Needs,
 }
 
 /// What a request asks of the network, whatever its form (clear JSON, or sealed end to end
@@ -115,6 +117,8 @@ pub(crate) struct Demand {
     pub worker: Option<String>,
     /// What the serving worker may report at most.
     pub bounds: UsageBounds,
+    /// Engine capabilities the request needs (not known for a sealed request).
+    pub needs: protocol::Needs,
 }
 
 impl Demand {
@@ -126,6 +130,7 @@ impl Demand {
             completion_tokens: v.valid.max_completion_tokens(default_cap),
             max_price_coefficient: v.valid.max_price_coefficient,
             worker: None,
+            needs: v.needs,
             bounds: UsageBounds {
                 completion_tokens: v.valid.max_completion_tokens(default_cap),
                 // No tokenizer makes more tokens than the prompt has bytes; the chat
@@ -228,19 +233,22 @@ impl Call {
         if !self.state.router.knows_model(&valid.model) || !self.principal.may_use(&valid.model) {
             return Err(ApiError::ModelNotFound(valid.model));
         }
-        if asks_for_tools(&obj) && self.state.router.tool_calls(&valid.model) == Some(false) {
-            return Err(ApiError::InvalidRequest {
-                message: format!(
-                    "The model `{}` cannot call tools on this network: no engine serving it can make tool calls (llama-server: the model's chat template has no tool support, so it would answer in plain text; vLLM: started without --enable-auto-tool-choice). Send the request without `tools`, or with `tool_choice: \"none\"`.",
-                    valid.model
-                ),
-                param: Some("tools".into()),
-                code: Some("unsupported_parameter"),
-            });
+        // What the request needs of the engine: refused here when no worker of the model
+        // has it (instead of a silently wrong answer), else steered to the workers that do.
+        let mut needs = protocol::Needs::default();
+        for (c, param) in needed_capabilities(self.endpoint, &obj) {
+            if self.state.router.capability(&valid.model, c) == Some(false) {
+                return Err(ApiError::InvalidRequest {
+                    message: format!("The model `{}` cannot {} on this network (`{param}`): {}", valid.model, capability_refusal(c).0, capability_refusal(c).1),
+                    param: Some(param.into()),
+                    code: Some("unsupported_parameter"),
+                });
+            }
+            needs = needs.with(c);
         }
         tracing::Span::current().record("model", valid.model.as_str());
         self.model = Some(valid.model.clone());
-        Ok(Validated { valid, raw, obj, store })
+        Ok(Validated { valid, raw, obj, store, needs })
     }
 
     /// The key's per-minute budgets. With the limiter's store down, refuse (503) unless
@@ -328,6 +336,7 @@ impl Call {
             max_price_coefficient: demand.max_price_coefficient,
             account: self.principal.account.clone(),
             worker: demand.worker.clone(),
+            needs: demand.needs,
         };
         Ok(self.state.router.admit(&demand.model, opts)?)
     }
@@ -508,6 +517,69 @@ impl Call {
 fn asks_for_tools(obj: &serde_json::Map<String, serde_json::Value>) -> bool {
     let has_tools = obj.get("tools").and_then(serde_json::Value::as_array).is_some_and(|t| !t.is_empty());
     has_tools && obj.get("tool_choice").and_then(serde_json::Value::as_str) != Some("none")
+}
+
+/// The engine capabilities a clear request needs, each with the field that asks for it.
+fn needed_capabilities(endpoint: Endpoint, obj: &serde_json::Map<String, serde_json::Value>) -> Vec<(protocol::Capability, &'static str)> {
+    use protocol::Capability as C;
+    use serde_json::Value;
+    let mut out = Vec::new();
+    let is_schema = |v: Option<&Value>| v.and_then(|f| f.get("type")).and_then(Value::as_str) == Some("json_schema");
+    let more_than_one = |k: &str| obj.get(k).and_then(Value::as_u64).is_some_and(|n| n > 1);
+    match endpoint {
+        Endpoint::ChatCompletions => {
+            if asks_for_tools(obj) {
+                out.push((C::ToolCalls, "tools"));
+            }
+            if is_schema(obj.get("response_format")) {
+                out.push((C::JsonSchema, "response_format"));
+            }
+            if obj.get("logprobs").and_then(Value::as_bool) == Some(true) || obj.get("top_logprobs").is_some_and(|v| !v.is_null()) {
+                out.push((C::Logprobs, "logprobs"));
+            }
+            if more_than_one("n") {
+                out.push((C::MultipleChoices, "n"));
+            }
+        }
+        Endpoint::Completions => {
+            if obj.get("logprobs").is_some_and(|v| v.is_u64()) {
+                out.push((C::Logprobs, "logprobs"));
+            }
+            if more_than_one("n") {
+                out.push((C::MultipleChoices, "n"));
+            } else if more_than_one("best_of") {
+                out.push((C::MultipleChoices, "best_of"));
+            }
+        }
+        Endpoint::Responses => {
+            if asks_for_tools(obj) {
+                out.push((C::ToolCalls, "tools"));
+            }
+            if is_schema(obj.get("text").and_then(|t| t.get("format"))) {
+                out.push((C::JsonSchema, "text.format"));
+            }
+        }
+        Endpoint::Embeddings => {}
+    }
+    out
+}
+
+/// What a capability does, and why no worker has it and what to send instead.
+fn capability_refusal(c: protocol::Capability) -> (&'static str, &'static str) {
+    use protocol::Capability as C;
+    let why = match c {
+        C::ToolCalls => "no engine serving it can make tool calls (llama-server: the model's chat template has no tool support, so it would answer in plain text; vLLM: started without --enable-auto-tool-choice). Send the request without `tools`, or with `tool_choice: \"none\"`.",
+        C::JsonSchema => "no engine serving it enforces a JSON schema. Send `json_object` or plain text and validate the answer yourself.",
+        C::Logprobs => "no engine serving it returns log probabilities. Send the request without `logprobs`/`top_logprobs`.",
+        C::MultipleChoices => "every engine serving it makes one choice per request (llama-server refuses `n` > 1 and `best_of`). Send several requests instead.",
+    };
+    let what = match c {
+        C::ToolCalls => "call tools",
+        C::JsonSchema => "follow a JSON schema",
+        C::Logprobs => "return log probabilities",
+        C::MultipleChoices => "make more than one choice per request",
+    };
+    (what, why)
 }
 
 /// Chat-template tokens a prompt may have beyond one per body byte.

@@ -187,6 +187,67 @@ pub struct ModelInfo {
     /// the worker does not know.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<bool>,
+    /// Whether structured output is honoured (`response_format` / `text.format` with a
+    /// `json_schema`); `None` where the worker does not know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_schema: Option<bool>,
+    /// Whether `logprobs` / `top_logprobs` are answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<bool>,
+    /// Whether more than one choice per request (`n` > 1, `best_of`) is served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiple_choices: Option<bool>,
+}
+
+/// A capability a request may need of the engine that serves it ([`ModelInfo`]'s flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Capability {
+    ToolCalls,
+    JsonSchema,
+    Logprobs,
+    MultipleChoices,
+}
+
+impl Capability {
+    pub const ALL: [Capability; 4] = [Capability::ToolCalls, Capability::JsonSchema, Capability::Logprobs, Capability::MultipleChoices];
+
+    /// What `m` reports about this capability (`None`: unknown).
+    pub fn of(self, m: &ModelInfo) -> Option<bool> {
+        match self {
+            Capability::ToolCalls => m.tool_calls,
+            Capability::JsonSchema => m.json_schema,
+            Capability::Logprobs => m.logprobs,
+            Capability::MultipleChoices => m.multiple_choices,
+        }
+    }
+}
+
+/// The capabilities one request needs: a worker that reports one of them as absent is not
+/// sent the request (unknown counts as able: the engine answers for itself).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Needs(u8);
+
+impl Needs {
+    pub fn with(self, c: Capability) -> Needs {
+        Needs(self.0 | Self::bit(c))
+    }
+
+    pub fn contains(self, c: Capability) -> bool {
+        self.0 & Self::bit(c) != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    fn bit(c: Capability) -> u8 {
+        1 << (c as u8)
+    }
+
+    /// Whether a worker serving `m` can take the request.
+    pub fn met_by(self, m: &ModelInfo) -> bool {
+        Capability::ALL.iter().all(|&c| !self.contains(c) || c.of(m) != Some(false))
+    }
 }
 
 /// A worker's self-description at registration.
@@ -304,5 +365,23 @@ mod tests {
     fn only_chunks_are_not_terminal() {
         assert!(!JobEvent::Chunk { data: Bytes::new() }.is_terminal());
         assert!(JobEvent::Done { usage: None }.is_terminal());
+    }
+}
+
+#[cfg(test)]
+mod needs_tests {
+    use super::*;
+
+    #[test]
+    fn needs_are_met_unless_a_capability_is_reported_missing() {
+        let n = Needs::default().with(Capability::JsonSchema).with(Capability::MultipleChoices);
+        assert!(n.contains(Capability::JsonSchema) && !n.contains(Capability::Logprobs));
+        let unknown = ModelInfo::default();
+        assert!(n.met_by(&unknown), "unknown counts as able");
+        let lacking = ModelInfo { multiple_choices: Some(false), ..ModelInfo::default() };
+        assert!(!n.met_by(&lacking));
+        assert!(Needs::default().met_by(&lacking));
+        let able = ModelInfo { json_schema: Some(true), multiple_choices: Some(true), ..ModelInfo::default() };
+        assert!(n.met_by(&able));
     }
 }

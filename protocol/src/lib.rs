@@ -10,7 +10,7 @@ pub mod openai;
 pub mod wire;
 
 pub use job::{
-    E2eRoute, Endpoint, Job, JobEnvelope, JobError, JobEvent, Load, ModelInfo, Payload, RouterToWorker, WorkerInfo, JOB_EVENT_WINDOW,
+    Capability, E2eRoute, Endpoint, Job, JobEnvelope, JobError, JobEvent, Load, ModelInfo, Needs, Payload, RouterToWorker, WorkerInfo, JOB_EVENT_WINDOW,
     WorkerToRouter,
 };
 pub use openai::{ErrorBody, ErrorObject, Usage};

@@ -240,6 +240,22 @@ pub struct ModelExtensions {
     /// The ledger's price, nanoTON per 1,000,000 tokens of each class, before the serving
     /// worker's coefficient (`None`: billing off, or no price set).
     pub pricing: Option<ModelPricing>,
+    /// What the engines serving it honour: `true` some do (requests needing it go to
+    /// them), `false` none does (such requests get 400), `null` unknown (not checked).
+    pub capabilities: ModelCapabilities,
+}
+
+/// Per-capability verdicts of `x_cocoon.capabilities`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ModelCapabilities {
+    /// `tools` with a `tool_choice` other than "none".
+    pub tools: Option<bool>,
+    /// `response_format` / `text.format` of type `json_schema`.
+    pub json_schema: Option<bool>,
+    /// `logprobs` / `top_logprobs`.
+    pub logprobs: Option<bool>,
+    /// `n` > 1 or `best_of` > 1.
+    pub multiple_choices: Option<bool>,
 }
 
 /// nanoTON per 1,000,000 tokens of each class.

@@ -28,6 +28,15 @@ pub struct DispatchOptions {
     /// Only this worker (an end-to-end sealed request can be opened by no other): no
     /// retry on another worker, and its own queue.
     pub worker: Option<String>,
+    /// What the request needs of the engine (tools, json_schema, …): workers that report
+    /// lacking it are passed over.
+    pub needs: protocol::Needs,
+}
+
+impl DispatchOptions {
+    pub(crate) fn fit(&self) -> crate::registry::Fit {
+        crate::registry::Fit { max_price: self.max_price_coefficient, needs: self.needs }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,8 +103,8 @@ impl Router {
         }
         let queues = &self.inner.queues;
         let key = crate::registry::queue_key(model, only);
-        let waiter = if queues.has_waiters(&key) || !self.has_free_slot(model, opts.max_price_coefficient, &[], only) {
-            if !self.could_serve(model, opts.max_price_coefficient, &[], only) {
+        let waiter = if queues.has_waiters(&key) || !self.has_free_slot(model, opts.fit(), &[], only) {
+            if !self.could_serve(model, opts.fit(), &[], only) {
                 return Err(match only {
                     Some(w) => RouteError::WorkerUnavailable { worker: w.to_string(), model: model.to_string() },
                     None => RouteError::NoCapacity(model.to_string()),
@@ -186,7 +195,7 @@ impl Ticket {
     async fn acquire(&mut self, tried: &[u64]) -> Result<(Arc<WorkerEntry>, Admission), RouteError> {
         let router = self.router.clone();
         let cfg = &router.inner.cfg;
-        let (model, price) = (self.model.clone(), self.opts.max_price_coefficient);
+        let (model, price) = (self.model.clone(), self.opts.fit());
         let only = self.opts.worker.clone();
         let key = crate::registry::queue_key(&model, only.as_deref());
         let deadline = self.admitted + cfg.queue_timeout();

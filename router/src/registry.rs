@@ -97,6 +97,13 @@ pub(crate) struct WorkerEntry {
 
 const TTFT_FLOOR_US: u64 = 1_000;
 /// A TTFT average without new samples halves its excess over the floor every this long.
+/// What a job asks of a worker beyond serving its model: a price cap and capabilities.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Fit {
+    pub max_price: Option<u32>,
+    pub needs: protocol::Needs,
+}
+
 /// Samples come only from jobs a worker gets, so without decay a worker that was slow once
 /// (say, queued under a burst) keeps losing every comparison and never gets the job that
 /// would correct its average: `scripts/scale-out` saw one of three lightly loaded workers run
@@ -210,17 +217,18 @@ impl WorkerEntry {
         attestation::unix_now() < self.expires_at.load(Ordering::Relaxed)
     }
 
-    fn eligible(&self, model: &str, max_price: Option<u32>, now: Instant) -> bool {
-        self.candidate(model, max_price) && self.load() < self.info.slots && self.circuit.would_admit(now)
+    fn eligible(&self, model: &str, fit: Fit, now: Instant) -> bool {
+        self.candidate(model, fit) && self.load() < self.info.slots && self.circuit.would_admit(now)
     }
 
-    /// Could take a job for `model` at this price (free slot and circuit aside).
-    fn candidate(&self, model: &str, max_price: Option<u32>) -> bool {
+    /// Could take a job for `model` at this price, with what it needs (free slot and
+    /// circuit aside).
+    fn candidate(&self, model: &str, fit: Fit) -> bool {
         self.connected.load(Ordering::Relaxed)
             && self.attested()
             && self.available.load(Ordering::Relaxed)
-            && self.serves(model)
-            && max_price.is_none_or(|cap| self.info.price_coefficient <= cap)
+            && fit.max_price.is_none_or(|cap| self.info.price_coefficient <= cap)
+            && self.info.models.iter().any(|m| m.id == model && (fit.needs.is_empty() || fit.needs.met_by(m)))
     }
 }
 
@@ -460,13 +468,19 @@ impl Router {
     }
 
     /// Whether `model` can call tools here: `Some(false)` only when every worker serving it
-    /// reports it cannot (its engine would ignore `tools`), `Some(true)` when one reports it
-    /// can, `None` when none says.
+    /// reports it cannot, `Some(true)` when one can, `None` when nobody knows.
     pub fn tool_calls(&self, model: &str) -> Option<bool> {
+        self.capability(model, protocol::Capability::ToolCalls)
+    }
+
+    /// [`Router::tool_calls`] for any capability: `Some(false)` only when every worker
+    /// serving `model` reports lacking it (the request is then refused before anything
+    /// runs); otherwise a request needing it is steered to the workers not lacking it.
+    pub fn capability(&self, model: &str, c: protocol::Capability) -> Option<bool> {
         let reports: Vec<Option<bool>> = self
             .read()
             .iter()
-            .flat_map(|w| w.info.models.iter().filter(|m| m.id == model).map(|m| m.tool_calls))
+            .flat_map(|w| w.info.models.iter().filter(|m| m.id == model).map(|m| c.of(m)))
             .collect();
         if reports.contains(&Some(true)) {
             Some(true)
@@ -555,11 +569,11 @@ impl Router {
     }
 
     /// Some worker (`only` that one, when named) could take a job for `model` now.
-    pub(crate) fn has_free_slot(&self, model: &str, max_price: Option<u32>, exclude: &[u64], only: Option<&str>) -> bool {
+    pub(crate) fn has_free_slot(&self, model: &str, fit: Fit, exclude: &[u64], only: Option<&str>) -> bool {
         let now = Instant::now();
         self.read()
             .iter()
-            .any(|w| named(w, only) && !exclude.contains(&w.conn_id) && w.eligible(model, max_price, now))
+            .any(|w| named(w, only) && !exclude.contains(&w.conn_id) && w.eligible(model, fit, now))
     }
 
     /// Whether worker `id` is connected and serves `model` (for a job sealed to it).
@@ -570,12 +584,12 @@ impl Router {
     /// Some worker could take a job for `model` once it has a free slot: the job may wait
     /// in the queue rather than be refused. A worker whose circuit is open does not count
     /// (it is failing; the client hears so at once and may retry).
-    pub(crate) fn could_serve(&self, model: &str, max_price: Option<u32>, exclude: &[u64], only: Option<&str>) -> bool {
+    pub(crate) fn could_serve(&self, model: &str, fit: Fit, exclude: &[u64], only: Option<&str>) -> bool {
         let now = Instant::now();
         self.read().iter().any(|w| {
             named(w, only)
                 && !exclude.contains(&w.conn_id)
-                && w.candidate(model, max_price)
+                && w.candidate(model, fit)
                 && w.circuit.would_admit(now)
         })
     }
@@ -637,7 +651,7 @@ impl Router {
     pub(crate) fn pick(
         &self,
         model: &str,
-        max_price: Option<u32>,
+        fit: Fit,
         exclude: &[u64],
         only: Option<&str>,
     ) -> Option<(Arc<WorkerEntry>, Admission)> {
@@ -645,7 +659,7 @@ impl Router {
         let candidates: Vec<Arc<WorkerEntry>> = self
             .read()
             .iter()
-            .filter(|w| named(w, only) && !exclude.contains(&w.conn_id) && w.eligible(model, max_price, now))
+            .filter(|w| named(w, only) && !exclude.contains(&w.conn_id) && w.eligible(model, fit, now))
             .cloned()
             .collect();
         let chosen = match candidates.len() {

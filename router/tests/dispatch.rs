@@ -62,7 +62,11 @@ fn router(cfg: RouterConfig) -> Router {
 }
 
 fn spawn_worker(router: &Router, id: &str, price: u32, b: Behaviour) -> Worker {
-    let (session, mut rx) = router.attach(info(id, price), verified()).unwrap();
+    spawn_with(router, info(id, price), b)
+}
+
+fn spawn_with(router: &Router, info: WorkerInfo, b: Behaviour) -> Worker {
+    let (session, mut rx) = router.attach(info, verified()).unwrap();
     let jobs = Arc::new(AtomicU32::new(0));
     let cancels = Arc::new(AtomicU32::new(0));
     let (j, c) = (jobs.clone(), cancels.clone());
@@ -234,6 +238,37 @@ async fn price_cap_excludes_expensive_workers() {
         r2.dispatch(job(), DispatchOptions { max_price_coefficient: Some(1500), ..Default::default() }).await,
         Err(RouteError::NoCapacity(_))
     ));
+}
+
+/// #15: a request needing a capability (here json_schema) goes only to workers that do not
+/// report lacking it; with only lacking workers it is not dispatched at all.
+#[tokio::test]
+async fn requests_needing_a_capability_go_to_workers_that_have_it() {
+    use protocol::{Capability, Needs};
+    let r = router(cfg());
+    let mut plain = info("plain", 1000);
+    plain.models[0].json_schema = Some(false);
+    plain.models[0].multiple_choices = Some(false);
+    let mut able = info("able", 1000);
+    able.models[0].json_schema = Some(true);
+    let _p = spawn_with(&r, plain.clone(), Behaviour::Good);
+    let _a = spawn_with(&r, able, Behaviour::Good);
+    let needs = Needs::default().with(Capability::JsonSchema);
+    for _ in 0..10 {
+        let s = r.dispatch(job(), DispatchOptions { needs, ..Default::default() }).await.unwrap();
+        assert_eq!(s.worker_id(), "able");
+        drain(s).await;
+    }
+    assert_eq!(r.capability("m", Capability::JsonSchema), Some(true));
+    // One lacks it and the other does not say: unknown, so not refused up front.
+    assert_eq!(r.capability("m", Capability::MultipleChoices), None);
+    assert_eq!(r.capability("m", Capability::Logprobs), None);
+
+    let r2 = router(cfg());
+    let _only = spawn_with(&r2, plain, Behaviour::Good);
+    assert_eq!(r2.capability("m", Capability::JsonSchema), Some(false));
+    assert!(matches!(r2.dispatch(job(), DispatchOptions { needs, ..Default::default() }).await, Err(RouteError::NoCapacity(_))));
+    assert!(r2.dispatch(job(), DispatchOptions::default()).await.is_ok(), "a request not needing it is served");
 }
 
 #[tokio::test]

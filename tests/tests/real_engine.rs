@@ -211,6 +211,10 @@ impl Gateway {
             .await
             .unwrap()
     }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        http().get(format!("{}/{path}", self.base)).bearer_auth(&self.key).send().await.unwrap()
+    }
 }
 
 /// `cocoon worker` supervising its own llama-server, as a child process.
@@ -535,6 +539,21 @@ async fn one_worker_serves_streams_and_survives_its_engine_crashing() {
                                           "messages": [{"role": "user", "content": "Weather in Paris?"}]}))
         .await;
     assert_eq!(r.status(), 200);
+    // llama-server makes one choice per request (it answers `n` > 1 with a 500 of its own):
+    // refused up front with a 400 naming `n`; `logprobs` it answers, so they pass.
+    let r = gw
+        .post("chat/completions", &json!({"model": model, "max_tokens": 4, "n": 2, "messages": [{"role": "user", "content": "Hi"}]}))
+        .await;
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!((e["error"]["param"].as_str(), e["error"]["code"].as_str()), (Some("n"), Some("unsupported_parameter")), "{e}");
+    let r = gw
+        .post("chat/completions", &json!({"model": model, "max_tokens": 2, "logprobs": true, "top_logprobs": 2, "messages": [{"role": "user", "content": "Hi"}]}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let models: Value = gw.get("models").await.json().await.unwrap();
+    let caps = &models["data"][0]["x_cocoon"]["capabilities"];
+    assert_eq!(caps, &json!({"tools": false, "json_schema": true, "logprobs": true, "multiple_choices": false}), "{models}");
 
     // Kill the engine mid-stream: the client gets an error, not a hang or a fake [DONE].
     let first_pid = w

@@ -176,6 +176,19 @@ impl EngineClient {
         crate::engine_load::parse_template_tools(&resp.bytes().await.ok()?)
     }
 
+    /// What the engine kind is known to honour: (json_schema, logprobs, multiple choices).
+    /// llama-server turns a `json_schema` into a grammar and answers `logprobs`, but refuses
+    /// `n` > 1 and `best_of` (llama.cpp's OpenAI-compatible parameter parsing in tools/server,
+    /// `// Handle "n" field`: "Only one completion choice is allowed"); vLLM serves all three (guided decoding, `SamplingParams`
+    /// n/logprobs). An engine someone else runs (or a custom command) is unknown: not checked.
+    pub fn capabilities(&self) -> (Option<bool>, Option<bool>, Option<bool>) {
+        match self.kind {
+            Some(EngineProcessKind::LlamaServer) => (Some(true), Some(true), Some(false)),
+            Some(EngineProcessKind::Vllm) => (Some(true), Some(true), Some(true)),
+            Some(EngineProcessKind::Command) | None => (None, None, None),
+        }
+    }
+
     fn quirks(&self) -> Quirks {
         match self.kind {
             Some(EngineProcessKind::LlamaServer) => Quirks::LLAMA_SERVER,
@@ -231,7 +244,7 @@ impl EngineClient {
                 owned_by: m.owned_by,
                 // Set by the worker from its own measurement (`measure`), never the engine's word.
                 digest: None,
-                tool_calls: None,
+                ..ModelInfo::default()
             })
             .collect())
     }

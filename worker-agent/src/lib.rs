@@ -146,6 +146,12 @@ impl WorkerAgent {
                 m.tool_calls = Some(tools);
             }
         }
+        let (json_schema, logprobs, multiple_choices) = self.engine.capabilities();
+        for m in &mut models {
+            m.json_schema = json_schema;
+            m.logprobs = logprobs;
+            m.multiple_choices = multiple_choices;
+        }
         Ok(WorkerInfo {
             worker_id: self.cfg.worker_id.clone(),
             models,
