@@ -4,10 +4,12 @@
 //! `{"index": i, "id": "call_…", "type": "function", "function": {"name": "…", "arguments": ""}}`,
 //! later ones only `{"index": i, "function": {"arguments": "<piece>"}}`, and the choice ends
 //! with `finish_reason: "tool_calls"`. SDKs accumulate by `index`, and they disagree on what a
-//! repeated field means: openai-python's `ChatCompletionStreamState` (`_accumulate_delta`)
-//! concatenates every string but `index` and `type`, so a repeated `id` or `name` doubles;
-//! openai-node's stream helper overwrites them and throws at the end when `id`, `type`, `name`
-//! or `arguments` never came. Only OpenAI's shape reads the same everywhere.
+//! repeated field means: openai-python's `ChatCompletionStreamState` (`accumulate_delta` in
+//! `src/openai/lib/streaming/_deltas.py`) concatenates every string but `index` and `type`, so
+//! a repeated `id` or `name` doubles, and takes a stream's first `tool_calls` list as it is;
+//! openai-node's `ChatCompletionStream` overwrites `id`, `type` and `name`, appends
+//! `arguments`, and throws at the end when `id`, `type` or `name` never came. Only OpenAI's
+//! shape reads the same everywhere.
 //!
 //! What the engines send instead (read from their source; the recorded streams under
 //! `tests/fixtures/tool_streams/` name the lines):
@@ -23,7 +25,7 @@
 //!   `common_chat_msg_diff_to_json_oaicompat` always wrote `arguments`). When the partial
 //!   parse grows a call's name (empty, or a prefix, first), `compute_diffs` sends `id`, `type`
 //!   and the whole `name` again on a later delta.
-//! - vLLM (vllm-project/vllm v0.11; `vllm/entrypoints/openai/serving_chat.py`
+//! - vLLM (vllm-project/vllm, v0.10/v0.11 layout; `vllm/entrypoints/openai/serving_chat.py`
 //!   `chat_completion_stream_generator`, `protocol.py` `DeltaToolCall`/`DeltaFunctionCall`,
 //!   chunks written with `model_dump_json(exclude_unset=True)`): with a tool parser
 //!   (`hermes_tool_parser.py` `extract_tool_calls_streaming`) the first delta is
@@ -42,7 +44,8 @@
 //! call by choice and `index` and
 //! - sends `id`, `type: "function"`, `function.name` and `arguments: ""` once, on the call's
 //!   first delta, in a chunk of their own; arguments that came with them follow in the
-//!   engine's chunk. A first delta without a name, or without `arguments`, is held back
+//!   engine's chunk (held-back ones in a chunk of their own: one entry per call and chunk).
+//!   A first delta without a name, or without `arguments`, is held back
 //!   until arguments start (the name is then whole: llama-server's own
 //!   `task_result_state::update_chat_msg` holds names back the same way when asked to), another
 //!   call starts, the choice finishes, or the stream ends;
@@ -54,9 +57,11 @@
 //!   only what is missing, or nothing when the client's arguments were already whole.
 //!
 //! A stream already in OpenAI's shape (the test engine's) passes byte for byte: only chunks
-//! that change are parsed into a tree and written again. Remaining limit: a first delta that
+//! that change are parsed into a tree and written again. Remaining limits: a first delta that
 //! does carry `arguments` with a partial name (llama-server's `compute_diffs` with the older
-//! encoder) cannot be told from a whole one, so the name sent is the partial one.
+//! encoder) cannot be told from a whole one, so the name sent is the partial one; a re-sent
+//! whole document that does not line up with incomplete arguments already sent (a string
+//! escaped differently) is relayed as the engine sent it.
 
 use std::borrow::Cow;
 
@@ -217,7 +222,7 @@ impl ToolStream {
         for plan in &plans {
             let role = apply(&mut obj, plan);
             if !plan.headers.is_empty() {
-                out.push(header_chunk(&obj, plan.choice, role, &plan.headers));
+                header_chunks(&obj, plan.choice, role, &plan.headers, &mut out);
             }
         }
         if !is_empty_chunk(&obj) {
@@ -248,7 +253,7 @@ impl ToolStream {
             let mut headers = Vec::new();
             self.release(choice, None, &mut headers);
             if !headers.is_empty() {
-                out.push(header_chunk(&envelope, choice, None, &headers));
+                header_chunks(&envelope, choice, None, &headers, &mut out);
             }
         }
         out
@@ -395,32 +400,43 @@ fn apply(obj: &mut Map<String, Value>, plan: &Plan) -> Option<Value> {
     delta.remove("role")
 }
 
-/// A chunk with the released first deltas of `choice`, in the envelope of `src`.
-fn header_chunk(src: &Map<String, Value>, choice: u32, role: Option<Value>, headers: &[Header]) -> Bytes {
-    let mut obj = Map::new();
+/// The released first deltas of `choice` in a chunk with the envelope of `src`, then, in a
+/// chunk of their own, arguments that were held back with them: one entry per call and chunk,
+/// as openai-python's `accumulate_delta` takes a stream's first `tool_calls` list as it is.
+fn header_chunks(src: &Map<String, Value>, choice: u32, role: Option<Value>, headers: &[Header], out: &mut Vec<Bytes>) {
+    let mut envelope = Map::new();
     for k in ["id", "object", "created", "model", "system_fingerprint", "service_tier"] {
         if let Some(v) = src.get(k) {
-            obj.insert(k.into(), v.clone());
+            envelope.insert(k.into(), v.clone());
         }
     }
-    obj.entry("object").or_insert_with(|| Value::from("chat.completion.chunk"));
-    let mut entries = Vec::with_capacity(headers.len());
-    for h in headers {
-        entries.push(json!({"index": h.index, "id": h.id, "type": "function", "function": {"name": h.name, "arguments": ""}}));
-        if !h.args.is_empty() {
-            entries.push(json!({"index": h.index, "function": {"arguments": h.args}}));
+    envelope.entry("object").or_insert_with(|| Value::from("chat.completion.chunk"));
+    let chunk = |role: Option<Value>, entries: Vec<Value>| {
+        let mut delta = Map::new();
+        if let Some(r) = role {
+            delta.insert("role".into(), r);
         }
+        delta.insert("tool_calls".into(), Value::Array(entries));
+        let mut obj = envelope.clone();
+        obj.insert(
+            "choices".into(),
+            json!([{"index": choice, "delta": delta, "logprobs": null, "finish_reason": null}]),
+        );
+        Bytes::from(serde_json::to_vec(&Value::Object(obj)).unwrap_or_default())
+    };
+    let heads = headers
+        .iter()
+        .map(|h| json!({"index": h.index, "id": h.id, "type": "function", "function": {"name": h.name, "arguments": ""}}))
+        .collect();
+    out.push(chunk(role, heads));
+    let held: Vec<Value> = headers
+        .iter()
+        .filter(|h| !h.args.is_empty())
+        .map(|h| json!({"index": h.index, "function": {"arguments": h.args}}))
+        .collect();
+    if !held.is_empty() {
+        out.push(chunk(None, held));
     }
-    let mut delta = Map::new();
-    if let Some(r) = role {
-        delta.insert("role".into(), r);
-    }
-    delta.insert("tool_calls".into(), Value::Array(entries));
-    obj.insert(
-        "choices".into(),
-        json!([{"index": choice, "delta": delta, "logprobs": null, "finish_reason": null}]),
-    );
-    Bytes::from(serde_json::to_vec(&Value::Object(obj)).unwrap_or_default())
 }
 
 /// Nothing left for the client: no choice with a delta, logprobs or finish reason, no usage.
@@ -529,6 +545,13 @@ mod tests {
     }
 
     fn entries(out: &[Value]) -> Vec<Value> {
+        for c in out {
+            let mut seen: Vec<u64> = c["choices"][0]["delta"]["tool_calls"].as_array().into_iter().flatten().map(|e| e["index"].as_u64().unwrap()).collect();
+            let n = seen.len();
+            seen.sort_unstable();
+            seen.dedup();
+            assert_eq!(seen.len(), n, "one entry per call and chunk: {c}");
+        }
         out.iter()
             .flat_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array().cloned().unwrap_or_default())
             .collect()
@@ -663,6 +686,17 @@ mod tests {
         let out = run(&mut s, &[head(0, "a")]);
         assert_eq!(calls(&out), [("id0".into(), "a".into(), String::new())]);
         assert_eq!((out[0]["id"].clone(), out[0]["model"].clone()), (json!("c1"), json!("m")));
+    }
+
+    #[test]
+    fn arguments_held_without_a_name_follow_their_first_delta() {
+        let mut s = ToolStream::default();
+        let out = run(&mut s, &[
+            chunk(json!({"tool_calls": [{"index": 0, "id": "x", "type": "function", "function": {"arguments": "{}"}}]}), None),
+            chunk(json!({}), Some("tool_calls")),
+        ]);
+        assert_eq!(out.len(), 3, "first delta, the held arguments, the finish");
+        assert_eq!(calls(&out), [("x".into(), String::new(), "{}".into())]);
     }
 
     #[test]
