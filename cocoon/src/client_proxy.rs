@@ -120,7 +120,9 @@ async fn sealed(State(p): State<Proxy>, uri: Uri, body: Bytes) -> Response {
         Ok(v) => {
             if responses {
                 let checked = match &v {
-                    serde_json::Value::Object(o) => gateway::validate_responses::responses(o).map(|_| ()),
+                    serde_json::Value::Object(o) => {
+                        gateway::validate_responses::responses(o).and_then(|_| gateway::stored::refuse_sealed(o))
+                    }
                     _ => gateway::validate::parse_object(&body).map(|_| ()),
                 };
                 if let Err(e) = checked {

@@ -318,6 +318,21 @@ pub async fn prepare(state: &AppState, account: &str, obj: &mut Map<String, Valu
     Ok(Some(Intent { store, account: account.to_owned(), input }))
 }
 
+/// An end-to-end sealed request (`cocoon client-proxy`): the gateway cannot read it, so
+/// nothing can be stored or continued; refused before sealing, naming the field.
+pub fn refuse_sealed(obj: &Map<String, Value>) -> Result<(), ApiError> {
+    if obj.get("store") == Some(&Value::Bool(true)) {
+        return Err(unsupported("store", "End-to-end sealed responses are never stored: the gateway cannot read them. Set `store` to false (or leave it out)."));
+    }
+    if obj.get("previous_response_id").is_some_and(|v| !v.is_null()) {
+        return Err(unsupported(
+            "previous_response_id",
+            "End-to-end sealed responses are never stored, so none can be continued: send the earlier turns in `input` instead.",
+        ));
+    }
+    Ok(())
+}
+
 fn unsupported(param: &str, message: &str) -> ApiError {
     ApiError::InvalidRequest { message: message.into(), param: Some(param.into()), code: Some("unsupported_parameter") }
 }

@@ -1,12 +1,13 @@
 """The Responses API through the official SDK (`client.responses.create`, `.stream`, `.parse`)
 and on the wire: every Response object and every stream event validates against OpenAI's
-OpenAPI document, events carry gapless `sequence_number`s, and what is not served (stored
-responses, built-in tools) is refused with a clear error.
+OpenAPI document, events carry gapless `sequence_number`s, stored responses chain through
+`previous_response_id` (gateway only), and what is not served (built-in tools, background)
+is refused with a clear error.
 
 The worker translates /v1/responses to the engine's chat completions inside the TEE, so the
 same tests run against the gateway and through `cocoon client-proxy` (sealed end to end; the
-proxy validates the body with the gateway's own rules and answers the stored-response routes
-itself, since nothing is stored in either mode)."""
+proxy validates the body with the gateway's own rules, refuses `store`/`previous_response_id`
+and answers the stored-response routes itself: nothing sealed end to end is stored)."""
 
 from __future__ import annotations
 
@@ -119,9 +120,13 @@ def test_parse_with_a_pydantic_model(client: openai.OpenAI) -> None:
 
 def test_what_is_not_served_is_refused(client: openai.OpenAI) -> None:
     if helpers.E2E_PROXY:
-        # Sealed end to end: nothing is stored, and the worker refuses stateful fields.
+        # Sealed end to end: nothing is stored, and the proxy refuses stateful fields.
         with pytest.raises(openai.BadRequestError) as e:
             client.responses.create(model=MODEL, input="hi", previous_response_id="resp_123")
+        assert e.value.body["param"] == "previous_response_id"
+        with pytest.raises(openai.BadRequestError) as e:
+            client.responses.create(model=MODEL, input="hi", store=True)
+        assert e.value.body["param"] == "store"
     else:
         with pytest.raises(openai.NotFoundError) as e:
             client.responses.create(model=MODEL, input="hi", previous_response_id="resp_123")
