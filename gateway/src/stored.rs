@@ -380,6 +380,7 @@ pub async fn delete_response(State(state): State<AppState>, p: Principal, UrlPat
 
 /// `GET /v1/responses/{id}/input_items` query: OpenAI's paging.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ItemsQuery {
     /// `asc` (oldest first) or `desc` (newest first, the default).
     pub order: Option<String>,
@@ -404,8 +405,13 @@ pub async fn input_items_of(
     State(state): State<AppState>,
     p: Principal,
     UrlPath(id): UrlPath<String>,
-    axum::extract::Query(q): axum::extract::Query<ItemsQuery>,
+    query: Result<axum::extract::Query<ItemsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    // A malformed query is an OpenAI-style 400 like any other bad input, not axum's text.
+    let q = match query {
+        Ok(axum::extract::Query(q)) => q,
+        Err(e) => return ApiError::invalid("limit", format!("Invalid query string: {}", e.body_text())).into_response(),
+    };
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
         return ApiError::invalid("limit", "`limit` must be between 1 and 100.").into_response();

@@ -381,6 +381,10 @@ async fn stored_responses_chain_and_belong_to_their_account() {
     };
     let newest = page("limit=1").await;
     assert_eq!((newest["data"][0]["content"].clone(), newest["has_more"].clone()), (json!("What is my name?"), json!(true)));
+    for bad in ["limit=-1", "limit=x", "limit=0", "order=up", "after=nope"] {
+        let e = page(bad).await;
+        assert_eq!(e["error"]["type"], "invalid_request_error", "{bad}: {e}");
+    }
     let rest = page(&format!("limit=5&after={}", newest["last_id"].as_str().unwrap())).await;
     assert_eq!(rest["data"].as_array().unwrap().len(), 2);
     assert_eq!(rest["has_more"], false);
