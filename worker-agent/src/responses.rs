@@ -220,7 +220,7 @@ pub(crate) fn to_chat(body: &[u8]) -> Result<(Bytes, Ctx), Untranslatable> {
 }
 
 /// OpenAI's `ResponseUsage` from the engine's chat usage.
-fn usage(u: &Usage) -> Value {
+pub(crate) fn usage(u: &Usage) -> Value {
     json!({
         "input_tokens": u.prompt_tokens,
         "input_tokens_details": {"cached_tokens": u.cached_prompt_tokens(), "cache_write_tokens": 0},
