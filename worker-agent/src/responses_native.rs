@@ -17,7 +17,8 @@
 //! `function_call_output` item fails (no `role`: 500), an `output_text` part is refused
 //! (chat_utils.py: "Unknown part type", 400) and a `developer` message reaches the chat template
 //! under that role (the translation makes it `system`). What passes through is therefore a
-//! conversation of user, system and assistant messages of text, without tools or json_object.
+//! conversation of user, system and assistant messages of text, without tools or json_object
+//! (an assistant message of `output_text` parts, an earlier answer sent back, goes as its text).
 //!
 //! What vLLM is sent ([`to_engine`]): the fields it acts on as OpenAI defines them, and no
 //! other. `store` is `false`: the gateway stores answers itself, sealed (gateway `stored.rs`),
@@ -123,8 +124,28 @@ fn plain_message(item: &Value) -> Result<(), &'static str> {
     match item.get("content") {
         Some(Value::String(_)) => Ok(()),
         Some(Value::Array(parts)) if parts.iter().all(|p| p.get("type").and_then(Value::as_str) == Some("input_text")) => Ok(()),
+        // An earlier answer sent back as input (what the gateway's `previous_response_id`
+        // expansion and the SDKs send): [`to_engine`] makes it a text message, as vLLM itself
+        // does with a stored response's output (`_construct_input_messages`).
+        Some(Value::Array(_)) if assistant_text(item).is_some() => Ok(()),
         _ => Err("content other than text or input_text parts"),
     }
+}
+
+/// The text of an assistant message whose content is `output_text` parts.
+fn assistant_text(item: &Value) -> Option<String> {
+    if item.get("role").and_then(Value::as_str) != Some("assistant") {
+        return None;
+    }
+    let parts = item.get("content")?.as_array()?;
+    parts
+        .iter()
+        .map(|p| match p.get("type").and_then(Value::as_str) {
+            Some("output_text") => p.get("text").and_then(Value::as_str),
+            _ => None,
+        })
+        .collect::<Option<Vec<&str>>>()
+        .map(|t| t.concat())
 }
 
 /// The fields vLLM is sent as the client (or the gateway) set them.
@@ -152,6 +173,13 @@ pub(crate) fn to_engine(body: &[u8]) -> Result<(Bytes, Echo), Untranslatable> {
     for k in FORWARDED {
         if let Some(v) = get(k) {
             out.insert(k.into(), v.clone());
+        }
+    }
+    if let Some(Value::Array(items)) = out.get_mut("input") {
+        for item in items.iter_mut() {
+            if let Some(text) = assistant_text(item) {
+                *item = json!({"type": "message", "role": "assistant", "content": text});
+            }
         }
     }
     out.insert("store".into(), Value::Bool(false));
@@ -380,13 +408,25 @@ mod tests {
             (json!({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}), "an input item that is not a message"),
             (json!({"input": [{"role": "developer", "content": "d"}]}), "a developer message"),
             (
-                json!({"input": [{"role": "assistant", "content": [{"type": "output_text", "text": "x", "annotations": []}]}]}),
+                json!({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}),
                 "content other than text or input_text parts",
             ),
         ] {
             assert_eq!(vllm_serves(&obj(body.clone())), Err(why), "{body}");
             assert_eq!(route(Some(EngineProcessKind::Vllm), &serde_json::to_vec(&body).unwrap()), Route::Translate);
         }
+        // An earlier answer sent back (the gateway's previous_response_id expansion) goes as text.
+        let earlier = json!({"model": "m", "input": [
+            {"type": "message", "role": "user", "content": "q"},
+            {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed",
+                "content": [{"type": "output_text", "text": "an", "annotations": []}, {"type": "output_text", "text": "swer", "annotations": []}]},
+            {"type": "message", "role": "user", "content": "more"}
+        ]});
+        assert_eq!(route(Some(EngineProcessKind::Vllm), &serde_json::to_vec(&earlier).unwrap()), Route::Native);
+        let (sent, _) = to_engine(&serde_json::to_vec(&earlier).unwrap()).unwrap();
+        let sent: Value = serde_json::from_slice(&sent).unwrap();
+        assert_eq!(sent["input"][1], json!({"type": "message", "role": "assistant", "content": "answer"}));
+        assert_eq!(sent["input"][2], earlier["input"][2]);
         // No tools at all is not a tool: an empty list passes through.
         assert_eq!(vllm_serves(&obj(json!({"input": "hi", "tools": [], "text": {"format": {"type": "json_schema"}}}))), Ok(()));
     }
