@@ -1,5 +1,9 @@
 //! OpenAI's Responses API, served from the engine's chat completions, inside the TEE.
 //!
+//! Used for every engine that does not serve `/v1/responses` itself (llama-server, the test
+//! engine, an engine of unknown make) and for the requests vLLM's own endpoint does not serve;
+//! the rest goes to vLLM as it is ([`crate::responses_native`], whose `route` decides).
+//!
 //! The gateway validated the request (gateway `validate_responses`: every field is either
 //! served here or refused there); this module turns it into a chat completions request, and
 //! the engine's answer back into a Response object or, for a stream, into Responses events
