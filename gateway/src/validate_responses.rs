@@ -1,7 +1,8 @@
 //! Validation of `POST /v1/responses` (OpenAI's Responses API).
 //!
 //! The worker translates a Responses request to chat completions inside the TEE
-//! (worker-agent `responses`), so a field it does not translate would be lost without a
+//! (worker-agent `responses`; vLLM gets what its own endpoint serves passed through,
+//! worker-agent `responses_native`), so a field it does not translate would be lost without a
 //! word: every field is therefore either checked and supported here, or refused with a 400
 //! that says why (stored responses, built-in tools, reasoning, …). Unknown fields get
 //! OpenAI's own answer to them (`Unknown parameter`).

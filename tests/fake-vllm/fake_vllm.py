@@ -37,6 +37,11 @@ Endpoints:
   - prompts longer than --max-model-len: 400 "This model's maximum context length is ..."
     (serving_engine.py `_validate_input`).
   - --max-num-seqs requests run at once; the rest wait (vllm:num_requests_waiting).
+- POST /v1/responses (serving_responses.py `OpenAIServingResponses`, protocol.py `ResponsesRequest`,
+  `ResponsesResponse`, api_server.py `create_responses`), as served for a model that is not
+  gpt-oss (no Harmony, no reasoning parser); the behaviours are listed at `Handler.create_responses`.
+  The JSON of the objects and events is what vLLM's pydantic models dump with openai-python
+  1.109.1 (vLLM 0.11.0 requires openai >= 1.99.1), key order included.
 - --enable-log-requests / --enable-log-outputs print vLLM's request logger lines
   (entrypoints/logger.py), so tests can show the worker withholds them.
 - --api-key or VLLM_API_KEY: /v1/* answers 401 {"error": "Unauthorized"} without the key
@@ -53,7 +58,8 @@ at start:
   cached_tokens: N    prompt tokens served from the prefix cache
   token_delay_ms: N   between tokens (default 2)
   prefill_ms: N       before the first token (default 5)
-GET /fake/state returns what the fake saw (argv, requests' stream_options, GET paths, counts).
+GET /fake/state returns what the fake saw (argv, requests' stream_options, GET paths, counts;
+for /v1/responses the request's keys, `store`, `previous_response_id`, and the ids vLLM stored).
 """
 
 from __future__ import annotations
@@ -92,6 +98,8 @@ class Engine:
         self.seen = []  # per request: {"path", "stream_options", "stream"}
         self.gets = {}  # GET path -> count
         self.dead = False
+        # serving_responses.py: `response_store`, used only with VLLM_ENABLE_RESPONSES_API_STORE.
+        self.response_store = {}
 
     def b(self, key, default=None):
         with self.lock:
@@ -200,7 +208,8 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path == "/fake/state":
             with e.lock:
                 self.send_json(200, {"argv": sys.argv[1:], "seen": e.seen, "gets": e.gets, "running": e.running,
-                                     "waiting": e.waiting, "behaviour": e.behaviour})
+                                     "waiting": e.waiting, "behaviour": e.behaviour,
+                                     "stored": sorted(e.response_store)})
         else:
             self.send_json(404, {"detail": "Not Found"})
 
@@ -245,13 +254,16 @@ class Handler(BaseHTTPRequestHandler):
             return
         if not self.authorized():
             return
-        if self.path not in ("/v1/chat/completions", "/v1/completions"):
+        if self.path not in ("/v1/chat/completions", "/v1/completions", "/v1/responses"):
             self.send_json(404, {"detail": "Not Found"})
             return
         try:
             body = self.read_body()
         except ValueError as err:
             self.error("JSON decode error: %s" % err)
+            return
+        if self.path == "/v1/responses":
+            self.create_responses(body)
             return
         self.generate(body, chat=self.path == "/v1/chat/completions")
 
@@ -433,6 +445,292 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         self.close_connection = True
 
+    # --- POST /v1/responses (vLLM v0.11.0, a model that is not gpt-oss) ----------------------
+    def create_responses(self, body):
+        """serving_responses.py `OpenAIServingResponses.create_responses`, in its order:
+
+        - protocol.py `ResponsesRequest` validators (FastAPI answers 400, type "Bad Request",
+          api_server.py `validation_exception_handler`): `input` is required, `prompt` is refused
+          ("prompt template is not supported"), `background` needs `store`;
+        - `_check_model`: an unknown model is 404 NotFoundError;
+        - a dead engine raises `dead_error`: api_server.py `create_responses` turns any exception
+          into HTTPException 500 (`http_exception_handler`: type "Internal Server Error");
+        - `store` (default True) is silently turned off unless VLLM_ENABLE_RESPONSES_API_STORE is
+          set; `background` with store off is 400 invalid_request_error;
+        - `previous_response_id` is looked up in vLLM's in-memory `response_store`: 404
+          invalid_request_error "Response with id '...' not found." when absent
+          (`_make_not_found_error`);
+        - `_make_request`: any `tools` raise NotImplementedError("Tool use is not supported in
+          Responses API without Harmony"), answered 400 BadRequestError as f"{e} {e.__cause__}";
+          `_construct_input_messages` hands the input items to the chat parser as chat messages:
+          an item without `role` (function_call, function_call_output) is a KeyError, so a 500;
+          a content part type it does not know (`output_text`) is NotImplementedError("Unknown
+          part type: ...") (chat_utils.py `_parse_chat_message_content_part`), so a 400;
+        - `_validate_generator_input`: a prompt of max_model_len tokens or more is 400
+          invalid_request_error;
+        - `ResponsesRequest.to_sampling_params`: max_tokens = min(max_output_tokens, max_model_len
+          - prompt), or the latter when unset (never an error); `text.format` json_object raises
+          NotImplementedError outside any handler, so a 500; temperature/top_p default 1.0.
+        --enable-auto-tool-choice plays no part here: without Harmony there are no tools at all.
+        """
+        e, a = self.engine, self.engine.args
+        stream = bool(body.get("stream"))
+        with e.lock:
+            e.seen.append({"path": self.path, "stream": stream, "keys": sorted(body),
+                           "store": body.get("store", "(unset)"),
+                           "previous_response_id": body.get("previous_response_id"),
+                           "has_tools": bool(body.get("tools"))})
+
+        def bad_request(msg):  # validation_exception_handler (message abbreviated)
+            self.error("1 validation error for ResponsesRequest\n  Value error, %s" % msg, err_type="Bad Request")
+
+        def internal(msg):  # create_responses: HTTPException(500, str(e)) -> http_exception_handler
+            self.error(msg, HTTPStatus.INTERNAL_SERVER_ERROR, "Internal Server Error")
+
+        if "input" not in body:
+            return bad_request("Field required [type=missing, input_value=..., input_type=dict]")
+        if body.get("prompt") is not None:
+            return bad_request("prompt template is not supported")
+        store = body.get("store", True)
+        if body.get("background") and not (store if store is not None else True):
+            return bad_request("background can only be used when `store` is true")
+        if body.get("model") and body["model"] != a.served_model_name:
+            return self.error("The model `%s` does not exist." % body.get("model"), HTTPStatus.NOT_FOUND, "NotFoundError")
+        if e.dead:
+            return internal(ENGINE_DEAD)
+        enable_store = os.environ.get("VLLM_ENABLE_RESPONSES_API_STORE", "0") not in ("", "0", "false", "False")
+        if store and not enable_store:
+            if body.get("background"):
+                return self.error("This vLLM engine does not support `store=True` and therefore does not support the "
+                                  "background mode. To enable these features, set the environment variable "
+                                  "`VLLM_ENABLE_RESPONSES_API_STORE=1` when launching the vLLM server.",
+                                  err_type="invalid_request_error")
+            store = False
+        prev_id = body.get("previous_response_id")
+        if prev_id is not None:
+            with e.lock:
+                prev = e.response_store.get(prev_id)
+            if prev is None:
+                return self.error("Response with id '%s' not found." % prev_id, HTTPStatus.NOT_FOUND, "invalid_request_error")
+        if body.get("tools"):
+            return self.error("Tool use is not supported in Responses API without Harmony None")
+        messages = []
+        if body.get("instructions"):
+            messages.append({"role": "system", "content": body["instructions"]})
+        if prev_id is not None:
+            messages.extend(prev["messages"])
+            for item in prev["response"]["output"]:
+                if item.get("type") == "message":
+                    messages.extend({"role": "assistant", "content": c["text"]} for c in item["content"])
+        inp = body.get("input")
+        if isinstance(inp, str):
+            messages.append({"role": "user", "content": inp})
+        else:
+            for item in inp or []:
+                if "role" not in item:
+                    return internal("'role'")
+                content = item.get("content")
+                if isinstance(content, list):
+                    for part in content:
+                        kind = part.get("type")
+                        if kind not in ("text", "input_text", "refusal", "thinking"):
+                            return self.error("Unknown part type: %s None" % kind)
+                    content = "\n".join(part.get("text", "") for part in content)
+                messages.append({"role": item["role"], "content": content})
+        n_prompt = count_tokens(chat_prompt({"messages": messages}))
+        if a.max_model_len <= n_prompt:
+            return self.error("The engine prompt length %d exceeds the max_model_len %d. Please reduce prompt."
+                              % (n_prompt, a.max_model_len), err_type="invalid_request_error")
+        default_max = a.max_model_len - n_prompt
+        cap = body.get("max_output_tokens")
+        max_tokens = default_max if cap is None else min(cap, default_max)
+        fmt = (body.get("text") or {}).get("format") or {}
+        if fmt.get("type") == "json_object":
+            return internal("json_object is not supported")
+        request_id = "resp_" + uuid.uuid4().hex  # ResponsesRequest.request_id
+        if a.enable_log_requests:
+            log("INFO", "logger.py:40", "Received request %s: prompt: %r, params: SamplingParams(n=1, max_tokens=%d), "
+                "prompt_token_ids: None, prompt_embeds shape: None, lora_request: None." % (request_id, chat_prompt({"messages": messages}), max_tokens))
+        words = ["Hello", "from", "the", "fake", "vLLM", "engine", "."]
+        pieces = [("" if i == 0 else " ") + words[i % len(words)] for i in range(max_tokens)]
+        temperature = body.get("temperature")
+        temperature = 1.0 if temperature is None else float(temperature)
+        top_p = body.get("top_p")
+        # sampling_params.py SamplingParams.__post_init__: greedy sampling resets top_p to 1.0.
+        top_p = 1.0 if top_p is None or temperature < 1e-5 else float(top_p)
+        text = body.get("text")
+        if text is not None:
+            # ResponseTextConfig.model_dump(): every field, `schema` under its field name `schema_`.
+            f = text.get("format")
+            if f is not None:
+                if f.get("type") == "json_schema":
+                    f = {"name": f.get("name"), "schema_": f.get("schema"), "type": "json_schema",
+                         "description": f.get("description"), "strict": f.get("strict")}
+                else:
+                    f = {"type": f.get("type")}
+            text = {"format": f, "verbosity": text.get("verbosity")}
+        created = int(time.time())
+        cached = int(e.b("cached_tokens", 0) or 0)
+
+        def response(status, output, n_out):
+            """protocol.py ResponsesResponse.from_request(...).model_dump(): `incomplete_details` only
+            for status "incomplete", which this path never sets ("completed" is the catch-all,
+            serving_responses.py `responses_full_generator`)."""
+            usage = None
+            if n_out is not None:
+                # InputTokensDetails / OutputTokensDetails: cached tokens whatever
+                # --enable-prompt-tokens-details says (context.py SimpleContext.num_cached_tokens).
+                usage = {"input_tokens": n_prompt, "input_tokens_details": {"cached_tokens": cached},
+                         "output_tokens": n_out, "output_tokens_details": {"reasoning_tokens": 0, "tool_output_tokens": 0},
+                         "total_tokens": n_prompt + n_out}
+            return {"id": request_id, "created_at": created, "incomplete_details": None,
+                    "instructions": body.get("instructions"), "metadata": body.get("metadata"),
+                    "model": a.served_model_name, "object": "response", "output": output,
+                    "input_messages": None, "output_messages": None,
+                    "parallel_tool_calls": body.get("parallel_tool_calls", True), "temperature": temperature,
+                    "tool_choice": body.get("tool_choice", "auto"), "tools": [], "top_p": top_p,
+                    "background": bool(body.get("background", False)), "max_output_tokens": max_tokens,
+                    "max_tool_calls": None, "previous_response_id": prev_id, "prompt": None, "reasoning": None,
+                    "service_tier": body.get("service_tier", "auto"), "status": status, "text": text,
+                    "top_logprobs": None, "truncation": body.get("truncation", "disabled"), "usage": usage,
+                    "user": body.get("user")}
+
+        def message(content):
+            # `_make_response_output_items`: one message, only when there is text.
+            if not content:
+                return []
+            return [{"id": "msg_" + uuid.uuid4().hex,
+                     "content": [{"annotations": [], "text": content, "type": "output_text", "logprobs": None}],
+                     "role": "assistant", "status": "completed", "type": "message"}]
+
+        def keep(resp):
+            if store:
+                with e.lock:
+                    e.response_store[resp["id"]] = {"response": resp, "messages": messages}
+
+        e.admit()
+        try:
+            time.sleep(e.b("prefill_ms", 5) / 1000.0)
+            if not stream:
+                for _ in range(max_tokens):
+                    e.token()
+                with e.lock:
+                    e.prompt_tokens_total += n_prompt
+                content = "".join(pieces)
+                if a.enable_log_outputs:
+                    log("INFO", "logger.py:71", "Generated response %s: output: %r, output_token_ids: None, finish_reason: length"
+                        % (request_id, content))
+                resp = response("completed", message(content), max_tokens)
+                keep(resp)
+                # api_server.py: JSONResponse(content=generator.model_dump()), Starlette's compact JSON.
+                return self.send_json(200, resp)
+            self.responses_stream(response, message, keep, pieces, n_prompt)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # with_cancellation: the client went away
+        finally:
+            e.release()
+
+    def responses_stream(self, response, message, keep, pieces, n_prompt):
+        """serving_responses.py `responses_stream_generator` and `_process_simple_streaming_events`,
+        framed by api_server.py `_convert_stream_to_sse_events` ("event: <type>\\ndata: <json>\\n\\n",
+        `event.model_dump_json()`, no [DONE]). Each event is an openai-python model: the
+        `response` of created/in_progress/completed is re-validated as openai's `Response`
+        (so it gains `error`, `conversation`, `prompt_cache_key`, `safety_identifier`, keeps
+        vLLM's extra `input_messages`/`output_messages` last, and `created_at` becomes a float).
+        What vLLM v0.11.0 sends, defects included:
+        - `content_index` counts up across the item's events (1 for the first delta, then 2, 3...,
+          `current_content_index += 1` after each), where OpenAI's is the part's index (0);
+        - message item ids are `str(uuid.uuid4())` in events but `msg_<hex>` in the final response;
+        - `response.completed` is built by `responses_full_generator` from SimpleContext, which
+          keeps only the last output (RequestOutputKind.DELTA): its `output` holds the last
+          delta's text only, while `usage.output_tokens` counts every token;
+        - never `response.incomplete`; an exception in the generator (engine error) is not caught:
+          uvicorn drops the connection mid-body (no terminal event, no last chunk).
+        """
+        e = self.engine
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream; charset=utf-8")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        seq = [0]
+
+        def send(obj):
+            # openai-python declares event fields in alphabetical order; pydantic dumps them so.
+            obj["sequence_number"] = seq[0]
+            obj = dict(sorted(obj.items()))
+            kind = obj["type"]
+            seq[0] += 1
+            data = ("event: %s\ndata: %s\n\n" % (kind, json.dumps(obj, separators=(",", ":"), ensure_ascii=False))).encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+        def as_openai(r):
+            # openai.types.responses.Response field order, then the extras vLLM's dict had.
+            out = {"id": r["id"], "created_at": float(r["created_at"]), "error": None}
+            for k in ("incomplete_details", "instructions", "metadata", "model", "object", "output",
+                      "parallel_tool_calls", "temperature", "tool_choice", "tools", "top_p", "background"):
+                out[k] = r[k]
+            out["conversation"] = None
+            for k in ("max_output_tokens", "max_tool_calls", "previous_response_id", "prompt"):
+                out[k] = r[k]
+            out["prompt_cache_key"] = None
+            out["reasoning"] = r["reasoning"]
+            out["safety_identifier"] = None
+            for k in ("service_tier", "status", "text", "top_logprobs", "truncation", "usage", "user",
+                      "input_messages", "output_messages"):
+                out[k] = r[k]
+            return out
+
+        def part(text, logprobs):
+            return {"annotations": [], "text": text, "type": "output_text", "logprobs": logprobs}
+
+        initial = as_openai(response("in_progress", [], None))
+        send({"response": initial, "type": "response.created"})
+        send({"response": initial, "type": "response.in_progress"})
+        item_id = str(uuid.uuid4())
+        content_index = 0
+        error_after = e.b("error_after")
+        for i, piece in enumerate(pieces):
+            if error_after is not None and i >= int(error_after):
+                # The generator raises; nothing catches it before uvicorn, which logs it and
+                # closes the connection without the chunked body's last chunk.
+                log("ERROR", "h11_impl.py:408", "Exception in ASGI application")
+                self.close_connection = True
+                return
+            hang_after = e.b("hang_after")
+            if hang_after is not None and i >= int(hang_after):
+                with e.lock:
+                    e.behaviour["hang"] = True
+            e.token()
+            if i == 0:
+                send({"item": {"id": item_id, "content": [], "role": "assistant", "status": "in_progress", "type": "message"},
+                      "output_index": 0, "type": "response.output_item.added"})
+                send({"content_index": content_index, "item_id": item_id, "output_index": 0, "part": part("", []),
+                      "type": "response.content_part.added"})
+                content_index += 1
+            send({"content_index": content_index, "delta": piece, "item_id": item_id, "logprobs": [], "output_index": 0,
+                  "type": "response.output_text.delta"})
+            content_index += 1
+        with e.lock:
+            e.prompt_tokens_total += n_prompt
+        final = "".join(pieces)
+        if pieces:
+            send({"content_index": content_index, "item_id": item_id, "logprobs": [], "output_index": 0, "text": final,
+                  "type": "response.output_text.done"})
+            content_index += 1
+            done = part(final, None)
+            send({"content_index": content_index, "item_id": item_id, "output_index": 0, "part": done,
+                  "type": "response.content_part.done"})
+            content_index += 1
+            send({"item": {"id": item_id, "content": [done], "role": "assistant", "status": "completed", "type": "message",
+                           "summary": []}, "output_index": 0, "type": "response.output_item.done"})
+        last = response("completed", message(pieces[-1] if pieces else ""), len(pieces))
+        keep(last)
+        send({"response": as_openai(last), "type": "response.completed"})
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+        self.close_connection = True
+
 
 def main() -> int:
     argv = sys.argv[1:]
@@ -473,6 +771,7 @@ def main() -> int:
     time.sleep(float(os.environ.get("FAKE_VLLM_LOAD_SECONDS", "0.3")))
     server.server_activate()
     log("INFO", "launcher.py:44", "Route: /v1/chat/completions, Methods: POST")
+    log("INFO", "launcher.py:44", "Route: /v1/responses, Methods: POST")
     log("INFO", "api_server.py:1935", "Starting vLLM API server 0 on http://%s:%d" % (args.host, args.port))
     try:
         server.serve_forever(poll_interval=0.05)

@@ -396,3 +396,100 @@ async fn production_refuses_prompt_logging_settings() {
         assert!(text.contains(needle), "{needle} not refused:\n{text}");
     }
 }
+
+/// The usage a signed receipt (header or stream comment) carries: what the worker metered.
+fn receipt_usage(value: &str) -> Value {
+    let signed = attestation::receipt::SignedReceipt::from_header(value.trim()).unwrap();
+    serde_json::from_slice::<Value>(&signed.receipt).unwrap()["usage"].clone()
+}
+
+/// The last request the fake vLLM saw.
+async fn last_seen(w: &Worker) -> Value {
+    let state = w.fake_state().await;
+    state["seen"].as_array().and_then(|s| s.last().cloned()).unwrap_or_else(|| panic!("the fake saw nothing: {state}"))
+}
+
+/// Issue #15 end to end: a Responses request goes to vLLM's own `/v1/responses` (whole, and
+/// streamed as a continuation of a stored answer), with `store: false` and without
+/// `previous_response_id`; the client's Response says what it asked, the events arrive in
+/// order and numbered, the receipt's usage is what the fake reported, and everything validates
+/// against OpenAI's schema. A function tool (which vLLM v0.11.0 refuses in /v1/responses for
+/// models other than gpt-oss) is translated to its chat completions.
+#[tokio::test]
+async fn responses_pass_through_to_vllm() {
+    let gw = Gateway::start().await;
+    let w = Worker::start(&gw, "r", Some("hermes")).await;
+    gw.wait_workers(1, &[&w]).await;
+    let mut samples: Vec<(&str, Value)> = Vec::new();
+
+    // Whole, stored by the gateway.
+    let body = json!({"model": MODEL, "input": "Say hello", "instructions": "Be brief.", "max_output_tokens": 4,
+        "metadata": {"k": "v"}, "store": true});
+    let r = gw.post("responses", &body).await;
+    assert_eq!(r.status(), 200, "{}", w.log());
+    let billed = receipt_usage(r.headers()["x-cocoon-receipt"].to_str().unwrap());
+    let first: Value = r.json().await.unwrap();
+    let seen = last_seen(&w).await;
+    assert_eq!(seen["path"], "/v1/responses", "{seen}");
+    assert_eq!((seen["store"].clone(), seen["previous_response_id"].clone()), (json!(false), Value::Null), "{seen}");
+    assert_eq!(first["object"], "response");
+    assert_eq!((first["store"].clone(), first["previous_response_id"].clone()), (json!(true), Value::Null));
+    assert_eq!(first["instructions"], "Be brief.");
+    assert_eq!(first["metadata"], json!({"k": "v"}));
+    assert_eq!(first["output"][0]["content"][0]["text"], "Hello from the fake");
+    assert_eq!(first["status"], "incomplete", "4 of 4 tokens");
+    let u = &first["usage"];
+    assert_eq!(u["output_tokens"], 4);
+    assert_eq!((billed["prompt_tokens"].clone(), billed["completion_tokens"].clone()), (u["input_tokens"].clone(), u["output_tokens"].clone()));
+    samples.push(("Response", first.clone()));
+
+    // Streamed, continuing the first: the gateway expands previous_response_id into `input`;
+    // vLLM is sent neither it nor `store`.
+    let body = json!({"model": MODEL, "input": "And again", "previous_response_id": first["id"], "max_output_tokens": 3, "stream": true});
+    let r = gw.post("responses", &body).await;
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let comment = text.lines().find_map(|l| l.strip_prefix(": cocoon-receipt ")).unwrap_or_else(|| panic!("no receipt: {text}"));
+    let billed = receipt_usage(comment);
+    let (evs, _) = common::events(&text);
+    let kinds: Vec<&str> = evs.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
+            "response.output_text.delta", "response.output_text.delta", "response.output_text.delta", "response.output_text.done",
+            "response.content_part.done", "response.output_item.done", "response.incomplete",
+        ],
+        "{text}"
+    );
+    for (n, (k, d)) in evs.iter().enumerate() {
+        assert_eq!((d["type"].as_str(), d["sequence_number"].as_u64()), (Some(k.as_str()), Some(n as u64)), "{d}");
+    }
+    let done = &evs.last().unwrap().1["response"];
+    assert_eq!((done["store"].clone(), done["previous_response_id"].clone()), (json!(false), first["id"].clone()));
+    assert_eq!(done["output"][0]["content"][0]["text"], "Hello from the");
+    assert_eq!(done["usage"]["output_tokens"], 3);
+    assert!(done["usage"]["input_tokens"].as_u64() > first["usage"]["input_tokens"].as_u64(), "the earlier turn is in the prompt");
+    assert_eq!((billed["prompt_tokens"].clone(), billed["completion_tokens"].clone()), (done["usage"]["input_tokens"].clone(), json!(3)));
+    let seen = last_seen(&w).await;
+    assert_eq!(seen["path"], "/v1/responses", "{seen}");
+    assert_eq!((seen["store"].clone(), seen["previous_response_id"].clone()), (json!(false), Value::Null), "{seen}");
+    assert!(!seen["keys"].as_array().unwrap().contains(&json!("previous_response_id")), "{seen}");
+    samples.extend(evs.iter().map(|(k, d)| (common::event_component(k), d.clone())));
+
+    // A function tool: translated to vLLM's chat completions (its tool-call parser answers).
+    let body = json!({"model": MODEL, "input": "What is the weather in Paris?", "max_output_tokens": 5,
+        "tools": [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]});
+    let r = gw.post("responses", &body).await;
+    assert_eq!(r.status(), 200);
+    let called: Value = r.json().await.unwrap();
+    assert_eq!(last_seen(&w).await["path"], "/v1/chat/completions");
+    assert_eq!((called["output"][0]["type"].clone(), called["output"][0]["name"].clone()), (json!("function_call"), json!("get_weather")), "{called}");
+    samples.push(("Response", called));
+
+    // Only the two passthrough requests reached /v1/responses.
+    let state = w.fake_state().await;
+    let to_responses = state["seen"].as_array().unwrap().iter().filter(|s| s["path"] == "/v1/responses").count();
+    assert_eq!(to_responses, 2, "{state}");
+    common::validate(&samples);
+}

@@ -98,8 +98,8 @@ fn check_body(body: &[u8], facts: &E2eFacts) -> Result<(Bytes, bool), JobError> 
     let responses = facts.endpoint == protocol::Endpoint::Responses.path();
     let int = |k: &str| obj.get(k).and_then(Value::as_u64);
     if responses {
-        // The Responses API (translated to the engine's chat completions inside this TEE,
-        // after this check): its cap is `max_output_tokens`, one output. What needs a stored
+        // The Responses API (passed through to vLLM or translated to the engine's chat completions
+        // inside this TEE, after this check): its cap is `max_output_tokens`, one output. What needs a stored
         // response cannot be honoured: nothing is kept in end-to-end mode.
         for (k, stateful) in [
             ("previous_response_id", obj.get("previous_response_id").is_some_and(|v| !v.is_null())),
@@ -271,7 +271,7 @@ mod tests {
         let body: Value = serde_json::from_slice(&o.job.body).unwrap();
         assert_eq!(body["max_output_tokens"], 100);
         assert!(body.get("stream_options").is_none() && body.get("max_tokens").is_none(), "{body}");
-        assert_eq!(o.job.endpoint, Endpoint::Responses, "translated to chat after this, inside the TEE");
+        assert_eq!(o.job.endpoint, Endpoint::Responses, "passed through or translated after this, inside the TEE");
         let reason = |b: Value| open(job(b), "w1", &[&key]).err().unwrap().message;
         assert!(reason(req(json!({"max_output_tokens": 101}))).contains("exceeds the declared max_output_tokens 100"));
         for stateful in [json!({"previous_response_id": "resp_1"}), json!({"store": true}), json!({"background": true}), json!({"conversation": "c"})] {

@@ -366,14 +366,24 @@ async fn run(engine: &EngineClient, mut job: Job, sink: &mut Tally<'_>) {
         sink.emit(refused).await;
         return;
     }
-    // The Responses API runs on the engine's chat completions, translated here (in the TEE).
+    // The Responses API: passed through to an engine that serves it (vLLM, for what its
+    // endpoint serves), else run on the engine's chat completions, translated here (in the
+    // TEE). `crate::responses_native` says which and why.
     let mut responses = None;
+    let mut native = None;
     if job.endpoint == Endpoint::Responses {
-        match crate::responses::to_chat(&job.body) {
-            Ok((body, ctx)) => {
-                job.body = body;
+        let prepared = match crate::responses_native::route(engine.kind, &job.body) {
+            crate::responses_native::Route::Native => crate::responses_native::to_engine(&job.body).map(|(b, echo)| {
+                native = Some(echo);
+                b
+            }),
+            crate::responses_native::Route::Translate => crate::responses::to_chat(&job.body).map(|(b, ctx)| {
                 responses = Some(ctx);
-            }
+                b
+            }),
+        };
+        match prepared {
+            Ok(body) => job.body = body,
             Err(e) => {
                 let msg = format!("The request cannot be served: {}.", e.0);
                 sink.emit(failed(400, msg.clone(), false, Some(refusal(&msg, "input", "invalid_request")))).await;
@@ -384,7 +394,7 @@ async fn run(engine: &EngineClient, mut job: Job, sink: &mut Tally<'_>) {
     let engine_path = if responses.is_some() { Endpoint::ChatCompletions.path() } else { job.endpoint.path() };
     let url = format!("{}{engine_path}", engine.base);
     let mut rewriter = None;
-    if job.stream {
+    if job.stream && native.is_none() {
         let plan = crate::normalize::usage_plan(job.body.clone(), engine.kind == Some(EngineProcessKind::Vllm));
         job.body = plan.body;
         rewriter = Some(StreamRewriter::new(engine.quirks(), plan.client_usage));
@@ -416,6 +426,28 @@ async fn run(engine: &EngineClient, mut job: Job, sink: &mut Tally<'_>) {
         sink.emit(failed(status.as_u16(), format!("engine answered HTTP {status}"), retryable, body),
         )
         .await;
+        return;
+    }
+    if let Some(echo) = native {
+        if job.stream {
+            relay_native_stream(resp, &job, crate::responses_native::NativeStream::new(echo), sink).await;
+            return;
+        }
+        match resp.bytes().await {
+            Ok(body) => match crate::responses_native::whole(&echo, &body) {
+                Ok((body, usage)) => {
+                    sink.emit(JobEvent::Response { body, usage }).await;
+                }
+                Err(e) => {
+                    tracing::warn!(job_id = %job.id, error = %e.0, "engine answer is not a Response object");
+                    sink.emit(JobEvent::Failed { error: JobError::new(502, e.0, false), usage: None }).await;
+                }
+            },
+            Err(e) => {
+                tracing::warn!(job_id = %job.id, error = %e, "engine body cut");
+                sink.emit(failed(502, "engine answer was cut", true, None)).await;
+            }
+        }
         return;
     }
     let Some(rewriter) = rewriter else {
@@ -548,6 +580,67 @@ async fn relay_stream(
     sink.emit(JobEvent::Failed {
         error: JobError::new(502, "engine stream ended without [DONE]", retryable),
         usage,
+    })
+    .await;
+}
+
+/// Relays an engine's own Responses stream (`crate::responses_native`): its events, corrected,
+/// until the terminal one. It has no `[DONE]`; a stream that ends before its terminal event
+/// (vLLM drops the connection when generation fails) is a failed job.
+async fn relay_native_stream(
+    resp: reqwest::Response,
+    job: &Job,
+    mut events: crate::responses_native::NativeStream,
+    sink: &mut Tally<'_>,
+) {
+    use crate::responses_native::Step;
+    let mut body = resp.bytes_stream();
+    let mut parser = SseParser::default();
+    while let Some(piece) = body.next().await {
+        let piece = match piece {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(job_id = %job.id, error = %e, "engine stream broke");
+                let retryable = sink.chunks == 0;
+                sink.emit(JobEvent::Failed { error: JobError::new(502, "engine stream broke", retryable), usage: None }).await;
+                return;
+            }
+        };
+        parser.push(&piece);
+        while let Some(data) = parser.next_data() {
+            match events.event(&data) {
+                Step::Relay(data) => {
+                    if !sink.emit(JobEvent::Chunk { data }).await {
+                        return;
+                    }
+                }
+                Step::End(data) => {
+                    if sink.emit(JobEvent::Chunk { data }).await {
+                        sink.emit(JobEvent::Done { usage: events.usage() }).await;
+                    }
+                    return;
+                }
+                Step::Failed(body) => {
+                    let retryable = sink.chunks == 0;
+                    sink.emit(JobEvent::Failed {
+                        error: JobError {
+                            status: 500,
+                            message: "engine reported an error mid-stream".into(),
+                            retryable,
+                            body: Some(body),
+                        },
+                        usage: None,
+                    })
+                    .await;
+                    return;
+                }
+            }
+        }
+    }
+    let retryable = sink.chunks == 0;
+    sink.emit(JobEvent::Failed {
+        error: JobError::new(502, "engine stream ended before response.completed", retryable),
+        usage: None,
     })
     .await;
 }

@@ -16,6 +16,7 @@ mod normalize;
 mod receipts;
 pub use receipts::ReceiptLog;
 mod responses;
+mod responses_native;
 mod sink;
 mod sse;
 mod tool_stream;

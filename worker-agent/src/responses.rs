@@ -1,5 +1,9 @@
 //! OpenAI's Responses API, served from the engine's chat completions, inside the TEE.
 //!
+//! Used for every engine that does not serve `/v1/responses` itself (llama-server, the test
+//! engine, an engine of unknown make) and for the requests vLLM's own endpoint does not serve;
+//! the rest goes to vLLM as it is ([`crate::responses_native`], whose `route` decides).
+//!
 //! The gateway validated the request (gateway `validate_responses`: every field is either
 //! served here or refused there); this module turns it into a chat completions request, and
 //! the engine's answer back into a Response object or, for a stream, into Responses events
@@ -220,7 +224,7 @@ pub(crate) fn to_chat(body: &[u8]) -> Result<(Bytes, Ctx), Untranslatable> {
 }
 
 /// OpenAI's `ResponseUsage` from the engine's chat usage.
-fn usage(u: &Usage) -> Value {
+pub(crate) fn usage(u: &Usage) -> Value {
     json!({
         "input_tokens": u.prompt_tokens,
         "input_tokens_details": {"cached_tokens": u.cached_prompt_tokens(), "cache_write_tokens": 0},

@@ -460,3 +460,79 @@ async fn the_engine_log_never_holds_request_contents() {
     assert!(!file.contains("kumquat") && file.contains("withheld"), "{file}");
     w.stop().await;
 }
+
+/// Issue #15: the Responses API goes to vLLM's own `/v1/responses` (whole and streamed), with
+/// `store: false` and no `previous_response_id`; the answer says what the gateway asked, the
+/// stream's events arrive numbered and corrected, and usage is what vLLM reported. What vLLM
+/// v0.11.0 does not serve natively (a function tool) goes through the chat translation; a
+/// stream vLLM drops mid-way fails the job.
+#[tokio::test]
+async fn responses_pass_through_to_vllm_and_tools_are_translated() {
+    // VLLM_ENABLE_RESPONSES_API_STORE on: were `store` forwarded, vLLM would keep the answer.
+    let w = Worker::start(opts(4), &[], &[("VLLM_ENABLE_RESPONSES_API_STORE", "1")]).await;
+    w.behave(json!({"cached_tokens": 2})).await;
+    let req = |stream: bool| {
+        json!({"model": MODEL, "input": "Say hello.", "instructions": "Be brief.", "max_output_tokens": 4, "stream": stream,
+            "store": true, "previous_response_id": "resp_earlier", "metadata": {"k": "v"}, "max_price_coefficient": 1500})
+    };
+    let evs = w.run(Endpoint::Responses, req(false)).await;
+    let Some(JobEvent::Response { body, usage: Some(u) }) = evs.last() else { panic!("{evs:?}") };
+    let r: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!((u.prompt_tokens, u.completion_tokens, u.cached_prompt_tokens()), (r["usage"]["input_tokens"].as_u64().unwrap(), 4, 2));
+    assert_eq!(r["usage"]["input_tokens_details"]["cached_tokens"], 2);
+    assert_eq!((r["store"].clone(), r["previous_response_id"].clone()), (json!(true), json!("resp_earlier")));
+    assert_eq!(r["output"][0]["content"][0]["text"], "Hello from the fake");
+    assert_eq!(r["status"], "incomplete", "4 of 4 tokens");
+
+    let evs = w.run(Endpoint::Responses, req(true)).await;
+    let cs = chunks(&evs);
+    let kinds: Vec<&str> = cs.iter().map(|c| c["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"response.created"));
+    assert_eq!(kinds.last(), Some(&"response.incomplete"));
+    assert_eq!(kinds.iter().filter(|k| **k == "response.output_text.delta").count(), 4);
+    for (n, c) in cs.iter().enumerate() {
+        assert_eq!(c["sequence_number"], n as u64, "{c}");
+    }
+    let last = &cs.last().unwrap()["response"];
+    assert_eq!(last["output"][0]["content"][0]["text"], "Hello from the fake", "the whole text, not vLLM's last delta");
+    assert_eq!((last["store"].clone(), last["previous_response_id"].clone()), (json!(true), json!("resp_earlier")));
+    let u = done_usage(&evs);
+    assert_eq!((u.completion_tokens, u.cached_prompt_tokens()), (4, 2));
+    assert_eq!(last["usage"]["output_tokens"], 4);
+
+    let state = w.fake_state().await;
+    let seen: Vec<&Value> = state["seen"].as_array().unwrap().iter().collect();
+    assert_eq!(seen.len(), 2, "{state}");
+    for s in &seen {
+        assert_eq!(s["path"], "/v1/responses");
+        assert_eq!(s["store"], false, "{s}");
+        assert!(s["previous_response_id"].is_null(), "{s}");
+        assert!(!s["keys"].as_array().unwrap().contains(&json!("max_price_coefficient")), "{s}");
+    }
+    assert_eq!(state["stored"], json!([]), "vLLM kept nothing");
+
+    // A function tool: vLLM v0.11.0 refuses it in /v1/responses; the worker translates (and
+    // this vLLM, without a tool-call parser, answers chat's 400 for "auto").
+    let mut tools = req(false);
+    tools["tools"] = json!([{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]);
+    tools["tool_choice"] = json!("none");
+    let evs = w.run(Endpoint::Responses, tools).await;
+    assert!(matches!(evs.last(), Some(JobEvent::Response { .. })), "{evs:?}");
+    let state = w.fake_state().await;
+    assert_eq!(state["seen"].as_array().unwrap().last().unwrap()["path"], "/v1/chat/completions", "{state}");
+
+    // vLLM drops the connection when a Responses stream fails: the job fails, not retried
+    // once events went out.
+    w.behave(json!({"error_after": 1})).await;
+    let evs = w.run(Endpoint::Responses, req(true)).await;
+    assert!(!chunks(&evs).is_empty());
+    let err = failure(&evs);
+    assert_eq!((err.status, err.retryable), (502, false), "{err:?}");
+    // vLLM's refusals are relayed with their status.
+    w.behave(json!({"error_after": null})).await;
+    let mut unknown = req(false);
+    unknown["model"] = json!("other");
+    let err = failure(&w.run(Endpoint::Responses, unknown).await).clone();
+    assert_eq!((err.status, err.retryable), (404, false), "{err:?}");
+    w.stop().await;
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use cocoon::config::Config;
 use cocoon::dev::DevNetwork;
+use serde_json::Value;
 
 pub struct Net {
     pub net: DevNetwork,
@@ -214,4 +215,83 @@ pub fn sealed_client(base_url: &str, api_key: &str, pad_to: usize) -> cocoon_cli
         reverify_after: Duration::from_secs(300),
     })
     .unwrap()
+}
+
+// --- The Responses API (shared by responses_api.rs and vllm_engine.rs) ---
+
+/// The `(event, data)` pairs of a Responses stream, and whether a receipt comment came.
+pub fn events(text: &str) -> (Vec<(String, Value)>, bool) {
+    let mut out = Vec::new();
+    let mut receipt = false;
+    for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        let mut event = None;
+        let mut data = None;
+        for line in block.lines() {
+            if let Some(e) = line.strip_prefix("event: ") {
+                event = Some(e.to_string());
+            } else if let Some(d) = line.strip_prefix("data: ") {
+                data = Some(serde_json::from_str::<Value>(d).unwrap());
+            } else if line.starts_with(": cocoon-receipt ") {
+                receipt = true;
+            }
+        }
+        if let Some(d) = data {
+            out.push((event.expect("every data line has its event line"), d));
+        }
+    }
+    (out, receipt)
+}
+
+/// OpenAI's component for a stream event type (`response.output_text.delta` →
+/// `ResponseTextDeltaEvent`).
+pub fn event_component(kind: &str) -> &'static str {
+    match kind {
+        "response.created" => "ResponseCreatedEvent",
+        "response.in_progress" => "ResponseInProgressEvent",
+        "response.output_item.added" => "ResponseOutputItemAddedEvent",
+        "response.output_item.done" => "ResponseOutputItemDoneEvent",
+        "response.content_part.added" => "ResponseContentPartAddedEvent",
+        "response.content_part.done" => "ResponseContentPartDoneEvent",
+        "response.output_text.delta" => "ResponseTextDeltaEvent",
+        "response.output_text.done" => "ResponseTextDoneEvent",
+        "response.function_call_arguments.delta" => "ResponseFunctionCallArgumentsDeltaEvent",
+        "response.function_call_arguments.done" => "ResponseFunctionCallArgumentsDoneEvent",
+        "response.completed" => "ResponseCompletedEvent",
+        "response.incomplete" => "ResponseIncompleteEvent",
+        "error" => "ResponseErrorEvent",
+        other => panic!("unexpected event type {other}"),
+    }
+}
+
+/// Validates `(component, instance)` pairs against OpenAI's OpenAPI document
+/// (`tests/python/openai_schema.py`), and every event also against the `ResponseStreamEvent` union.
+pub fn validate(samples: &[(&str, Value)]) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), serde_json::to_vec(samples).unwrap()).unwrap();
+    let script = r#"
+import json, sys
+sys.path.insert(0, sys.argv[2])
+from openai_schema import validate
+samples = json.load(open(sys.argv[1]))
+for name, inst in samples:
+    try:
+        validate(name, inst)
+        if name.endswith("Event"):
+            validate("ResponseStreamEvent", inst)
+    except AssertionError as e:
+        sys.exit(f"{name}: {json.dumps(inst)[:600]}\n{e}")
+print("ok", len(samples))
+"#;
+    let out = std::process::Command::new(schema_python())
+        .args(["-c", script])
+        .arg(file.path())
+        .arg(repo_root().join("tests/python"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "OpenAI schema validation failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
