@@ -428,14 +428,35 @@ impl TonApi {
         query: &[(&str, String)],
     ) -> Result<T> {
         self.call(endpoint, || {
-            let req = self
-                .client
-                .get(format!("{}{endpoint}", self.base))
-                .query(query);
-            match &self.api_key {
-                Some(k) => req.header("X-API-Key", k),
-                None => req,
-            }
+            self.authed(
+                self.client
+                    .get(format!("{}{endpoint}", self.base))
+                    .query(query),
+            )
+        })
+        .await
+    }
+
+    /// `req` with the API key, when there is one.
+    fn authed(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.api_key {
+            Some(k) => req.header("X-API-Key", k),
+            None => req,
+        }
+    }
+
+    /// `POST` of a JSON body (paced and retried on 429 like [`TonApi::get`]).
+    async fn post<T: for<'de> Deserialize<'de>>(
+        &self,
+        endpoint: &'static str,
+        body: &serde_json::Value,
+    ) -> Result<T> {
+        self.call(endpoint, || {
+            self.authed(
+                self.client
+                    .post(format!("{}{endpoint}", self.base))
+                    .json(body),
+            )
         })
         .await
     }
@@ -620,19 +641,8 @@ impl TonApi {
 
     /// Broadcasts an external message (a 429 is retried: the server did not take it).
     pub async fn send_boc(&self, boc: &str) -> Result<SendMessageResult> {
-        let endpoint = "/api/v3/message";
-        let body = serde_json::json!({ "boc": boc });
-        self.call(endpoint, || {
-            let req = self
-                .client
-                .post(format!("{}{endpoint}", self.base))
-                .json(&body);
-            match &self.api_key {
-                Some(k) => req.header("X-API-Key", k),
-                None => req,
-            }
-        })
-        .await
+        self.post("/api/v3/message", &serde_json::json!({ "boc": boc }))
+            .await
     }
 }
 
@@ -708,18 +718,7 @@ impl TonApi {
     ) -> Result<GetMethodResult> {
         let endpoint = "/api/v3/runGetMethod";
         let body = serde_json::json!({ "address": address, "method": method, "stack": stack });
-        let r: GetMethodResult = self
-            .call(endpoint, || {
-                let req = self
-                    .client
-                    .post(format!("{}{endpoint}", self.base))
-                    .json(&body);
-                match &self.api_key {
-                    Some(k) => req.header("X-API-Key", k),
-                    None => req,
-                }
-            })
-            .await?;
+        let r: GetMethodResult = self.post(endpoint, &body).await?;
         if r.exit_code != 0 {
             return Err(Error::BadResponse {
                 endpoint,
