@@ -391,9 +391,6 @@ fn sse_payloads(text: &str) -> Vec<String> {
 /// Validates instances against OpenAI's OpenAPI document with the Python suite's validator
 /// (`tests/python/openai_schema.py`).
 fn validate_with_openai_schema(samples: &[(&str, Value)]) {
-    let python = common::schema_python();
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), serde_json::to_vec(&samples).unwrap()).unwrap();
     // Streamed completions: OpenAI's own stream sends `finish_reason: null` and `usage: null`,
     // which CreateCompletionResponse does not allow; relax exactly those (as test_schema.py).
     let script = r#"
@@ -414,18 +411,7 @@ for name, inst in json.load(open(sys.argv[1])):
         sys.exit(f"{name}: {json.dumps(inst)[:400]}\n{e}")
 print("ok", len(json.load(open(sys.argv[1]))))
 "#;
-    let out = std::process::Command::new(&python)
-        .args(["-c", script])
-        .arg(file.path())
-        .arg(repo_root().join("tests/python"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "OpenAI schema validation failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::run_schema_script(script, samples);
 }
 
 #[tokio::test]

@@ -266,8 +266,6 @@ pub fn event_component(kind: &str) -> &'static str {
 /// Validates `(component, instance)` pairs against OpenAI's OpenAPI document
 /// (`tests/python/openai_schema.py`), and every event also against the `ResponseStreamEvent` union.
 pub fn validate(samples: &[(&str, Value)]) {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), serde_json::to_vec(samples).unwrap()).unwrap();
     let script = r#"
 import json, sys
 sys.path.insert(0, sys.argv[2])
@@ -282,6 +280,14 @@ for name, inst in samples:
         sys.exit(f"{name}: {json.dumps(inst)[:600]}\n{e}")
 print("ok", len(samples))
 "#;
+    run_schema_script(script, samples);
+}
+
+/// Runs `script` with the Python suite's validator on its path (argv[2]) and `samples`
+/// written to a JSON file (argv[1]); fails the test with the script's output if it fails.
+pub fn run_schema_script(script: &str, samples: &[(&str, Value)]) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), serde_json::to_vec(samples).unwrap()).unwrap();
     let out = std::process::Command::new(schema_python())
         .args(["-c", script])
         .arg(file.path())
