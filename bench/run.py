@@ -797,7 +797,7 @@ def render_md(res):
             w(f"\nError during the run: {ll['error']}")
     w("")
     # ---- targets
-    w("### Against the targets of issue #7")
+    w("### Against the goals of issue #14")
     w("")
     for t in res["targets"]:
         w(f"- {'met' if t['met'] else ('MISSED' if t['met'] is False else 'not measured')}: {t['what']} — {t['got']}")
@@ -878,32 +878,43 @@ def headline_and_targets(res):
         v = added(x, d, 5000, p)
         return v, f"{ms(v)} ms"
 
+    # Issue #14's goals. A target counts as met only when measured at its own size and rate:
+    # a smoke run or a machine that cannot open 10,000 streams reports "not measured".
+    nb_max = S.get("cocoon-no-billing", {}).get("max_sustained_rps")
+    for name, lab in (("cocoon", "SQLite"), ("cocoon-pg", "Postgres")):
+        x = S.get(name, {})
+        xm = x.get("max_sustained_rps")
+        r = ratio(xm, nb_max) if xm and nb_max else None
+        target(f"every layer on, {lab} ledger: sustainable req/s ≥ 80 % of billing off",
+               None if r is None else r >= 0.8,
+               f"{fmt_max(xm)} vs {fmt_max(nb_max)} req/s = {r:.0%}" if r is not None else "not measured")
+        v, txt = at5k(name, "p99")
+        target(f"every layer on, {lab} ledger: added p99 < 1 ms at 5,000 req/s",
+               None if txt == "not run" else bool(v is not False and v is not None and v < 1.0), txt)
     for p, lim in (("p50", 0.3), ("p99", 1.0)):
-        parts, verdict = [], None
-        for name, lab in (("cocoon", "all layers"), ("cocoon-no-billing", "billing off"),
-                          ("cocoon-bare", "every layer off")):
-            v, txt = at5k(name, p)
-            parts.append(f"{lab}: {txt}")
-            if name == "cocoon" and txt != "not run":
-                verdict = bool(v is not False and v is not None and v < lim)
-        target(f"added {p} < {lim} ms at 5,000 req/s (gateway + router + worker-agent, mock engine)",
-               verdict, "; ".join(parts))
-    best = max([x for x in (cmax, nbmax) if x] or [0]) or None
-    target("≥ 100× LiteLLM's sustainable req/s at equal p99 (< 50 ms)",
-           None if not (best and lmax) else best >= 100 * lmax,
-           (f"like for like (billing off) {ratio(nbmax, lmax):.0f}× ({nbmax:,} vs {lmax:,})" if nbmax and lmax else "")
-           + (f"; with the SQLite ledger {ratio(cmax, lmax):.1f}× ({cmax:,} vs {lmax:,})" if cmax and lmax else "")
-           or "not measured")
-    target("< 50 µs added per streamed chunk", None if ac is None or ad is None else (ac - ad) < 50,
-           f"{ac - ad:.1f} µs" if ac is not None and ad is not None else "not measured")
-    target("< 50 MB RSS idle", None if not c.get("rss_idle_mb") else c["rss_idle_mb"] < 50,
-           f"{c.get('rss_idle_mb')} MB idle (after load: {c.get('rss_after_load_mb')} MB)")
+        v, txt = at5k("cocoon-no-billing", p)
+        target(f"billing off (auth + rate limit + sealing): added {p} < {lim} ms at 5,000 req/s",
+               None if txt == "not run" else bool(v is not False and v is not None and v < lim), txt)
     big = res["plan"]["idle_sizes"][-1]
     r10 = idle_rss(c, big)
-    target("< 100 MB RSS with 10,000 open streams" + (f" (measured with {big:,}: open-files limit {res['plan']['nofile']})"
-                                                      if big != 10000 else ""),
-           None if not r10 or r10.get("rss_mb") is None or r10.get("opened") != big else r10["rss_mb"] < 100,
-           f"{r10.get('rss_mb')} MB ({r10.get('opened')} opened)" if r10 else "not measured")
+    at_size = bool(r10) and big == 10000 and r10.get("opened") == 10000 and r10.get("rss_mb") is not None
+    got = (f"{r10.get('rss_mb')} MB with {r10.get('opened'):,} of {big:,} opened"
+           + ("" if big == 10000 else f" (not 10,000: open-files limit {res['plan']['nofile']})")
+           if r10 and r10.get("rss_mb") is not None else "not measured")
+    # Fewer streams already over 100 MB is a miss at 10,000 too; under it proves nothing.
+    over = bool(r10) and r10.get("rss_mb") is not None and r10["rss_mb"] >= 100
+    target("10,000 idle open streams through Cocoon-rs in < 100 MB RSS",
+           r10["rss_mb"] < 100 if at_size else (False if over else None), got)
+    per = (r10["rss_mb"] - c["rss_idle_mb"]) * 1e6 / r10["opened"] / 1e3 if r10 and r10.get("rss_mb") and \
+        r10.get("opened") and c.get("rss_idle_mb") else None
+    target("under 10 KB per idle stream", per < 10 if at_size and per is not None else None,
+           f"{per:.1f} KB per stream" if per is not None else "not measured")
+    target("added per streamed chunk < 5 µs, every layer on", None if ac is None or ad is None else (ac - ad) < 5,
+           f"{ac - ad:.2f} µs" if ac is not None and ad is not None else "not measured")
+    tc, td = dig(c, "ttft", "ttft_us", "p50"), dig(d, "ttft", "ttft_us", "p50")
+    target("added time to first token < 0.3 ms, every layer on",
+           None if tc is None or td is None else (tc - td) < 300,
+           f"{(tc - td) / 1e3:.3f} ms (p50)" if tc is not None and td is not None else "not measured")
     return lines, targets
 
 
