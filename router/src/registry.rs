@@ -27,7 +27,7 @@ pub(crate) struct Inner {
     pub(crate) attestor: Arc<Attestor>,
     /// `cfg.max_price_coefficient`, or what the policy registry publishes (live).
     max_price_coefficient: std::sync::atomic::AtomicU32,
-    workers: RwLock<Vec<Arc<WorkerEntry>>>,
+    workers: RwLock<Workers>,
     next_conn: AtomicU64,
     next_attest_request: AtomicU64,
     /// The whole fleet as of the last Redis sync (`None` without `router.redis_url`).
@@ -140,6 +140,131 @@ pub(crate) fn queue_key(model: &str, only: Option<&str>) -> String {
 /// Models one worker may declare (label cardinality and routing cost stay bounded).
 const MAX_MODELS_PER_WORKER: usize = 256;
 
+/// The attached workers, and per model the ones declaring it with what they declare
+/// together. The questions every request asks (does anyone serve the model, its context
+/// length, a capability, which worker) read one model's entry, so their cost does not grow
+/// with the fleet. A model's entry is rebuilt when one of its workers attaches or detaches:
+/// O(its workers), rare next to requests.
+#[derive(Default)]
+pub(crate) struct Workers {
+    all: Vec<Arc<WorkerEntry>>,
+    by_model: HashMap<String, ModelWorkers>,
+}
+
+/// One model's workers and their declarations, combined.
+struct ModelWorkers {
+    workers: Vec<Arc<WorkerEntry>>,
+    /// The smallest context length reported (`None`: nobody reports one).
+    context_len: Option<u32>,
+    /// Per [`protocol::Capability::ALL`]: `Some(true)` when one worker reports it, `Some(false)`
+    /// when every worker reports lacking it, `None` otherwise.
+    capabilities: [Option<bool>; protocol::Capability::ALL.len()],
+    /// Some worker serving it runs in the insecure simulated TEE.
+    any_simulated: bool,
+}
+
+impl ModelWorkers {
+    fn new(model: &str, workers: Vec<Arc<WorkerEntry>>) -> Self {
+        let infos = || workers.iter().flat_map(|w| w.info.models.iter().filter(|m| m.id == model));
+        let capabilities = protocol::Capability::ALL.map(|c| {
+            let reports: Vec<Option<bool>> = infos().map(|m| c.of(m)).collect();
+            if reports.contains(&Some(true)) {
+                Some(true)
+            } else if !reports.is_empty() && reports.iter().all(|r| *r == Some(false)) {
+                Some(false)
+            } else {
+                None
+            }
+        });
+        ModelWorkers {
+            context_len: infos().filter_map(|m| m.max_model_len).min(),
+            capabilities,
+            any_simulated: workers.iter().any(|w| w.insecure_simulated),
+            workers,
+        }
+    }
+
+    fn capability(&self, c: protocol::Capability) -> Option<bool> {
+        let i = protocol::Capability::ALL.iter().position(|x| *x == c)?;
+        self.capabilities[i]
+    }
+}
+
+impl Workers {
+    pub(crate) fn iter(&self) -> std::slice::Iter<'_, Arc<WorkerEntry>> {
+        self.all.iter()
+    }
+
+    /// The workers declaring `model`, in attach order.
+    fn serving(&self, model: &str) -> &[Arc<WorkerEntry>] {
+        self.by_model.get(model).map_or(&[], |m| &m.workers)
+    }
+
+    fn insert(&mut self, entry: Arc<WorkerEntry>) {
+        self.all.push(entry.clone());
+        self.rebuild(&entry);
+    }
+
+    fn remove(&mut self, entry: &Arc<WorkerEntry>) {
+        self.all.retain(|w| w.conn_id != entry.conn_id);
+        self.rebuild(entry);
+    }
+
+    /// Recomputes the entries of `entry`'s models from `all`.
+    fn rebuild(&mut self, entry: &WorkerEntry) {
+        let mut models: Vec<&str> = entry.info.models.iter().map(|m| m.id.as_str()).collect();
+        models.sort_unstable();
+        models.dedup();
+        for model in models {
+            let workers: Vec<Arc<WorkerEntry>> =
+                self.all.iter().filter(|w| w.serves(model)).cloned().collect();
+            if workers.is_empty() {
+                self.by_model.remove(model);
+            } else {
+                self.by_model.insert(model.to_owned(), ModelWorkers::new(model, workers));
+            }
+        }
+    }
+}
+
+/// Random probes before a scan: while most of a model's workers are eligible, a few probes
+/// find two and the pick costs the same with 10 or 10,000 workers.
+const PICK_PROBES: usize = 8;
+
+/// Two distinct workers drawn uniformly at random among those `ok` admits (or the only one).
+/// Probes at random first; when they do not find two (most workers busy, tried or of another
+/// price) it scans, which is also the only way to be sure that no worker is eligible. Either
+/// way the pair is uniform among the eligible workers, as power of two choices wants.
+fn two_eligible<T>(pool: &[T], ok: impl Fn(&T) -> bool) -> Option<(&T, Option<&T>)> {
+    let mut rng = rand::thread_rng();
+    if pool.len() > PICK_PROBES {
+        let mut first: Option<usize> = None;
+        for _ in 0..PICK_PROBES {
+            let i = rng.gen_range(0..pool.len());
+            if first == Some(i) || !ok(&pool[i]) {
+                continue;
+            }
+            match first {
+                None => first = Some(i),
+                Some(f) => return Some((&pool[f], Some(&pool[i]))),
+            }
+        }
+    }
+    let eligible: Vec<&T> = pool.iter().filter(|w| ok(w)).collect();
+    match eligible.len() {
+        0 => None,
+        1 => Some((eligible[0], None)),
+        n => {
+            let i = rng.gen_range(0..n);
+            let mut j = rng.gen_range(0..n - 1);
+            if j >= i {
+                j += 1;
+            }
+            Some((eligible[i], Some(eligible[j])))
+        }
+    }
+}
+
 /// What the registry knows about one worker (for `/readyz`, logs and tests).
 #[derive(Clone, Debug)]
 pub struct WorkerSnapshot {
@@ -240,7 +365,7 @@ impl Router {
                 max_price_coefficient: std::sync::atomic::AtomicU32::new(cfg.max_price_coefficient),
                 cfg,
                 attestor,
-                workers: RwLock::new(Vec::new()),
+                workers: RwLock::new(Workers::default()),
                 next_conn: AtomicU64::new(1),
                 next_attest_request: AtomicU64::new(1),
                 fleet: RwLock::new(None),
@@ -285,7 +410,7 @@ impl Router {
         &self.inner.attestor
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<WorkerEntry>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Workers> {
         self.inner.workers.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -359,7 +484,7 @@ impl Router {
             .workers
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .push(entry.clone());
+            .insert(entry.clone());
         metrics::gauge!("cocoon_router_workers").increment(1.0);
         self.capacity_changed(&entry);
         Ok(WorkerSession {
@@ -436,7 +561,7 @@ impl Router {
             .workers
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|w| w.conn_id != entry.conn_id);
+            .remove(entry);
         // Dropping the senders ends every job stream; dispatch turns that into a retry
         // (before the first event) or an error event (after it).
         let jobs = std::mem::take(&mut *entry.lock_jobs());
@@ -464,7 +589,7 @@ impl Router {
     }
 
     pub fn knows_model(&self, model: &str) -> bool {
-        self.read().iter().any(|w| w.serves(model))
+        self.read().by_model.contains_key(model)
     }
 
     /// Whether `model` can call tools here: `Some(false)` only when every worker serving it
@@ -477,34 +602,20 @@ impl Router {
     /// serving `model` reports lacking it (the request is then refused before anything
     /// runs); otherwise a request needing it is steered to the workers not lacking it.
     pub fn capability(&self, model: &str, c: protocol::Capability) -> Option<bool> {
-        let reports: Vec<Option<bool>> = self
-            .read()
-            .iter()
-            .flat_map(|w| w.info.models.iter().filter(|m| m.id == model).map(|m| c.of(m)))
-            .collect();
-        if reports.contains(&Some(true)) {
-            Some(true)
-        } else if !reports.is_empty() && reports.iter().all(|r| *r == Some(false)) {
-            Some(false)
-        } else {
-            None
-        }
+        self.read().by_model.get(model).and_then(|m| m.capability(c))
     }
 
     /// The context length (tokens) every worker serving `model` can hold, where they report
     /// one: the smallest.
     pub fn context_len(&self, model: &str) -> Option<u32> {
-        self.read()
-            .iter()
-            .flat_map(|w| w.info.models.iter().filter(|m| m.id == model).filter_map(|m| m.max_model_len))
-            .min()
+        self.read().by_model.get(model).and_then(|m| m.context_len)
     }
 
     /// Whether a job for `model` may be served by a worker in the insecure simulated TEE
     /// (some connected worker serving it is one). A stream's headers go out before its
     /// worker is chosen, so they carry this, the conservative answer.
     pub fn serves_simulated(&self, model: &str) -> bool {
-        self.read().iter().any(|w| w.serves(model) && w.insecure_simulated)
+        self.read().by_model.get(model).is_some_and(|m| m.any_simulated)
     }
 
     /// Workers that would take a job now (any model).
@@ -572,13 +683,14 @@ impl Router {
     pub(crate) fn has_free_slot(&self, model: &str, fit: Fit, exclude: &[u64], only: Option<&str>) -> bool {
         let now = Instant::now();
         self.read()
+            .serving(model)
             .iter()
             .any(|w| named(w, only) && !exclude.contains(&w.conn_id) && w.eligible(model, fit, now))
     }
 
     /// Whether worker `id` is connected and serves `model` (for a job sealed to it).
     pub fn worker_serves(&self, id: &str, model: &str) -> bool {
-        self.read().iter().any(|w| w.info.worker_id == id && w.connected.load(Ordering::Relaxed) && w.serves(model))
+        self.read().serving(model).iter().any(|w| w.info.worker_id == id && w.connected.load(Ordering::Relaxed))
     }
 
     /// Some worker could take a job for `model` once it has a free slot: the job may wait
@@ -586,7 +698,7 @@ impl Router {
     /// (it is failing; the client hears so at once and may retry).
     pub(crate) fn could_serve(&self, model: &str, fit: Fit, exclude: &[u64], only: Option<&str>) -> bool {
         let now = Instant::now();
-        self.read().iter().any(|w| {
+        self.read().serving(model).iter().any(|w| {
             named(w, only)
                 && !exclude.contains(&w.conn_id)
                 && w.candidate(model, fit)
@@ -619,8 +731,9 @@ impl Router {
     ) -> Vec<(String, Result<attestation::WorkerAttestation, String>)> {
         let workers: Vec<Arc<WorkerEntry>> = self
             .read()
+            .serving(model)
             .iter()
-            .filter(|w| w.serves(model) && w.connected.load(Ordering::Relaxed))
+            .filter(|w| w.connected.load(Ordering::Relaxed))
             .cloned()
             .collect();
         let asks = workers.into_iter().map(|w| async move {
@@ -656,28 +769,18 @@ impl Router {
         only: Option<&str>,
     ) -> Option<(Arc<WorkerEntry>, Admission)> {
         let now = Instant::now();
-        let candidates: Vec<Arc<WorkerEntry>> = self
-            .read()
-            .iter()
-            .filter(|w| named(w, only) && !exclude.contains(&w.conn_id) && w.eligible(model, fit, now))
-            .cloned()
-            .collect();
-        let chosen = match candidates.len() {
-            0 => return None,
-            1 => candidates[0].clone(),
-            n => {
-                let mut rng = rand::thread_rng();
-                let i = rng.gen_range(0..n);
-                let mut j = rng.gen_range(0..n - 1);
-                if j >= i {
-                    j += 1;
-                }
-                let (a, b) = (&candidates[i], &candidates[j]);
-                let key = |w: &WorkerEntry| (w.score(), w.info.price_coefficient);
-                if key(b) < key(a) {
-                    b.clone()
-                } else {
-                    a.clone()
+        let chosen = {
+            let workers = self.read();
+            let ok = |w: &Arc<WorkerEntry>| named(w, only) && !exclude.contains(&w.conn_id) && w.eligible(model, fit, now);
+            match two_eligible(workers.serving(model), ok)? {
+                (a, None) => a.clone(),
+                (a, Some(b)) => {
+                    let key = |w: &WorkerEntry| (w.score(), w.info.price_coefficient);
+                    if key(b) < key(a) {
+                        b.clone()
+                    } else {
+                        a.clone()
+                    }
                 }
             }
         };
@@ -891,5 +994,44 @@ mod ttft_decay_tests {
         assert_eq!(decayed_ttft(101_000, 1_000), 51_000, "one half-life");
         assert_eq!(decayed_ttft(101_000, 3_500), 13_500, "three");
         assert_eq!(decayed_ttft(u64::MAX, 10_000_000), TTFT_FLOOR_US, "no overflow, back to the floor");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod pick_tests {
+    use super::*;
+
+    #[test]
+    fn two_eligible_finds_only_admitted_items_whether_probing_or_scanning() {
+        let pool: Vec<u32> = (0..1000).collect();
+        assert_eq!(two_eligible(&pool, |_| false), None);
+        assert_eq!(two_eligible(&pool, |x| *x == 7), Some((&7, None)), "one among many: found by the scan");
+        for _ in 0..200 {
+            let (a, b) = two_eligible(&pool, |x| *x % 2 == 0).unwrap();
+            let b = *b.unwrap();
+            assert!(a % 2 == 0 && b % 2 == 0 && *a != b);
+        }
+        let small = [1u32, 2];
+        let (a, b) = two_eligible(&small, |_| true).unwrap();
+        assert_ne!(*a, *b.unwrap());
+    }
+
+    #[test]
+    fn two_eligible_draws_uniformly() {
+        // 100 items, half admitted: each admitted one should come first ~1/50 of the time.
+        let pool: Vec<usize> = (0..100).collect();
+        let mut first = [0u32; 100];
+        let draws = 50_000;
+        for _ in 0..draws {
+            let (a, _) = two_eligible(&pool, |x| *x >= 50).unwrap();
+            first[*a] += 1;
+        }
+        assert!(first[..50].iter().all(|n| *n == 0));
+        let expected = draws as f64 / 50.0;
+        for (i, n) in first[50..].iter().enumerate() {
+            let dev = (f64::from(*n) - expected).abs() / expected;
+            assert!(dev < 0.2, "item {} drawn {n} times, expected ~{expected}", i + 50);
+        }
     }
 }

@@ -301,3 +301,61 @@ async fn worker_disconnect_fails_its_streams_and_removes_it() {
     assert!(matches!(evs.last(), Some(JobEvent::Failed { .. })));
     assert!(r.models().is_empty());
 }
+
+/// #14: what a request asks of the registry per model (does anyone serve it, its context
+/// length, a capability, whether a simulated TEE may serve it) follows workers attaching and
+/// detaching.
+#[tokio::test]
+async fn the_model_facts_follow_attach_and_detach() {
+    use protocol::Capability;
+    let r = router(cfg());
+    let mut small = info("small", 1000);
+    small.models[0].max_model_len = Some(4096);
+    small.models[0].tool_calls = Some(false);
+    let mut big = info("big", 1000);
+    big.models[0].max_model_len = Some(8192);
+    big.models[0].tool_calls = Some(true);
+    big.models.push(ModelInfo { id: "m2".into(), max_model_len: Some(1024), ..Default::default() });
+    let (s_small, _rx1) = r.attach(small, verified()).unwrap();
+    let (s_big, _rx2) = r.attach(big, verified()).unwrap();
+    assert_eq!(r.context_len("m"), Some(4096), "the smallest every worker can hold");
+    assert_eq!(r.capability("m", Capability::ToolCalls), Some(true));
+    assert!(r.knows_model("m2") && r.serves_simulated("m2"));
+    assert_eq!(r.context_len("m2"), Some(1024));
+    assert!(r.worker_serves("big", "m2") && !r.worker_serves("small", "m2"));
+
+    drop(s_big);
+    assert_eq!(r.context_len("m"), Some(4096));
+    assert_eq!(r.capability("m", Capability::ToolCalls), Some(false), "only a worker lacking tools is left");
+    assert!(!r.knows_model("m2") && !r.serves_simulated("m2"));
+    assert_eq!(r.context_len("m2"), None);
+    drop(s_small);
+    assert!(!r.knows_model("m"));
+    assert_eq!(r.capability("m", Capability::ToolCalls), None);
+}
+
+/// #14: in a fleet larger than the pick's random probes, jobs still go only to eligible
+/// workers (the probes fall back to a scan when few are), and spread over all of them.
+#[tokio::test]
+async fn a_large_fleet_picks_only_eligible_workers_and_spreads_over_them() {
+    let r = router(cfg());
+    let mut workers = Vec::new();
+    for i in 0..40 {
+        workers.push(spawn_worker(&r, &format!("w{i}"), 3000, Behaviour::Good));
+    }
+    let _cheap = [spawn_worker(&r, "cheap-a", 1000, Behaviour::Good), spawn_worker(&r, "cheap-b", 1000, Behaviour::Good)];
+    let mut cheap_seen = std::collections::HashSet::new();
+    for _ in 0..40 {
+        let s = r.dispatch(job(), DispatchOptions { max_price_coefficient: Some(1500), ..Default::default() }).await.unwrap();
+        assert!(s.worker_id().starts_with("cheap-"), "{} is above the cap", s.worker_id());
+        cheap_seen.insert(s.worker_id().to_owned());
+        drain(s).await;
+    }
+    assert_eq!(cheap_seen.len(), 2, "both eligible workers get jobs");
+    for _ in 0..400 {
+        drain(r.dispatch(job(), DispatchOptions::default()).await.unwrap()).await;
+    }
+    let busy = workers.iter().filter(|w| w.jobs.load(Ordering::SeqCst) > 0).count();
+    // Uniform over 42 workers, 400 jobs: a given worker gets none with probability ~7e-5.
+    assert!(busy >= 38, "jobs should spread over the fleet, {busy} of 40 got any");
+}
