@@ -14,7 +14,7 @@ such as the raw runs, are ignored):
      ...]
 
 Series with the same y_label share one panel (one panel per distinct y_label, in order of
-first appearance); x is on a log axis unless --linear-x, since sizes grow by decades.
+first appearance, two panels a row); x is on a log axis unless --linear-x, since sizes grow by decades.
 Needs matplotlib.
 """
 
@@ -55,8 +55,12 @@ def main(argv):
     *inputs, output = rest
     series = load(inputs)
     panels = list(dict.fromkeys(s["y_label"] for s in series))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
-    for ax, y_label in zip(axes[0], panels):
+    cols = min(2, len(panels))  # two panels a row keeps the PNG readable inline
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, y_label in zip(axes.flat, panels):
         for s in (s for s in series if s["y_label"] == y_label):
             xs, ys = zip(*sorted(s["points"])) if s["points"] else ((), ())
             ax.plot(xs, ys, marker="o", label=s["name"])
