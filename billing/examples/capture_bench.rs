@@ -8,18 +8,23 @@
 //! - `sqlite:path` (a new file is created; an existing file is reused) or just `sqlite`
 //!   for a fresh temporary file.
 //!
-//! Phase 1 places holds from C concurrent tasks spread over K client accounts for at most
-//! S seconds; phase 2 captures them (each with a different worker among 8, realistic
-//! usage, 1.0×–4.0× coefficients) from C tasks for at most S seconds. Both rates are
+//! The K funded client accounts are seeded in bulk first (see [`seed_clients`]; timed and
+//! printed apart from the rates). Phase 1 places holds from C concurrent tasks, each on a
+//! pseudo-random one of the K accounts (so a large K touches rows all over the table and
+//! its indexes), for at most S seconds; phase 2 captures them (each with a different worker
+//! among 8, realistic usage, 1.0×–4.0× coefficients) from C tasks for at most S seconds. Both rates are
 //! printed with latency percentiles, then `Ledger::check` runs over the result. Bounded:
-//! at most 2·S seconds of load plus setup and the final check.
+//! at most 2·S seconds of load plus setup and the final check. The last line, `result {…}`,
+//! repeats the figures as one JSON object for scripts (`scripts/bench-ledger-scale`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use billing::{AccountKind, CaptureOutcome, Ledger, LedgerOptions, Price, Usage};
-use sqlx::Connection;
+use billing::{
+    AccountId, AccountKind, CaptureOutcome, CreditOutcome, Ledger, LedgerOptions, Price, Usage,
+};
+use sqlx::{Connection, Row};
 use uuid::Uuid;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -153,15 +158,160 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn report(what: &str, n: usize, elapsed: Duration, mut lat: Vec<Duration>) {
+/// One phase's figures: count, rate per second, p50 and p99 in ms.
+struct Phase {
+    n: usize,
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn report(what: &str, n: usize, elapsed: Duration, mut lat: Vec<Duration>) -> Phase {
     lat.sort_unstable();
-    let rate = n as f64 / elapsed.as_secs_f64().max(1e-9);
+    let phase = Phase {
+        n,
+        rate: n as f64 / elapsed.as_secs_f64().max(1e-9),
+        p50_ms: percentile(&lat, 0.50).as_secs_f64() * 1e3,
+        p99_ms: percentile(&lat, 0.99).as_secs_f64() * 1e3,
+    };
     println!(
-        "{what:>9}: {n:>7} in {:>6.2} s = {rate:>8.0}/s   latency p50 {:>7.2} ms  p99 {:>7.2} ms",
+        "{what:>9}: {n:>7} in {:>6.2} s = {:>8.0}/s   latency p50 {:>7.2} ms  p99 {:>7.2} ms",
         elapsed.as_secs_f64(),
-        percentile(&lat, 0.50).as_secs_f64() * 1e3,
-        percentile(&lat, 0.99).as_secs_f64() * 1e3,
+        phase.rate,
+        phase.p50_ms,
+        phase.p99_ms,
     );
+    phase
+}
+
+/// A fixed pseudo-random map from the n-th hold to a client index (splitmix64's finaliser):
+/// uniform over all K accounts and the same in every run, with no RNG dependency.
+fn spread(n: usize, k: usize) -> usize {
+    let mut z = (n as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) % k as u64) as usize
+}
+
+/// Rows per seeding transaction: 1,000,000 accounts take ten commits instead of a million.
+const SEED_ROWS_PER_TX: usize = 100_000;
+
+/// The integers `$1..=$2` as rows `s(i)`, and their names `$3 || i`. Recursive CTEs read
+/// the same on Postgres and SQLite (SQLite has no `generate_series` built in).
+const SEED_SERIES: &str = "WITH RECURSIVE s(i) AS (SELECT CAST($1 AS BIGINT) UNION ALL \
+     SELECT i + 1 FROM s WHERE i < $2), \
+     n(name) AS (SELECT CAST($3 AS TEXT) || CAST(i AS TEXT) FROM s) ";
+
+/// Creates `k` client accounts named `{prefix}{i}`, each credited `amount` from the clearing
+/// account with idempotency key `{prefix}{i}` and memo "bench": row for row what
+/// `ensure_account` + `credit` write (account with its cached balance, one 'credit'
+/// transaction, its two entries, the clearing account's cached balance), but generated in
+/// the database, [`SEED_ROWS_PER_TX`] accounts per transaction, so a million accounts take
+/// seconds instead of a million fsyncs. Returns the new ids in name order.
+async fn seed_clients(
+    url: &str,
+    clearing: AccountId,
+    prefix: &str,
+    k: usize,
+    amount: i64,
+) -> Result<Vec<AccountId>, BoxError> {
+    let mut conn = sqlx::AnyConnection::connect(url).await?;
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis(),
+    )?;
+    let mut ids = Vec::with_capacity(k);
+    for lo in (0..k).step_by(SEED_ROWS_PER_TX) {
+        let hi = (lo + SEED_ROWS_PER_TX).min(k) - 1;
+        let rows = i64::try_from(hi - lo + 1)?;
+        let (lo, hi) = (i64::try_from(lo)?, i64::try_from(hi)?);
+        let mut tx = conn.begin().await?;
+        // Like `credit`: the clearing balance moves by what this chunk deposits, checked
+        // so that it stays within i64 (the ledger refuses i64::MIN too).
+        let clearing_balance: i64 = sqlx::query("SELECT balance FROM accounts WHERE id = $1")
+            .bind(clearing.0)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        let new_clearing = amount
+            .checked_mul(rows)
+            .and_then(|d| clearing_balance.checked_sub(d))
+            .filter(|b| *b != i64::MIN)
+            .ok_or("seeded deposits overflow the clearing account; lower the amount")?;
+        let chunk: Vec<i64> = sqlx::query(&format!(
+            "{SEED_SERIES} INSERT INTO accounts (kind, external_id, balance, created_at) \
+             SELECT 'client', name, $4, $5 FROM n RETURNING id"
+        ))
+        .bind(lo)
+        .bind(hi)
+        .bind(prefix)
+        .bind(amount)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+        sqlx::query(&format!(
+            "{SEED_SERIES} INSERT INTO transactions (kind, idempotency_key, memo, created_at) \
+             SELECT 'credit', name, 'bench', $4 FROM n"
+        ))
+        .bind(lo)
+        .bind(hi)
+        .bind(prefix)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        // Each credit's two entries: +amount to the client, −amount from clearing.
+        sqlx::query(&format!(
+            "{SEED_SERIES} INSERT INTO entries (transaction_id, account_id, amount) \
+             SELECT t.id, a.id, $4 FROM n \
+             JOIN transactions t ON t.idempotency_key = n.name \
+             JOIN accounts a ON a.kind = 'client' AND a.external_id = n.name"
+        ))
+        .bind(lo)
+        .bind(hi)
+        .bind(prefix)
+        .bind(amount)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(&format!(
+            "{SEED_SERIES} INSERT INTO entries (transaction_id, account_id, amount) \
+             SELECT t.id, $4, $5 FROM n JOIN transactions t ON t.idempotency_key = n.name"
+        ))
+        .bind(lo)
+        .bind(hi)
+        .bind(prefix)
+        .bind(clearing.0)
+        .bind(-amount)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE accounts SET balance = $1 WHERE id = $2")
+            .bind(new_clearing)
+            .bind(clearing.0)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        if chunk.len() != usize::try_from(rows)? {
+            return Err(format!("seeded {} accounts, expected {rows}", chunk.len()).into());
+        }
+        ids.extend(chunk.into_iter().map(AccountId));
+    }
+    // Settle the seed before measuring, so that the phases do not pay for it: a long-lived
+    // database has planner statistics (autovacuum would gather them within a minute of a
+    // million inserts), and the checkpoint that a million rows of WAL trigger (Postgres:
+    // max_wal_size; SQLite: the WAL copied back into the file) is done here, not mid-phase.
+    if url.starts_with("postgres") {
+        sqlx::query("ANALYZE").execute(&mut conn).await?;
+        sqlx::query("CHECKPOINT").execute(&mut conn).await?;
+    } else {
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&mut conn)
+            .await?;
+    }
+    conn.close().await?;
+    Ok(ids)
 }
 
 #[tokio::main]
@@ -203,21 +353,37 @@ async fn run(args: &Args, url: &str) -> Result<(), BoxError> {
         )
         .await?;
     let run_tag = Uuid::new_v4().simple().to_string();
-    let mut clients = Vec::new();
-    for i in 0..args.clients {
-        let c = ledger
-            .ensure_account(AccountKind::Client, &format!("bench-{run_tag}-{i}"))
-            .await?;
-        ledger
-            .credit(
-                c,
-                1_000_000_000_000_000,
-                &format!("bench-{run_tag}-{i}"),
-                "bench",
-            )
-            .await?;
-        clients.push(c);
+    let prefix = format!("bench-{run_tag}-");
+    // 10⁶ nanoTON-scale TON per account as before, less where K accounts would overflow the
+    // clearing account (which holds −(all deposits) in an i64): half of i64::MAX in all.
+    let k = i64::try_from(args.clients)?;
+    let amount = (i64::MAX / 2 / k).min(1_000_000_000_000_000);
+    let t0 = Instant::now();
+    let clients = seed_clients(
+        url,
+        ledger.clearing_account(),
+        &prefix,
+        args.clients,
+        amount,
+    )
+    .await?;
+    let seed_s = t0.elapsed().as_secs_f64();
+    // The seed must be what the API would have written: the API finds the last account by
+    // its name and takes its credit as already applied (same key, client and amount).
+    let last = args.clients - 1;
+    let name = format!("{prefix}{last}");
+    if ledger.ensure_account(AccountKind::Client, &name).await? != clients[last]
+        || !matches!(
+            ledger.credit(clients[last], amount, &name, "bench").await?,
+            CreditOutcome::AlreadyApplied(_)
+        )
+    {
+        return Err("bulk seed differs from ensure_account + credit".into());
     }
+    println!(
+        "seed: {} funded client accounts in {seed_s:.2} s ({amount} nanoTON each)",
+        clients.len()
+    );
     let mut workers = Vec::new();
     for i in 0..8 {
         workers.push(
@@ -233,20 +399,23 @@ async fn run(args: &Args, url: &str) -> Result<(), BoxError> {
     let count = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for t in 0..args.concurrency {
+    for _ in 0..args.concurrency {
         let (ledger, jobs, count, clients) =
             (ledger.clone(), jobs.clone(), count.clone(), clients.clone());
         let max_jobs = args.max_jobs;
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
-            let mut i = t;
-            while start.elapsed() < phase && count.fetch_add(1, Ordering::Relaxed) < max_jobs {
+            while start.elapsed() < phase {
+                let n = count.fetch_add(1, Ordering::Relaxed);
+                if n >= max_jobs {
+                    break;
+                }
                 let job = Uuid::now_v7();
                 let t0 = Instant::now();
                 ledger
                     .hold(
                         job,
-                        clients[i % clients.len()],
+                        clients[spread(n, clients.len())],
                         model,
                         50_000_000,
                         Duration::from_secs(3600),
@@ -254,7 +423,6 @@ async fn run(args: &Args, url: &str) -> Result<(), BoxError> {
                     .await?;
                 lat.push(t0.elapsed());
                 jobs.lock().map_err(|_| "poisoned")?.push(job);
-                i += 7;
             }
             Ok::<_, BoxError>(lat)
         }));
@@ -264,7 +432,7 @@ async fn run(args: &Args, url: &str) -> Result<(), BoxError> {
         lat.extend(t.await??);
     }
     let held = std::mem::take(&mut *jobs.lock().map_err(|_| "poisoned")?);
-    report("holds", held.len(), start.elapsed(), lat);
+    let holds = report("holds", held.len(), start.elapsed(), lat);
 
     // Phase 2: captures.
     let queue = Arc::new(held);
@@ -303,15 +471,12 @@ async fn run(args: &Args, url: &str) -> Result<(), BoxError> {
         lat.extend(t.await??);
     }
     let elapsed = start.elapsed();
-    report("captures", lat.len(), elapsed, lat);
+    let captures = report("captures", lat.len(), elapsed, lat);
 
     let t0 = Instant::now();
     let violations = ledger.check().await?;
-    println!(
-        "check: {} violations ({:.2} s)",
-        violations.len(),
-        t0.elapsed().as_secs_f64()
-    );
+    let check_s = t0.elapsed().as_secs_f64();
+    println!("check: {} violations ({check_s:.2} s)", violations.len());
     for v in violations.iter().take(10) {
         println!("  {v}");
     }
@@ -322,6 +487,27 @@ async fn run(args: &Args, url: &str) -> Result<(), BoxError> {
             s.calls, s.batches, s.failed_batches
         );
     }
+    println!(
+        "result {{\"backend\":\"{:?}\",\"group_commit\":{},\"accounts\":{},\"concurrency\":{},\
+         \"seconds\":{},\"seed_s\":{seed_s:.3},\"holds\":{},\"holds_per_s\":{:.1},\
+         \"hold_p50_ms\":{:.3},\"hold_p99_ms\":{:.3},\"captures\":{},\"captures_per_s\":{:.1},\
+         \"capture_p50_ms\":{:.3},\"capture_p99_ms\":{:.3},\"check_s\":{check_s:.3},\
+         \"violations\":{}}}",
+        ledger.backend(),
+        args.group_commit,
+        args.clients,
+        args.concurrency,
+        args.seconds,
+        holds.n,
+        holds.rate,
+        holds.p50_ms,
+        holds.p99_ms,
+        captures.n,
+        captures.rate,
+        captures.p50_ms,
+        captures.p99_ms,
+        violations.len()
+    );
     ledger.close().await;
     if violations.is_empty() {
         Ok(())
