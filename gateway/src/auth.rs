@@ -6,7 +6,7 @@ use axum::http::request::Parts;
 
 use crate::error::ApiError;
 use crate::jwt::JwtAuth;
-use crate::keys::KEY_PREFIX;
+use crate::keys::{KeyRecord, KEY_PREFIX};
 use crate::ratelimit::Limits;
 use crate::state::AppState;
 
@@ -69,6 +69,20 @@ impl Principal {
         self.account.strip_prefix(WORKER_ACCOUNT_PREFIX)
     }
 
+    /// The principal of a verified API key; `default_limits` apply when the key has none.
+    /// Public so that `examples/auth_scale.rs` times the same per-request path as
+    /// [`Self::authenticate`] without building a whole `AppState`.
+    pub fn from_key(rec: &KeyRecord, default_limits: Limits) -> Self {
+        Principal {
+            account: rec.account.clone(),
+            rate_key: format!("key:{}", rec.id),
+            limits: rec.limits.unwrap_or(default_limits),
+            allowed_models: rec.controls.allowed_models.clone().map(Into::into),
+            max_price_coefficient: rec.controls.max_price_coefficient,
+            budget: billing::KeyBudget::new(&rec.id, rec.controls.daily_budget_nanoton, rec.controls.monthly_budget_nanoton),
+        }
+    }
+
     pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Self, ApiError> {
         if state.cfg.insecure_disable_auth {
             return Ok(Principal {
@@ -83,14 +97,7 @@ impl Principal {
         let token = bearer(parts)?;
         if token.starts_with(KEY_PREFIX) {
             return match state.keys.verify(token).await {
-                Some(rec) => Ok(Principal {
-                    account: rec.account.clone(),
-                    rate_key: format!("key:{}", rec.id),
-                    limits: rec.limits.unwrap_or(state.cfg.default_limits),
-                    allowed_models: rec.controls.allowed_models.clone().map(Into::into),
-                    max_price_coefficient: rec.controls.max_price_coefficient,
-                    budget: billing::KeyBudget::new(&rec.id, rec.controls.daily_budget_nanoton, rec.controls.monthly_budget_nanoton),
-                }),
+                Some(rec) => Ok(Principal::from_key(&rec, state.cfg.default_limits)),
                 None => Err(ApiError::InvalidApiKey(format!(
                     "Incorrect API key provided: {}. You can create one with `cocoon keys create` or in the dashboard.",
                     redact(token)
