@@ -49,7 +49,6 @@ fn random_code() -> String {
 }
 
 impl Ledger {
-
     /// The deposit code of client account `client`, created on first use. Codes are 8
     /// Crockford base32 characters (40 random bits), unique, and never change.
     pub async fn deposit_code(&self, client: AccountId) -> Result<String> {

@@ -98,7 +98,10 @@ pub struct Rejection {
 /// What the row of a decided transfer records.
 enum DepositRow<'a> {
     Rejected(&'a Rejection),
-    Credited { account: AccountId, transaction: i64 },
+    Credited {
+        account: AccountId,
+        transaction: i64,
+    },
 }
 
 /// An incoming transfer to the service wallet, as the watcher saw it on chain.
@@ -293,7 +296,12 @@ impl Ledger {
         match verdict {
             Err(rejection) => {
                 let inserted = self
-                    .insert_deposit_row(input, amount, comment.as_deref(), DepositRow::Rejected(&rejection))
+                    .insert_deposit_row(
+                        input,
+                        amount,
+                        comment.as_deref(),
+                        DepositRow::Rejected(&rejection),
+                    )
                     .await?;
                 let d = self.stored_deposit(&input.tx_hash, input.lt).await?;
                 Ok(if inserted {
@@ -321,7 +329,10 @@ impl Ledger {
                     input,
                     Some(amount),
                     comment.as_deref(),
-                    DepositRow::Credited { account, transaction: tx_id },
+                    DepositRow::Credited {
+                        account,
+                        transaction: tx_id,
+                    },
                 )
                 .await?;
                 let d = self.stored_deposit(&input.tx_hash, input.lt).await?;
@@ -356,9 +367,10 @@ impl Ledger {
                 None,
                 None,
             ),
-            DepositRow::Credited { account, transaction } => {
-                ("credited", None, None, Some(account.0), Some(transaction))
-            }
+            DepositRow::Credited {
+                account,
+                transaction,
+            } => ("credited", None, None, Some(account.0), Some(transaction)),
         };
         let inserted = self
             .retrying("record_deposit", || async {

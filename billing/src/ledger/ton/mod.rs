@@ -24,14 +24,13 @@ mod deposits;
 mod payouts;
 
 pub use batches::{
-    BatchItem, BatchResult, BatchStatus, NewBatch, PayoutBatch, PrepareOutcome,
-    MAX_BATCH_PAYOUTS,
+    BatchItem, BatchResult, BatchStatus, NewBatch, PayoutBatch, PrepareOutcome, MAX_BATCH_PAYOUTS,
 };
 pub use check::TonViolation;
 pub use codes::{normalize_deposit_code, DEPOSIT_CODE_LEN};
 pub use deposits::{
-    deposit_key, Deposit, DepositFilter, DepositInput, DepositOutcome, DepositStatus,
-    RejectReason, Rejection, TonCursor,
+    deposit_key, Deposit, DepositFilter, DepositInput, DepositOutcome, DepositStatus, RejectReason,
+    Rejection, TonCursor,
 };
 pub use payouts::{is_raw_address, Payout, PayoutAddress, PayoutFilter, PayoutStatus};
 
