@@ -46,6 +46,13 @@ async fn keys_versioned(db: &TestDb) {
     let seen = l.api_keys_since(0).await.unwrap();
     assert_eq!(seen.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), ["aaaaaaaaaaaa", "bbbbbbbbbbbb"]);
     assert!(l.api_keys_since(b.version).await.unwrap().is_empty());
+    // Paged, one row at a time, the same rows in the same order.
+    let first = l.api_keys_page(0, 1).await.unwrap();
+    assert_eq!(first, seen[..1]);
+    let next = l.api_keys_page(first[0].version, 1).await.unwrap();
+    assert_eq!(next, seen[1..]);
+    assert!(l.api_keys_page(next[0].version, 1).await.unwrap().is_empty());
+    assert_eq!(l.api_keys_page(0, 10).await.unwrap(), seen);
 
     // Another account cannot revoke or rename alice's key.
     assert!(l.revoke_api_key("aaaaaaaaaaaa", Some("bob")).await.unwrap().is_none());

@@ -283,4 +283,24 @@ impl Ledger {
         .map(row_to_key)
         .collect()
     }
+
+    /// The first `limit` rows of [`Self::api_keys_since`]`(since)`: a gateway loading
+    /// every key at start holds one page of rows at a time instead of all of them. Versions
+    /// come from one counter, one per change, so they do not repeat; a caller paging on
+    /// `version > last` still drops a full page's trailing rows of its last version and
+    /// reads them with the next page (see `gateway::keys`).
+    pub async fn api_keys_page(&self, since: i64, limit: u32) -> Result<Vec<ApiKeyRow>> {
+        sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM api_keys WHERE version > $1 ORDER BY version LIMIT $2"
+        ))
+        .bind(since)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(row_to_key)
+        .collect()
+    }
 }
