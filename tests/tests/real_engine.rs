@@ -195,11 +195,32 @@ impl Gateway {
             }
             assert!(
                 start.elapsed() < Duration::from_secs(60),
-                "expected {n} available workers, have {have}\n--- gateway log ---\n{}",
-                tail(&self.dir.path().join("gateway.log"))
+                "expected {n} available workers, have {have}\n--- gateway log ---\n{}{}",
+                tail(&self.dir.path().join("gateway.log")),
+                self.worker_logs()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Every worker's and engine's log tail: a worker that never attaches says why only there
+    /// (this wait once failed in CI with only the gateway's side to read).
+    fn worker_logs(&self) -> String {
+        let mut dirs: Vec<_> = std::fs::read_dir(self.dir.path())
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        dirs.retain(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("worker-")));
+        dirs.sort();
+        dirs.iter()
+            .map(|d| {
+                format!(
+                    "\n--- {} worker log ---\n{}\n--- its engine log ---\n{}",
+                    d.display(),
+                    tail(&d.join("worker.log")),
+                    tail(&d.join("engine.log"))
+                )
+            })
+            .collect()
     }
 
     async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
