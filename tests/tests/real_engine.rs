@@ -67,6 +67,15 @@ fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(25)..].join("\n")
 }
 
+/// The tails of a worker's log and its engine's log, both kept in the worker's directory.
+fn worker_dir_logs(name: &str, dir: &Path) -> String {
+    format!(
+        "--- worker {name} log ---\n{}\n--- engine log ---\n{}",
+        tail(&dir.join("worker.log")),
+        tail(&dir.join("engine.log"))
+    )
+}
+
 async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, within: Duration, mut f: impl FnMut() -> F) {
     let start = Instant::now();
     while !f().await {
@@ -206,20 +215,13 @@ impl Gateway {
     /// Every worker's and engine's log tail: a worker that never attaches says why only there
     /// (this wait once failed in CI with only the gateway's side to read).
     fn worker_logs(&self) -> String {
-        let mut dirs: Vec<_> = std::fs::read_dir(self.dir.path())
-            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        // Worker::start_with keeps each worker's files in `worker-<id>/` under this directory.
+        let mut ids: Vec<String> = std::fs::read_dir(self.dir.path())
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("worker-").map(String::from)).collect())
             .unwrap_or_default();
-        dirs.retain(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("worker-")));
-        dirs.sort();
-        dirs.iter()
-            .map(|d| {
-                format!(
-                    "\n--- {} worker log ---\n{}\n--- its engine log ---\n{}",
-                    d.display(),
-                    tail(&d.join("worker.log")),
-                    tail(&d.join("engine.log"))
-                )
-            })
+        ids.sort();
+        ids.iter()
+            .map(|id| format!("\n{}", worker_dir_logs(id, &self.dir.path().join(format!("worker-{id}")))))
             .collect()
     }
 
@@ -295,12 +297,7 @@ impl Worker {
     }
 
     fn log(&self) -> String {
-        format!(
-            "--- worker {} log ---\n{}\n--- engine log ---\n{}",
-            self.id,
-            tail(&self.dir.join("worker.log")),
-            tail(&self.dir.join("engine.log"))
-        )
+        worker_dir_logs(&self.id, &self.dir)
     }
 
     /// A sample from the worker's own `/metrics`: metric `name` on the line that also
