@@ -274,8 +274,9 @@ def start_engine(tools, work):
 def sealing_supported(tools):
     env = dict(os.environ, COCOON__DATA_DIR=tempfile.mkdtemp(prefix="cocoon-bench-cc-"),
                COCOON__ATTESTATION__SEAL_JOBS="false")
-    # As `cocoon dev` reads it: the worker role's default environment is production, which
-    # refuses seal_jobs = false whether or not the build knows the switch.
+    # As `cocoon dev` reads it. The worker role (config-check's default) is production, which
+    # refuses this dev setup (seal_jobs = false, engine.kind = "auto") whether or not the
+    # build knows the switch.
     r = subprocess.run([tools.cocoon, "config-check", "--role", "dev"], env=env, capture_output=True, text=True)
     return r.returncode == 0, (r.stderr or r.stdout).strip().splitlines()[-1:] or [""]
 
