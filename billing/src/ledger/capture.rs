@@ -470,95 +470,67 @@ impl CaptureWrite<'_> {
              coefficient, cost, charge, worker_amount, fee, shortfall, held, created_at) \
              SELECT $1, t.id, $3, $5, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, \
              $22, $2 FROM t RETURNING transaction_id",
-        )
-        .bind(self.job)
-        .bind(self.now)
-        .bind(self.client.0)
-        .bind(-self.billed.charge)
-        .bind(self.worker.0)
-        .bind(self.billed.worker)
-        .bind(self.fee_account.0)
-        .bind(self.billed.fee)
-        .bind(self.new_balance)
-        .bind(self.new_held)
-        .bind(self.model)
-        .bind(self.usage[0])
-        .bind(self.usage[1])
-        .bind(self.usage[2])
-        .bind(self.usage[3])
-        .bind(self.coefficient)
-        .bind(self.cost)
-        .bind(self.billed.charge)
-        .bind(self.billed.worker)
-        .bind(self.billed.fee)
-        .bind(self.shortfall)
-        .bind(self.held)
-        .fetch_one(&mut *tx)
-        .await?;
-        Ok(row.try_get(0)?)
+        );
+        Ok(self.bind_all(row).fetch_one(&mut *tx).await?.try_get(0)?)
     }
 
-    /// Statement by statement (SQLite has no data-modifying CTEs).
-    async fn portable(&self, tx: &mut AnyConnection) -> Result<i64> {
-        let tx_id: i64 = sqlx::query(
-            "INSERT INTO transactions (kind, job_id, created_at) VALUES ('capture', $1, $2) RETURNING id",
-        )
-        .bind(self.job)
-        .bind(self.now)
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get(0)?;
-        // Client −charge, worker +worker, fee account +fee; zero amounts left out.
-        sqlx::query(
-            "INSERT INTO entries (transaction_id, account_id, amount) \
-             SELECT $1, v.column1, v.column2 FROM (VALUES ($2, $3), ($4, $5), ($6, $7)) AS v \
-             WHERE v.column2 <> 0",
-        )
-        .bind(tx_id)
-        .bind(self.client.0)
-        .bind(-self.billed.charge)
-        .bind(self.worker.0)
-        .bind(self.billed.worker)
-        .bind(self.fee_account.0)
-        .bind(self.billed.fee)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE accounts SET balance = $1, held = $2 WHERE id = $3")
+    /// The 22 parameters both statements use, in their numbered order.
+    fn bind_all<'q>(
+        &self,
+        q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>
+    where
+        Self: 'q,
+    {
+        q.bind(self.job)
+            .bind(self.now)
+            .bind(self.client.0)
+            .bind(-self.billed.charge)
+            .bind(self.worker.0)
+            .bind(self.billed.worker)
+            .bind(self.fee_account.0)
+            .bind(self.billed.fee)
             .bind(self.new_balance)
             .bind(self.new_held)
-            .bind(self.client.0)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE holds SET status = 'captured', closed_at = $2 WHERE job_id = $1")
-            .bind(self.job)
-            .bind(self.now)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO charges (job_id, transaction_id, client_id, worker_id, model, \
+            .bind(self.model)
+            .bind(self.usage[0])
+            .bind(self.usage[1])
+            .bind(self.usage[2])
+            .bind(self.usage[3])
+            .bind(self.coefficient)
+            .bind(self.cost)
+            .bind(self.billed.charge)
+            .bind(self.billed.worker)
+            .bind(self.billed.fee)
+            .bind(self.shortfall)
+            .bind(self.held)
+    }
+
+    /// SQLite has no data-modifying CTEs: the same rows as [`Self::postgres`] from six
+    /// statements sent in one call (one round trip to sqlx's SQLite thread instead of one per
+    /// statement), sharing the numbered parameters. The charge row takes the transaction's
+    /// id from `last_insert_rowid()` right after the transaction insert; the entries and the
+    /// answer read it back from the charge (its primary key is the job id).
+    async fn portable(&self, tx: &mut AnyConnection) -> Result<i64> {
+        let row = sqlx::query(
+            "INSERT INTO transactions (kind, job_id, created_at) VALUES ('capture', $1, $2); \
+             INSERT INTO charges (job_id, transaction_id, client_id, worker_id, model, \
                prompt_tokens, cached_prompt_tokens, completion_tokens, reasoning_tokens, \
                coefficient, cost, charge, worker_amount, fee, shortfall, held, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-        )
-        .bind(self.job)
-        .bind(tx_id)
-        .bind(self.client.0)
-        .bind(self.worker.0)
-        .bind(self.model)
-        .bind(self.usage[0])
-        .bind(self.usage[1])
-        .bind(self.usage[2])
-        .bind(self.usage[3])
-        .bind(self.coefficient)
-        .bind(self.cost)
-        .bind(self.billed.charge)
-        .bind(self.billed.worker)
-        .bind(self.billed.fee)
-        .bind(self.shortfall)
-        .bind(self.held)
-        .bind(self.now)
-        .execute(&mut *tx)
-        .await?;
-        Ok(tx_id)
+             VALUES ($1, last_insert_rowid(), $3, $5, $11, $12, $13, $14, $15, $16, $17, $18, \
+               $19, $20, $21, $22, $2); \
+             INSERT INTO entries (transaction_id, account_id, amount) \
+             SELECT c.transaction_id, v.column1, v.column2 \
+             FROM charges c, (VALUES ($3, $4), ($5, $6), ($7, $8)) AS v \
+             WHERE c.job_id = $1 AND v.column2 <> 0; \
+             UPDATE accounts SET balance = $9, held = $10 WHERE id = $3; \
+             UPDATE holds SET status = 'captured', closed_at = $2 WHERE job_id = $1; \
+             SELECT transaction_id FROM charges WHERE job_id = $1",
+        );
+        // `fetch_all`: sqlx's `Any` driver for SQLite answers `fetch_one`/`fetch_optional`
+        // from the first statement's result and may stop the statements after it.
+        let rows = self.bind_all(row).fetch_all(&mut *tx).await?;
+        let row = rows.first().ok_or_else(|| Error::Corrupt(format!("capture of {} wrote no charge", self.job)))?;
+        Ok(row.try_get(0)?)
     }
 }

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::batch::Op;
 use super::rows::{hold_and_account, hold_columns, hold_from_row, parse_job};
-use super::{now_ms, unix_ms, Backend, Ledger};
+use super::{now_ms, unix_ms, Ledger};
 use crate::error::{Error, Result};
 use crate::money::Price;
 use crate::types::{AccountId, AccountKind, Hold, HoldOutcome, HoldStatus, KeyBudget, ReleaseOutcome};
@@ -167,8 +167,10 @@ impl Ledger {
             None => (None, None),
         };
         let key_id = budget.map(|b| b.key_id.clone());
-        // Postgres: insert and account update in one statement (data-modifying CTE);
-        // SQLite: two statements. Same rows either way.
+        // One round trip on both backends. Postgres: a data-modifying CTE. SQLite (no such
+        // CTEs): three statements in one call, sharing the numbered parameters; `changes()`
+        // is the row count of the statement before, so the account is updated and a row
+        // comes back only if the hold was inserted (not a conflict). Same rows either way.
         let insert_hold = self.pick(
             "WITH h AS ( \
                INSERT INTO holds (job_id, account_id, model, amount, price_prompt, \
@@ -182,9 +184,11 @@ impl Ledger {
                price_cached_prompt, price_completion, price_reasoning, fee_bps, status, \
                created_at, expires_at, key_id, budget_day, budget_month) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', $10, $11, $12, $13, $14) \
-             ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
+             ON CONFLICT (job_id) DO NOTHING; \
+             UPDATE accounts SET held = $15 WHERE id = $2 AND changes() = 1; \
+             SELECT $1 WHERE changes() = 1",
         );
-        let mut query = sqlx::query(insert_hold)
+        let placed = sqlx::query(insert_hold)
             .bind(&job)
             .bind(client.0)
             .bind(model)
@@ -198,21 +202,16 @@ impl Ledger {
             .bind(expires)
             .bind(key_id.clone())
             .bind(budget_day.clone())
-            .bind(budget_month.clone());
-        if self.backend == Backend::Postgres {
-            query = query.bind(new_held);
-        }
-        if query.fetch_optional(&mut *conn).await?.is_none() {
+            .bind(budget_month.clone())
+            .bind(new_held)
+            // `fetch_all`, not `fetch_optional`: sqlx's `Any` driver for SQLite looks only at
+            // the first statement's result and may stop the rest.
+            .fetch_all(&mut *conn)
+            .await?;
+        if placed.is_empty() {
             // The same job id on another client's account, placed concurrently (and
             // committed: the insert waited for it). Nothing was written here.
             return existing_hold(conn, job_id).await;
-        }
-        if self.backend == Backend::Sqlite {
-            sqlx::query("UPDATE accounts SET held = $1 WHERE id = $2")
-                .bind(new_held)
-                .bind(client.0)
-                .execute(&mut *conn)
-                .await?;
         }
         let hold = Hold {
             job_id,

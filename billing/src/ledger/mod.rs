@@ -107,9 +107,11 @@ impl Default for LedgerOptions {
 /// ids are `BIGINT`, money is `BIGINT` nanoTON, times are `BIGINT` Unix milliseconds and job
 /// ids are UUID text. (An enum over a `PgPool` and a `SqlitePool` would have meant every
 /// query written twice, or generic code over `sqlx::Database` with a wall of bounds.)
-/// Per-backend SQL is limited to the row-lock suffix, the `BEGIN` and, on Postgres, the
-/// writes of a hold and of a capture folded into one statement each (data-modifying CTEs,
-/// which SQLite lacks) to save round trips; both forms write the same rows.
+/// Per-backend SQL is limited to the row-lock suffix, the `BEGIN` and the writes of a hold
+/// and of a capture, sent in one round trip each: on Postgres one statement
+/// (data-modifying CTEs), on SQLite, which lacks them, several statements in one call
+/// sharing numbered parameters (each is a hop to sqlx's SQLite thread, so this matters
+/// there too); both forms write the same rows.
 ///
 /// # Concurrency: row locks, not SERIALIZABLE
 /// Every write runs in one database transaction that first locks the rows it decides on:
