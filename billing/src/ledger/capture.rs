@@ -420,35 +420,20 @@ impl CaptureWrite<'_> {
              INSERT INTO entries (transaction_id, account_id, amount) \
              SELECT t.id, v.column1, v.column2 \
              FROM t, (VALUES ($3, $4), ($5, $6), ($7, $8)) AS v WHERE v.column2 <> 0), \
-             a AS (UPDATE accounts SET balance = balance + $4, held = held - $9 \
+             a AS (UPDATE accounts SET balance = balance + $4, held = held - $22 \
              WHERE id = $3 AND EXISTS (SELECT 1 FROM h)) \
              INSERT INTO charges (job_id, transaction_id, client_id, worker_id, model, \
              prompt_tokens, cached_prompt_tokens, completion_tokens, reasoning_tokens, \
              coefficient, cost, charge, worker_amount, fee, shortfall, held, created_at) \
-             SELECT $1, t.id, $3, $5, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, 0, \
-             $9, $2 FROM t RETURNING transaction_id",
-        )
-        .bind(self.job)
-        .bind(self.now)
-        .bind(self.client.0)
-        .bind(-self.billed.charge)
-        .bind(self.worker.0)
-        .bind(self.billed.worker)
-        .bind(self.fee_account.0)
-        .bind(self.billed.fee)
-        .bind(self.held)
-        .bind(self.model)
-        .bind(self.usage[0])
-        .bind(self.usage[1])
-        .bind(self.usage[2])
-        .bind(self.usage[3])
-        .bind(self.coefficient)
-        .bind(self.cost)
-        .bind(self.billed.charge)
-        .bind(self.billed.worker)
-        .bind(self.billed.fee)
-        .fetch_optional(&ledger.write)
-        .await?;
+             SELECT $1, t.id, $3, $5, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, 0, \
+             $22, $2 FROM t RETURNING transaction_id",
+        );
+        // The shared parameter list; $9, $10 and $21 (absolute balance, held, shortfall)
+        // are not used here: the balance moves relative to the row and nothing falls short.
+        let row = self
+            .bind_all(row)
+            .fetch_optional(&ledger.write)
+            .await?;
         row.map(|r| r.try_get(0)).transpose().map_err(Error::from)
     }
 
@@ -474,7 +459,7 @@ impl CaptureWrite<'_> {
         Ok(self.bind_all(row).fetch_one(&mut *tx).await?.try_get(0)?)
     }
 
-    /// The 22 parameters both statements use, in their numbered order.
+    /// The 22 parameters every capture statement here takes, in their numbered order.
     fn bind_all<'q>(
         &self,
         q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
