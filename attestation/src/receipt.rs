@@ -185,7 +185,7 @@ impl SignedReceipt {
             return Err(ReceiptError::TooLarge { len: self.receipt.len(), max: MAX_RECEIPT_BYTES });
         }
         let bad = || ReceiptError::BadSignature { key: key.fingerprint() };
-        let vk = VerifyingKey::from_bytes(&key.0).map_err(|_| bad())?;
+        let vk = verifying_key(key).ok_or_else(bad)?;
         let sig = Signature::from_slice(&self.signature).map_err(|_| bad())?;
         let mut msg = Vec::with_capacity(SIGNING_TAG.len() + self.receipt.len());
         msg.extend_from_slice(SIGNING_TAG);
@@ -219,6 +219,31 @@ impl SignedReceipt {
         }
         serde_json::from_slice(&raw).map_err(|e| ReceiptError::Malformed(e.to_string()))
     }
+}
+
+/// Most decompressed keys [`verifying_key`] keeps; past it the cache starts over (a key
+/// missing from it is only decompressed again). A network has as many keys as workers.
+const KEY_CACHE_MAX: usize = 4096;
+
+/// `key` as a point, or `None` when its bytes are not one. Decompressing a point (a field
+/// square root) was ~9 % of the router's receipt check (perf, 2026-12-06), and each worker
+/// signs every job with the same key, so keys that decompressed are kept; one that did not
+/// is never cached, and is refused again on every try.
+fn verifying_key(key: &IdentityPublicKey) -> Option<VerifyingKey> {
+    use std::collections::HashMap;
+    use std::sync::{OnceLock, RwLock};
+    static KEYS: OnceLock<RwLock<HashMap<[u8; 32], VerifyingKey>>> = OnceLock::new();
+    let keys = KEYS.get_or_init(Default::default);
+    if let Some(vk) = keys.read().unwrap_or_else(|p| p.into_inner()).get(&key.0) {
+        return Some(*vk);
+    }
+    let vk = VerifyingKey::from_bytes(&key.0).ok()?;
+    let mut keys = keys.write().unwrap_or_else(|p| p.into_inner());
+    if keys.len() >= KEY_CACHE_MAX {
+        keys.clear();
+    }
+    keys.insert(key.0, vk);
+    Some(vk)
 }
 
 #[cfg(test)]
@@ -262,6 +287,26 @@ mod tests {
         // A header round trip keeps it verifiable.
         let back = SignedReceipt::from_header(&s.to_header()).unwrap();
         assert!(back.verify(&k.public()).is_ok());
+    }
+
+    #[test]
+    fn the_key_cache_refuses_non_points_every_time_and_survives_its_bound() {
+        let k = IdentityKey::generate().unwrap();
+        let s = k.sign(&receipt()).unwrap();
+        // 32 bytes that are not a curve point: refused, and again (never cached).
+        let not_a_point = (0u8..=255)
+            .map(|b| [b; 32])
+            .find(|b| VerifyingKey::from_bytes(b).is_err())
+            .unwrap();
+        for _ in 0..2 {
+            assert!(matches!(s.verify(&IdentityPublicKey(not_a_point)), Err(ReceiptError::BadSignature { .. })));
+        }
+        // Past the bound the cache starts over; verification is unchanged.
+        for _ in 0..=KEY_CACHE_MAX {
+            let _ = verifying_key(&IdentityKey::generate().unwrap().public());
+        }
+        assert!(s.verify(&k.public()).is_ok());
+        assert!(s.verify(&IdentityKey::generate().unwrap().public()).is_err());
     }
 
     fn receipt_with(s: &SignedReceipt) -> Receipt {
