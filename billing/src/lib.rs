@@ -33,6 +33,8 @@
 //! // request life cycle, keyed by job id
 //! hold(&self, job_id: Uuid, client: AccountId, model: &str, amount: i64, ttl: Duration) -> HoldOutcome
 //!     // Err(Error::InsufficientFunds { available, needed }) -> HTTP 402 insufficient_quota
+//! hold_amount(&self, .., amount: HoldAmount, ttl, budget: Option<&KeyBudget>) -> HoldOutcome
+//!     // HoldAmount::WorstCase { usage, coefficient }: priced in the hold from the price it fixes
 //! capture(&self, job_id: Uuid, worker: AccountId, usage: Usage, coefficient: u32) -> CaptureOutcome
 //! capture_with_receipt(&self, .., receipt: Option<&StoredReceipt>) -> CaptureOutcome // one commit
 //!     // Captured(Receipt) | AlreadyCaptured(Receipt) | AlreadyReleased(Hold)
@@ -92,6 +94,6 @@ pub use ledger::keys::{ApiKeyRow, KeyControls, NewApiKey};
 pub use ledger::{Backend, GroupCommitStats, Ledger, LedgerOptions, StoredReceipt};
 pub use money::{cost, split, Breakdown, Price, Usage};
 pub use types::{
-    Account, AccountId, AccountKind, Balance, BudgetPeriod, CaptureOutcome, CreditOutcome, Hold, HoldOutcome, KeyBudget,
+    Account, AccountId, AccountKind, Balance, BudgetPeriod, CaptureOutcome, CreditOutcome, Hold, HoldAmount, HoldOutcome, KeyBudget,
     HoldStatus, ModelPrice, Receipt, ReleaseOutcome, UnixMillis, Violation, WorkerEarnings,
 };

@@ -176,6 +176,19 @@ impl std::fmt::Display for BudgetPeriod {
     }
 }
 
+/// How much a hold reserves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldAmount {
+    /// Exactly this many nanoTON (more than 0).
+    Fixed(i64),
+    /// What `usage` costs at `coefficient` thousandths, at the model's price and the fee the
+    /// hold fixes, and at least 1 nanoTON (so every request has a hold). Priced inside the
+    /// hold's own transaction, from the same price row it fixes: the amount can never be
+    /// computed from a price other than the one the capture will charge, and the caller
+    /// needs no read of its own.
+    WorstCase { usage: crate::money::Usage, coefficient: u32 },
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HoldOutcome {
     /// A new hold was written.

@@ -9,8 +9,8 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use billing::{
-    cost, AccountId, AccountKind, Balance, CaptureOutcome, CreditOutcome, Error, HoldOutcome,
-    HoldStatus, Ledger, Price, ReleaseOutcome, Usage, Violation,
+    cost, AccountId, AccountKind, Balance, CaptureOutcome, CreditOutcome, Error, HoldAmount, HoldOutcome,
+    HoldStatus, Ledger, LedgerOptions, Price, ReleaseOutcome, StoredReceipt, Usage, Violation,
 };
 use common::{TestDb, FEE_BPS};
 use uuid::Uuid;
@@ -721,6 +721,92 @@ async fn price_fixed_at_hold(db: &TestDb) {
     ));
 }
 
+/// A worst-case hold is priced inside the hold from the price row it fixes: after a price
+/// change its amount follows the new price, a free model still holds 1 nanoTON, an unpriced
+/// model is refused with nothing written, and too little money is refused for the priced
+/// amount.
+async fn worst_case_hold_priced_in_the_hold(db: &TestDb) {
+    let l = &db.ledger;
+    let (client, worker) = setup(l, 1_000_000_000).await;
+    let worst = usage(1000, 500);
+    let amount = HoldAmount::WorstCase { usage: worst, coefficient: 1500 };
+    let hold = |job| async move {
+        match l.hold_amount(job, client, MODEL, amount, TTL, None).await.unwrap() {
+            HoldOutcome::Placed(h) => h,
+            other => panic!("expected a new hold, got {other:?}"),
+        }
+    };
+    let first = hold(Uuid::new_v4()).await;
+    assert_eq!(first.amount, cost(PRICE, worst, 1500, FEE_BPS).unwrap().charge);
+    let doubled = Price { completion: PRICE.completion * 2, ..PRICE };
+    l.set_price(MODEL, doubled).await.unwrap();
+    let job = Uuid::new_v4();
+    let second = hold(job).await;
+    assert_eq!((second.amount, second.price), (cost(doubled, worst, 1500, FEE_BPS).unwrap().charge, doubled));
+    // The worst case charged in full stays within its hold: no shortfall.
+    let r = l.capture(job, worker, worst, 1500).await.unwrap();
+    assert_eq!((r.receipt().unwrap().billed.charge, r.receipt().unwrap().shortfall), (second.amount, 0));
+
+    l.set_price("free", Price { prompt: 0, cached_prompt: 0, completion: 0, reasoning: 0 }).await.unwrap();
+    let free = l.hold_amount(Uuid::new_v4(), client, "free", amount, TTL, None).await.unwrap();
+    assert_eq!(free.hold().amount, 1);
+
+    let before = l.balance(client).await.unwrap();
+    let unpriced = l.hold_amount(Uuid::new_v4(), client, "unpriced", amount, TTL, None).await;
+    assert!(matches!(unpriced, Err(Error::UnknownModel(m)) if m == "unpriced"));
+    let huge = HoldAmount::WorstCase { usage: usage(0, 10_000_000), coefficient: 1000 };
+    let refused = l.hold_amount(Uuid::new_v4(), client, MODEL, huge, TTL, None).await;
+    assert!(matches!(refused, Err(Error::InsufficientFunds { needed, .. }) if needed == cost(doubled, usage(0, 10_000_000), 1000, FEE_BPS).unwrap().charge));
+    assert_eq!(l.balance(client).await.unwrap(), before);
+}
+
+fn stored_receipt(job: Uuid, sig: char) -> StoredReceipt {
+    StoredReceipt {
+        job_id: job,
+        sha256: "a".repeat(64),
+        signer: "b".repeat(64),
+        signature: sig.to_string().repeat(128),
+        receipt: format!("{{\"version\":1,\"job\":\"{job}\"}}"),
+    }
+}
+
+/// A capture keeps the worker's receipt in its own transaction on every path: within its
+/// hold (on Postgres unbatched: the one-statement fast path), over its hold (the locked
+/// path), of a released job (the receipt is kept, nothing charged), and a repeated capture
+/// keeps the first receipt and charges once. Run batched and unbatched.
+async fn captures_keep_their_receipts(db: &TestDb) {
+    let batched = &db.ledger;
+    let unbatched = Ledger::connect(&db.url, LedgerOptions { group_commit: false, ..common::options() })
+        .await
+        .unwrap();
+    let (client, worker) = setup(batched, 1_000_000_000).await;
+    for l in [batched, &unbatched] {
+        let job = Uuid::new_v4();
+        placed(l, job, client, 10_000_000).await;
+        let before = l.balance(client).await.unwrap();
+        let first = l.capture_with_receipt(job, worker, usage(100, 10), 1000, Some(&stored_receipt(job, 'c'))).await.unwrap();
+        let charge = first.receipt().unwrap().billed.charge;
+        assert!(matches!(first, CaptureOutcome::Captured(_)));
+        let again = l.capture_with_receipt(job, worker, usage(100, 10), 1000, Some(&stored_receipt(job, 'd'))).await.unwrap();
+        assert!(matches!(again, CaptureOutcome::AlreadyCaptured(_)), "{again:?}");
+        assert_eq!(l.balance(client).await.unwrap(), bal(before.total - charge, before.held - 10_000_000));
+        assert_eq!(l.receipts(&[job]).await.unwrap()[&job].signature, "c".repeat(128), "the first receipt stands");
+
+        let over = Uuid::new_v4();
+        placed(l, over, client, 1).await;
+        let r = l.capture_with_receipt(over, worker, usage(1000, 1000), 1000, Some(&stored_receipt(over, 'e'))).await.unwrap();
+        assert_eq!((r.receipt().unwrap().billed.charge, r.receipt().unwrap().shortfall > 0), (1, true));
+        assert!(l.receipts(&[over]).await.unwrap().contains_key(&over));
+
+        let released = Uuid::new_v4();
+        placed(l, released, client, 1_000).await;
+        l.release(released).await.unwrap();
+        let r = l.capture_with_receipt(released, worker, usage(1, 1), 1000, Some(&stored_receipt(released, 'f'))).await.unwrap();
+        assert!(matches!(r, CaptureOutcome::AlreadyReleased(_)), "{r:?}");
+        assert!(l.receipts(&[released]).await.unwrap().contains_key(&released));
+    }
+}
+
 async fn reconnect_keeps_books(db: &TestDb) {
     let l = &db.ledger;
     let (client, worker) = setup(l, 1_000_000).await;
@@ -844,6 +930,8 @@ on_both_backends!(
     over_hold,
     overflow_rejected,
     price_fixed_at_hold,
+    worst_case_hold_priced_in_the_hold,
+    captures_keep_their_receipts,
     reconnect_keeps_books,
     books_are_append_only,
 );

@@ -231,25 +231,18 @@ impl Meter for LedgerMeter {
     }
 
     async fn hold(&self, req: &HoldRequest) -> Result<(), MeterError> {
-        let price = self
-            .ledger
-            .price(&req.model)
-            .await
-            .map_err(unavailable)?
-            .ok_or_else(|| MeterError::Unpriced(req.model.clone()))?;
         let worst = billing::Usage {
             prompt_tokens: req.prompt_tokens,
             cached_prompt_tokens: 0,
             completion_tokens: req.completion_tokens,
             reasoning_tokens: 0,
         };
-        let amount = billing::cost(price, worst, req.max_coefficient, self.ledger.fee_bps())
-            .map_err(unavailable)?
-            .charge
-            // A free model still gets a (1 nanoTON) hold, so every request has one record.
-            .max(1);
+        // Priced by the ledger inside the hold, from the price row the hold fixes: no read of
+        // the price before it, and no window for the price to change between the two.
+        let amount = billing::HoldAmount::WorstCase { usage: worst, coefficient: req.max_coefficient };
         let client = self.account(AccountKind::Client, &req.account).await?;
-        match self.ledger.hold_for_key(req.job_id, client, &req.model, amount, self.hold_ttl, req.budget.as_ref()).await {
+        match self.ledger.hold_amount(req.job_id, client, &req.model, amount, self.hold_ttl, req.budget.as_ref()).await {
+            Err(billing::Error::UnknownModel(model)) => Err(MeterError::Unpriced(model)),
             Ok(_) => Ok(()),
             Err(billing::Error::InsufficientFunds { available, needed }) => {
                 Err(MeterError::InsufficientFunds { available, needed })

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::receipts::{insert_receipt, StoredReceipt};
+use super::receipts::StoredReceipt;
 use super::{Backend, Ledger};
 use crate::error::{Error, Result};
 use crate::money::Usage;
@@ -46,7 +46,7 @@ pub(super) enum Op {
         job_id: Uuid,
         client: AccountId,
         model: String,
-        amount: i64,
+        amount: crate::types::HoldAmount,
         ttl_ms: i64,
         budget: Option<crate::types::KeyBudget>,
         reply: oneshot::Sender<Result<HoldOutcome>>,
@@ -220,11 +220,8 @@ impl Ledger {
                     }
                 }
                 Op::Capture { job_id, worker, usage, coefficient, receipt, reply } => {
-                    if let Some(r) = &receipt {
-                        insert_receipt(&mut tx, r).await?;
-                    }
                     let r = self
-                        .capture_in(&mut tx, job_id, worker, usage, coefficient)
+                        .capture_in(&mut tx, job_id, worker, usage, coefficient, receipt.as_ref())
                         .await;
                     match r {
                         Err(e) if is_database(&e) => return Err(e),

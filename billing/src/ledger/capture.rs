@@ -6,7 +6,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::batch::Op;
-use super::receipts::{check_receipt, StoredReceipt};
+use super::receipts::{check_receipt, insert_receipt, StoredReceipt};
 use super::rows::{charge_columns, hold_and_account, hold_from_row, receipt_from_row};
 use super::{now_ms, tokens_i64, Backend, Ledger};
 use crate::error::{Error, Result};
@@ -88,31 +88,31 @@ impl Ledger {
                 }
             }
         }
-        if let Some(r) = receipt {
-            self.record_receipt(r).await?;
-        }
         self.retrying("capture", || {
-            self.capture_once(job_id, worker, usage, coefficient)
+            self.capture_once(job_id, worker, usage, coefficient, receipt)
         })
         .await
     }
 
+    /// The receipt is written in the capture's own transaction on every path: a capture
+    /// whose receipt cannot be kept is not made, and both cost one commit.
     async fn capture_once(
         &self,
         job_id: Uuid,
         worker: AccountId,
         usage: Usage,
         coefficient: u32,
+        receipt: Option<&StoredReceipt>,
     ) -> Result<CaptureOutcome> {
         if self.backend == Backend::Postgres {
             if let Some(done) = self
-                .capture_within_hold(job_id, worker, usage, coefficient)
+                .capture_within_hold(job_id, worker, usage, coefficient, receipt)
                 .await?
             {
                 return Ok(done);
             }
         }
-        self.capture_locked(job_id, worker, usage, coefficient)
+        self.capture_locked(job_id, worker, usage, coefficient, receipt)
             .await
     }
 
@@ -123,7 +123,8 @@ impl Ledger {
     /// transaction, that closes the hold only if it is still active and moves the money
     /// relative to the account's current row (`balance − charge`, `held − hold`). Two round
     /// trips instead of four. It writes the same rows as the locked path, and takes the
-    /// hold's row lock before the account's, as every other call does.
+    /// hold's row lock before the account's, as every other call does. The receipt, if
+    /// any, is written by the same statement.
     ///
     /// `None` sends the call down the locked path: the hold is not active (that path reports
     /// how it was closed), the cost exceeds the hold (the cap needs the balance), or the hold
@@ -134,6 +135,7 @@ impl Ledger {
         worker: AccountId,
         usage: Usage,
         coefficient: u32,
+        receipt: Option<&StoredReceipt>,
     ) -> Result<Option<CaptureOutcome>> {
         let job = job_id.to_string();
         let row = sqlx::query(hold_and_account!())
@@ -174,7 +176,7 @@ impl Ledger {
             new_balance: 0,
             new_held: 0,
         };
-        let Some(tx_id) = write.postgres_if_active(self).await? else {
+        let Some(tx_id) = write.postgres_if_active(self, receipt).await? else {
             return Ok(None);
         };
         Ok(Some(CaptureOutcome::Captured(Receipt {
@@ -201,11 +203,12 @@ impl Ledger {
         worker: AccountId,
         usage: Usage,
         coefficient: u32,
+        receipt: Option<&StoredReceipt>,
     ) -> Result<CaptureOutcome> {
         let mut tx = self.begin().await?;
         // An error drops `tx`, which rolls back.
         let outcome = self
-            .capture_in(&mut tx, job_id, worker, usage, coefficient)
+            .capture_in(&mut tx, job_id, worker, usage, coefficient, receipt)
             .await?;
         tx.commit().await?;
         Ok(outcome)
@@ -214,7 +217,10 @@ impl Ledger {
     /// The body of a capture inside a write transaction that the caller commits (alone, or
     /// in a group commit with other calls). Every refusal (unknown hold, wrong worker
     /// account, overflow) is decided before the first write, so a refused capture leaves
-    /// the transaction as it found it; only a database error can come after a write.
+    /// the transaction as it found it; only a database error can come after a write. The
+    /// exception is the worker's receipt, written first (whatever the outcome, as
+    /// [`Ledger::record_receipt`] would): a statement of work is kept even when the job
+    /// turns out released.
     pub(super) async fn capture_in(
         &self,
         conn: &mut AnyConnection,
@@ -222,16 +228,44 @@ impl Ledger {
         worker: AccountId,
         usage: Usage,
         coefficient: u32,
+        receipt: Option<&StoredReceipt>,
     ) -> Result<CaptureOutcome> {
         let job = job_id.to_string();
-        let row = sqlx::query(self.pick(
-            concat!(hold_and_account!(), " FOR UPDATE OF h, a"),
-            hold_and_account!(),
-        ))
-        .bind(&job)
-        .bind(worker.0)
-        .fetch_optional(&mut *conn)
-        .await?
+        let row = match (self.backend, receipt) {
+            // SQLite: the receipt and the read in one call (one hop to sqlx's SQLite thread),
+            // sharing $1; `fetch_all` because sqlx's `Any` driver answers `fetch_optional`
+            // from the first statement's (empty) result.
+            (Backend::Sqlite, Some(r)) => sqlx::query(concat!(
+                "INSERT INTO receipts (job_id, sha256, signer, signature, receipt, created_at) \
+                 VALUES ($1, $3, $4, $5, $6, $7) ON CONFLICT (job_id) DO NOTHING; ",
+                hold_and_account!()
+            ))
+            .bind(&job)
+            .bind(worker.0)
+            .bind(&r.sha256)
+            .bind(&r.signer)
+            .bind(&r.signature)
+            .bind(&r.receipt)
+            .bind(now_ms())
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .next(),
+            (backend, receipt) => {
+                if let Some(r) = receipt {
+                    insert_receipt(conn, r).await?;
+                }
+                let sql = match backend {
+                    Backend::Postgres => concat!(hold_and_account!(), " FOR UPDATE OF h, a"),
+                    Backend::Sqlite => hold_and_account!(),
+                };
+                sqlx::query(sql)
+                    .bind(&job)
+                    .bind(worker.0)
+                    .fetch_optional(&mut *conn)
+                    .await?
+            }
+        }
         .ok_or(Error::UnknownHold(job_id))?;
         let hold = hold_from_row(&row)?;
         match hold.status {
@@ -407,10 +441,18 @@ impl CaptureWrite<'_> {
     /// the hold's row lock and re-checks the status after any concurrent writer committed;
     /// everything else hangs off its `RETURNING`), and moves the client's cached balance and
     /// `held` relative to the current row. `None`: the hold was closed meanwhile and
-    /// nothing was written. Same rows as [`Self::postgres`].
-    async fn postgres_if_active(&self, ledger: &Ledger) -> Result<Option<i64>> {
-        let row = sqlx::query(
-            "WITH h AS ( \
+    /// nothing was written but the receipt. Same rows as [`Self::postgres`]. With a
+    /// receipt, one more CTE writes it (a data-modifying CTE always runs, whatever the hold's
+    /// status), so the capture and its receipt cost one statement and one commit.
+    async fn postgres_if_active(
+        &self,
+        ledger: &Ledger,
+        receipt: Option<&StoredReceipt>,
+    ) -> Result<Option<i64>> {
+        const WITH_RECEIPT: &str = "WITH r AS ( \
+             INSERT INTO receipts (job_id, sha256, signer, signature, receipt, created_at) \
+             VALUES ($1, $23, $24, $25, $26, $2) ON CONFLICT (job_id) DO NOTHING), ";
+        const CAPTURE: &str = "h AS ( \
              UPDATE holds SET status = 'captured', closed_at = $2 \
              WHERE job_id = $1 AND status = 'active' RETURNING job_id), \
              t AS ( \
@@ -426,14 +468,27 @@ impl CaptureWrite<'_> {
              prompt_tokens, cached_prompt_tokens, completion_tokens, reasoning_tokens, \
              coefficient, cost, charge, worker_amount, fee, shortfall, held, created_at) \
              SELECT $1, t.id, $3, $5, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, 0, \
-             $22, $2 FROM t RETURNING transaction_id",
-        );
+             $22, $2 FROM t RETURNING transaction_id";
         // The shared parameter list; $9, $10 and $21 (absolute balance, held, shortfall)
         // are not used here: the balance moves relative to the row and nothing falls short.
-        let row = self
-            .bind_all(row)
-            .fetch_optional(&ledger.write)
-            .await?;
+        let row = match receipt {
+            Some(r) => {
+                let sql = format!("{WITH_RECEIPT}{CAPTURE}");
+                self.bind_all(sqlx::query(&sql))
+                    .bind(&r.sha256)
+                    .bind(&r.signer)
+                    .bind(&r.signature)
+                    .bind(&r.receipt)
+                    .fetch_optional(&ledger.write)
+                    .await?
+            }
+            None => {
+                let sql = format!("WITH {CAPTURE}");
+                self.bind_all(sqlx::query(&sql))
+                    .fetch_optional(&ledger.write)
+                    .await?
+            }
+        };
         row.map(|r| r.try_get(0)).transpose().map_err(Error::from)
     }
 

@@ -10,8 +10,8 @@ use super::batch::Op;
 use super::rows::{hold_and_account, hold_columns, hold_from_row, parse_job};
 use super::{now_ms, unix_ms, Ledger};
 use crate::error::{Error, Result};
-use crate::money::Price;
-use crate::types::{AccountId, AccountKind, Hold, HoldOutcome, HoldStatus, KeyBudget, ReleaseOutcome};
+use crate::money::{cost, Price};
+use crate::types::{AccountId, AccountKind, Hold, HoldAmount, HoldOutcome, HoldStatus, KeyBudget, ReleaseOutcome};
 
 const REAP_BATCH: i64 = 500;
 
@@ -46,8 +46,26 @@ impl Ledger {
         ttl: Duration,
         budget: Option<&KeyBudget>,
     ) -> Result<HoldOutcome> {
-        if amount <= 0 {
-            return Err(Error::InvalidAmount(amount));
+        self.hold_amount(job_id, client, model, HoldAmount::Fixed(amount), ttl, budget)
+            .await
+    }
+
+    /// [`Self::hold_for_key`] for an amount given as [`HoldAmount`]: with
+    /// [`HoldAmount::WorstCase`] the hold prices the worst case itself, so a caller needs no
+    /// read of the price before it (the gateway's path: one database call per hold, not two).
+    pub async fn hold_amount(
+        &self,
+        job_id: Uuid,
+        client: AccountId,
+        model: &str,
+        amount: HoldAmount,
+        ttl: Duration,
+        budget: Option<&KeyBudget>,
+    ) -> Result<HoldOutcome> {
+        if let HoldAmount::Fixed(a) = amount {
+            if a <= 0 {
+                return Err(Error::InvalidAmount(a));
+            }
         }
         let ttl_ms = i64::try_from(ttl.as_millis()).map_err(|_| Error::Overflow("ttl"))?;
         if let Some(c) = &self.committer {
@@ -80,7 +98,7 @@ impl Ledger {
         job_id: Uuid,
         client: AccountId,
         model: &str,
-        amount: i64,
+        amount: HoldAmount,
         ttl_ms: i64,
         budget: Option<&KeyBudget>,
     ) -> Result<HoldOutcome> {
@@ -98,6 +116,8 @@ impl Ledger {
     /// account, overflow) is decided before the first write, so a refused hold leaves the
     /// transaction as it found it; only a database error can come after a write. The key's
     /// budgets are read after the account row is locked, which serialises them per key.
+    /// A [`HoldAmount::WorstCase`] is priced from the price row read here, the one the hold
+    /// fixes.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn hold_in(
         &self,
@@ -105,7 +125,7 @@ impl Ledger {
         job_id: Uuid,
         client: AccountId,
         model: &str,
-        amount: i64,
+        amount: HoldAmount,
         ttl_ms: i64,
         budget: Option<&KeyBudget>,
     ) -> Result<HoldOutcome> {
@@ -149,6 +169,18 @@ impl Ledger {
                 reasoning: row.try_get("reasoning")?,
             },
             None => return Err(Error::UnknownModel(model.to_owned())),
+        };
+        let amount = match amount {
+            HoldAmount::Fixed(a) => a,
+            HoldAmount::WorstCase { usage, coefficient } => {
+                cost(price, usage, coefficient, self.fee_bps())
+                    .map_err(|e| match e {
+                        Error::InvalidPrice { .. } => Error::InvalidPrice { model: model.to_owned() },
+                        e => e,
+                    })?
+                    .charge
+                    .max(1)
+            }
         };
         let balance: i64 = row.try_get("balance")?;
         let held: i64 = row.try_get("held")?;

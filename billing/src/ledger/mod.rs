@@ -132,6 +132,8 @@ impl Default for LedgerOptions {
 /// plainly and writes in one statement that re-checks the hold is still active under the
 /// hold's row lock and moves the balance relative to the current row, so a hot account's
 /// row is locked for one statement instead of three round trips (see `Ledger::capture`).
+/// The worker's receipt is a CTE of that statement, so a request's capture and receipt
+/// cost one commit.
 ///
 /// # Cached balances
 /// `accounts.balance` caches the entry sum of client accounts (a hold must read the
