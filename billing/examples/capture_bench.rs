@@ -37,6 +37,9 @@ struct Args {
     max_jobs: usize,
     /// `--no-group-commit`: one transaction per call, as before group commit.
     group_commit: bool,
+    /// `--contended-only`: batch only calls on an account with another call in flight
+    /// (Postgres's default).
+    contended_only: bool,
     commit_window_us: u64,
 }
 
@@ -49,6 +52,7 @@ fn parse_args() -> Result<Args, BoxError> {
         clients: 100,
         max_jobs: 500_000,
         group_commit: true,
+        contended_only: false,
         commit_window_us: 0,
     };
     while let Some(a) = args.next() {
@@ -59,6 +63,7 @@ fn parse_args() -> Result<Args, BoxError> {
             "--clients" => parsed.clients = value()?.parse()?,
             "--max-jobs" => parsed.max_jobs = value()?.parse()?,
             "--no-group-commit" => parsed.group_commit = false,
+            "--contended-only" => parsed.contended_only = true,
             "--commit-window-us" => parsed.commit_window_us = value()?.parse()?,
             url if parsed.url.is_empty() && !url.starts_with("--") => parsed.url = url.to_owned(),
             other => return Err(format!("unexpected argument {other:?}").into()),
@@ -67,7 +72,7 @@ fn parse_args() -> Result<Args, BoxError> {
     if parsed.url.is_empty() {
         return Err(
             "usage: capture_bench <postgres://…|sqlite:path|sqlite> [--seconds S] \
-                    [--concurrency C] [--clients K] [--max-jobs N] [--no-group-commit] \
+                    [--concurrency C] [--clients K] [--max-jobs N] [--no-group-commit] [--contended-only] \
                     [--commit-window-us U]"
                 .into(),
         );
@@ -328,6 +333,7 @@ async fn run(args: &Args, url: &str) -> Result<(), BoxError> {
         fee_bps: 500,
         max_connections: u32::try_from(args.concurrency)?,
         group_commit: args.group_commit,
+        batch_only_contended: args.contended_only,
         commit_window: Duration::from_micros(args.commit_window_us),
         ..LedgerOptions::default()
     };
@@ -335,7 +341,11 @@ async fn run(args: &Args, url: &str) -> Result<(), BoxError> {
     println!(
         "backend {:?}, group commit {}, {} clients, {} concurrent tasks, phases of at most {} s",
         ledger.backend(),
-        if args.group_commit { "on" } else { "off" },
+        match (args.group_commit, args.contended_only) {
+            (false, _) => "off",
+            (true, false) => "on",
+            (true, true) => "on for contended accounts",
+        },
         args.clients,
         args.concurrency,
         args.seconds

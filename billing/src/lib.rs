@@ -9,7 +9,7 @@
 //! Ledger::connect(url: &str, options: LedgerOptions) -> Result<Ledger>
 //!     // url: "postgres://user@host:5432/db" | "sqlite:path/ledger.db" (created) | "sqlite::memory:"
 //!     // LedgerOptions { fee_bps, max_connections, acquire_timeout, group_commit: bool,
-//!     //                 commit_window: Duration }  (group commit: docs/ledger.md)
+//!     //                 commit_window: Duration, batch_only_contended: bool }  (docs/ledger.md)
 //! Ledger::backend(&self) -> Backend            // Postgres | Sqlite
 //! Ledger::fee_account(&self) -> AccountId
 //! Ledger::clearing_account(&self) -> AccountId // deposits clearing = TON hot wallet

@@ -136,6 +136,74 @@ async fn two_batching_replicas_sqlite() {
     db.finish().await;
 }
 
+fn contended_only() -> LedgerOptions {
+    LedgerOptions { group_commit: true, batch_only_contended: true, ..common::options() }
+}
+
+/// Postgres's default (`auto`): each replica batches only the calls on an account with
+/// another call in flight through it. The race on one account is contended throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_batching_contended_calls_postgres() {
+    let db = TestDb::postgres().await;
+    let a = Ledger::connect(&db.url, contended_only()).await.unwrap();
+    let b = Ledger::connect(&db.url, contended_only()).await.unwrap();
+    race(&a, &b).await;
+    a.close().await;
+    b.close().await;
+    db.finish().await;
+}
+
+/// Calls one after the other, or on different accounts, are never contended: they all run
+/// alone. Many at once on one account: from the third in flight they join batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uncontended_calls_run_alone_postgres() {
+    let db = TestDb::postgres().await;
+    let l = Ledger::connect(&db.url, contended_only()).await.unwrap();
+    l.set_price(MODEL, PRICE).await.unwrap();
+    let worker = l.ensure_account(AccountKind::Worker, "w").await.unwrap();
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        let c = l.ensure_account(AccountKind::Client, &format!("c{i}")).await.unwrap();
+        l.credit(c, 100 * HOLD, &format!("dep{i}"), "").await.unwrap();
+        clients.push(c);
+    }
+    for &c in &clients {
+        let job = Uuid::new_v4();
+        l.hold(job, c, MODEL, HOLD, TTL).await.unwrap();
+        l.capture(job, worker, usage(), 1000).await.unwrap();
+    }
+    // Different accounts at once: still alone.
+    let tasks: Vec<_> = clients
+        .iter()
+        .map(|&c| {
+            let l = l.clone();
+            tokio::spawn(async move { l.hold(Uuid::new_v4(), c, MODEL, HOLD, TTL).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(l.group_commit_stats().unwrap().calls, 0, "uncontended calls were batched");
+    // Many at once on one account: batched, and correct.
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let l = l.clone();
+            let c = clients[0];
+            tokio::spawn(async move {
+                let job = Uuid::new_v4();
+                l.hold(job, c, MODEL, HOLD, TTL).await.unwrap();
+                l.capture(job, worker, usage(), 1000).await.unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), CaptureOutcome::Captured(_)));
+    }
+    assert!(l.group_commit_stats().unwrap().calls > 0, "contended calls were not batched");
+    l.close().await;
+    db.finish().await;
+}
+
 /// Group commit off: the unbatched path (also the fallback of a failed batch) stays tested.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn single_calls_sqlite() {

@@ -188,7 +188,8 @@ pub async fn open_database(cfg: &Config) -> anyhow::Result<billing::Ledger> {
     }
     let opts = billing::LedgerOptions {
         fee_bps: cfg.billing.fee_bps,
-        group_commit: cfg.billing.group_commit.enabled_for(&url),
+        group_commit: cfg.billing.group_commit.enabled(),
+        batch_only_contended: cfg.billing.group_commit.only_contended_for(&url),
         commit_window: Duration::from_micros(cfg.billing.commit_window_us),
         acquire_timeout: Duration::from_millis(cfg.billing.db_timeout_ms),
         ..Default::default()

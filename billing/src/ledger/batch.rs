@@ -73,6 +73,52 @@ enum Done {
 pub(super) struct Committer {
     queue: mpsc::UnboundedSender<Op>,
     stats: Arc<Stats>,
+    /// `Some`: only calls on a contended account are batched (see [`Contention`]).
+    contention: Option<Contention>,
+}
+
+/// Calls in flight on one account (this one included) from which a call is batched. Two
+/// already queue on the row lock; from three on batching paid (BENCHMARKS.md).
+const CONTENDED_AT: u32 = 3;
+
+/// Most jobs [`Contention`] remembers the client of; past it the map starts over (a job it
+/// forgot is only sent down the unbatched path).
+const MAX_REMEMBERED_JOBS: usize = 1 << 20;
+
+/// Which client accounts have a hold or capture in flight through this ledger, for
+/// `LedgerOptions::batch_only_contended`. On Postgres calls on different accounts run in
+/// parallel on their own connections, while calls on one account queue on its row lock, each
+/// holding it through its own commit: batching pays only there (measured, `docs/ledger.md`).
+/// So a call joins a batch when [`CONTENDED_AT`] calls on its account (itself included) are in
+/// flight here, and runs alone otherwise. Only where a call goes depends on this: correctness is the batch's and the
+/// single call's own (`docs/ledger.md`), whichever is taken.
+#[derive(Debug, Default)]
+struct Contention {
+    in_flight: std::sync::Mutex<std::collections::HashMap<i64, u32>>,
+    /// Client account of each job held through this ledger and not yet settled here: a
+    /// capture names only its job.
+    jobs: std::sync::Mutex<std::collections::HashMap<Uuid, i64>>,
+}
+
+/// A call counted as in flight on its account until dropped.
+pub(super) struct InFlight<'a> {
+    contention: Option<(&'a Contention, i64)>,
+    /// Send the call to the committer.
+    pub(super) batch: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some((c, account)) = self.contention {
+            let mut m = c.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = m.get_mut(&account) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&account);
+                }
+            }
+        }
+    }
 }
 
 /// Counters behind [`Ledger::group_commit_stats`].
@@ -113,7 +159,54 @@ impl Committer {
                 }
             });
         }
-        Committer { queue, stats }
+        Committer { queue, stats, contention: None }
+    }
+
+    /// Batch only calls on a contended account (see [`Contention`]).
+    pub(super) fn batching_only_contended(mut self) -> Self {
+        self.contention = Some(Contention::default());
+        self
+    }
+
+    /// Counts a call on `client` (`None`: unknown, a capture of a job not held here) as in
+    /// flight, and says whether it should be batched: always when every call is batched,
+    /// otherwise when another call on the same account is in flight through this ledger.
+    pub(super) fn enter(&self, client: Option<AccountId>) -> InFlight<'_> {
+        let Some(c) = &self.contention else {
+            return InFlight { contention: None, batch: true };
+        };
+        let Some(AccountId(account)) = client else {
+            return InFlight { contention: None, batch: false };
+        };
+        let mut m = c.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(account).or_insert(0);
+        *n += 1;
+        InFlight { contention: Some((c, account)), batch: *n >= CONTENDED_AT }
+    }
+
+    /// The client of `job`, when its hold was placed through this ledger and is unsettled.
+    pub(super) fn client_of(&self, job: Uuid) -> Option<AccountId> {
+        let c = self.contention.as_ref()?;
+        let jobs = c.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        jobs.get(&job).copied().map(AccountId)
+    }
+
+    /// Remembers the client of a placed hold (only when batching by contention).
+    pub(super) fn placed(&self, job: Uuid, client: AccountId) {
+        if let Some(c) = &self.contention {
+            let mut jobs = c.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            if jobs.len() >= MAX_REMEMBERED_JOBS {
+                jobs.clear();
+            }
+            jobs.insert(job, client.0);
+        }
+    }
+
+    /// Forgets a job once it is captured or released.
+    pub(super) fn settled(&self, job: Uuid) {
+        if let Some(c) = &self.contention {
+            c.jobs.lock().unwrap_or_else(|p| p.into_inner()).remove(&job);
+        }
     }
 
     /// Queues `op`; `false` when the committer is gone (runtime shut down), and the caller

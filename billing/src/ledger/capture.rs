@@ -70,7 +70,27 @@ impl Ledger {
         if let Some(r) = receipt {
             check_receipt(r)?;
         }
-        if let Some(c) = &self.committer {
+        let in_flight = self.committer.as_ref().map(|c| c.enter(c.client_of(job_id)));
+        let outcome = self
+            .capture_routed(job_id, worker, usage, coefficient, receipt, in_flight.as_ref())
+            .await;
+        if let (Some(c), Ok(_)) = (&self.committer, &outcome) {
+            c.settled(job_id);
+        }
+        outcome
+    }
+
+    /// A capture through the committer when `in_flight` says so, else alone.
+    async fn capture_routed(
+        &self,
+        job_id: Uuid,
+        worker: AccountId,
+        usage: Usage,
+        coefficient: u32,
+        receipt: Option<&StoredReceipt>,
+        in_flight: Option<&super::batch::InFlight<'_>>,
+    ) -> Result<CaptureOutcome> {
+        if let (Some(c), Some(true)) = (&self.committer, in_flight.map(|f| f.batch)) {
             let (reply, answer) = tokio::sync::oneshot::channel();
             let op = Op::Capture {
                 job_id,

@@ -68,7 +68,29 @@ impl Ledger {
             }
         }
         let ttl_ms = i64::try_from(ttl.as_millis()).map_err(|_| Error::Overflow("ttl"))?;
-        if let Some(c) = &self.committer {
+        let in_flight = self.committer.as_ref().map(|c| c.enter(Some(client)));
+        let outcome = self
+            .hold_routed(job_id, client, model, amount, ttl_ms, budget, in_flight.as_ref())
+            .await;
+        if let (Some(c), Ok(HoldOutcome::Placed(_))) = (&self.committer, &outcome) {
+            c.placed(job_id, client);
+        }
+        outcome
+    }
+
+    /// A hold through the committer when `in_flight` says so, else alone.
+    #[allow(clippy::too_many_arguments)]
+    async fn hold_routed(
+        &self,
+        job_id: Uuid,
+        client: AccountId,
+        model: &str,
+        amount: HoldAmount,
+        ttl_ms: i64,
+        budget: Option<&KeyBudget>,
+        in_flight: Option<&super::batch::InFlight<'_>>,
+    ) -> Result<HoldOutcome> {
+        if let (Some(c), Some(true)) = (&self.committer, in_flight.map(|f| f.batch)) {
             let (reply, answer) = tokio::sync::oneshot::channel();
             let op = Op::Hold {
                 job_id,
@@ -267,6 +289,9 @@ impl Ledger {
     /// Releases job `job_id`'s hold without charging anything. Releasing a hold that is no
     /// longer active changes nothing: [`ReleaseOutcome::AlreadyClosed`].
     pub async fn release(&self, job_id: Uuid) -> Result<ReleaseOutcome> {
+        if let Some(c) = &self.committer {
+            c.settled(job_id);
+        }
         self.retrying("release", || {
             self.close_once(job_id, HoldStatus::Released, None)
         })

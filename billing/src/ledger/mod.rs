@@ -84,6 +84,11 @@ pub struct LedgerOptions {
     /// (the default) waits for none, so a batch is what queued during the previous commit
     /// and an idle ledger answers as fast as without batching.
     pub commit_window: Duration,
+    /// With group commit, batch a hold or capture only when another call on the same client
+    /// account is in flight through this ledger, and run the others alone. For Postgres,
+    /// where calls on different accounts run in parallel and only a hot account's calls
+    /// queue on its row lock (see `ledger::batch`).
+    pub batch_only_contended: bool,
 }
 
 impl Default for LedgerOptions {
@@ -94,6 +99,7 @@ impl Default for LedgerOptions {
             acquire_timeout: Duration::from_secs(30),
             group_commit: true,
             commit_window: Duration::ZERO,
+            batch_only_contended: false,
         }
     }
 }
@@ -221,7 +227,10 @@ impl Ledger {
             committer: None,
         };
         if options.group_commit {
-            let committer = Committer::start(ledger.clone(), options.commit_window);
+            let mut committer = Committer::start(ledger.clone(), options.commit_window);
+            if options.batch_only_contended {
+                committer = committer.batching_only_contended();
+            }
             ledger.committer = Some(Arc::new(committer));
         }
         Ok(ledger)
