@@ -295,17 +295,20 @@ def start_cocoon(tools, work, name, engine_url, env_extra, key_limits, cpus=CPU_
         env["COCOON__ENGINE__MODELS"] = json.dumps(models)
     env.update(env_extra)
     full = dict(os.environ, **env)
+    # The one-shot commands below run as tools, which are production by default and refuse
+    # a configuration without job sealing; they do not route jobs, so they get none of it.
+    tool_env = {k: v for k, v in full.items() if k != "COCOON__ATTESTATION__SEAL_JOBS"}
     key = None
     if key_limits is not None:
         rpm, tpm = key_limits
         r = subprocess.run([tools.cocoon, "keys", "create", "--name", "bench", "--account", "dev",
-                            "--rpm", str(rpm), "--tpm", str(tpm)], env=full, capture_output=True, text=True)
+                            "--rpm", str(rpm), "--tpm", str(tpm)], env=tool_env, capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"cocoon keys create: {r.stderr}")
         key = r.stdout.strip()
     if env.get("COCOON__GATEWAY__INSECURE_DISABLE_AUTH") == "true" and env.get("COCOON__BILLING__ENABLED") != "false":
         r = subprocess.run([tools.cocoon, "accounts", "credit", "anonymous", "--nanoton", str(10 ** 15),
-                            "--key", "bench-anonymous"], env=full, capture_output=True, text=True)
+                            "--key", "bench-anonymous"], env=tool_env, capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"cocoon accounts credit: {r.stderr}")
     p = Proc(name, [tools.cocoon, "dev", "--listen", "127.0.0.1:0"], cpus, env=env, workdir=work)
