@@ -6,7 +6,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::batch::Op;
-use super::receipts::{check_receipt, insert_receipt, StoredReceipt};
+use super::receipts::{bind_receipt, check_receipt, insert_receipt, StoredReceipt};
 use super::rows::{charge_columns, hold_and_account, hold_from_row, receipt_from_row};
 use super::{now_ms, tokens_i64, Backend, Ledger};
 use crate::error::{Error, Result};
@@ -70,9 +70,11 @@ impl Ledger {
         if let Some(r) = receipt {
             check_receipt(r)?;
         }
+        // Counted as in flight on its account until answered, whichever path it takes.
         let in_flight = self.committer.as_ref().map(|c| c.enter(c.client_of(job_id)));
+        let batch = in_flight.as_ref().is_some_and(|f| f.batch);
         let outcome = self
-            .capture_routed(job_id, worker, usage, coefficient, receipt, in_flight.as_ref())
+            .capture_routed(job_id, worker, usage, coefficient, receipt, batch)
             .await;
         if let (Some(c), Ok(_)) = (&self.committer, &outcome) {
             c.settled(job_id);
@@ -80,7 +82,7 @@ impl Ledger {
         outcome
     }
 
-    /// A capture through the committer when `in_flight` says so, else alone.
+    /// A capture through the committer when `batch`, else alone.
     async fn capture_routed(
         &self,
         job_id: Uuid,
@@ -88,9 +90,9 @@ impl Ledger {
         usage: Usage,
         coefficient: u32,
         receipt: Option<&StoredReceipt>,
-        in_flight: Option<&super::batch::InFlight<'_>>,
+        batch: bool,
     ) -> Result<CaptureOutcome> {
-        if let (Some(c), Some(true)) = (&self.committer, in_flight.map(|f| f.batch)) {
+        if let (Some(c), true) = (&self.committer, batch) {
             let (reply, answer) = tokio::sync::oneshot::channel();
             let op = Op::Capture {
                 job_id,
@@ -238,9 +240,10 @@ impl Ledger {
     /// in a group commit with other calls). Every refusal (unknown hold, wrong worker
     /// account, overflow) is decided before the first write, so a refused capture leaves
     /// the transaction as it found it; only a database error can come after a write. The
-    /// exception is the worker's receipt, written first (whatever the outcome, as
-    /// [`Ledger::record_receipt`] would): a statement of work is kept even when the job
-    /// turns out released.
+    /// exception is the worker's receipt, written first, so a statement of work is kept with
+    /// every answer (also `AlreadyCaptured` and `AlreadyReleased`). A refusal leaves it
+    /// written too: a capture alone then rolls it back with its transaction, while in a
+    /// batch, which commits, it stays (as [`Ledger::record_receipt`] would have kept it).
     pub(super) async fn capture_in(
         &self,
         conn: &mut AnyConnection,
@@ -255,22 +258,21 @@ impl Ledger {
             // SQLite: the receipt and the read in one call (one hop to sqlx's SQLite thread),
             // sharing $1; `fetch_all` because sqlx's `Any` driver answers `fetch_optional`
             // from the first statement's (empty) result.
-            (Backend::Sqlite, Some(r)) => sqlx::query(concat!(
-                "INSERT INTO receipts (job_id, sha256, signer, signature, receipt, created_at) \
-                 VALUES ($1, $3, $4, $5, $6, $7) ON CONFLICT (job_id) DO NOTHING; ",
-                hold_and_account!()
-            ))
-            .bind(&job)
-            .bind(worker.0)
-            .bind(&r.sha256)
-            .bind(&r.signer)
-            .bind(&r.signature)
-            .bind(&r.receipt)
-            .bind(now_ms())
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .next(),
+            (Backend::Sqlite, Some(r)) => {
+                let q = sqlx::query(concat!(
+                    "INSERT INTO receipts (job_id, sha256, signer, signature, receipt, created_at) \
+                     VALUES ($1, $3, $4, $5, $6, $7) ON CONFLICT (job_id) DO NOTHING; ",
+                    hold_and_account!()
+                ))
+                .bind(&job)
+                .bind(worker.0);
+                bind_receipt(q, r)
+                    .bind(now_ms())
+                    .fetch_all(&mut *conn)
+                    .await?
+                    .into_iter()
+                    .next()
+            }
             (backend, receipt) => {
                 if let Some(r) = receipt {
                     insert_receipt(conn, r).await?;
@@ -469,46 +471,42 @@ impl CaptureWrite<'_> {
         ledger: &Ledger,
         receipt: Option<&StoredReceipt>,
     ) -> Result<Option<i64>> {
-        const WITH_RECEIPT: &str = "WITH r AS ( \
+        // The statement's text is fixed at compile time (no string built per capture).
+        macro_rules! capture {
+            () => {
+                "h AS ( \
+                     UPDATE holds SET status = 'captured', closed_at = $2 \
+                     WHERE job_id = $1 AND status = 'active' RETURNING job_id), \
+                     t AS ( \
+                     INSERT INTO transactions (kind, job_id, created_at) \
+                     SELECT 'capture', h.job_id, $2 FROM h RETURNING id), \
+                     e AS ( \
+                     INSERT INTO entries (transaction_id, account_id, amount) \
+                     SELECT t.id, v.column1, v.column2 \
+                     FROM t, (VALUES ($3, $4), ($5, $6), ($7, $8)) AS v WHERE v.column2 <> 0), \
+                     a AS (UPDATE accounts SET balance = balance + $4, held = held - $22 \
+                     WHERE id = $3 AND EXISTS (SELECT 1 FROM h)) \
+                     INSERT INTO charges (job_id, transaction_id, client_id, worker_id, model, \
+                     prompt_tokens, cached_prompt_tokens, completion_tokens, reasoning_tokens, \
+                     coefficient, cost, charge, worker_amount, fee, shortfall, held, created_at) \
+                     SELECT $1, t.id, $3, $5, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, 0, \
+                     $22, $2 FROM t RETURNING transaction_id"
+            };
+        }
+        const WITH_RECEIPT: &str = concat!(
+            "WITH r AS ( \
              INSERT INTO receipts (job_id, sha256, signer, signature, receipt, created_at) \
-             VALUES ($1, $23, $24, $25, $26, $2) ON CONFLICT (job_id) DO NOTHING), ";
-        const CAPTURE: &str = "h AS ( \
-             UPDATE holds SET status = 'captured', closed_at = $2 \
-             WHERE job_id = $1 AND status = 'active' RETURNING job_id), \
-             t AS ( \
-             INSERT INTO transactions (kind, job_id, created_at) \
-             SELECT 'capture', h.job_id, $2 FROM h RETURNING id), \
-             e AS ( \
-             INSERT INTO entries (transaction_id, account_id, amount) \
-             SELECT t.id, v.column1, v.column2 \
-             FROM t, (VALUES ($3, $4), ($5, $6), ($7, $8)) AS v WHERE v.column2 <> 0), \
-             a AS (UPDATE accounts SET balance = balance + $4, held = held - $22 \
-             WHERE id = $3 AND EXISTS (SELECT 1 FROM h)) \
-             INSERT INTO charges (job_id, transaction_id, client_id, worker_id, model, \
-             prompt_tokens, cached_prompt_tokens, completion_tokens, reasoning_tokens, \
-             coefficient, cost, charge, worker_amount, fee, shortfall, held, created_at) \
-             SELECT $1, t.id, $3, $5, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, 0, \
-             $22, $2 FROM t RETURNING transaction_id";
+             VALUES ($1, $23, $24, $25, $26, $2) ON CONFLICT (job_id) DO NOTHING), ",
+            capture!()
+        );
+        const WITHOUT_RECEIPT: &str = concat!("WITH ", capture!());
         // The shared parameter list; $9, $10 and $21 (absolute balance, held, shortfall)
         // are not used here: the balance moves relative to the row and nothing falls short.
-        let row = match receipt {
-            Some(r) => {
-                let sql = format!("{WITH_RECEIPT}{CAPTURE}");
-                self.bind_all(sqlx::query(&sql))
-                    .bind(&r.sha256)
-                    .bind(&r.signer)
-                    .bind(&r.signature)
-                    .bind(&r.receipt)
-                    .fetch_optional(&ledger.write)
-                    .await?
-            }
-            None => {
-                let sql = format!("WITH {CAPTURE}");
-                self.bind_all(sqlx::query(&sql))
-                    .fetch_optional(&ledger.write)
-                    .await?
-            }
+        let q = match receipt {
+            Some(r) => bind_receipt(self.bind_all(sqlx::query(WITH_RECEIPT)), r),
+            None => self.bind_all(sqlx::query(WITHOUT_RECEIPT)),
         };
+        let row = q.fetch_optional(&ledger.write).await?;
         row.map(|r| r.try_get(0)).transpose().map_err(Error::from)
     }
 

@@ -68,9 +68,11 @@ impl Ledger {
             }
         }
         let ttl_ms = i64::try_from(ttl.as_millis()).map_err(|_| Error::Overflow("ttl"))?;
+        // Counted as in flight on its account until answered, whichever path it takes.
         let in_flight = self.committer.as_ref().map(|c| c.enter(Some(client)));
+        let batch = in_flight.as_ref().is_some_and(|f| f.batch);
         let outcome = self
-            .hold_routed(job_id, client, model, amount, ttl_ms, budget, in_flight.as_ref())
+            .hold_routed(job_id, client, model, amount, ttl_ms, budget, batch)
             .await;
         if let (Some(c), Ok(HoldOutcome::Placed(_))) = (&self.committer, &outcome) {
             c.placed(job_id, client);
@@ -78,7 +80,7 @@ impl Ledger {
         outcome
     }
 
-    /// A hold through the committer when `in_flight` says so, else alone.
+    /// A hold through the committer when `batch`, else alone.
     #[allow(clippy::too_many_arguments)]
     async fn hold_routed(
         &self,
@@ -88,9 +90,9 @@ impl Ledger {
         amount: HoldAmount,
         ttl_ms: i64,
         budget: Option<&KeyBudget>,
-        in_flight: Option<&super::batch::InFlight<'_>>,
+        batch: bool,
     ) -> Result<HoldOutcome> {
-        if let (Some(c), Some(true)) = (&self.committer, in_flight.map(|f| f.batch)) {
+        if let (Some(c), true) = (&self.committer, batch) {
             let (reply, answer) = tokio::sync::oneshot::channel();
             let op = Op::Hold {
                 job_id,

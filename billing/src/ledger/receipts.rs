@@ -82,19 +82,22 @@ pub(super) fn check_receipt(r: &StoredReceipt) -> Result<()> {
 
 /// Writes `r` on `conn` (alone, or inside a group commit); a receipt already there stands.
 pub(super) async fn insert_receipt(conn: &mut AnyConnection, r: &StoredReceipt) -> Result<()> {
-    sqlx::query(
+    let q = sqlx::query(
         "INSERT INTO receipts (job_id, sha256, signer, signature, receipt, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (job_id) DO NOTHING",
     )
-    .bind(r.job_id.to_string())
-    .bind(&r.sha256)
-    .bind(&r.signer)
-    .bind(&r.signature)
-    .bind(&r.receipt)
-    .bind(now_ms())
-    .execute(&mut *conn)
-    .await?;
+    .bind(r.job_id.to_string());
+    bind_receipt(q, r).bind(now_ms()).execute(&mut *conn).await?;
     Ok(())
+}
+
+/// Binds `r`'s `sha256, signer, signature, receipt`, in that order: the receipt's columns as
+/// every insert of it (alone, or inside a capture's statement) numbers them.
+pub(super) fn bind_receipt<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    r: &'q StoredReceipt,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    q.bind(&r.sha256).bind(&r.signer).bind(&r.signature).bind(&r.receipt)
 }
 
 #[cfg(test)]
