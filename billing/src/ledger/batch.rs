@@ -90,8 +90,9 @@ const MAX_REMEMBERED_JOBS: usize = 1 << 20;
 /// parallel on their own connections, while calls on one account queue on its row lock, each
 /// holding it through its own commit: batching pays only there (measured, `docs/ledger.md`).
 /// So a call joins a batch when [`CONTENDED_AT`] calls on its account (itself included) are in
-/// flight here, and runs alone otherwise. Only where a call goes depends on this: correctness is the batch's and the
-/// single call's own (`docs/ledger.md`), whichever is taken.
+/// flight here, and runs alone otherwise. Only where a call goes depends on this:
+/// correctness is the batch's and the single call's own (`docs/ledger.md`), whichever is
+/// taken.
 #[derive(Debug, Default)]
 struct Contention {
     in_flight: std::sync::Mutex<std::collections::HashMap<i64, u32>>,
@@ -170,7 +171,8 @@ impl Committer {
 
     /// Counts a call on `client` (`None`: unknown, a capture of a job not held here) as in
     /// flight, and says whether it should be batched: always when every call is batched,
-    /// otherwise when another call on the same account is in flight through this ledger.
+    /// otherwise when [`CONTENDED_AT`] calls on the same account (this one included) are in
+    /// flight through this ledger.
     pub(super) fn enter(&self, client: Option<AccountId>) -> InFlight<'_> {
         let Some(c) = &self.contention else {
             return InFlight { contention: None, batch: true };
